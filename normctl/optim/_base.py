@@ -1,0 +1,224 @@
+"""What every normctl optimizer shares: validation, param-group keys, the step protocol.
+
+The optimizer classes stay thin: they declare their hyperparameters, validate them, and
+implement ``_update(batches)``. This base class does the rest the way ``torch.optim`` does
+it — closures, ``torch.no_grad()``, lazily created state — and adds the checks normctl
+promises: unknown param-group keys fail loudly, sparse gradients are refused before anything
+is modified, and ``skip_nonfinite=True`` leaves params and state untouched on a step whose
+gradients hold NaN or Inf.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.optim import Optimizer
+
+from .. import rules
+
+# Keys any normctl optimizer accepts in a param group besides its own hyperparameters:
+# labels (``name``, torch's ``param_names``), what torch LR schedulers write (``initial_lr``,
+# ``max_lr``/``min_lr`` for OneCycleLR), and the descriptive keys of ``normctl.param_groups``.
+# A group may carry keys another normctl optimizer reads (``control`` for AdamWN,
+# ``normalized`` for AdamC/SGDC) so that one ``param_groups(model)`` serves all of them.
+SHARED_GROUP_KEYS = frozenset(
+    {"params", "name", "param_names", "initial_lr", "min_lr", "control", "normalized",
+     "weight_decay", "max_lr", "construction_lr", "skipped_steps"}
+)
+
+
+def check_nonnegative(name: str, value: Any) -> None:
+    _check_real(name, value)
+    if not value >= 0:
+        raise ValueError(f"{name} must be >= 0, got {value}")
+
+
+def check_unit_interval(name: str, value: Any, *, closed_right: bool = True) -> None:
+    _check_real(name, value)
+    ok = 0 <= value <= 1 if closed_right else 0 <= value < 1
+    if not ok:
+        interval = "[0, 1]" if closed_right else "[0, 1)"
+        raise ValueError(f"{name} must be in {interval}, got {value}")
+
+
+def check_choice(name: str, value: Any, choices: Iterable[str]) -> None:
+    choices = tuple(choices)
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+
+
+def check_betas(betas: Any) -> None:
+    if not (isinstance(betas, (tuple, list)) and len(betas) == 2):
+        raise ValueError(f"betas must be a pair (beta1, beta2) in [0, 1), got {betas!r}")
+    check_unit_interval("betas[0]", betas[0], closed_right=False)
+    check_unit_interval("betas[1]", betas[1], closed_right=False)
+
+
+def _check_real(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    if math.isnan(value):
+        raise ValueError(f"{name} must not be NaN")
+
+
+def peak_lr(group: dict) -> float:
+    """γ_max of a group: explicit ``max_lr``, else the ``initial_lr`` a torch LR scheduler
+    records when it is attached (its base lr, the peak of warm-up + decay schedules), else the
+    lr the group had when it was added to the optimizer.
+
+    All three live in the param group, so they round-trip through ``state_dict()``.
+    OneCycleLR writes its peak into ``max_lr`` itself, so it is picked up too.
+    """
+    if group.get("max_lr") is not None:
+        return group["max_lr"]
+    if group.get("initial_lr") is not None:
+        return group["initial_lr"]
+    return group["construction_lr"]
+
+
+@dataclass
+class Batch:
+    """The parameters of one group that have a gradient this step, with their state."""
+
+    group: dict
+    params: list[Tensor] = field(default_factory=list)
+    grads: list[Tensor] = field(default_factory=list)
+    states: list[dict] = field(default_factory=list)
+
+
+class NormctlOptimizer(Optimizer):
+    """Base class: the ``torch.optim.Optimizer`` protocol plus normctl's input checks.
+
+    Subclasses define ``_own_group_keys`` (internal keys they store in groups),
+    ``_validate_group(group)``, ``_init_state(param, state, group)`` and ``_update(batches)``.
+    """
+
+    _own_group_keys: frozenset[str] = frozenset()
+
+    def __init__(self, params: Any, defaults: dict[str, Any]) -> None:
+        if defaults.get("foreach") not in (None, True, False):
+            raise TypeError(f"foreach must be None, True or False, got {defaults['foreach']!r}")
+        if not isinstance(defaults.get("skip_nonfinite", False), bool):
+            raise TypeError("skip_nonfinite must be a bool")
+        super().__init__(params, defaults)
+
+    # -- param groups ------------------------------------------------------------------------
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        allowed = SHARED_GROUP_KEYS | set(self.defaults) | self._own_group_keys
+        unknown = sorted(set(param_group) - allowed)
+        if unknown:
+            raise ValueError(
+                f"{type(self).__name__}: unknown param-group key(s) {unknown}; accepted keys are "
+                f"{sorted(allowed - {'params'})}"
+            )
+        trial = {**self.defaults, **param_group}
+        trial.pop("params", None)
+        self._validate_group(trial)
+        params = param_group["params"]
+        tensors = [params] if isinstance(params, Tensor) else list(params)
+        for p in tensors:
+            if isinstance(p, Tensor) and p.is_complex():
+                raise TypeError(f"{type(self).__name__} does not support complex parameters "
+                                f"(got dtype {p.dtype})")
+        super().add_param_group(param_group)
+        group = self.param_groups[-1]
+        group.setdefault("construction_lr", group["lr"])
+        group.setdefault("skipped_steps", 0)
+        self._init_group(group)
+
+    def _validate_group(self, group: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    def _init_group(self, group: dict[str, Any]) -> None:
+        """Set internal group keys (schedule position, recorded norms) at construction."""
+
+    def _init_state(self, param: Tensor, state: dict, group: dict) -> None:
+        raise NotImplementedError
+
+    # -- the step -----------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        """One optimisation step. ``closure`` re-evaluates the model and returns the loss."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        batches = self._collect()
+        if self.defaults["skip_nonfinite"] and not _all_finite(batches):
+            for group in self.param_groups:
+                group["skipped_steps"] += 1
+            return loss
+        self._update(batches)
+        return loss
+
+    def _collect(self) -> list[Batch]:
+        """Gather params with grads per group; refuse sparse grads before touching anything."""
+        batches = []
+        for group in self.param_groups:
+            batch = Batch(group)
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                if p.grad.is_sparse:
+                    raise TypeError(f"{type(self).__name__} does not support sparse gradients; "
+                                    "use torch.optim.SparseAdam for sparse embeddings")
+                batch.params.append(p)
+                batch.grads.append(-p.grad if group["maximize"] else p.grad)
+            batches.append(batch)
+        return batches
+
+    def _attach_state(self, batches: list[Batch]) -> None:
+        """Create missing per-parameter state (called once everything has been validated)."""
+        for batch in batches:
+            for p in batch.params:
+                state = self.state[p]
+                if not state:
+                    self._init_state(p, state, batch.group)
+                batch.states.append(state)
+
+    def _update(self, batches: list[Batch]) -> None:
+        raise NotImplementedError
+
+    @staticmethod
+    def _use_foreach(group: dict) -> bool:
+        return group["foreach"] is not False
+
+
+def _all_finite(batches: list[Batch]) -> bool:
+    grads = [g for b in batches for g in b.grads]
+    if not grads:
+        return True
+    # One reduction per tensor and a single host sync for the whole step.
+    return bool(torch.stack([torch.isfinite(g).all() for g in grads]).all())
+
+
+def corrected_lr_ratio(group: dict) -> float:
+    """γ_t/γ_max for a group with ``normalized=True``, 1 for the others (Defazio 2025, §5).
+
+    Warns when γ_t exceeds γ_max: the "correction" would then amplify the decay, which is
+    almost always a γ_max that does not match the schedule (pass ``max_lr`` explicitly).
+    """
+    if not group["normalized"]:
+        return 1.0
+    lr, max_lr = group["lr"], peak_lr(group)
+    if lr > max_lr * (1 + 1e-6):
+        warnings.warn(
+            f"lr {lr:g} exceeds max_lr {max_lr:g}, so the corrected decay is larger than "
+            "uncorrected decay; pass max_lr= the peak of your schedule", stacklevel=4)
+    return rules.corrected_decay_scale(lr, max_lr)
+
+
+def warn_if_nothing_normalized(optimizer: Optimizer) -> None:
+    if not any(g["normalized"] for g in optimizer.param_groups):
+        warnings.warn(
+            f"{type(optimizer).__name__}: no param group has normalized=True, so no decay is "
+            "corrected and it behaves as its uncorrected base optimizer. Build the groups with "
+            "normctl.param_groups(model) or pass normalized=True.", stacklevel=3)

@@ -1,0 +1,190 @@
+"""The update rules behind normctl's optimizers, as small pure functions.
+
+Each function computes one equation of the papers (see ``docs/math.md``):
+
+* Eq. 3 of Loshchilov (2023), weight norm control::
+
+      θ ← θ − k_t · (1 − τ_t / ‖θ‖) · θ          τ_t = r_t·‖θ_0‖ or an absolute norm
+
+* the corrected weight decay of Defazio (2025)::
+
+      λ̂_t = λ · γ_t / γ_max                      (on normalised layers only)
+
+* the decoupled decay types l2 / l1 / min of Yu (2022).
+
+Functions named ``*_`` modify their tensor arguments in place; the others return new values.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+DecayKind = Literal["l2", "l1", "min"]
+DECAY_KINDS: tuple[str, ...] = ("l2", "l1", "min")
+
+RateScaling = Literal["none", "lr", "lr_ratio"]
+RATE_SCALINGS: tuple[str, ...] = ("none", "lr", "lr_ratio")
+
+
+# ---------------------------------------------------------------------------------------------
+# Norms
+# ---------------------------------------------------------------------------------------------
+
+
+def norm_dtype(tensor: Tensor) -> torch.dtype:
+    """The dtype a norm of ``tensor`` is accumulated in: fp64 for fp64, else fp32.
+
+    bf16/fp16 sums of squares overflow or lose most of their digits on large layers, so
+    norms of half-precision weights are always accumulated in fp32.
+    """
+    return torch.float64 if tensor.dtype == torch.float64 else torch.float32
+
+
+def tensor_norms(tensors: Sequence[Tensor], *, foreach: bool = True) -> list[Tensor]:
+    """The L2 (Frobenius) norm of each tensor, as 0-d tensors in :func:`norm_dtype`.
+
+    The foreach path issues one ``torch._foreach_norm`` per (device, dtype) bucket instead of
+    one kernel per tensor; both paths return the same values.
+    """
+    if not foreach:
+        return [torch.linalg.vector_norm(t, dtype=norm_dtype(t)) for t in tensors]
+    norms: list[Tensor | None] = [None] * len(tensors)
+    buckets: dict[tuple[torch.device, torch.dtype], list[int]] = defaultdict(list)
+    for i, t in enumerate(tensors):
+        buckets[(t.device, norm_dtype(t))].append(i)
+    for (_, dtype), indices in buckets.items():
+        bucket_norms = torch._foreach_norm([tensors[i] for i in indices], 2, dtype=dtype)
+        for i, n in zip(indices, bucket_norms):
+            norms[i] = n
+    return norms  # type: ignore[return-value]
+
+
+def combined_norm(norms: Sequence[Tensor]) -> Tensor:
+    """‖(θ_1, …, θ_n)‖ = sqrt(Σ ‖θ_i‖²): one norm over several tensors (group/global scope)."""
+    if not norms:
+        return torch.zeros(())
+    dtype = norms[0].dtype
+    for n in norms[1:]:
+        dtype = torch.promote_types(dtype, n.dtype)
+    device = norms[0].device
+    return torch.stack([n.to(device=device, dtype=dtype) for n in norms]).square().sum().sqrt()
+
+
+# ---------------------------------------------------------------------------------------------
+# Eq. 3: weight norm control
+# ---------------------------------------------------------------------------------------------
+
+
+def norm_control_factor(norm: Tensor, target_norm: Tensor | float, rate: float) -> Tensor:
+    """The factor Eq. 3 multiplies θ by: ``1 − k·(1 − τ/‖θ‖)``.
+
+    ``rate`` is k_t in [0, 1]; ``target_norm`` is τ_t, the norm θ is pulled toward. Above
+    target the factor is < 1 (the weight shrinks), below target it is > 1 (the weight grows),
+    and k = 1 rescales θ onto the target norm in one step.
+
+    A zero weight has no direction to rescale, so its factor is 1 (left as it is) instead of
+    the ``inf``/NaN that τ/0 would give.
+    """
+    ratio = torch.where(norm > 0, target_norm / norm, torch.ones_like(norm))
+    return 1 - rate * (1 - ratio)
+
+
+def control_rate(rate: float, scaling: str, lr: float, max_lr: float) -> float:
+    """k_t for the three forms of line 13 of Algorithm 1 (Loshchilov 2023).
+
+    * ``"none"`` — 13.c, Eq. 3 as written: k_t is the rate itself.
+    * ``"lr"`` — 13.a, PyTorch's AdamW: k_t = γ_t·rate (with target 0 and rate = λ this is
+      exactly ``torch.optim.AdamW(weight_decay=λ)``).
+    * ``"lr_ratio"`` — 13.b, the original AdamW: k_t = (γ_t/γ_max)·rate = η_t·rate, the rate
+      follows the schedule multiplier but not the base learning rate.
+    """
+    if scaling == "none":
+        return rate
+    if scaling == "lr":
+        return rate * lr
+    if scaling == "lr_ratio":
+        return rate * (lr / max_lr)
+    raise ValueError(f"rate_scaling must be one of {RATE_SCALINGS}, got {scaling!r}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Corrected weight decay (Defazio 2025, Section 5)
+# ---------------------------------------------------------------------------------------------
+
+
+def corrected_decay_scale(lr: float, max_lr: float) -> float:
+    """γ_t/γ_max, the factor the corrected weight decay puts on a normalised layer's decay.
+
+    AdamC/SGDC replace λ by λ̂_t = λ·γ_t/γ_max (Defazio 2025, §5); the decoupled term γ_t·λ̂_t·θ
+    is then (γ_t²/γ_max)·λ·θ, and the steady state ‖g‖/‖θ‖ = sqrt(2λ/γ_max) no longer moves with
+    the schedule. normctl scales the whole decay term D(θ) by this factor, which for the l2 and
+    l1 types is exactly λ → λ̂. At γ_t = γ_max it is exactly 1.0, so a constant schedule gives
+    AdamW/SGD bit for bit.
+    """
+    return lr / max_lr
+
+
+# ---------------------------------------------------------------------------------------------
+# Decay types l2 / l1 / min (Yu 2022)
+# ---------------------------------------------------------------------------------------------
+
+
+def decay_term(param: Tensor, kind: str, weight_decay: float) -> Tensor:
+    """D(θ), the direction a decay of type ``kind`` pulls θ along (θ ← θ − γ·D(θ)).
+
+    * ``l2``:  D = λ·θ
+    * ``l1``:  D = λ·sign(θ)
+    * ``min``: D = min_i |θ_i| · sign(θ) — the smallest magnitude of the whole tensor. The
+      original study does not use λ in this type; neither do we, so its strength is set by
+      the learning rate alone (it is still only applied to groups with ``weight_decay > 0``).
+    """
+    if kind == "l2":
+        return param * weight_decay
+    if kind == "l1":
+        return param.sign() * weight_decay
+    if kind == "min":
+        if param.numel() == 0:
+            return torch.zeros_like(param)
+        return param.sign() * param.abs().min()
+    raise ValueError(f"decay must be one of {DECAY_KINDS}, got {kind!r}")
+
+
+def apply_decoupled_decay_(params: Sequence[Tensor], kind: str, lr: float, weight_decay: float,
+                           *, foreach: bool = True) -> None:
+    """θ ← θ − lr·D(θ) for every tensor: AdamW's decoupled decay on the pre-step weight.
+
+    The l2 case is the multiplication ``θ·(1 − lr·λ)`` that ``torch.optim.AdamW`` performs, in
+    the same floating-point order, so it is bit-compatible with torch.
+    """
+    if weight_decay == 0 or not params:
+        return
+    if kind == "l2":
+        if foreach:
+            torch._foreach_mul_(list(params), 1 - lr * weight_decay)
+        else:
+            for p in params:
+                p.mul_(1 - lr * weight_decay)
+        return
+    for p in params:  # l1/min: sign-based, no foreach kernel; both paths are this loop
+        p.sub_(decay_term(p, kind, weight_decay), alpha=lr)
+
+
+def add_coupled_decay(grads: Sequence[Tensor], params: Sequence[Tensor], kind: str,
+                      weight_decay: float, *, scale: float = 1.0, foreach: bool = True) -> list[Tensor]:
+    """g + scale·D(θ) for every tensor: SGD's L2-style decay folded into the gradient.
+
+    Returns new tensors (the caller's ``.grad`` is never modified). The l2 case is
+    ``g.add(θ, alpha=λ)``, the operation ``torch.optim.SGD`` performs.
+    """
+    if weight_decay == 0:
+        return list(grads)
+    if kind == "l2":
+        if foreach:
+            return list(torch._foreach_add(list(grads), list(params), alpha=weight_decay * scale))
+        return [g.add(p, alpha=weight_decay * scale) for g, p in zip(grads, params)]
+    return [g.add(decay_term(p, kind, weight_decay), alpha=scale) for g, p in zip(grads, params)]
