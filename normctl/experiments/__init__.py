@@ -1,0 +1,1 @@
+"""The experiment harness: models, data and training loops built on the library."""

@@ -1,0 +1,226 @@
+"""Which weights are norm-controlled, decayed and normalised — decided in one place, with reasons.
+
+The optimizers never look at parameter names; they read three keys of each param group:
+
+* ``control`` (AdamWN): apply Eq. 3 norm control;
+* ``normalized`` (AdamC, SGDC): the tensor's output feeds a normalisation layer, so its
+  decay gets the γ_t/γ_max correction;
+* ``weight_decay``: λ for the groups that are decayed, 0 for the others.
+
+:func:`param_groups` builds those groups for a model; :func:`param_roles` returns the decision
+for every tensor with the reason, and :func:`format_roles` prints it as a table.
+
+The rules, in order (the first that matches decides):
+
+1. gains and biases of normalisation layers → ``no_decay``;
+2. tensors with fewer than 2 dimensions (biases, scalars) → ``no_decay``;
+3. embeddings (and weights tied to one) → ``decay`` or ``no_decay`` (``embeddings=``);
+4. the output layer (unembedding / classifier) → ``decay``, never normalised;
+5. normalised matrices → ``normalized`` (decayed, controlled and corrected), by the rule
+   ``normalized=``: ``"transformer"`` — every other matrix, as Defazio (2025) treats
+   transformers; ``"structural"`` — a Linear/Conv whose next registered layer is a norm layer
+   of matching width (conv → BatchNorm in ResNets); ``"auto"`` — transformer when the model
+   has an embedding and a norm layer, structural otherwise; or an explicit set of names;
+6. every other tensor with ≥ 2 dimensions → ``decay``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from collections.abc import Collection
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+GROUP_FLAGS = {  # group label -> (control, normalized, decayed)
+    "normalized": (True, True, True),
+    "decay": (True, False, True),
+    "no_decay": (False, False, False),
+}
+
+_NORM_CLASS_NAME = re.compile(r"Norm(\d+d)?$")  # LayerNorm, RMSNorm, BatchNorm2d, LlamaRMSNorm…
+
+
+@dataclass(frozen=True)
+class ParamRole:
+    """The decision for one parameter tensor."""
+
+    name: str
+    shape: tuple[int, ...]
+    group: str  # a key of GROUP_FLAGS
+    reason: str
+
+    @property
+    def control(self) -> bool:
+        return GROUP_FLAGS[self.group][0]
+
+    @property
+    def normalized(self) -> bool:
+        return GROUP_FLAGS[self.group][1]
+
+
+def is_norm_layer(module: nn.Module) -> bool:
+    """torch's norm layers, and any module whose class name ends in ``Norm`` (custom RMSNorm,
+    nanoGPT's LayerNorm with optional bias, ``BatchNorm2d`` …)."""
+    norm_types = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._NormBase, nn.LocalResponseNorm)
+    if hasattr(nn, "RMSNorm"):
+        norm_types += (nn.RMSNorm,)
+    return isinstance(module, norm_types) or bool(_NORM_CLASS_NAME.search(type(module).__name__))
+
+
+def param_roles(model: nn.Module, *, normalized: str | Collection[str] = "auto",
+                embeddings: str = "decay", output_layer: str | None = None) -> list[ParamRole]:
+    """The group of every parameter of ``model`` and why (rules in the module docstring).
+
+    Args:
+        normalized: ``"auto"``, ``"transformer"``, ``"structural"``, ``"none"``, or the names
+            of the parameters that are normalised.
+        embeddings: ``"decay"`` (nanoGPT's choice, default) or ``"no_decay"``.
+        output_layer: name of the output module (e.g. ``"lm_head"``); by default the last
+            ``nn.Linear`` registered in a transformer, or one tied to an embedding.
+    """
+    if embeddings not in ("decay", "no_decay"):
+        raise ValueError(f"embeddings must be 'decay' or 'no_decay', got {embeddings!r}")
+    if isinstance(normalized, str) and normalized not in ("auto", "transformer", "structural", "none"):
+        raise ValueError("normalized must be 'auto', 'transformer', 'structural', 'none' or a "
+                         f"collection of parameter names, got {normalized!r}")
+
+    owners = _owners(model)  # id(param) -> [(qualified name, owning module)]
+    named = list(model.named_parameters())  # deduplicated: tied weights appear once
+    if not isinstance(normalized, str):
+        unknown = set(normalized) - {n for entries in owners.values() for n, _ in entries}
+        if unknown:
+            raise ValueError(f"normalized names not found in the model: {sorted(unknown)}")
+    has_embedding = any(isinstance(m, nn.Embedding) for m in model.modules())
+    has_norm = any(is_norm_layer(m) for m in model.modules())
+    rule = normalized
+    if rule == "auto":
+        rule = "transformer" if has_embedding and has_norm else "structural"
+    output_name = output_layer if output_layer is not None else _default_output_layer(model, rule)
+    if output_name is not None and output_name not in dict(model.named_modules()):
+        raise ValueError(f"output_layer {output_name!r} is not a module of the model")
+    feeds_norm = _modules_feeding_a_norm(model) if rule == "structural" else {}
+
+    roles = []
+    for name, p in named:
+        entries = owners[id(p)]
+        aliases = [n for n, _ in entries if n != name]
+        tied = f" (tied with {', '.join(aliases)})" if aliases else ""
+        modules = [m for _, m in entries]
+        module_names = [n.rpartition(".")[0] for n, _ in entries]
+        norm = next((m for m in modules if is_norm_layer(m)), None)
+        if norm is not None:
+            group, reason = "no_decay", f"gain/bias of {type(norm).__name__}"
+        elif p.ndim < 2:
+            group, reason = "no_decay", f"{p.ndim}-d tensor (bias or scale)"
+        elif any(isinstance(m, nn.Embedding) for m in modules):
+            group, reason = embeddings, f"embedding{tied}"
+        elif output_name is not None and output_name in module_names:
+            group, reason = "decay", f"output layer {output_name}{tied}"
+        elif not isinstance(rule, str):
+            in_set = bool(set(rule) & {n for n, _ in entries})
+            group = "normalized" if in_set else "decay"
+            reason = "listed as normalized" if in_set else "matrix, not listed as normalized"
+        elif rule == "transformer":
+            group, reason = "normalized", "matrix in a transformer (all but the output layer)"
+        elif rule == "structural" and any(id(m) in feeds_norm for m in modules):
+            norm_name = next(feeds_norm[id(m)] for m in modules if id(m) in feeds_norm)
+            group, reason = "normalized", f"output feeds {norm_name}"
+        else:
+            group, reason = "decay", "matrix (ndim >= 2)"
+        roles.append(ParamRole(name, tuple(p.shape), group, reason))
+    return roles
+
+
+def param_groups(model: nn.Module, weight_decay: float = 0.1, *,
+                 normalized: str | Collection[str] = "auto", embeddings: str = "decay",
+                 output_layer: str | None = None, verbose: bool = False) -> list[dict]:
+    """Param groups for any normctl optimizer (and torch's, which ignore the extra keys).
+
+    Each group has ``name`` (``normalized``/``decay``/``no_decay``), ``params``, ``control``,
+    ``normalized`` and ``weight_decay`` (``weight_decay`` for decayed groups, 0 otherwise).
+    Empty groups are left out. ``verbose=True`` prints :func:`format_roles`.
+    """
+    if isinstance(weight_decay, bool) or not isinstance(weight_decay, (int, float)) or weight_decay < 0:
+        raise ValueError(f"weight_decay must be a number >= 0, got {weight_decay!r}")
+    roles = param_roles(model, normalized=normalized, embeddings=embeddings, output_layer=output_layer)
+    if verbose:
+        print(format_roles(roles))
+    by_name = dict(model.named_parameters())
+    groups = []
+    for label, (control, is_normalized, decayed) in GROUP_FLAGS.items():
+        params = [by_name[r.name] for r in roles if r.group == label]
+        if params:
+            groups.append({"name": label, "params": params, "control": control,
+                           "normalized": is_normalized,
+                           "weight_decay": float(weight_decay) if decayed else 0.0})
+    return groups
+
+
+def format_roles(roles: list[ParamRole]) -> str:
+    """A table of the decisions and a one-line summary per group."""
+    width = max([len(r.name) for r in roles] + [4])
+    lines = [f"{'name':<{width}}  {'shape':<16} {'group':<10}  reason"]
+    for r in roles:
+        lines.append(f"{r.name:<{width}}  {str(r.shape):<16} {r.group:<10}  {r.reason}")
+    counts: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    for r in roles:
+        counts[r.group][0] += 1
+        counts[r.group][1] += int(torch.Size(r.shape).numel())
+    summary = ", ".join(f"{g}: {n} tensors, {size:,} parameters"
+                        for g, (n, size) in counts.items())
+    lines.append(summary)
+    return "\n".join(lines)
+
+
+def _owners(model: nn.Module) -> dict[int, list[tuple[str, nn.Module]]]:
+    owners: dict[int, list[tuple[str, nn.Module]]] = defaultdict(list)
+    for module_name, module in model.named_modules(remove_duplicate=False):
+        for pname, p in module.named_parameters(recurse=False):
+            qualified = f"{module_name}.{pname}" if module_name else pname
+            if qualified not in [n for n, _ in owners[id(p)]]:
+                owners[id(p)].append((qualified, module))
+    return owners
+
+
+def _default_output_layer(model: nn.Module, rule: str | Collection[str]) -> str | None:
+    """A Linear tied to an embedding, else (in a transformer) the last Linear registered."""
+    embedding_weights = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+    linears = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    for name, module in linears:
+        if id(module.weight) in embedding_weights:
+            return name
+    if rule == "transformer" and linears:
+        return linears[-1][0]
+    return None
+
+
+def _modules_feeding_a_norm(model: nn.Module) -> dict[int, str]:
+    """Linear/Conv modules whose next registered layer is a norm layer of the same width.
+
+    Registration order is how ResNets (conv1, bn1, …, downsample = Sequential(conv, bn)) and
+    most CNNs are written; a norm of a different width is not fed by that layer.
+    """
+    layers = [(n, m) for n, m in model.named_modules()
+              if is_norm_layer(m) or isinstance(m, (nn.Linear, nn.modules.conv._ConvNd))]
+    feeds = {}
+    for (_, layer), (norm_name, norm) in zip(layers, layers[1:]):
+        if is_norm_layer(layer) or not is_norm_layer(norm):
+            continue
+        width = layer.out_features if isinstance(layer, nn.Linear) else layer.out_channels
+        if _norm_width(norm) in (width, None):
+            feeds[id(layer)] = f"{norm_name} ({type(norm).__name__})"
+    return feeds
+
+
+def _norm_width(norm: nn.Module) -> int | None:
+    for attr in ("num_features", "num_channels"):
+        if isinstance(getattr(norm, attr, None), int):
+            return getattr(norm, attr)
+    shape = getattr(norm, "normalized_shape", None)
+    if shape:
+        return int(shape[-1])
+    weight = getattr(norm, "weight", None)
+    return int(weight.shape[0]) if isinstance(weight, torch.Tensor) and weight.ndim else None
