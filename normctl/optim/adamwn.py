@@ -187,7 +187,7 @@ class AdamWN(NormctlOptimizer):
             if not (group["control"] and group["relative_target"] and group["scope"] == "tensor"):
                 continue
             for i, p in enumerate(batch.params):
-                if not self.state[p] and p.numel() > 0 and not p.any():
+                if not self.state.get(p) and p.numel() > 0 and not p.any():
                     raise ValueError(
                         f"AdamWN: parameter {i} of a controlled group (shape {tuple(p.shape)}) has "
                         "initial norm 0, so its relative target r·‖θ_0‖ is 0. Exclude it "

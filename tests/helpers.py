@@ -1,0 +1,67 @@
+"""Shared test machinery: N steps with identical random gradients, then compare."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+SHAPES = [(5, 3), (4,), (), (2, 3, 4), (0, 3)]
+
+
+def make_params(dtype: torch.dtype = torch.float64, seed: int = 0,
+                shapes=SHAPES) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(s, generator=g, dtype=torch.float64).to(dtype).requires_grad_()
+            for s in shapes]
+
+
+def run(make_optimizer: Callable, *, steps: int = 100, dtype: torch.dtype = torch.float64,
+        scheduler: Callable | None = None, grad_scale: float = 1.0, shapes=SHAPES, seed: int = 0,
+        params: list[torch.Tensor] | None = None):
+    """Train fresh parameters for ``steps`` steps on seeded random gradients.
+
+    Returns (params, optimizer). The same seed gives every optimizer the same gradients.
+    """
+    params = make_params(dtype, seed, shapes) if params is None else params
+    optimizer = make_optimizer(params)
+    sched = scheduler(optimizer) if scheduler else None
+    g = torch.Generator().manual_seed(seed + 1)
+    for _ in range(steps):
+        for p in params:
+            p.grad = (torch.randn(p.shape, generator=g, dtype=torch.float64) * grad_scale).to(dtype)
+        optimizer.step()
+        if sched:
+            sched.step()
+    return params, optimizer
+
+
+def cosine(steps: int = 100) -> Callable:
+    return lambda opt: torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps, eta_min=1e-4)
+
+
+def warmup_cosine(steps: int = 100, warmup: int = 10) -> Callable:
+    from normctl import schedules
+
+    return lambda opt: torch.optim.lr_scheduler.LambdaLR(
+        opt, schedules.cosine(1.0, 0.0, steps, warmup=warmup, warmup_start=0.1))
+
+
+def assert_same(a: list[torch.Tensor], b: list[torch.Tensor], *, exact: bool = True, **tol) -> None:
+    for x, y in zip(a, b):
+        if exact:
+            assert torch.equal(x, y), (x - y).abs().max()
+        else:
+            torch.testing.assert_close(x, y, **tol)
+
+
+def state_tensors(optimizer) -> list[torch.Tensor]:
+    """Every tensor of the optimizer state, in a stable order."""
+    out = []
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            for key in sorted(optimizer.state[p]):
+                value = optimizer.state[p][key]
+                if isinstance(value, torch.Tensor):
+                    out.append(value)
+    return out
