@@ -7,7 +7,8 @@
 """
 
 from . import schedules
+from .groups import format_roles, param_groups, param_roles
 from .optim import SGDC, AdamC, AdamWN
 
-__all__ = ["AdamWN", "AdamC", "SGDC", "schedules"]
+__all__ = ["AdamWN", "AdamC", "SGDC", "schedules", "param_groups", "param_roles", "format_roles"]
 __version__ = "0.1.0"

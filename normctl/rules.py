@@ -88,9 +88,10 @@ def norm_control_factor(norm: Tensor, target_norm: Tensor | float, rate: float) 
     and k = 1 rescales θ onto the target norm in one step.
 
     A zero weight has no direction to rescale, so its factor is 1 (left as it is) instead of
-    the ``inf``/NaN that τ/0 would give.
+    the ``inf``/NaN that τ/0 would give; so has a weight so small that τ/‖θ‖ overflows.
     """
-    ratio = torch.where(norm > 0, target_norm / norm, torch.ones_like(norm))
+    ratio = target_norm / norm
+    ratio = torch.where(torch.isfinite(ratio), ratio, torch.ones_like(ratio))
     return 1 - rate * (1 - ratio)
 
 

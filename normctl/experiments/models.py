@@ -105,3 +105,49 @@ class GPT(nn.Module):
         if targets is None:
             return logits, None
         return logits, F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1))
+
+
+class BasicBlock(nn.Module):
+    """conv-BN-ReLU-conv-BN plus shortcut, laid out as torchvision's ResNet writes it."""
+
+    def __init__(self, in_planes: int, planes: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.downsample = None
+        if stride != 1 or in_planes != planes:
+            self.downsample = nn.Sequential(nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False),
+                                            nn.BatchNorm2d(planes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + (x if self.downsample is None else self.downsample(x)))
+
+
+class ResNet(nn.Module):
+    """CIFAR-style ResNet (He et al. 2016, §4.2): 3 stages of ``blocks_per_stage`` blocks.
+
+    ``blocks_per_stage=3, width=16`` is ResNet-20; smaller widths make it laptop-sized.
+    """
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 1, width: int = 16,
+                 blocks_per_stage: int = 3) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, width, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        stages, in_planes = [], width
+        for i, planes in enumerate((width, 2 * width, 4 * width)):
+            blocks = []
+            for j in range(blocks_per_stage):
+                blocks.append(BasicBlock(in_planes, planes, stride=2 if i > 0 and j == 0 else 1))
+                in_planes = planes
+            stages.append(nn.Sequential(*blocks))
+        self.layers = nn.Sequential(*stages)
+        self.fc = nn.Linear(in_planes, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.layers(F.relu(self.bn1(self.conv1(x))))  # (B, 4w, H/4, W/4)
+        return self.fc(F.adaptive_avg_pool2d(out, 1).flatten(1))

@@ -1,0 +1,54 @@
+"""torch.compile of a training step, and the demo end to end on a few steps."""
+
+import dataclasses
+
+import pytest
+import torch
+
+from normctl import AdamWN, param_groups
+from normctl.cli import main
+from normctl.demo import DemoConfig, run_demo
+
+
+def test_compiled_training_step_matches_eager():
+    torch._dynamo.reset()
+
+    def make():
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.LayerNorm(16), torch.nn.Linear(16, 1))
+        return model, AdamWN(param_groups(model), lr=1e-2, target=1.5, rate=0.1)
+
+    x, y = torch.randn(32, 8), torch.randn(32, 1)
+    results = []
+    for compiled in (False, True):
+        model, opt = make()
+
+        def train_step():
+            loss = torch.nn.functional.mse_loss(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            return loss
+
+        step = torch.compile(train_step) if compiled else train_step
+        losses = [float(step().detach()) for _ in range(5)]
+        results.append((losses, [p.detach().clone() for p in model.parameters()]))
+    (eager_losses, eager_params), (comp_losses, comp_params) = results
+    assert comp_losses == pytest.approx(eager_losses, rel=1e-5)
+    for a, b in zip(eager_params, comp_params):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_demo_runs_end_to_end(capsys):
+    cfg = dataclasses.replace(DemoConfig(), steps=6, n_layer=1, n_embd=32, eval_batches=2, warmup=2)
+    results = run_demo(cfg)
+    assert [r.method for r in results] == ["adamw", "adamwn", "adamc"]
+    for r in results:
+        assert all(map(torch.isfinite, map(torch.tensor, (r.val_loss, r.train_loss, r.norm_ratio))))
+    out = capsys.readouterr().out
+    assert "target ratio" in out and "val loss" in out
+
+
+def test_cli_rejects_bad_steps():
+    with pytest.raises(SystemExit):
+        main(["demo", "--steps", "0"])
