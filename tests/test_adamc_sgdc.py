@@ -28,21 +28,25 @@ def test_adamc_non_normalized_groups_are_adamw_under_a_schedule():
     assert_same(ref, got)
 
 
+def assert_zero_grad_steps_multiply_by(opt, steps, warmup, factor, rtol):
+    """Under warm-up + cosine, with g = 0, each step multiplies θ by exactly ``factor(γ_t)``."""
+    sched = warmup_cosine(steps, warmup=warmup)(opt)
+    param = opt.param_groups[0]["params"][0]
+    for _ in range(steps):
+        gamma = opt.param_groups[0]["lr"]
+        before = param.detach().clone()
+        param.grad = torch.zeros_like(param)
+        opt.step()
+        sched.step()
+        torch.testing.assert_close(param.detach(), before * factor(gamma), rtol=rtol, atol=0)
+
+
 @pytest.mark.parametrize("foreach", [False, True])
 def test_adamc_decay_factor_is_one_minus_lr_squared_over_max_lr_times_wd(foreach):
     """g = 0 leaves Adam's step at 0, so each step multiplies θ by exactly 1 − γ_t²/γ_max·λ."""
-    lr, wd, steps = 0.5, 0.3, 60
-    params = make_params(shapes=[(4, 4)])
-    opt = AdamC(params, lr=lr, weight_decay=wd, normalized=True, foreach=foreach)
-    sched = warmup_cosine(steps, warmup=10)(opt)
-    for _ in range(steps):
-        gamma = opt.param_groups[0]["lr"]
-        before = params[0].detach().clone()
-        params[0].grad = torch.zeros_like(params[0])
-        opt.step()
-        sched.step()
-        expected = before * (1 - gamma**2 / lr * wd)
-        torch.testing.assert_close(params[0].detach(), expected, rtol=1e-14, atol=0)
+    lr, wd = 0.5, 0.3
+    opt = AdamC(make_params(shapes=[(4, 4)]), lr=lr, weight_decay=wd, normalized=True, foreach=foreach)
+    assert_zero_grad_steps_multiply_by(opt, 60, 10, lambda gamma: 1 - gamma**2 / lr * wd, 1e-14)
     assert peak_lr(opt.param_groups[0]) == lr
 
 
@@ -92,18 +96,10 @@ def test_sgdc_non_normalized_groups_are_torch_sgd_under_a_schedule():
 @pytest.mark.parametrize("decoupled", [False, True])
 def test_sgdc_corrected_decay_closed_form_without_momentum(decoupled):
     """Without momentum both forms give θ_t = θ_{t−1}·(1 − γ_t·λ·γ_t/γ_max) when g = 0."""
-    lr, wd, steps = 0.5, 0.2, 40
-    params = make_params(shapes=[(3, 5)])
-    opt = SGDC(params, lr=lr, weight_decay=wd, normalized=True, decoupled_weight_decay=decoupled)
-    sched = warmup_cosine(steps, warmup=5)(opt)
-    for _ in range(steps):
-        gamma = opt.param_groups[0]["lr"]
-        before = params[0].detach().clone()
-        params[0].grad = torch.zeros_like(params[0])
-        opt.step()
-        sched.step()
-        torch.testing.assert_close(params[0].detach(), before * (1 - gamma * wd * gamma / lr),
-                                   rtol=1e-13, atol=0)
+    lr, wd = 0.5, 0.2
+    opt = SGDC(make_params(shapes=[(3, 5)]), lr=lr, weight_decay=wd, normalized=True,
+               decoupled_weight_decay=decoupled)
+    assert_zero_grad_steps_multiply_by(opt, 40, 5, lambda gamma: 1 - gamma * wd * gamma / lr, 1e-13)
 
 
 def test_sgdc_decoupled_decay_is_not_amplified_by_momentum():
