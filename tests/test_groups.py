@@ -1,6 +1,5 @@
 """param_groups: which tensors are controlled, decayed and normalised, and why."""
 
-import pytest
 import torch
 from torch import nn
 

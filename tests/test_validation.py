@@ -27,7 +27,7 @@ def w():
     (dict(control_at="later"), ValueError, "control_at must be one of"),
     (dict(decay="l3"), ValueError, "decay must be one of"),
     (dict(weight_decay=-0.1), ValueError, "weight_decay must be >= 0"),
-    (dict(max_lr=0.0), ValueError, "max_lr must be None or > 0"),
+    (dict(max_lr=0.0), ValueError, "max_lr must be None or a number > 0"),
     (dict(control=1), TypeError, "control must be a bool"),
     (dict(lr=float("nan")), ValueError, "lr must not be NaN"),
     (dict(foreach="yes"), TypeError, "foreach must be None, True or False"),

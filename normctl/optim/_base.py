@@ -60,8 +60,23 @@ def check_betas(betas: Any) -> None:
     check_unit_interval("betas[1]", betas[1], closed_right=False)
 
 
+def check_bools(group: dict[str, Any], *names: str) -> None:
+    for name in names:
+        if not isinstance(group[name], bool):
+            raise TypeError(f"{name} must be a bool, got {type(group[name]).__name__}")
+
+
+def check_max_lr(max_lr: Any) -> None:
+    if max_lr is not None and not (is_real(max_lr) and max_lr > 0):
+        raise ValueError(f"max_lr must be None or a number > 0, got {max_lr!r}")
+
+
+def is_real(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def _check_real(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if not is_real(value):
         raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
     if math.isnan(value):
         raise ValueError(f"{name} must not be NaN")
@@ -104,8 +119,6 @@ class NormctlOptimizer(Optimizer):
     def __init__(self, params: Any, defaults: dict[str, Any]) -> None:
         if defaults.get("foreach") not in (None, True, False):
             raise TypeError(f"foreach must be None, True or False, got {defaults['foreach']!r}")
-        if not isinstance(defaults.get("skip_nonfinite", False), bool):
-            raise TypeError("skip_nonfinite must be a bool")
         super().__init__(params, defaults)
 
     # -- param groups ------------------------------------------------------------------------
@@ -120,6 +133,7 @@ class NormctlOptimizer(Optimizer):
             )
         trial = {**self.defaults, **param_group}
         trial.pop("params", None)
+        check_bools(trial, "skip_nonfinite")
         self._validate_group(trial)
         params = param_group["params"]
         tensors = [params] if isinstance(params, Tensor) else list(params)
@@ -152,7 +166,9 @@ class NormctlOptimizer(Optimizer):
             with torch.enable_grad():
                 loss = closure()
         batches = self._collect()
-        if self.defaults["skip_nonfinite"] and not _all_finite(batches):
+        # One group asking to skip skips the whole step: groups must stay in step together.
+        skip = any(g["skip_nonfinite"] for g in self.param_groups)
+        if skip and not _all_finite(batches):
             for group in self.param_groups:
                 group["skipped_steps"] += 1
             return loss

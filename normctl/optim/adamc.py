@@ -6,8 +6,8 @@ from typing import Any
 
 from .. import rules
 from ._adam import adam_state, adam_update
-from ._base import (Batch, NormctlOptimizer, check_betas, check_choice, check_nonnegative,
-                    corrected_lr_ratio, warn_if_nothing_normalized)
+from ._base import (Batch, NormctlOptimizer, check_betas, check_bools, check_choice, check_max_lr,
+                    check_nonnegative, corrected_lr_ratio, warn_if_nothing_normalized)
 
 
 class AdamC(NormctlOptimizer):
@@ -79,11 +79,6 @@ class AdamC(NormctlOptimizer):
 
 def check_corrected_decay_keys(group: dict[str, Any]) -> None:
     """The keys AdamC and SGDC share: ``max_lr``, ``normalized``, ``decay``, ``maximize``."""
-    max_lr = group["max_lr"]
-    if max_lr is not None and (isinstance(max_lr, bool) or not isinstance(max_lr, (int, float))
-                               or not max_lr > 0):
-        raise ValueError(f"max_lr must be None or a number > 0, got {max_lr!r}")
+    check_max_lr(group["max_lr"])
     check_choice("decay", group["decay"], rules.DECAY_KINDS)
-    for flag in ("normalized", "maximize"):
-        if not isinstance(group[flag], bool):
-            raise TypeError(f"{flag} must be a bool, got {type(group[flag]).__name__}")
+    check_bools(group, "normalized", "maximize")

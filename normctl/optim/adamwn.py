@@ -12,8 +12,8 @@ from torch import Tensor
 from .. import rules
 from ..schedules import Schedule, as_schedule
 from ._adam import adam_state, adam_update
-from ._base import (Batch, NormctlOptimizer, check_betas, check_choice, check_nonnegative,
-                    check_unit_interval, peak_lr)
+from ._base import (Batch, NormctlOptimizer, check_betas, check_bools, check_choice,
+                    check_max_lr, check_nonnegative, check_unit_interval, is_real, peak_lr)
 
 SCOPES = ("tensor", "group", "global")
 CONTROL_AT = ("pre_step", "post_step")
@@ -112,16 +112,13 @@ class AdamWN(NormctlOptimizer):
         check_choice("scope", group["scope"], SCOPES)
         check_choice("rate_scaling", group["rate_scaling"], rules.RATE_SCALINGS)
         check_choice("control_at", group["control_at"], CONTROL_AT)
-        for flag in ("control", "relative_target", "maximize"):
-            if not isinstance(group[flag], bool):
-                raise TypeError(f"{flag} must be a bool, got {type(group[flag]).__name__}")
-        if group["max_lr"] is not None and not (_is_real(group["max_lr"]) and group["max_lr"] > 0):
-            raise ValueError(f"max_lr must be None or > 0, got {group['max_lr']!r}")
+        check_bools(group, "control", "relative_target", "maximize")
+        check_max_lr(group["max_lr"])
         as_schedule(group["target"], "target")
         as_schedule(group["rate"], "rate")
-        if _is_real(group["target"]):
+        if is_real(group["target"]):
             check_nonnegative("target", group["target"])
-        if _is_real(group["rate"]):
+        if is_real(group["rate"]):
             if group["rate_scaling"] == "none":
                 check_unit_interval("rate", group["rate"])
             else:
@@ -173,10 +170,10 @@ class AdamWN(NormctlOptimizer):
         rate = as_schedule(group["rate"], "rate")(t)
         target = as_schedule(group["target"], "target")(t)
         k = rules.control_rate(rate, group["rate_scaling"], group["lr"], peak_lr(group))
-        if not (_is_real(k) and 0 <= k <= 1):
+        if not (is_real(k) and 0 <= k <= 1):
             raise ValueError(f"rate k_t must be in [0, 1] at step {t}, got {k} "
                              f"(rate={rate}, rate_scaling={group['rate_scaling']!r})")
-        if not (_is_real(target) and target >= 0 and math.isfinite(target)):
+        if not (is_real(target) and target >= 0 and math.isfinite(target)):
             raise ValueError(f"target must be a finite number >= 0 at step {t}, got {target}")
         return _ControlPlan(rate=k, target=target)
 
@@ -236,10 +233,6 @@ class AdamWN(NormctlOptimizer):
                                                    plan.rate)
                 factors = [factor] * len(batch.params)
             _scale_(batch.params, factors, foreach=foreach)
-
-
-def _is_real(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool)
 
 
 def _target_norm(plan: _ControlPlan, group: dict, init_norm: Tensor | float) -> Tensor | float:

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 
 from .. import rules
-from ._base import (Batch, NormctlOptimizer, check_nonnegative, check_unit_interval,
+from ._base import (Batch, NormctlOptimizer, check_bools, check_nonnegative, check_unit_interval,
                     corrected_lr_ratio, warn_if_nothing_normalized)
 from .adamc import check_corrected_decay_keys
 
@@ -57,9 +57,7 @@ class SGDC(NormctlOptimizer):
         check_unit_interval("dampening", group["dampening"])
         check_nonnegative("weight_decay", group["weight_decay"])
         check_corrected_decay_keys(group)
-        for flag in ("nesterov", "decoupled_weight_decay"):
-            if not isinstance(group[flag], bool):
-                raise TypeError(f"{flag} must be a bool, got {type(group[flag]).__name__}")
+        check_bools(group, "nesterov", "decoupled_weight_decay")
         if group["nesterov"] and (group["momentum"] <= 0 or group["dampening"] != 0):
             raise ValueError("nesterov=True requires momentum > 0 and dampening = 0")
 
