@@ -1,0 +1,241 @@
+"""NormMonitor: what weight decay and norm control are doing to a run, for any torch optimizer."""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..optim import AdamWN
+from ..rules import tensor_norms
+from . import stats
+from .sinks import Sink
+
+
+class NormMonitor:
+    """Per-tensor, per-layer, per-group and global norms, ratios and steady-state predictions.
+
+    Attach it once; it hooks into ``optimizer.step()`` and measures every ``every``-th step::
+
+        monitor = NormMonitor(model, optimizer, every=10, sinks=[JsonlSink(run_dir)])
+        for batch in loader:
+            loss = ...; loss.backward()
+            optimizer.step()
+            monitor.observe(loss=loss)   # adds the loss and writes the record to the sinks
+            optimizer.zero_grad()
+
+    Keys are ``"<scope>/<name>/<metric>"`` with scope ``tensor`` (each parameter), ``layer``
+    (the module that owns it), ``group`` (the optimizer's param group, by its ``name`` key or
+    index) and ``global``; plus ``lr/<group>``, ``loss`` and ``step`` (optimizer steps taken).
+
+    Metrics per tensor: ``weight_norm``, ``weight_linf``, ``norm_ratio`` (to the norm at
+    construction), ``weight_min/mean/max``, ``grad_norm``, ``grad_weight_ratio`` (‖g‖/‖θ‖),
+    ``update_weight_ratio`` (‖θ_t − θ_{t−1}‖/‖θ_{t−1}‖), ``adam_grad_weight_ratio``
+    (‖g‖_{A⁻¹}/‖θ‖_A for Adam-family state), the predictions ``pred_ratio`` and ``pred_linf``
+    of :mod:`normctl.monitor.stats`, and for AdamWN-controlled tensors ``target_norm`` and
+    ``norm_deviation`` (‖θ‖/τ − 1).
+
+    Read-only: it never writes into param groups or state. Cost: nothing on the steps it skips;
+    on a measured step one copy of the weights (for the update ratio), batched
+    ``torch._foreach_norm`` calls and a single device-to-host transfer.
+    """
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, *, every: int = 10,
+                 sinks: Iterable[Sink] = (), weighted_norms: bool = True, value_ranges: bool = True) -> None:
+        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+            raise ValueError(f"every must be an int >= 1, got {every!r}")
+        self.optimizer = optimizer
+        self.every = every
+        self.sinks = list(sinks)
+        self.weighted_norms = weighted_norms
+        self.value_ranges = value_ranges
+        names = {p: name for name, p in model.named_parameters()}
+        self._params: list[Tensor] = []
+        self._names: list[str] = []
+        self._group_index: list[int] = []
+        for gi, group in enumerate(optimizer.param_groups):
+            for p in group["params"]:
+                self._params.append(p)
+                self._names.append(names.get(p, f"param{len(self._params) - 1}"))
+                self._group_index.append(gi)
+        self._labels = [str(g.get("name", i)) for i, g in enumerate(optimizer.param_groups)]
+        with torch.no_grad():
+            self._initial = [float(n) for n in tensor_norms([p.detach() for p in self._params])]
+        self.steps = 0
+        self._before: tuple[list[Tensor], list[Tensor | None]] | None = None
+        self._pending: dict[str, Any] | None = None
+        self._hooks = [optimizer.register_step_pre_hook(self._before_step),
+                       optimizer.register_step_post_hook(self._after_step)]
+
+    # -- hooks --------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def _before_step(self, optimizer, args, kwargs) -> None:
+        if self.steps % self.every:
+            return
+        self._flush()
+        grads = [p.grad for p in self._params]
+        present = [g for g in grads if g is not None]
+        norms = iter(tensor_norms(present))
+        grad_norms = [next(norms) if g is not None else None for g in grads]
+        self._before = ([p.detach().clone() for p in self._params], grad_norms)
+
+    @torch.no_grad()
+    def _after_step(self, optimizer, args, kwargs) -> None:
+        self.steps += 1
+        if self._before is not None:
+            self._pending = self._measure()
+            self._before = None
+
+    # -- public -------------------------------------------------------------------------------
+
+    def observe(self, loss: Tensor | float | None = None, **extra: float) -> dict[str, Any] | None:
+        """Attach the loss (and any extra scalars) to the step just measured and write it.
+
+        Returns the record, or None when this step was not a measured one.
+        """
+        record, self._pending = self._pending, None
+        if record is None:
+            return None
+        if loss is not None:
+            record["loss"] = float(loss.detach() if isinstance(loss, Tensor) else loss)
+        record.update({k: float(v) for k, v in extra.items()})
+        for sink in self.sinks:
+            sink.write(record)
+        return record
+
+    def close(self) -> None:
+        """Write any unobserved record, remove the hooks and close the sinks."""
+        self._flush()
+        for hook in self._hooks:
+            hook.remove()
+        for sink in self.sinks:
+            sink.close()
+
+    def __enter__(self) -> NormMonitor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _flush(self) -> None:
+        if self._pending is not None:
+            self.observe()
+
+    # -- measurement --------------------------------------------------------------------------
+
+    def _measure(self) -> dict[str, Any]:
+        params = [p.detach() for p in self._params]
+        before, grad_norm_t = self._before  # type: ignore[misc]
+        groups = self.optimizer.param_groups
+
+        # Every scalar tensor is queued here and crosses to the host in one transfer.
+        queue: list[Tensor] = []
+
+        def enqueue(tensors: Sequence[Tensor | None]) -> list[int | None]:
+            slots = []
+            for t in tensors:
+                if t is None:
+                    slots.append(None)
+                else:
+                    slots.append(len(queue))
+                    queue.append(t)
+            return slots
+
+        w_slot = enqueue(tensor_norms(params))
+        before_slot = enqueue(tensor_norms(before))
+        linf_slot = enqueue(stats.linf_norms(params))
+        upd_slot = enqueue(stats.update_norms(params, before))
+        g_slot = enqueue(grad_norm_t)
+        ranges = stats.value_ranges(params) if self.value_ranges else [None] * len(params)
+        range_slots = [enqueue(r) if r is not None else None for r in ranges]
+        weighted_slots = self._enqueue_weighted_norms(params, enqueue)
+        values = _to_floats(queue)
+
+        def get(slot: int | None) -> float | None:
+            return None if slot is None else values[slot]
+
+        predictions = [stats.predict(self.optimizer, g) for g in groups]
+        targets = self._adamwn_targets()
+
+        record: dict[str, Any] = {"step": self.steps}
+        for gi, label in enumerate(self._labels):
+            record[f"lr/{label}"] = groups[gi].get("lr")
+        sums: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+        for i, name in enumerate(self._names):
+            w, g, w_prev = get(w_slot[i]), get(g_slot[i]), get(before_slot[i])
+            pred = predictions[self._group_index[i]]
+            t = f"tensor/{name}/"
+            record[t + "weight_norm"] = w
+            record[t + "weight_linf"] = get(linf_slot[i])
+            record[t + "norm_ratio"] = stats.ratio(w, self._initial[i])
+            if range_slots[i] is not None:
+                lo, mean, hi = (get(s) for s in range_slots[i])
+                record.update({t + "weight_min": lo, t + "weight_mean": mean, t + "weight_max": hi})
+            record[t + "grad_norm"] = g
+            record[t + "grad_weight_ratio"] = stats.ratio(g, w) if g is not None else None
+            record[t + "update_weight_ratio"] = stats.ratio(get(upd_slot[i]), w_prev)
+            if weighted_slots[i] is not None:
+                ga, wa = (get(s) for s in weighted_slots[i])
+                record[t + "adam_grad_weight_ratio"] = stats.ratio(ga, wa)
+            record[t + "pred_ratio"] = pred.ratio
+            record[t + "pred_linf"] = pred.linf
+            if targets[i] is not None:
+                record[t + "target_norm"] = targets[i]
+                record[t + "norm_deviation"] = stats.ratio(w, targets[i]) - 1 if targets[i] > 0 else None
+            for scope in (f"layer/{name.rpartition('.')[0] or name}", f"group/{self._labels[self._group_index[i]]}",
+                          "global"):
+                sums[scope]["w2"].append(w * w)
+                sums[scope]["g2"].append(g * g if g is not None else 0.0)
+                sums[scope]["i2"].append(self._initial[i] ** 2)
+        for scope, parts in sums.items():
+            w, g, init = (math.sqrt(sum(parts[k])) for k in ("w2", "g2", "i2"))
+            record[f"{scope}/weight_norm"] = w
+            record[f"{scope}/grad_norm"] = g
+            record[f"{scope}/grad_weight_ratio"] = stats.ratio(g, w)
+            record[f"{scope}/norm_ratio"] = stats.ratio(w, init)
+        for gi, label in enumerate(self._labels):
+            record[f"group/{label}/pred_ratio"] = predictions[gi].ratio
+            record[f"group/{label}/pred_linf"] = predictions[gi].linf
+        return record
+
+    def _enqueue_weighted_norms(self, params: list[Tensor], enqueue) -> list[list[int | None] | None]:
+        slots: list[list[int | None] | None] = [None] * len(params)
+        if not self.weighted_norms:
+            return slots
+        for gi, group in enumerate(self.optimizer.param_groups):
+            if "betas" not in group or stats.predict(self.optimizer, group).family != "adam":
+                continue
+            idx = [i for i, g in enumerate(self._group_index) if g == gi]
+            pairs = stats.weighted_adam_norms(
+                [params[i] for i in idx], [self._params[i].grad for i in idx],
+                [self.optimizer.state.get(self._params[i], {}) for i in idx],
+                beta2=group["betas"][1], eps=group.get("eps", 1e-8))
+            for i, pair in zip(idx, pairs):
+                slots[i] = enqueue(pair) if pair is not None else None
+        return slots
+
+    def _adamwn_targets(self) -> list[float | None]:
+        if not isinstance(self.optimizer, AdamWN):
+            return [None] * len(self._params)
+        out: list[float | None] = []
+        for gi, group in enumerate(self.optimizer.param_groups):
+            out.extend(stats.adamwn_target_norms(self.optimizer, group, group["params"]))
+        return out
+
+
+def _to_floats(tensors: list[Tensor]) -> list[float]:
+    """0-d tensors to Python floats with one transfer per device (one GPU sync in practice)."""
+    values: list[float] = [0.0] * len(tensors)
+    by_device: dict[torch.device, list[int]] = defaultdict(list)
+    for i, t in enumerate(tensors):
+        by_device[t.device].append(i)
+    for indices in by_device.values():
+        stacked = torch.stack([tensors[i].reshape(()).to(torch.float64) for i in indices]).tolist()
+        for i, v in zip(indices, stacked):
+            values[i] = v
+    return values

@@ -1,0 +1,111 @@
+"""Where monitor records go: JSONL / CSV files in a run directory, TensorBoard, memory.
+
+A record is a flat dict ``{"step": int, "<scope>/<name>/<metric>": float, ...}``. Every sink
+has ``write(record)`` and ``close()``; files are flushed after each record so that a run
+killed mid-way leaves readable metrics.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+from typing import Any, Protocol
+
+METRICS_JSONL = "metrics.jsonl"
+METRICS_CSV = "metrics.csv"
+
+
+class Sink(Protocol):
+    def write(self, record: dict[str, Any]) -> None: ...
+    def close(self) -> None: ...
+
+
+class MemorySink:
+    """Keeps every record in ``self.records`` (tests, notebooks)."""
+
+    def __init__(self) -> None:
+        self.records: list[dict[str, Any]] = []
+
+    def write(self, record: dict[str, Any]) -> None:
+        self.records.append(dict(record))
+
+    def close(self) -> None:
+        pass
+
+    def series(self, key: str) -> tuple[list[int], list[float]]:
+        """(steps, values) of one metric across the records that have it."""
+        pairs = [(r["step"], r[key]) for r in self.records if r.get(key) is not None]
+        return [s for s, _ in pairs], [v for _, v in pairs]
+
+
+class JsonlSink:
+    """One JSON object per line in ``RUN_DIR/metrics.jsonl`` (appends, so resumed runs continue)."""
+
+    def __init__(self, run_dir: str | Path) -> None:
+        self.path = Path(run_dir) / METRICS_JSONL
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = self.path.open("a", encoding="utf-8")
+
+    def write(self, record: dict[str, Any]) -> None:
+        clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+                 for k, v in record.items()}  # strict JSON has no NaN/Infinity
+        self._file.write(json.dumps(clean) + "\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+
+class CsvSink:
+    """``RUN_DIR/metrics.csv``, one column per metric; the header is the first record's keys
+    (the monitor writes the same keys every time), later unseen keys are an error."""
+
+    def __init__(self, run_dir: str | Path) -> None:
+        self.path = Path(run_dir) / METRICS_CSV
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = self.path.open("w", newline="", encoding="utf-8")
+        self._writer: csv.DictWriter | None = None
+
+    def write(self, record: dict[str, Any]) -> None:
+        if self._writer is None:
+            self._writer = csv.DictWriter(self._file, fieldnames=list(record))
+            self._writer.writeheader()
+        self._writer.writerow(record)
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+
+class TensorBoardSink:
+    """Scalars to TensorBoard event files (needs the ``tensorboard`` package)."""
+
+    def __init__(self, log_dir: str | Path) -> None:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError as error:  # pragma: no cover - depends on the environment
+            raise ImportError("TensorBoardSink needs tensorboard: pip install 'normctl[tensorboard]'") from error
+        self._writer = SummaryWriter(log_dir=str(log_dir))
+
+    def write(self, record: dict[str, Any]) -> None:
+        step = record["step"]
+        for key, value in record.items():
+            if key != "step" and isinstance(value, (int, float)) and value is not None:
+                self._writer.add_scalar(key, value, global_step=step)
+        self._writer.flush()
+
+    def close(self) -> None:
+        self._writer.close()
+
+
+def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    """The records of a ``metrics.jsonl`` file (a torn last line from a killed run is skipped)."""
+    records = []
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records

@@ -1,0 +1,147 @@
+"""Pure functions for the monitor: steady-state predictions and batched tensor statistics.
+
+Predictions (Defazio 2025, §3–4; SPEC §2). For a layer followed by a normalisation the
+gradient is orthogonal to the weight, and decay balances the growth the gradient causes:
+
+* SGD with momentum μ, torch's coupled decay (effective lr γ/(1−μ))::
+
+      ‖g‖/‖θ‖ = sqrt(2λ(1−μ)/γ_t)
+
+* SGD with decoupled decay θ ← θ − γλθ − γ·b::
+
+      ‖g‖/‖θ‖ = (1−μ)·sqrt(2λ/γ_t)
+
+* Adam-family with decoupled decay θ ← θ − γ·A⁻¹g − c·θ (c = γλ for AdamW), in the norms
+  weighted by A = diag(√v̂ + ε)::
+
+      ‖g‖_{A⁻¹}/‖θ‖_A = sqrt(2c)/γ = sqrt(2λ/γ_t),      ‖θ‖_∞ ≈ γ/sqrt(2c) = sqrt(γ_t/(2λ))
+
+Corrected decay (AdamC, SGDC on ``normalized`` groups) replaces λ by λ·γ_t/γ_max, which turns
+all of these into constants of the schedule's peak.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from ..optim import SGDC, AdamC, AdamWN
+from ..optim._base import peak_lr
+from ..rules import tensor_norms
+from ..schedules import as_schedule
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """What SPEC §2 predicts for a group at its current learning rate (None: not defined)."""
+
+    family: str | None            # "sgd", "adam", or None when no decay model applies
+    ratio: float | None = None    # ‖g‖/‖θ‖ (SGD) or ‖g‖_{A⁻¹}/‖θ‖_A (Adam family)
+    linf: float | None = None     # ‖θ‖_∞ (Adam family)
+
+
+def sgd_steady_ratio(lr: float, weight_decay: float, momentum: float = 0.0, *,
+                     decoupled: bool = False) -> float | None:
+    """‖g‖/‖θ‖ at equilibrium for SGD (see the module docstring)."""
+    if lr <= 0 or weight_decay <= 0:
+        return None
+    if decoupled:
+        return (1 - momentum) * math.sqrt(2 * weight_decay / lr)
+    return math.sqrt(2 * weight_decay * (1 - momentum) / lr)
+
+
+def adam_steady_ratio(lr: float, weight_decay: float) -> float | None:
+    """‖g‖_{A⁻¹}/‖θ‖_A = sqrt(2λ/γ) at equilibrium for decoupled decay γλ."""
+    return math.sqrt(2 * weight_decay / lr) if lr > 0 and weight_decay > 0 else None
+
+
+def adam_steady_linf(lr: float, weight_decay: float) -> float | None:
+    """‖θ‖_∞ ≈ sqrt(γ/(2λ)) at equilibrium for AdamW-style decay."""
+    return math.sqrt(lr / (2 * weight_decay)) if lr > 0 and weight_decay > 0 else None
+
+
+def effective_weight_decay(optimizer: torch.optim.Optimizer, group: dict) -> float:
+    """λ as the optimizer applies it this step: λ·γ_t/γ_max on corrected groups, else λ."""
+    weight_decay = group.get("weight_decay", 0.0)
+    if isinstance(optimizer, (AdamC, SGDC)) and group.get("normalized"):
+        return weight_decay * group["lr"] / peak_lr(group)
+    return weight_decay
+
+
+def predict(optimizer: torch.optim.Optimizer, group: dict) -> Prediction:
+    """The steady state SPEC §2 predicts for ``group`` of any torch or normctl optimizer."""
+    lr, wd = group.get("lr", 0.0), effective_weight_decay(optimizer, group)
+    if isinstance(optimizer, AdamWN):
+        if group["control"]:
+            return Prediction(None)  # norm control: the target norm is the prediction
+        return Prediction("adam", adam_steady_ratio(lr, wd), adam_steady_linf(lr, wd))
+    if isinstance(optimizer, SGDC) or type(optimizer) is torch.optim.SGD:
+        decoupled = bool(group.get("decoupled_weight_decay", False))
+        return Prediction("sgd", sgd_steady_ratio(lr, wd, group.get("momentum", 0.0), decoupled=decoupled))
+    decoupled_adam = isinstance(optimizer, (torch.optim.AdamW, AdamC)) or (
+        isinstance(optimizer, torch.optim.Adam) and group.get("decoupled_weight_decay", False))
+    if decoupled_adam:
+        return Prediction("adam", adam_steady_ratio(lr, wd), adam_steady_linf(lr, wd))
+    return Prediction(None)
+
+
+def adamwn_target_norms(optimizer: AdamWN, group: dict, params: Sequence[Tensor]) -> list[float | None]:
+    """τ for each tensor of a controlled AdamWN group, at the target of the last step taken."""
+    if not group["control"] or group["schedule_step"] == 0:
+        return [None] * len(params)
+    target = as_schedule(group["target"], "target")(group["schedule_step"] - 1)
+    if not group["relative_target"]:
+        return [target] * len(params)
+    if group["scope"] == "tensor":
+        return [target * float(optimizer.state[p]["init_norm"]) if "init_norm" in optimizer.state.get(p, {})
+                else None for p in params]
+    return [target * group["init_norm"]] * len(params)
+
+
+def weighted_adam_norms(params: Sequence[Tensor], grads: Sequence[Tensor], states: Sequence[dict],
+                        beta2: float, eps: float) -> list[tuple[Tensor, Tensor] | None]:
+    """(‖g‖_{A⁻¹}, ‖θ‖_A) per tensor with A = √v̂ + ε from Adam's state (None: no state yet)."""
+    out: list[tuple[Tensor, Tensor] | None] = []
+    for p, g, state in zip(params, grads, states):
+        if "exp_avg_sq" not in state or g is None:
+            out.append(None)
+            continue
+        step = float(state["step"])
+        a = (state["exp_avg_sq"].float() / (1 - beta2**step)).sqrt_().add_(eps)
+        g32, p32 = g.float(), p.float()
+        out.append(((g32.square() / a).sum().sqrt(), (p32.square() * a).sum().sqrt()))
+    return out
+
+
+def value_ranges(tensors: Sequence[Tensor]) -> list[tuple[Tensor, Tensor, Tensor] | None]:
+    """(min, mean, max) of every element of each tensor, None for empty tensors."""
+    out: list[tuple[Tensor, Tensor, Tensor] | None] = []
+    for t in tensors:
+        if t.numel() == 0:
+            out.append(None)
+            continue
+        lo, hi = torch.aminmax(t.detach())
+        out.append((lo.float(), t.detach().float().mean(), hi.float()))
+    return out
+
+
+def linf_norms(tensors: Sequence[Tensor]) -> list[Tensor]:
+    """max |θ_i| per tensor (0 for empty tensors)."""
+    nonempty = [t for t in tensors if t.numel()]
+    norms = iter(torch._foreach_norm(nonempty, float("inf")) if nonempty else [])
+    return [next(norms).float() if t.numel() else torch.zeros((), device=t.device) for t in tensors]
+
+
+def update_norms(after: Sequence[Tensor], before: Sequence[Tensor]) -> list[Tensor]:
+    """‖θ_t − θ_{t−1}‖ per tensor."""
+    if not after:
+        return []
+    return tensor_norms(torch._foreach_sub(list(after), list(before)))
+
+
+def ratio(numerator: float, denominator: float) -> float | None:
+    return numerator / denominator if denominator > 0 else None

@@ -1,0 +1,79 @@
+"""Phase detection on constructed curves; sinks write what they claim."""
+
+import csv
+import json
+import math
+
+import pytest
+import torch
+
+from normctl.monitor import CsvSink, JsonlSink, MemorySink, TensorBoardSink, detect_phases, read_jsonl
+from normctl.monitor import tail_blowup_score
+from normctl.monitor.phases import smooth
+
+
+def schedule_curves(n=400, blowup=True):
+    """Ratio approaching sqrt(2λ/γ_t) from below, γ_t cosine to ~0 (blows up) or constant."""
+    lr = [0.5 * (1 + math.cos(math.pi * t / n)) + 0.02 if blowup else 1.0 for t in range(n)]
+    predicted = [math.sqrt(2 * 0.01 / g) for g in lr]
+    measured = [p * (1 - math.exp(-t / 40)) for t, p in enumerate(predicted)]
+    return measured, predicted
+
+
+def test_phases_on_a_decaying_schedule():
+    measured, predicted = schedule_curves()
+    phases = detect_phases(measured, predicted, tolerance=0.1)
+    assert 60 < phases.steady_start < 140  # 1 − e^{−t/40} within 10 % after ≈ 92 steps
+    assert phases.tail_start is not None and phases.tail_start > 200
+    assert [phases.label(i) for i in (0, phases.steady_start, 399)] == ["burn-in", "steady", "tail"]
+    assert tail_blowup_score(measured) > 3
+
+
+def test_no_tail_at_a_constant_schedule_and_score_near_one():
+    measured, predicted = schedule_curves(blowup=False)
+    phases = detect_phases(measured, predicted, tolerance=0.1)
+    assert phases.tail_start is None and phases.label(399) == "steady"
+    assert tail_blowup_score(measured) == pytest.approx(1.0, abs=0.01)
+
+
+def test_phase_edge_cases():
+    assert detect_phases([], []).length == 0
+    never = detect_phases([1.0] * 10, [5.0] * 10)
+    assert never.steady_start is None and never.label(9) == "burn-in"
+    with pytest.raises(ValueError, match="same length"):
+        detect_phases([1.0], [1.0, 2.0])
+    assert math.isnan(tail_blowup_score([1.0, 2.0]))
+    assert smooth([1, 2, 3, 4], 2) == [1, 1.5, 2.5, 3.5]
+
+
+def test_jsonl_csv_memory_sinks_write_what_they_claim(tmp_path):
+    records = [{"step": 1, "loss": 2.5, "tensor/w/weight_norm": 1.0, "x": None},
+               {"step": 2, "loss": float("nan"), "tensor/w/weight_norm": 1.5, "x": 3.0}]
+    sinks = [JsonlSink(tmp_path), CsvSink(tmp_path), MemorySink()]
+    for r in records:
+        for s in sinks:
+            s.write(r)
+    for s in sinks:
+        s.close()
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line) for line in lines] == [records[0], {**records[1], "loss": None}]
+    assert "NaN" not in lines[1]  # strict JSON
+    with open(tmp_path / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert rows[1]["tensor/w/weight_norm"] == "1.5" and rows[0]["step"] == "1"
+    assert sinks[2].series("x") == ([2], [3.0])
+    (tmp_path / "metrics.jsonl").open("a").write('{"step": 3, "lo')  # a run killed mid-write
+    assert len(read_jsonl(tmp_path / "metrics.jsonl")) == 2
+
+
+def test_tensorboard_sink_round_trip(tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    sink = TensorBoardSink(tmp_path)
+    for step in (1, 2):
+        sink.write({"step": step, "loss": 1.0 / step, "tensor/w/weight_norm": None})
+    sink.close()
+    events = EventAccumulator(str(tmp_path))
+    events.Reload()
+    assert [e.value for e in events.Scalars("loss")] == pytest.approx([1.0, 0.5])
