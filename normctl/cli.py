@@ -13,6 +13,10 @@ def main(argv: list[str] | None = None) -> int:
     demo = commands.add_parser("demo", help="AdamW vs AdamWN vs AdamC on a small GPT (1-2 min on CPU)")
     demo.add_argument("--steps", type=int, default=None, help="optimizer steps per method")
     demo.add_argument("--seed", type=int, default=None)
+    report = commands.add_parser("report", help="HTML report comparing monitored run directories")
+    report.add_argument("runs", nargs="+", help="run directories holding metrics.jsonl")
+    report.add_argument("-o", "--output", default="report.html", help="HTML file to write")
+    report.add_argument("--title", default="normctl report")
     args = parser.parse_args(argv)
 
     if args.command == "demo":
@@ -22,6 +26,14 @@ def main(argv: list[str] | None = None) -> int:
         if overrides.get("steps", 1) <= 0:
             parser.error("--steps must be > 0")
         run_demo(dataclasses.replace(DemoConfig(), **overrides))
+    elif args.command == "report":
+        from .report import build_report
+
+        try:
+            path = build_report(args.runs, args.output, title=args.title)
+        except FileNotFoundError as error:
+            parser.error(str(error))
+        print(f"wrote {path}")
     return 0
 
 

@@ -8,8 +8,10 @@ normalised layers. All three share data order, initial weights and the warm-up +
 
 from __future__ import annotations
 
+import json
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -18,6 +20,7 @@ from . import schedules
 from .data import byte_tokens, load_text, random_windows, train_val_split
 from .experiments.models import GPT, GPTConfig
 from .groups import param_groups
+from .monitor import JsonlSink, NormMonitor
 from .optim import AdamC, AdamWN
 from .rules import combined_norm, tensor_norms
 
@@ -35,6 +38,8 @@ class DemoConfig:
     rate: float = 1e-2         # AdamWN's k
     eval_batches: int = 16
     seed: int = 0
+    monitor_every: int = 10    # NormMonitor interval
+    out_dir: str | None = "runs/demo"  # run directories and report.html; None writes nothing
 
 
 @dataclass(frozen=True)
@@ -53,7 +58,7 @@ def controlled_norm(groups: list[dict]) -> float:
 
 
 def train_one(method: str, cfg: DemoConfig, train: torch.Tensor, val: torch.Tensor,
-              adamw_norm_ratio: float | None = None) -> DemoResult:
+              adamw_norm_ratio: float | None = None, run_dir: Path | None = None) -> DemoResult:
     torch.manual_seed(cfg.seed)
     model = GPT(GPTConfig(vocab_size=256, block_size=cfg.block_size, n_layer=cfg.n_layer,
                           n_head=4, n_embd=cfg.n_embd))
@@ -70,6 +75,15 @@ def train_one(method: str, cfg: DemoConfig, train: torch.Tensor, val: torch.Tens
     lr_multiplier = schedules.cosine(1.0, 0.1, cfg.steps, warmup=cfg.warmup)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_multiplier)
 
+    sinks = []
+    if run_dir is not None:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "metrics.jsonl").unlink(missing_ok=True)
+        config = {"method": method, "seed": cfg.seed, "demo": asdict(cfg)}
+        (run_dir / "config.json").write_text(json.dumps(config, indent=2))
+        sinks.append(JsonlSink(run_dir))
+    monitor = NormMonitor(model, optimizer, every=cfg.monitor_every, sinks=sinks)
+
     initial_norm = controlled_norm(groups)
     data_order = torch.Generator().manual_seed(cfg.seed)
     start = time.perf_counter()
@@ -81,8 +95,10 @@ def train_one(method: str, cfg: DemoConfig, train: torch.Tensor, val: torch.Tens
         loss.backward()
         grad_norm = nn.utils.clip_grad_norm_(model.parameters(), float("inf"))  # measure only
         optimizer.step()
+        monitor.observe(loss=loss)
         scheduler.step()
     seconds = time.perf_counter() - start
+    monitor.close()
     return DemoResult(method, evaluate(model, val, cfg), float(loss.detach()), controlled_norm(groups) / initial_norm,
                       float(grad_norm), seconds)
 
@@ -98,16 +114,33 @@ def evaluate(model: nn.Module, tokens: torch.Tensor, cfg: DemoConfig) -> float:
 
 def run_demo(cfg: DemoConfig = DemoConfig(), *, verbose: bool = True) -> list[DemoResult]:
     train, val = train_val_split(byte_tokens(load_text("austen")))
+    out = Path(cfg.out_dir) if cfg.out_dir else None
     results = []
     for method in ("adamw", "adamwn", "adamc"):
         ratio = results[0].norm_ratio if results else None
         if verbose:
             extra = f" (target ratio {ratio:.3f}, measured on AdamW)" if method == "adamwn" else ""
             print(f"training {method} for {cfg.steps} steps{extra} ...", flush=True)
-        results.append(train_one(method, cfg, train, val, adamw_norm_ratio=ratio))
+        results.append(train_one(method, cfg, train, val, adamw_norm_ratio=ratio,
+                                 run_dir=out / method if out else None))
     if verbose:
         print(format_results(results))
+    if out is not None:
+        _write_report(out, [r.method for r in results], verbose)
     return results
+
+
+def _write_report(out: Path, methods: list[str], verbose: bool) -> None:
+    try:
+        from .report import build_report
+
+        path = build_report([out / m for m in methods], out / "report.html", title="normctl demo")
+    except ImportError:
+        if verbose:
+            print(f"metrics in {out}/*/metrics.jsonl (install matplotlib for the HTML report)")
+        return
+    if verbose:
+        print(f"report: {path}")
 
 
 def format_results(results: list[DemoResult]) -> str:

@@ -1,0 +1,110 @@
+"""``normctl report``: one self-contained HTML page comparing monitored runs."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+from . import plots
+from .runs import Run, by_label, load_run
+
+STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
+table { border-collapse: collapse; margin: 1em 0; }
+th, td { border: 1px solid #ccc; padding: 4px 10px; text-align: right; }
+th { background: #f3f3f3; } td:first-child, th:first-child { text-align: left; }
+figure { display: inline-block; margin: 0.5em; vertical-align: top; } img { max-width: 100%; }
+"""
+
+
+def _png(fig) -> str:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=90)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _figure(fig, caption: str) -> str:
+    # data-loaded is set by the browser once the image has decoded (checked by the tests).
+    return (f'<figure><img alt="{html.escape(caption)}" src="data:image/png;base64,{_png(fig)}" '
+            f'onload="this.dataset.loaded=\'1\'"><figcaption>{html.escape(caption)}</figcaption></figure>')
+
+
+def _cell(value) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return html.escape(str(value))
+
+
+def _table(rows: list[dict], table_id: str) -> str:
+    if not rows:
+        return ""
+    head = "".join(f"<th>{html.escape(k)}</th>" for k in rows[0])
+    body = "".join("<tr>" + "".join(f"<td>{_cell(v)}</td>" for v in row.values()) + "</tr>" for row in rows)
+    return f'<table id="{table_id}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+
+
+def _mean_pm_std(values: list[float]) -> str:
+    values = [v for v in values if v is not None and math.isfinite(v)]
+    if not values:
+        return "–"
+    mean = sum(values) / len(values)
+    if len(values) == 1:
+        return f"{mean:.4g}"
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+    return f"{mean:.4g} ± {std:.2g}"
+
+
+def method_summary(runs: list[Run]) -> list[dict]:
+    rows = []
+    for label, group in by_label(runs).items():
+        summaries = [r.summary() for r in group]
+        rows.append({"method": label, "seeds": len(group)} | {
+            key: _mean_pm_std([s[key] for s in summaries])
+            for key in ("final loss", "final norm ratio", "tail blow-up")})
+    return rows
+
+
+def build_report(run_dirs: Sequence[str | Path], output: str | Path, *, title: str = "normctl report") -> Path:
+    """Write the HTML report for ``run_dirs`` to ``output`` and return its path."""
+    if not run_dirs:
+        raise ValueError("run_dirs must name at least one run directory")
+    runs = [load_run(d) for d in run_dirs]
+    figures = [
+        _figure(plots.curves(runs, "loss", "training loss"), "Loss (mean ± std over seeds)"),
+        _figure(plots.curves(runs, "global/grad_norm", "global gradient norm", log=True),
+                "Global gradient norm — a rise at the end is the tail blow-up"),
+        _figure(plots.curves(runs, "global/norm_ratio", "‖θ‖ / ‖θ₀‖"), "Weight norm ratio to initialisation"),
+    ]
+    for label, group in by_label(runs).items():
+        first = group[0]
+        if first.keys("tensor", "pred_ratio"):
+            figures.append(_figure(plots.ratio_vs_prediction(first), f"{label}: ratio vs predicted steady state"))
+        if first.keys("tensor", "weight_min"):
+            figures.append(_figure(plots.weight_values(first), f"{label}: weight values"))
+    page = f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<style>{STYLE}</style></head><body>
+<h1>{html.escape(title)}</h1>
+<p>{len(runs)} run(s). Tail blow-up = final global gradient norm over its minimum in the second half
+of training (smoothed); 1 means no end-of-training rise.</p>
+<h2>Summary by method</h2>
+{_table(method_summary(runs), "methods")}
+<h2>Runs</h2>
+{_table([r.summary() for r in runs], "runs")}
+<h2>Figures</h2>
+{''.join(figures)}
+</body></html>
+"""
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(page, encoding="utf-8")
+    return output

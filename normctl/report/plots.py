@@ -1,0 +1,88 @@
+"""matplotlib figures of monitored runs (they read only what the monitor wrote)."""
+
+from __future__ import annotations
+
+import math
+
+from .runs import Run, by_label, mean_std
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only; never needs a display
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def ratio_vs_prediction(run: Run, *, max_lines: int = 24):
+    """Gradient-to-weight ratio of each decayed tensor against SPEC §2's prediction
+    (Defazio 2025, Figures 2–3). Adam-family runs use the A-weighted ratio."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    preds = [k for k in run.keys("tensor", "pred_ratio") if run.series(k)[0]]  # decayed tensors
+    drawn_predictions = set()
+    for key in preds[:max_lines]:
+        name = key[len("tensor/"):-len("/pred_ratio")]
+        measured = f"tensor/{name}/adam_grad_weight_ratio"
+        if not run.series(measured)[0]:
+            measured = f"tensor/{name}/grad_weight_ratio"
+        ax.plot(*run.series(measured), lw=0.8, alpha=0.6)
+        steps, values = run.series(key)
+        signature = tuple(values)
+        if signature not in drawn_predictions:
+            drawn_predictions.add(signature)
+            ax.plot(steps, values, color="darkred", lw=2, ls="--",
+                    label="predicted steady state" if len(drawn_predictions) == 1 else None)
+    ax.set(yscale="log", xlabel="step", ylabel="‖g‖/‖θ‖ per layer",
+           title=f"{run.label}: gradient-to-weight ratio vs prediction")
+    if drawn_predictions:
+        ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def _band(ax, steps, mean, std, label):
+    ax.plot(steps, mean, label=label)
+    if any(std):
+        ax.fill_between(steps, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)],
+                        alpha=0.2)
+
+
+def curves(runs: list[Run], key: str, ylabel: str, *, log: bool = False):
+    """One line per method (mean over seeds) with a ±1 std band."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    for label, group in by_label(runs).items():
+        steps, mean, std = mean_std(group, key)
+        if steps:
+            n = f" ({len(group)} seeds)" if len(group) > 1 else ""
+            _band(ax, steps, mean, std, label + n)
+    ax.set(xlabel="step", ylabel=ylabel, yscale="log" if log else "linear")
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def weight_values(run: Run, *, max_panels: int = 8):
+    """Min / mean / max weight value over training for each weight matrix (Yu 2022's plots)."""
+    plt = _pyplot()
+    names = [k[len("tensor/"):-len("/weight_min")] for k in run.keys("tensor", "weight_min")]
+    matrices = [n for n in names if not n.endswith("bias")][:max_panels] or names[:max_panels]
+    cols = min(4, max(1, len(matrices)))
+    rows = max(1, math.ceil(len(matrices) / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.4 * rows), squeeze=False)
+    for ax, name in zip(axes.flat, matrices):
+        steps, lo = run.series(f"tensor/{name}/weight_min")
+        _, mean = run.series(f"tensor/{name}/weight_mean")
+        _, hi = run.series(f"tensor/{name}/weight_max")
+        ax.fill_between(steps, lo, hi, alpha=0.3)
+        ax.plot(steps, mean, lw=1)
+        ax.set_title(name, fontsize=7)
+        ax.tick_params(labelsize=6)
+    for ax in list(axes.flat)[len(matrices):]:
+        ax.axis("off")
+    fig.suptitle(f"{run.label}: min / mean / max weight value", fontsize=9)
+    fig.tight_layout()
+    return fig

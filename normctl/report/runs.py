@@ -1,0 +1,78 @@
+"""Reading run directories: ``metrics.jsonl`` (from the monitor) and ``config.json``."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..monitor.phases import tail_blowup_score
+from ..monitor.sinks import METRICS_JSONL, read_jsonl
+
+
+@dataclass
+class Run:
+    path: Path
+    label: str                      # the method, shared by the seeds of one configuration
+    seed: int | None
+    records: list[dict[str, Any]] = field(repr=False)
+
+    def series(self, key: str) -> tuple[list[int], list[float]]:
+        pairs = [(r["step"], r[key]) for r in self.records
+                 if isinstance(r.get(key), (int, float)) and math.isfinite(r[key])]
+        return [s for s, _ in pairs], [v for _, v in pairs]
+
+    def last(self, key: str) -> float | None:
+        _, values = self.series(key)
+        return values[-1] if values else None
+
+    def keys(self, prefix: str, metric: str) -> list[str]:
+        """Keys ``<prefix>/<name>/<metric>`` present in the run, in first-seen order."""
+        seen: dict[str, None] = {}
+        for r in self.records:
+            for k in r:
+                if k.startswith(prefix + "/") and k.endswith("/" + metric):
+                    seen[k] = None
+        return list(seen)
+
+    def summary(self) -> dict[str, Any]:
+        _, grad = self.series("global/grad_norm")
+        return {"run": self.path.name, "method": self.label, "seed": self.seed,
+                "steps": self.records[-1]["step"] if self.records else 0,
+                "final loss": self.last("loss"), "final norm ratio": self.last("global/norm_ratio"),
+                "tail blow-up": tail_blowup_score(grad)}
+
+
+def load_run(path: str | Path) -> Run:
+    path = Path(path)
+    metrics = path / METRICS_JSONL
+    if not metrics.is_file():
+        raise FileNotFoundError(f"{path} is not a run directory: {METRICS_JSONL} is missing")
+    config = json.loads((path / "config.json").read_text()) if (path / "config.json").is_file() else {}
+    label = str(config.get("method") or config.get("label") or path.name)
+    seed = config.get("seed")
+    return Run(path, label, int(seed) if seed is not None else None, read_jsonl(metrics))
+
+
+def by_label(runs: list[Run]) -> dict[str, list[Run]]:
+    groups: dict[str, list[Run]] = defaultdict(list)
+    for run in runs:
+        groups[run.label].append(run)
+    return dict(groups)
+
+
+def mean_std(runs: list[Run], key: str) -> tuple[list[int], list[float], list[float]]:
+    """Mean and standard deviation across runs at the steps every run logged."""
+    per_run = [dict(zip(*run.series(key))) for run in runs]
+    steps = sorted(set.intersection(*(set(s) for s in per_run))) if per_run else []
+    means, stds = [], []
+    for step in steps:
+        values = [s[step] for s in per_run]
+        mean = sum(values) / len(values)
+        means.append(mean)
+        stds.append(math.sqrt(sum((v - mean) ** 2 for v in values) / max(1, len(values) - 1))
+                    if len(values) > 1 else 0.0)
+    return steps, means, stds

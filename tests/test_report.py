@@ -1,0 +1,85 @@
+"""The HTML report: built from monitored run directories, rendered in headless Chromium."""
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+
+from normctl import AdamC, param_groups
+from normctl.cli import main
+from normctl.monitor import JsonlSink, NormMonitor
+from normctl.report import build_report, load_run
+
+pytest.importorskip("matplotlib")
+
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def make_run(run_dir: Path, method: str, seed: int, steps: int = 40) -> Path:
+    torch.manual_seed(seed)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16, bias=False), torch.nn.LayerNorm(16),
+                                torch.nn.Linear(16, 1))
+    groups = param_groups(model, weight_decay=0.05)
+    opt = AdamC(groups, lr=1e-2) if method == "adamc" else torch.optim.AdamW(groups, lr=1e-2)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.json").write_text(json.dumps({"method": method, "seed": seed}))
+    with NormMonitor(model, opt, every=4, sinks=[JsonlSink(run_dir)]) as monitor:
+        for _ in range(steps):
+            x = torch.randn(32, 8)
+            loss = (model(x) - x.sum(1, keepdim=True)).square().mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            monitor.observe(loss=loss)
+            sched.step()
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    return [make_run(root / f"{m}-s{s}", m, s) for m in ("adamw", "adamc") for s in (0, 1)]
+
+
+def test_report_has_summary_tables_and_embedded_images(runs, tmp_path):
+    path = build_report(runs, tmp_path / "report.html")
+    page = path.read_text()
+    assert page.count('src="data:image/png;base64,') >= 5
+    assert re.search(r'<table id="methods">.*adamw.*adamc', page, re.S)
+    assert page.count("<tr>") == 1 + 2 + 1 + 4  # header + 2 methods, header + 4 runs
+    assert "http" not in page.replace("http-equiv", "")  # self-contained: nothing to fetch
+    run = load_run(runs[0])
+    summary = run.summary()
+    assert summary["method"] == "adamw" and summary["seed"] == 0 and summary["steps"] == 37
+    assert summary["final loss"] == run.records[-1]["loss"]
+
+
+def test_cli_report_and_missing_run_dir(runs, tmp_path, capsys):
+    out = tmp_path / "cli.html"
+    assert main(["report", *map(str, runs), "-o", str(out)]) == 0
+    assert out.is_file() and "wrote" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["report", str(tmp_path / "nope")])
+
+
+def test_report_renders_in_headless_chromium(runs, tmp_path):
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        pytest.skip("headless Chromium is not installed (Debian package 'chromium'; .ci/run installs it)")
+    path = build_report(runs, tmp_path / "report.html")
+    flags = CHROMIUM_FLAGS + [f"--user-data-dir={tmp_path / 'profile'}"]
+    dom = subprocess.run([browser, *flags, "--virtual-time-budget=10000", "--dump-dom", path.as_uri()],
+                         capture_output=True, text=True, timeout=120).stdout
+    images = dom.count("<img ")
+    assert images >= 5 and dom.count('data-loaded="1"') == images  # every image decoded
+    assert '<table id="methods">' in dom and '<table id="runs">' in dom
+    shot = tmp_path / "report.png"
+    subprocess.run([browser, *flags, "--window-size=1200,1600", f"--screenshot={shot}", path.as_uri()],
+                   capture_output=True, timeout=120)
+    assert shot.stat().st_size > 20_000  # a rendered page, not a blank one
