@@ -229,13 +229,13 @@ class NormMonitor:
 
 
 def _to_floats(tensors: list[Tensor]) -> list[float]:
-    """0-d tensors to Python floats with one transfer per device (one GPU sync in practice)."""
+    """0-d tensors to Python floats with one stack and transfer per (device, dtype) bucket."""
     values: list[float] = [0.0] * len(tensors)
-    by_device: dict[torch.device, list[int]] = defaultdict(list)
+    buckets: dict[tuple[torch.device, torch.dtype], list[int]] = defaultdict(list)
     for i, t in enumerate(tensors):
-        by_device[t.device].append(i)
-    for indices in by_device.values():
-        stacked = torch.stack([tensors[i].reshape(()).to(torch.float64) for i in indices]).tolist()
+        buckets[(t.device, t.dtype)].append(i)
+    for indices in buckets.values():
+        stacked = torch.stack([tensors[i] for i in indices]).tolist()
         for i, v in zip(indices, stacked):
             values[i] = v
     return values
