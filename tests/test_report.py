@@ -52,12 +52,15 @@ def test_report_has_summary_tables_and_embedded_images(runs, tmp_path):
     page = path.read_text()
     assert page.count('src="data:image/png;base64,') >= 5
     assert re.search(r'<table id="methods">.*adamw.*adamc', page, re.S)
-    assert page.count("<tr>") == 1 + 2 + 1 + 4  # header + 2 methods, header + 4 runs
+    assert page.count('<table id="methods">') == page.count('<table id="runs">') == 1
+    assert '<table id="phases-adamw">' in page and '<table id="phases-adamc">' in page
     assert "http" not in page.replace("http-equiv", "")  # self-contained: nothing to fetch
     run = load_run(runs[0])
     summary = run.summary()
     assert summary["method"] == "adamw" and summary["seed"] == 0 and summary["steps"] == 37
     assert summary["final loss"] == run.records[-1]["loss"]
+    phases = run.layer_phases()
+    assert [row["tensor"] for row in phases] == ["0.weight", "2.weight"]  # the decayed matrices
 
 
 def test_cli_report_and_missing_run_dir(runs, tmp_path, capsys):

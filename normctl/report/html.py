@@ -23,7 +23,7 @@ figure { display: inline-block; margin: 0.5em; vertical-align: top; } img { max-
 
 def _png(fig) -> str:
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=90)
+    fig.savefig(buffer, format="png", dpi=85)
     import matplotlib.pyplot as plt
 
     plt.close(fig)
@@ -84,8 +84,13 @@ def build_report(run_dirs: Sequence[str | Path], output: str | Path, *, title: s
                 "Global gradient norm — a rise at the end is the tail blow-up"),
         _figure(plots.curves(runs, "global/norm_ratio", "‖θ‖ / ‖θ₀‖"), "Weight norm ratio to initialisation"),
     ]
+    phase_tables = []
     for label, group in by_label(runs).items():
         first = group[0]
+        rows = first.layer_phases()
+        if rows:
+            phase_tables.append(f"<h3>{html.escape(label)} ({html.escape(first.path.name)})</h3>"
+                                + _table(rows, f"phases-{html.escape(label)}"))
         if first.keys("tensor", "pred_ratio"):
             figures.append(_figure(plots.ratio_vs_prediction(first), f"{label}: ratio vs predicted steady state"))
         if first.keys("tensor", "weight_min"):
@@ -95,13 +100,17 @@ def build_report(run_dirs: Sequence[str | Path], output: str | Path, *, title: s
 <style>{STYLE}</style></head><body>
 <h1>{html.escape(title)}</h1>
 <p>{len(runs)} run(s). Tail blow-up = final global gradient norm over its minimum in the second half
-of training (smoothed); 1 means no end-of-training rise.</p>
+of training (smoothed); 1 means no end-of-training rise. Norm ratio = ‖θ‖/‖θ₀‖ over all parameters.</p>
 <h2>Summary by method</h2>
 {_table(method_summary(runs), "methods")}
 <h2>Runs</h2>
 {_table([r.summary() for r in runs], "runs")}
 <h2>Figures</h2>
 {''.join(figures)}
+<h2>Phases per layer</h2>
+<p>Measured ratio against its predicted steady state: burn-in until it comes within 25 % of the
+prediction, tail from the minimum of the second half when the ratio ends 25 % above it.</p>
+{''.join(phase_tables) or "<p>No layer has a predicted steady state (no decay).</p>"}
 </body></html>
 """
     output = Path(output)

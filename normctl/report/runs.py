@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..monitor.phases import tail_blowup_score
+from ..monitor.phases import detect_phases, tail_blowup_score
 from ..monitor.sinks import METRICS_JSONL, read_jsonl
 
 
@@ -44,6 +44,26 @@ class Run:
                 "steps": self.records[-1]["step"] if self.records else 0,
                 "final loss": self.last("loss"), "final norm ratio": self.last("global/norm_ratio"),
                 "tail blow-up": tail_blowup_score(grad)}
+
+    def layer_phases(self) -> list[dict[str, Any]]:
+        """Burn-in / steady / tail of every tensor that has a predicted steady state."""
+        rows = []
+        for key in self.keys("tensor", "pred_ratio"):
+            name = key[len("tensor/"):-len("/pred_ratio")]
+            measured_key = f"tensor/{name}/adam_grad_weight_ratio"
+            if not self.series(measured_key)[0]:
+                measured_key = f"tensor/{name}/grad_weight_ratio"
+            measured = dict(zip(*self.series(measured_key)))
+            predicted = dict(zip(*self.series(key)))
+            steps = sorted(set(measured) & set(predicted))
+            if len(steps) < 4:
+                continue
+            phases = detect_phases([measured[s] for s in steps], [predicted[s] for s in steps])
+            at = lambda i: steps[i] if i is not None else None  # noqa: E731 - index -> step
+            rows.append({"tensor": name, "steady from step": at(phases.steady_start),
+                         "tail from step": at(phases.tail_start),
+                         "tail blow-up": tail_blowup_score([measured[s] for s in steps])})
+        return rows
 
 
 def load_run(path: str | Path) -> Run:
