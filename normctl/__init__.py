@@ -2,13 +2,17 @@
 
 * :class:`AdamWN` — Adam with weight norm control (Loshchilov 2023).
 * :class:`AdamC`, :class:`SGDC` — corrected weight decay (Defazio 2025).
+* :class:`NormControl`, :class:`CorrectedDecay` — the same for any torch optimizer.
 * :func:`param_groups` — which weights are controlled, decayed and normalised, and why.
+* :func:`create_optimizer` — any of them by name (``"adamwn"``, ``"lion+wn"``, ``"adamw+c"`` …).
 * :mod:`normctl.schedules` — target, rate and learning-rate schedules.
 """
 
 from . import schedules
 from .groups import format_roles, param_groups, param_roles
-from .optim import SGDC, AdamC, AdamWN
+from .optim import SGDC, AdamC, AdamWN, CorrectedDecay, Lion, NormControl
+from .registry import available_optimizers, create_optimizer
 
-__all__ = ["AdamWN", "AdamC", "SGDC", "schedules", "param_groups", "param_roles", "format_roles"]
+__all__ = ["AdamWN", "AdamC", "SGDC", "Lion", "NormControl", "CorrectedDecay", "schedules",
+           "param_groups", "param_roles", "format_roles", "create_optimizer", "available_optimizers"]
 __version__ = "0.1.0"

@@ -13,6 +13,10 @@ def main(argv: list[str] | None = None) -> int:
     demo = commands.add_parser("demo", help="AdamW vs AdamWN vs AdamC on a small GPT (1-2 min on CPU)")
     demo.add_argument("--steps", type=int, default=None, help="optimizer steps per method")
     demo.add_argument("--seed", type=int, default=None)
+    demo.add_argument("--methods", default=None,
+                      help="comma-separated optimizer names, e.g. adamw,adamwn,adamc,sgd+wn,lion+wn "
+                           "(see normctl.available_optimizers())")
+    demo.add_argument("--out", default=None, help="directory for run directories and report.html")
     report = commands.add_parser("report", help="HTML report comparing monitored run directories")
     report.add_argument("runs", nargs="+", help="run directories holding metrics.jsonl")
     report.add_argument("-o", "--output", default="report.html", help="HTML file to write")
@@ -22,10 +26,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "demo":
         from .demo import DemoConfig, run_demo
 
-        overrides = {k: v for k, v in (("steps", args.steps), ("seed", args.seed)) if v is not None}
+        overrides = {k: v for k, v in (("steps", args.steps), ("seed", args.seed), ("out_dir", args.out))
+                     if v is not None}
+        if args.methods:
+            overrides["methods"] = tuple(m.strip() for m in args.methods.split(",") if m.strip())
         if overrides.get("steps", 1) <= 0:
             parser.error("--steps must be > 0")
-        run_demo(dataclasses.replace(DemoConfig(), **overrides))
+        try:
+            run_demo(dataclasses.replace(DemoConfig(), **overrides))
+        except ValueError as error:
+            parser.error(str(error))
     elif args.command == "report":
         from .report import build_report
 

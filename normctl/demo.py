@@ -21,7 +21,7 @@ from .data import byte_tokens, load_text, random_windows, train_val_split
 from .experiments.models import GPT, GPTConfig
 from .groups import param_groups
 from .monitor import JsonlSink, NormMonitor
-from .optim import AdamC, AdamWN
+from .registry import available_optimizers, create_optimizer
 from .rules import combined_norm, tensor_norms
 
 
@@ -40,6 +40,21 @@ class DemoConfig:
     seed: int = 0
     monitor_every: int = 10    # NormMonitor interval
     out_dir: str | None = "runs/demo"  # run directories and report.html; None writes nothing
+    methods: tuple[str, ...] = ("adamw", "adamwn", "adamc")  # any create_optimizer name
+
+
+# Peak learning rates for the base optimizers that do not share Adam's scale.
+METHOD_LR = {"sgd": 0.3, "lion": 3e-4}
+
+
+def build_optimizer(method: str, model: nn.Module, groups: list[dict], cfg: DemoConfig,
+                    adamw_norm_ratio: float | None) -> torch.optim.Optimizer:
+    """``method`` over ``groups``; norm-controlled methods target AdamW's measured norm ratio."""
+    kwargs = {"lr": METHOD_LR.get(method.partition("+")[0], cfg.lr)}
+    if method == "adamwn" or method.endswith("+wn"):
+        ramp = max(1, cfg.steps // 20)  # the paper: ~5 % of training
+        kwargs.update(target=schedules.target_from_adamw(adamw_norm_ratio or 1.0, ramp), rate=cfg.rate)
+    return create_optimizer(model, method, groups=groups, **kwargs)
 
 
 @dataclass(frozen=True)
@@ -63,15 +78,7 @@ def train_one(method: str, cfg: DemoConfig, train: torch.Tensor, val: torch.Tens
     model = GPT(GPTConfig(vocab_size=256, block_size=cfg.block_size, n_layer=cfg.n_layer,
                           n_head=4, n_embd=cfg.n_embd))
     groups = param_groups(model, weight_decay=cfg.weight_decay)
-    if method == "adamw":
-        optimizer = torch.optim.AdamW(groups, lr=cfg.lr)
-    elif method == "adamc":
-        optimizer = AdamC(groups, lr=cfg.lr)
-    elif method == "adamwn":
-        target = schedules.target_from_adamw(adamw_norm_ratio or 1.0, max(1, cfg.steps // 20))
-        optimizer = AdamWN(groups, lr=cfg.lr, target=target, rate=cfg.rate)
-    else:
-        raise ValueError(f"method must be 'adamw', 'adamwn' or 'adamc', got {method!r}")
+    optimizer = build_optimizer(method, model, groups, cfg, adamw_norm_ratio)
     lr_multiplier = schedules.cosine(1.0, 0.1, cfg.steps, warmup=cfg.warmup)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_multiplier)
 
@@ -114,12 +121,19 @@ def evaluate(model: nn.Module, tokens: torch.Tensor, cfg: DemoConfig) -> float:
 
 def run_demo(cfg: DemoConfig = DemoConfig(), *, verbose: bool = True) -> list[DemoResult]:
     train, val = train_val_split(byte_tokens(load_text("austen")))
+    unknown = [m for m in cfg.methods if m not in available_optimizers()]
+    if unknown:
+        raise ValueError(f"unknown methods {unknown}; available: {sorted(available_optimizers())}")
+    # AdamW first: the norm-controlled methods take their target from its final norm ratio.
+    methods = sorted(cfg.methods, key=lambda m: m != "adamw")
     out = Path(cfg.out_dir) if cfg.out_dir else None
-    results = []
-    for method in ("adamw", "adamwn", "adamc"):
-        ratio = results[0].norm_ratio if results else None
+    results: list[DemoResult] = []
+    for method in methods:
+        ratio = results[0].norm_ratio if results and results[0].method == "adamw" else None
         if verbose:
-            extra = f" (target ratio {ratio:.3f}, measured on AdamW)" if method == "adamwn" else ""
+            controlled = method == "adamwn" or method.endswith("+wn")
+            extra = (f" (target ratio {ratio or 1.0:.3f}, measured on AdamW)"
+                     if controlled and ratio else " (target ratio 1.0)" if controlled else "")
             print(f"training {method} for {cfg.steps} steps{extra} ...", flush=True)
         results.append(train_one(method, cfg, train, val, adamw_norm_ratio=ratio,
                                  run_dir=out / method if out else None))

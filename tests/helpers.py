@@ -65,3 +65,43 @@ def state_tensors(optimizer) -> list[torch.Tensor]:
                 if isinstance(value, torch.Tensor):
                     out.append(value)
     return out
+
+
+def train_steps(optimizer, scheduler, params, gen: torch.Generator, steps: int) -> None:
+    for _ in range(steps):
+        for p in params:
+            p.grad = torch.randn(p.shape, generator=gen, dtype=torch.float64)
+        optimizer.step()
+        scheduler.step()
+
+
+def save_resume_and_continue(make_optimizer: Callable, shapes, *, steps: int = 10):
+    """Train ``steps``, checkpoint (optimizer, scheduler, params, data order) through
+    ``torch.save``, train ``steps`` more; then rebuild a fresh optimizer on the restored
+    parameters, load the checkpoint and train the same ``steps``.
+
+    Returns ((params, optimizer) uninterrupted, (params, optimizer) resumed).
+    """
+    import io
+
+    params = make_params(shapes=shapes)
+    opt = make_optimizer(params)
+    sched = warmup_cosine(2 * steps, 4)(opt)
+    gen = torch.Generator().manual_seed(5)
+    train_steps(opt, sched, params, gen, steps)
+    buffer = io.BytesIO()
+    torch.save({"opt": opt.state_dict(), "sched": sched.state_dict(), "gen": gen.get_state(),
+                "params": [p.detach().clone() for p in params]}, buffer)
+    train_steps(opt, sched, params, gen, steps)
+
+    buffer.seek(0)
+    saved = torch.load(buffer, weights_only=False)
+    resumed = [p.clone().requires_grad_() for p in saved["params"]]
+    opt2 = make_optimizer(resumed)
+    sched2 = warmup_cosine(2 * steps, 4)(opt2)
+    opt2.load_state_dict(saved["opt"])
+    sched2.load_state_dict(saved["sched"])
+    gen2 = torch.Generator()
+    gen2.set_state(saved["gen"])
+    train_steps(opt2, sched2, resumed, gen2, steps)
+    return (params, opt), (resumed, opt2)

@@ -1,11 +1,11 @@
 """State-dict round trips and the foreach path against the single-tensor reference."""
 
-import io
 import warnings
 
 import pytest
 import torch
-from helpers import assert_same, make_params, state_tensors, warmup_cosine
+from helpers import (assert_same, make_params, save_resume_and_continue, state_tensors, train_steps,
+                     warmup_cosine)
 
 from normctl import SGDC, AdamC, AdamWN, schedules
 
@@ -31,41 +31,11 @@ CONFIGS = {
 SHAPES = [(5, 3), (4,), (2, 3, 4), ()]
 
 
-def train(optimizer, scheduler, params, gen, steps):
-    for _ in range(steps):
-        for p in params:
-            p.grad = torch.randn(p.shape, generator=gen, dtype=torch.float64)
-        optimizer.step()
-        scheduler.step()
-
-
 @pytest.mark.parametrize("name", sorted(CONFIGS))
 def test_state_dict_continue_equals_uninterrupted(name):
-    make = CONFIGS[name]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        params = make_params(shapes=SHAPES)
-        opt = make(params)
-        sched = warmup_cosine(20, 4)(opt)
-        gen = torch.Generator().manual_seed(5)
-        train(opt, sched, params, gen, 10)
-
-        buffer = io.BytesIO()
-        torch.save({"opt": opt.state_dict(), "sched": sched.state_dict(),
-                    "params": [p.detach().clone() for p in params], "gen": gen.get_state()}, buffer)
-        train(opt, sched, params, gen, 10)
-
-        buffer.seek(0)
-        saved = torch.load(buffer, weights_only=False)
-        resumed = [p.clone().requires_grad_() for p in saved["params"]]
-        opt2 = make(resumed)  # a fresh optimizer on the restored parameters, then loaded
-        sched2 = warmup_cosine(20, 4)(opt2)
-        opt2.load_state_dict(saved["opt"])
-        sched2.load_state_dict(saved["sched"])
-        gen2 = torch.Generator()
-        gen2.set_state(saved["gen"])
-        train(opt2, sched2, resumed, gen2, 10)
-
+        (params, opt), (resumed, opt2) = save_resume_and_continue(CONFIGS[name], SHAPES)
     assert_same(params, resumed)
     assert_same(state_tensors(opt), state_tensors(opt2))
     for g1, g2 in zip(opt.param_groups, opt2.param_groups):
@@ -82,7 +52,7 @@ def test_foreach_equals_reference_for_params_and_state(name):
         for foreach in (False, True):
             params = make_params(shapes=SHAPES + [(0, 2)])
             opt = make(params, foreach=foreach)
-            train(opt, warmup_cosine(100, 10)(opt), params, torch.Generator().manual_seed(9), 100)
+            train_steps(opt, warmup_cosine(100, 10)(opt), params, torch.Generator().manual_seed(9), 100)
             results.append((params, state_tensors(opt)))
     (p_ref, s_ref), (p_fe, s_fe) = results
     assert len(s_ref) == len(s_fe) > 0

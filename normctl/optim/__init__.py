@@ -3,6 +3,8 @@
 from ._base import peak_lr
 from .adamc import AdamC
 from .adamwn import AdamWN
+from .lion import Lion
 from .sgdc import SGDC
+from .wrapper import CorrectedDecay, NormControl
 
-__all__ = ["AdamWN", "AdamC", "SGDC", "peak_lr"]
+__all__ = ["AdamWN", "AdamC", "SGDC", "Lion", "NormControl", "CorrectedDecay", "peak_lr"]

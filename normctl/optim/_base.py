@@ -176,20 +176,7 @@ class NormctlOptimizer(Optimizer):
         return loss
 
     def _collect(self) -> list[Batch]:
-        """Gather params with grads per group; refuse sparse grads before touching anything."""
-        batches = []
-        for group in self.param_groups:
-            batch = Batch(group)
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                if p.grad.is_sparse:
-                    raise TypeError(f"{type(self).__name__} does not support sparse gradients; "
-                                    "use torch.optim.SparseAdam for sparse embeddings")
-                batch.params.append(p)
-                batch.grads.append(-p.grad if group["maximize"] else p.grad)
-            batches.append(batch)
-        return batches
+        return collect_batches(self.param_groups, type(self).__name__)
 
     def _attach_state(self, batches: list[Batch]) -> None:
         """Create missing per-parameter state (called once everything has been validated)."""
@@ -206,6 +193,24 @@ class NormctlOptimizer(Optimizer):
     @staticmethod
     def _use_foreach(group: dict) -> bool:
         return group["foreach"] is not False
+
+
+def collect_batches(param_groups: list[dict], owner: str) -> list[Batch]:
+    """Params with grads per group (grads negated where ``maximize``); refuses sparse grads
+    before anything is touched."""
+    batches = []
+    for group in param_groups:
+        batch = Batch(group)
+        for p in group["params"]:
+            if p.grad is None:
+                continue
+            if p.grad.is_sparse:
+                raise TypeError(f"{owner} does not support sparse gradients; "
+                                "use torch.optim.SparseAdam for sparse embeddings")
+            batch.params.append(p)
+            batch.grads.append(-p.grad if group.get("maximize") else p.grad)
+        batches.append(batch)
+    return batches
 
 
 def _all_finite(batches: list[Batch]) -> bool:

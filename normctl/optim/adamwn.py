@@ -2,29 +2,15 @@
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
 from typing import Any
 
-import torch
 from torch import Tensor
 
 from .. import rules
-from ..schedules import Schedule, as_schedule
+from ..schedules import Schedule
+from . import _control as control
 from ._adam import adam_state, adam_update
-from ._base import (Batch, NormctlOptimizer, check_betas, check_bools, check_choice,
-                    check_max_lr, check_nonnegative, check_unit_interval, is_real, peak_lr)
-
-SCOPES = ("tensor", "group", "global")
-CONTROL_AT = ("pre_step", "post_step")
-
-
-@dataclass(frozen=True)
-class _ControlPlan:
-    """The values Eq. 3 uses for one group at this step: k_t and r_t (or τ_t if absolute)."""
-
-    rate: float
-    target: float
+from ._base import Batch, NormctlOptimizer, check_betas, check_bools, check_choice, check_nonnegative
 
 
 class AdamWN(NormctlOptimizer):
@@ -86,7 +72,7 @@ class AdamWN(NormctlOptimizer):
     group) whose initial norm is 0: r·0 would silently decay it to 0 forever.
     """
 
-    _own_group_keys = frozenset({"schedule_step", "init_norm"})
+    _own_group_keys = control.CONTROL_GROUP_KEYS
 
     def __init__(self, params: Any, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, *, target: float | Schedule = 1.0, rate: float | Schedule = 1e-2,
@@ -109,48 +95,25 @@ class AdamWN(NormctlOptimizer):
         check_betas(group["betas"])
         check_nonnegative("weight_decay", group["weight_decay"])
         check_choice("decay", group["decay"], rules.DECAY_KINDS)
-        check_choice("scope", group["scope"], SCOPES)
-        check_choice("rate_scaling", group["rate_scaling"], rules.RATE_SCALINGS)
-        check_choice("control_at", group["control_at"], CONTROL_AT)
-        check_bools(group, "control", "relative_target", "maximize")
-        check_max_lr(group["max_lr"])
-        as_schedule(group["target"], "target")
-        as_schedule(group["rate"], "rate")
-        if is_real(group["target"]):
-            check_nonnegative("target", group["target"])
-        if is_real(group["rate"]):
-            if group["rate_scaling"] == "none":
-                check_unit_interval("rate", group["rate"])
-            else:
-                check_nonnegative("rate", group["rate"])
+        check_bools(group, "maximize")
+        control.validate_control_group(group)
 
     def _init_group(self, group: dict[str, Any]) -> None:
-        group.setdefault("schedule_step", 0)
-        group.setdefault("init_norm", None)
-        if group["control"] and group["scope"] == "global" and any(
-            g is not group and g["scope"] == "global" and g["init_norm"] is not None
-            for g in self.param_groups
-        ):
-            raise ValueError(
-                "cannot add a controlled group with scope='global' after the first step: the "
-                "global initial norm ‖θ_0‖ was recorded without it. Give the new group "
-                "scope='tensor' or scope='group'."
-            )
+        control.init_control_group(group, self.param_groups)
 
     def _init_state(self, param: Tensor, state: dict, group: dict) -> None:
         state.update(adam_state(param))
-        if group["control"] and group["scope"] == "tensor":
-            state["init_norm"] = rules.tensor_norms([param], foreach=False)[0]
+        control.init_tensor_state(param, state, group)
 
     # -- the step -----------------------------------------------------------------------------
 
     def _update(self, batches: list[Batch]) -> None:
-        plans = [self._plan(b.group) for b in batches]  # validates schedule values first
-        self._check_initial_norms(batches)
+        plans = [control.plan(b.group) for b in batches]  # validates schedule values first
+        control.check_initial_norms(batches, self.state)
         self._attach_state(batches)
-        self._record_scope_norms()
+        control.record_scope_norms(self.param_groups)
 
-        self._control(batches, plans, phase="pre_step")
+        control.apply_control(batches, plans, self.param_groups, phase="pre_step")
         for batch in batches:
             group = batch.group
             foreach = self._use_foreach(group)
@@ -158,111 +121,5 @@ class AdamWN(NormctlOptimizer):
                 rules.apply_decoupled_decay_(batch.params, group["decay"], group["lr"],
                                              group["weight_decay"], foreach=foreach)
             adam_update(batch.params, batch.grads, batch.states, group, foreach=foreach)
-        self._control(batches, plans, phase="post_step")
-
-        for group in self.param_groups:
-            group["schedule_step"] += 1
-
-    def _plan(self, group: dict) -> _ControlPlan | None:
-        if not group["control"]:
-            return None
-        t = group["schedule_step"]
-        rate = as_schedule(group["rate"], "rate")(t)
-        target = as_schedule(group["target"], "target")(t)
-        k = rules.control_rate(rate, group["rate_scaling"], group["lr"], peak_lr(group))
-        if not (is_real(k) and 0 <= k <= 1):
-            raise ValueError(f"rate k_t must be in [0, 1] at step {t}, got {k} "
-                             f"(rate={rate}, rate_scaling={group['rate_scaling']!r})")
-        if not (is_real(target) and target >= 0 and math.isfinite(target)):
-            raise ValueError(f"target must be a finite number >= 0 at step {t}, got {target}")
-        return _ControlPlan(rate=k, target=target)
-
-    def _check_initial_norms(self, batches: list[Batch]) -> None:
-        """Refuse a relative target on a zero-norm tensor before any state is created."""
-        for batch in batches:
-            group = batch.group
-            if not (group["control"] and group["relative_target"] and group["scope"] == "tensor"):
-                continue
-            for i, p in enumerate(batch.params):
-                if not self.state.get(p) and p.numel() > 0 and not p.any():
-                    raise ValueError(
-                        f"AdamWN: parameter {i} of a controlled group (shape {tuple(p.shape)}) has "
-                        "initial norm 0, so its relative target r·‖θ_0‖ is 0. Exclude it "
-                        "('control': False, as normctl.param_groups does for zero-initialised "
-                        "biases), or give that group relative_target=False and an absolute target."
-                    )
-
-    def _record_scope_norms(self) -> None:
-        """‖θ_0‖ of each group-scope group and of the global scope, at their first step."""
-        for group in self.param_groups:
-            if group["control"] and group["scope"] == "group" and group["init_norm"] is None:
-                group["init_norm"] = _initial_norm([group], relative=group["relative_target"])
-        global_groups = [g for g in self.param_groups if g["control"] and g["scope"] == "global"]
-        if global_groups and global_groups[0]["init_norm"] is None:
-            relative = any(g["relative_target"] for g in global_groups)
-            norm = _initial_norm(global_groups, relative=relative)
-            for group in global_groups:
-                group["init_norm"] = norm
-
-    def _control(self, batches: list[Batch], plans: list[_ControlPlan | None], *,
-                 phase: str) -> None:
-        """Apply Eq. 3 to every controlled group whose ``control_at`` matches this phase."""
-        global_norm = None
-        for batch, plan in zip(batches, plans):
-            group = batch.group
-            if plan is None or group["control_at"] != phase or not batch.params or plan.rate == 0:
-                continue
-            foreach = self._use_foreach(group)
-            if plan.target == 0:  # plain decoupled decay: a Python float, exactly as torch
-                factors: list[Tensor] | float = 1 - plan.rate
-            elif group["scope"] == "tensor":
-                norms = rules.tensor_norms(batch.params, foreach=foreach)
-                factors = [rules.norm_control_factor(n, _target_norm(plan, group, s["init_norm"]),
-                                                     plan.rate)
-                           for n, s in zip(norms, batch.states)]
-            else:
-                if group["scope"] == "group":
-                    norm = _current_norm([group], foreach)
-                else:
-                    if global_norm is None:
-                        global_norm = _current_norm(
-                            [g for g in self.param_groups if g["control"] and g["scope"] == "global"],
-                            foreach)
-                    norm = global_norm
-                factor = rules.norm_control_factor(norm, _target_norm(plan, group, group["init_norm"]),
-                                                   plan.rate)
-                factors = [factor] * len(batch.params)
-            _scale_(batch.params, factors, foreach=foreach)
-
-
-def _target_norm(plan: _ControlPlan, group: dict, init_norm: Tensor | float) -> Tensor | float:
-    """τ_t: r_t·‖θ_0‖ for a relative target, the target itself for an absolute one."""
-    return plan.target * init_norm if group["relative_target"] else plan.target
-
-
-def _current_norm(groups: list[dict], foreach: bool) -> Tensor:
-    """One norm over every parameter of ``groups`` (with or without a gradient this step)."""
-    params = [p for g in groups for p in g["params"]]
-    return rules.combined_norm(rules.tensor_norms(params, foreach=foreach))
-
-
-def _initial_norm(groups: list[dict], *, relative: bool) -> float:
-    norm = float(_current_norm(groups, foreach=True))
-    if relative and norm == 0 and any(p.numel() for g in groups for p in g["params"]):
-        raise ValueError(
-            "AdamWN: the controlled parameters of a group/global scope have initial norm 0, so "
-            "the relative target r·‖θ_0‖ is 0. Use relative_target=False with an absolute target."
-        )
-    return norm
-
-
-def _scale_(params: list[Tensor], factors: list[Tensor] | float, *, foreach: bool) -> None:
-    """θ_i ← f_i·θ_i (a float f scales every tensor by the same Python number)."""
-    if foreach:
-        torch._foreach_mul_(params, factors)
-    elif isinstance(factors, float):
-        for p in params:
-            p.mul_(factors)
-    else:
-        for p, f in zip(params, factors):
-            p.mul_(f)
+        control.apply_control(batches, plans, self.param_groups, phase="post_step")
+        control.advance(self.param_groups)

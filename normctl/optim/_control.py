@@ -1,0 +1,190 @@
+"""Eq. 3 norm control as a component: used by AdamWN and by the NormControl wrapper.
+
+The functions read and write only the param groups and a per-parameter ``state`` mapping
+they are given, so the same code controls AdamWN's own state and a wrapper's.
+Group keys: ``target``, ``rate``, ``rate_scaling``, ``scope``, ``relative_target``,
+``control_at``, ``control``, ``max_lr`` (read), ``schedule_step`` and ``init_norm`` (written).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .. import rules
+from ..schedules import as_schedule
+from ._base import (Batch, check_bools, check_choice, check_max_lr, check_nonnegative,
+                    check_unit_interval, is_real, peak_lr)
+
+SCOPES = ("tensor", "group", "global")
+CONTROL_AT = ("pre_step", "post_step")
+CONTROL_DEFAULTS = dict(target=1.0, rate=1e-2, rate_scaling="none", scope="tensor",
+                        relative_target=True, control_at="pre_step", control=True, max_lr=None)
+CONTROL_GROUP_KEYS = frozenset({"schedule_step", "init_norm"})
+
+
+@dataclass(frozen=True)
+class ControlPlan:
+    """The values Eq. 3 uses for one group at this step: k_t and r_t (or τ_t if absolute)."""
+
+    rate: float
+    target: float
+
+
+def validate_control_group(group: Mapping[str, Any]) -> None:
+    check_choice("scope", group["scope"], SCOPES)
+    check_choice("rate_scaling", group["rate_scaling"], rules.RATE_SCALINGS)
+    check_choice("control_at", group["control_at"], CONTROL_AT)
+    check_bools(group, "control", "relative_target")
+    check_max_lr(group["max_lr"])
+    as_schedule(group["target"], "target")
+    as_schedule(group["rate"], "rate")
+    if is_real(group["target"]):
+        check_nonnegative("target", group["target"])
+    if is_real(group["rate"]):
+        if group["rate_scaling"] == "none":
+            check_unit_interval("rate", group["rate"])
+        else:
+            check_nonnegative("rate", group["rate"])
+
+
+def init_control_group(group: dict[str, Any], all_groups: list[dict]) -> None:
+    group.setdefault("schedule_step", 0)
+    group.setdefault("init_norm", None)
+    if group["control"] and group["scope"] == "global" and any(
+        g is not group and g.get("scope") == "global" and g.get("init_norm") is not None
+        for g in all_groups
+    ):
+        raise ValueError(
+            "cannot add a controlled group with scope='global' after the first step: the "
+            "global initial norm ‖θ_0‖ was recorded without it. Give the new group "
+            "scope='tensor' or scope='group'."
+        )
+
+
+def plan(group: dict) -> ControlPlan | None:
+    """k_t and r_t for this step, validated; None for groups without control."""
+    if not group["control"]:
+        return None
+    t = group["schedule_step"]
+    rate = as_schedule(group["rate"], "rate")(t)
+    target = as_schedule(group["target"], "target")(t)
+    k = rules.control_rate(rate, group["rate_scaling"], group["lr"], peak_lr(group))
+    if not (is_real(k) and 0 <= k <= 1):
+        raise ValueError(f"rate k_t must be in [0, 1] at step {t}, got {k} "
+                         f"(rate={rate}, rate_scaling={group['rate_scaling']!r})")
+    if not (is_real(target) and target >= 0 and math.isfinite(target)):
+        raise ValueError(f"target must be a finite number >= 0 at step {t}, got {target}")
+    return ControlPlan(rate=k, target=target)
+
+
+def check_initial_norms(batches: list[Batch], state: Mapping[Tensor, dict]) -> None:
+    """Refuse a relative target on a zero-norm tensor before any state is created."""
+    for batch in batches:
+        group = batch.group
+        if not (group["control"] and group["relative_target"] and group["scope"] == "tensor"):
+            continue
+        for i, p in enumerate(batch.params):
+            if "init_norm" not in state.get(p, {}) and p.numel() > 0 and not p.any():
+                raise ValueError(
+                    f"parameter {i} of a controlled group (shape {tuple(p.shape)}) has "
+                    "initial norm 0, so its relative target r·‖θ_0‖ is 0. Exclude it "
+                    "('control': False, as normctl.param_groups does for zero-initialised "
+                    "biases), or give that group relative_target=False and an absolute target."
+                )
+
+
+def init_tensor_state(param: Tensor, state: dict, group: dict) -> None:
+    """Record ‖θ_0‖ of a tensor-scope controlled parameter at its first step."""
+    if group["control"] and group["scope"] == "tensor" and "init_norm" not in state:
+        state["init_norm"] = rules.tensor_norms([param], foreach=False)[0]
+
+
+def record_scope_norms(groups: list[dict]) -> None:
+    """‖θ_0‖ of each group-scope group and of the global scope, at their first step."""
+    for group in groups:
+        if group["control"] and group["scope"] == "group" and group["init_norm"] is None:
+            group["init_norm"] = _initial_norm([group], relative=group["relative_target"])
+    global_groups = _global_groups(groups)
+    if global_groups and global_groups[0]["init_norm"] is None:
+        relative = any(g["relative_target"] for g in global_groups)
+        norm = _initial_norm(global_groups, relative=relative)
+        for group in global_groups:
+            group["init_norm"] = norm
+
+
+def apply_control(batches: list[Batch], plans: list[ControlPlan | None], groups: list[dict],
+                  *, phase: str) -> None:
+    """Apply Eq. 3 to every controlled group whose ``control_at`` is ``phase``."""
+    global_norm = None
+    for batch, step_plan in zip(batches, plans):
+        group = batch.group
+        if (step_plan is None or group["control_at"] != phase or not batch.params
+                or step_plan.rate == 0):
+            continue
+        foreach = group.get("foreach") is not False
+        if step_plan.target == 0:  # plain decoupled decay: a Python float, exactly as torch
+            factors: list[Tensor] | float = 1 - step_plan.rate
+        elif group["scope"] == "tensor":
+            norms = rules.tensor_norms(batch.params, foreach=foreach)
+            factors = [rules.norm_control_factor(n, _target_norm(step_plan, group, s["init_norm"]),
+                                                 step_plan.rate)
+                       for n, s in zip(norms, batch.states)]
+        else:
+            if group["scope"] == "group":
+                norm = _current_norm([group], foreach)
+            else:
+                if global_norm is None:
+                    global_norm = _current_norm(_global_groups(groups), foreach)
+                norm = global_norm
+            factor = rules.norm_control_factor(
+                norm, _target_norm(step_plan, group, group["init_norm"]), step_plan.rate)
+            factors = [factor] * len(batch.params)
+        _scale_(batch.params, factors, foreach=foreach)
+
+
+def advance(groups: list[dict]) -> None:
+    for group in groups:
+        group["schedule_step"] += 1
+
+
+def _global_groups(groups: list[dict]) -> list[dict]:
+    return [g for g in groups if g["control"] and g["scope"] == "global"]
+
+
+def _target_norm(step_plan: ControlPlan, group: dict, init_norm: Tensor | float) -> Tensor | float:
+    """τ_t: r_t·‖θ_0‖ for a relative target, the target itself for an absolute one."""
+    return step_plan.target * init_norm if group["relative_target"] else step_plan.target
+
+
+def _current_norm(groups: list[dict], foreach: bool) -> Tensor:
+    """One norm over every parameter of ``groups`` (with or without a gradient this step)."""
+    params = [p for g in groups for p in g["params"]]
+    return rules.combined_norm(rules.tensor_norms(params, foreach=foreach))
+
+
+def _initial_norm(groups: list[dict], *, relative: bool) -> float:
+    norm = float(_current_norm(groups, foreach=True))
+    if relative and norm == 0 and any(p.numel() for g in groups for p in g["params"]):
+        raise ValueError(
+            "the controlled parameters of a group/global scope have initial norm 0, so "
+            "the relative target r·‖θ_0‖ is 0. Use relative_target=False with an absolute target."
+        )
+    return norm
+
+
+def _scale_(params: list[Tensor], factors: list[Tensor] | float, *, foreach: bool) -> None:
+    """θ_i ← f_i·θ_i (a float f scales every tensor by the same Python number)."""
+    if foreach:
+        torch._foreach_mul_(params, factors)
+    elif isinstance(factors, float):
+        for p in params:
+            p.mul_(factors)
+    else:
+        for p, f in zip(params, factors):
+            p.mul_(f)

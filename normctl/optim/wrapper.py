@@ -1,0 +1,183 @@
+"""Norm control and corrected decay for any torch optimizer, as wrappers.
+
+Loshchilov (2023): any optimizer with decoupled weight decay is the target-0 case of the same
+optimizer with norm control. :class:`NormControl` adds Eq. 3 to SGD, Lion, Muon, Adafactor or
+your own optimizer; :class:`CorrectedDecay` adds Defazio's γ_t/γ_max correction to any inner
+optimizer whose decay is decoupled (θ ← θ − γ·λ·θ, as in AdamW, Lion, decoupled SGD).
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import torch
+from torch.optim import Optimizer
+
+from ..schedules import Schedule
+from . import _control as control
+from ._base import Batch, check_bools, check_max_lr, collect_batches, corrected_lr_ratio
+
+
+class _Wrapper(Optimizer):
+    """A ``torch.optim.Optimizer`` that shares its param groups with an inner optimizer.
+
+    The group dicts are the inner optimizer's own, so LR schedulers, ``zero_grad`` and
+    ``add_param_group`` act on both; the wrapper's keys sit beside the inner ones. The state
+    dict nests the inner optimizer's under ``"optimizer"`` and the wrapper's own under
+    ``"wrapper"``.
+    """
+
+    _own_group_keys: frozenset[str] = frozenset()
+
+    def __init__(self, optimizer: Optimizer, defaults: dict[str, Any]) -> None:
+        if not isinstance(optimizer, Optimizer):
+            raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
+        self.optimizer = optimizer
+        self._adding_inner = True
+        super().__init__(optimizer.param_groups, defaults)  # shares (and extends) the group dicts
+        self._adding_inner = False
+        self.param_groups = optimizer.param_groups
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        if not self._adding_inner:
+            self.optimizer.add_param_group(param_group)
+            param_group = self.optimizer.param_groups[-1]
+        for key, value in self.defaults.items():
+            param_group.setdefault(key, value)
+        self._validate_group(param_group)
+        if self._adding_inner:
+            super().add_param_group(param_group)
+        self._init_group(param_group)
+
+    def _validate_group(self, group: dict[str, Any]) -> None:
+        pass
+
+    def _init_group(self, group: dict[str, Any]) -> None:
+        pass
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        self._wrapped_step()
+        return loss
+
+    def _wrapped_step(self) -> None:
+        raise NotImplementedError
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"optimizer": self.optimizer.state_dict(), "wrapper": super().state_dict()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(state_dict["optimizer"])
+        super().load_state_dict(state_dict["wrapper"])
+        # Loading gave both optimizers fresh group dicts: share them again, keeping our keys.
+        for ours, inner in zip(self.param_groups, self.optimizer.param_groups):
+            inner.update({k: v for k, v in ours.items() if k != "params"})
+        self.param_groups = self.optimizer.param_groups
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.optimizer!r})"
+
+
+class NormControl(_Wrapper):
+    """Weight norm control (Eq. 3) around any torch optimizer.
+
+    Each step: Eq. 3 on the pre-step weights (``control_at="pre_step"``, like AdamW's decay),
+    then ``optimizer.step()`` (and Eq. 3 after it for ``"post_step"``)::
+
+        θ ← θ − k_t·(1 − τ_t/‖θ‖)·θ;   θ ← inner_step(θ)
+
+    The arguments are AdamWN's (see :class:`normctl.AdamWN`): ``target`` r_t, ``rate`` k_t,
+    ``rate_scaling``, ``scope``, ``relative_target``, ``control_at``, ``max_lr``, and per-group
+    ``control``. The inner optimizer's own weight decay is left as it is; a warning says when a
+    controlled group also has ``weight_decay > 0`` (both would shrink the weights).
+
+    ``NormControl(torch.optim.Adam(params, lr), target=r, rate=k)`` is AdamWN;
+    ``NormControl(torch.optim.AdamW(params, lr, weight_decay=0), target=0, rate=λ,
+    rate_scaling="lr")`` is ``torch.optim.AdamW(weight_decay=λ)``.
+    """
+
+    _own_group_keys = control.CONTROL_GROUP_KEYS
+
+    def __init__(self, optimizer: Optimizer, *, target: float | Schedule = 1.0,
+                 rate: float | Schedule = 1e-2, rate_scaling: str = "none", scope: str = "tensor",
+                 relative_target: bool = True, control_at: str = "pre_step", control: bool = True,
+                 max_lr: float | None = None) -> None:
+        defaults = dict(target=target, rate=rate, rate_scaling=rate_scaling, scope=scope,
+                        relative_target=relative_target, control_at=control_at, control=control,
+                        max_lr=max_lr)
+        super().__init__(optimizer, defaults)
+
+    def _validate_group(self, group: dict[str, Any]) -> None:
+        control.validate_control_group(group)
+        if group["control"] and group.get("weight_decay", 0) > 0:
+            warnings.warn(
+                f"a group controlled by NormControl also has the inner optimizer's "
+                f"weight_decay={group['weight_decay']}: both shrink the weights. Set the inner "
+                "weight_decay to 0 on controlled groups unless you mean both.", stacklevel=4)
+
+    def _init_group(self, group: dict[str, Any]) -> None:
+        group.setdefault("construction_lr", group["lr"])
+        control.init_control_group(group, self.param_groups)
+
+    def _wrapped_step(self) -> None:
+        batches = collect_batches(self.param_groups, "NormControl")
+        plans = [control.plan(b.group) for b in batches]
+        control.check_initial_norms(batches, self.state)
+        _attach(batches, self.state, control.init_tensor_state)
+        control.record_scope_norms(self.param_groups)
+        control.apply_control(batches, plans, self.param_groups, phase="pre_step")
+        self.optimizer.step()
+        control.apply_control(batches, plans, self.param_groups, phase="post_step")
+        control.advance(self.param_groups)
+
+
+class CorrectedDecay(_Wrapper):
+    """Defazio's corrected weight decay around any optimizer with decoupled decay.
+
+    On groups with ``normalized=True`` the inner optimizer's ``weight_decay`` is scaled by
+    γ_t/γ_max for the duration of each step (and restored afterwards, so checkpoints and
+    schedulers see your value). ``CorrectedDecay(torch.optim.AdamW(groups))`` is AdamC;
+    around Lion or decoupled SGD it is their corrected version. γ_max as in :class:`normctl.AdamC`.
+
+    Only meaningful where the inner decay is decoupled and proportional to γ_t·λ: around
+    ``torch.optim.SGD`` (whose decay is folded into the gradient) it corrects that L2 term.
+    """
+
+    def __init__(self, optimizer: Optimizer, *, max_lr: float | None = None,
+                 normalized: bool = False) -> None:
+        super().__init__(optimizer, dict(max_lr=max_lr, normalized=normalized))
+        if not any(g["normalized"] for g in self.param_groups):
+            warnings.warn("CorrectedDecay: no param group has normalized=True, so nothing is "
+                          "corrected. Build the groups with normctl.param_groups(model).", stacklevel=2)
+
+    def _validate_group(self, group: dict[str, Any]) -> None:
+        check_max_lr(group["max_lr"])
+        check_bools(group, "normalized")
+        if "weight_decay" not in group:
+            raise ValueError(f"CorrectedDecay needs an inner optimizer with weight_decay; "
+                             f"{type(self.optimizer).__name__} has none")
+
+    def _init_group(self, group: dict[str, Any]) -> None:
+        group.setdefault("construction_lr", group["lr"])
+
+    def _wrapped_step(self) -> None:
+        saved = [g["weight_decay"] for g in self.param_groups]
+        try:
+            for group in self.param_groups:
+                group["weight_decay"] = group["weight_decay"] * corrected_lr_ratio(group)
+            self.optimizer.step()
+        finally:
+            for group, weight_decay in zip(self.param_groups, saved):
+                group["weight_decay"] = weight_decay
+
+
+def _attach(batches: list[Batch], state, init) -> None:
+    for batch in batches:
+        for p in batch.params:
+            init(p, state[p], batch.group)
+            batch.states.append(state[p])

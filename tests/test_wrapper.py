@@ -1,0 +1,123 @@
+"""NormControl / CorrectedDecay around torch optimizers, Lion, and create_optimizer."""
+
+import warnings
+
+import pytest
+import torch
+from helpers import assert_same, cosine, make_params, run, save_resume_and_continue, state_tensors, warmup_cosine
+
+from normctl import (SGDC, AdamC, AdamWN, CorrectedDecay, Lion, NormControl, available_optimizers,
+                     create_optimizer, schedules)
+
+
+@pytest.mark.parametrize("foreach", [False, True])
+def test_wrapped_adamw_without_decay_is_torch_adamw(foreach):
+    ref, _ = run(lambda p: torch.optim.AdamW(p, lr=1e-2, weight_decay=0.1, foreach=foreach), scheduler=cosine())
+    got, _ = run(lambda p: NormControl(torch.optim.AdamW(p, lr=1e-2, weight_decay=0.0, foreach=foreach),
+                                       target=0.0, rate=0.1, rate_scaling="lr"), scheduler=cosine())
+    assert_same(ref, got)
+
+
+def test_wrapped_adamw_at_constant_lr_with_rate_lr_times_wd():
+    lr, wd = 3e-3, 0.05
+    ref, _ = run(lambda p: torch.optim.AdamW(p, lr=lr, weight_decay=wd))
+    got, _ = run(lambda p: NormControl(torch.optim.AdamW(p, lr=lr, weight_decay=0.0), target=0.0, rate=lr * wd))
+    assert_same(ref, got)
+
+
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+def test_wrapped_sgd_is_decoupled_decay_sgd(momentum):
+    with pytest.warns(UserWarning, match="no param group has normalized=True"):  # plain decoupled SGD
+        ref, _ = run(lambda p: SGDC(p, lr=0.1, momentum=momentum, weight_decay=0.01, decoupled_weight_decay=True))
+    got, _ = run(lambda p: NormControl(torch.optim.SGD(p, lr=0.1, momentum=momentum), target=0.0,
+                                       rate=0.01, rate_scaling="lr"))
+    assert_same(ref, got, exact=False, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("scope", ["tensor", "group", "global"])
+@pytest.mark.parametrize("control_at", ["pre_step", "post_step"])
+def test_wrapped_adam_is_adamwn(scope, control_at):
+    kw = dict(target=schedules.linear_ramp(1.0, 1.6, 20), rate=0.1, scope=scope, control_at=control_at)
+    ref, ref_opt = run(lambda p: AdamWN(p, lr=1e-2, **kw), scheduler=cosine())
+    got, opt = run(lambda p: NormControl(torch.optim.Adam(p, lr=1e-2), **kw), scheduler=cosine())
+    assert_same(ref, got)
+    assert opt.param_groups[0]["schedule_step"] == 100 and opt.param_groups is opt.optimizer.param_groups
+
+
+def test_corrected_decay_around_adamw_is_adamc():
+    ref, _ = run(lambda p: AdamC(p, lr=1e-2, weight_decay=0.1, normalized=True), scheduler=warmup_cosine())
+    got, opt = run(lambda p: CorrectedDecay(torch.optim.AdamW(p, lr=1e-2, weight_decay=0.1), normalized=True),
+                   scheduler=warmup_cosine())
+    assert_same(ref, got, exact=False, rtol=1e-12, atol=1e-14)
+    assert opt.param_groups[0]["weight_decay"] == 0.1  # restored after every step
+
+
+@pytest.mark.parametrize("make", [
+    lambda p: NormControl(torch.optim.SGD(p, lr=0.05, momentum=0.9), target=1.2, rate=0.2, scope="global"),
+    lambda p: NormControl(Lion(p, lr=1e-3), target=schedules.linear_ramp(1, 2, 8), rate=0.3),
+    lambda p: CorrectedDecay(Lion(p, lr=1e-3, weight_decay=0.5), normalized=True),
+])
+def test_wrapper_state_dict_continue_equals_uninterrupted(make):
+    (params, opt), (resumed, opt2) = save_resume_and_continue(make, [(5, 3), (4,), (2, 3, 4)])
+    assert_same(params, resumed)
+    assert opt2.param_groups is opt2.optimizer.param_groups
+    assert_same(state_tensors(opt.optimizer), state_tensors(opt2.optimizer))
+    assert_same(state_tensors(opt), state_tensors(opt2))
+
+
+def test_wrapper_behaves_as_an_optimizer():
+    params = make_params(shapes=[(3, 3)])
+    with pytest.warns(UserWarning, match="both shrink the weights"):
+        opt = NormControl(torch.optim.AdamW(params, lr=1e-2, weight_decay=0.1), target=1.0)
+    assert isinstance(opt, torch.optim.Optimizer)
+    params[0].grad = torch.ones(3, 3, dtype=torch.float64)
+    opt.zero_grad()
+    assert params[0].grad is None
+    extra = torch.ones(2, dtype=torch.float64, requires_grad=True)
+    opt.add_param_group({"params": [extra], "weight_decay": 0.0, "control": False})
+    assert len(opt.optimizer.param_groups) == 2 and opt.param_groups[1]["control"] is False
+    assert opt.param_groups[1]["schedule_step"] == 0
+    with pytest.raises(TypeError, match="must be a torch.optim.Optimizer"):
+        NormControl(params)
+    with pytest.raises(ValueError, match=r"rate must be in \[0, 1\]"):
+        NormControl(torch.optim.SGD(make_params(), lr=0.1), rate=3.0)
+    with pytest.raises(ValueError, match="needs an inner optimizer with weight_decay"):
+        CorrectedDecay(torch.optim.Rprop(make_params()), normalized=True)
+
+
+def test_lion_first_step_and_against_a_reference_loop():
+    params = make_params(shapes=[(4, 4)])
+    theta0 = params[0].detach().clone()
+    opt = Lion(params, lr=0.01, betas=(0.9, 0.99), weight_decay=0.5)
+    g = torch.randn(4, 4, dtype=torch.float64)
+    params[0].grad = g
+    opt.step()
+    torch.testing.assert_close(params[0].detach(), theta0 * (1 - 0.01 * 0.5) - 0.01 * g.sign(), rtol=0, atol=0)
+
+    got, _ = run(lambda p: Lion(p, lr=1e-3, betas=(0.9, 0.99), weight_decay=0.1), shapes=[(5, 3), (4,)])
+    ref = make_params(shapes=[(5, 3), (4,)])
+    m = [torch.zeros_like(p) for p in ref]
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for _ in range(100):
+            for p, mi in zip(ref, m):
+                grad = torch.randn(p.shape, generator=gen, dtype=torch.float64)
+                p.mul_(1 - 1e-3 * 0.1)
+                p.sub_(1e-3 * (0.9 * mi + 0.1 * grad).sign())
+                mi.mul_(0.99).add_(0.01 * grad)
+    assert_same([p.detach() for p in ref], got, exact=False, rtol=1e-12, atol=1e-12)
+
+
+def test_create_optimizer_names_and_wrapped_decay():
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.LayerNorm(8), torch.nn.Linear(8, 2))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for name in available_optimizers():
+            opt = create_optimizer(model, name, weight_decay=0.05)
+            assert isinstance(opt, torch.optim.Optimizer)
+    opt = create_optimizer(model, "lion+wn", target=1.5, lr=3e-4)
+    assert isinstance(opt, NormControl) and isinstance(opt.optimizer, Lion)
+    assert all(g["weight_decay"] == 0.0 for g in opt.param_groups)
+    assert opt.param_groups[0]["target"] == 1.5 and opt.param_groups[0]["lr"] == 3e-4
+    with pytest.raises(ValueError, match="unknown optimizer 'adamq'"):
+        create_optimizer(model, "adamq")
