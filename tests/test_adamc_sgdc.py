@@ -86,7 +86,7 @@ def test_sgdc_at_constant_lr_is_torch_sgd(foreach, momentum, dampening, nesterov
 
 
 def test_sgdc_non_normalized_groups_are_torch_sgd_under_a_schedule():
-    kw = dict(lr=0.1, momentum=0.9, weight_decay=1e-3)
+    kw = dict(lr=0.1, momentum=0.9, weight_decay=1e-3, foreach=False)
     ref, _ = run(lambda p: torch.optim.SGD(p, **kw), scheduler=cosine())
     with pytest.warns(UserWarning, match="no param group has normalized=True"):
         got, _ = run(lambda p: SGDC([{"params": p, "normalized": False}], **kw), scheduler=cosine())

@@ -45,10 +45,11 @@ def adam_step_foreach_(params: Sequence[Tensor], grads: Sequence[Tensor],
     torch._foreach_addcdiv_(params, exp_avgs, denom, step_sizes)
 
 
-def adam_state(param: Tensor) -> dict[str, Tensor]:
-    """Fresh Adam state, with torch's keys and dtypes (``step`` a 0-d fp32 tensor)."""
+def adam_state(param: Tensor, *, fused: bool = False) -> dict[str, Tensor]:
+    """Fresh Adam state, with torch's keys and dtypes (``step`` a 0-d fp32 tensor, on the
+    parameter's device for the fused kernels, on the CPU otherwise)."""
     return {
-        "step": torch.tensor(0.0, dtype=torch.float32),
+        "step": torch.tensor(0.0, dtype=torch.float32, device=param.device if fused else None),
         "exp_avg": torch.zeros_like(param, memory_format=torch.preserve_format),
         "exp_avg_sq": torch.zeros_like(param, memory_format=torch.preserve_format),
     }
@@ -76,3 +77,44 @@ def adam_update(params: Sequence[Tensor], grads: Sequence[Tensor], states: Seque
     else:
         for p, g, m, v, t in zip(params, grads, exp_avgs, exp_avg_sqs, steps):
             adam_step_(p, g, m, v, t, **hyper)
+
+
+def fused_supported(params: Sequence[Tensor]) -> bool:
+    """torch's fused Adam/SGD kernels run on CPU and CUDA floating-point tensors."""
+    return bool(params) and all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
+
+
+def buckets(*lists: Sequence[Tensor]) -> list[tuple[list[Tensor], ...]]:
+    """Split parallel lists by (device, dtype) of the first: fused kernels take one of each."""
+    out: dict[tuple[torch.device, torch.dtype], tuple[list[Tensor], ...]] = {}
+    for items in zip(*lists):
+        key = (items[0].device, items[0].dtype)
+        bucket = out.setdefault(key, tuple([] for _ in lists))
+        for target, item in zip(bucket, items):
+            target.append(item)
+    return list(out.values())
+
+
+def fused_adamw_(params: Sequence[Tensor], grads: Sequence[Tensor], states: Sequence[dict], group: dict,
+                 *, weight_decay: float | Sequence[float]) -> None:
+    """Adam's step and AdamW's decay θ·(1 − γ·λ) in torch's single-pass fused kernel.
+
+    ``weight_decay`` is one λ for all tensors, or one per tensor — how AdamC's corrected
+    decay and AdamWN's per-tensor Eq. 3 factor (λ_i = (1 − f_i)/γ) ride along in the same pass.
+    """
+    if not params:
+        return
+    beta1, beta2 = group["betas"]
+    steps = [s["step"] for s in states]
+    exp_avgs = [s["exp_avg"] for s in states]
+    exp_avg_sqs = [s["exp_avg_sq"] for s in states]
+    if isinstance(weight_decay, (int, float)):
+        calls = [(*b, float(weight_decay)) for b in buckets(params, grads, exp_avgs, exp_avg_sqs, steps)]
+    else:  # one kernel call per tensor, each with its own decay
+        calls = [([p], [g], [m], [v], [t], wd)
+                 for p, g, m, v, t, wd in zip(params, grads, exp_avgs, exp_avg_sqs, steps, weight_decay)]
+    for ps, gs, ms, vs, ts, wd in calls:
+        torch._foreach_add_(ts, 1)
+        torch._fused_adamw_(ps, gs, ms, vs, [], ts, amsgrad=False, lr=group["lr"], beta1=beta1,
+                            beta2=beta2, weight_decay=wd, eps=group["eps"], maximize=False,
+                            grad_scale=None, found_inf=None)

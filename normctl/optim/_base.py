@@ -117,8 +117,11 @@ class NormctlOptimizer(Optimizer):
     _own_group_keys: frozenset[str] = frozenset()
 
     def __init__(self, params: Any, defaults: dict[str, Any]) -> None:
-        if defaults.get("foreach") not in (None, True, False):
-            raise TypeError(f"foreach must be None, True or False, got {defaults['foreach']!r}")
+        for flag in ("foreach", "fused"):
+            if defaults.get(flag) not in (None, True, False):
+                raise TypeError(f"{flag} must be None, True or False, got {defaults[flag]!r}")
+        if defaults.get("foreach") and defaults.get("fused"):
+            raise ValueError("foreach and fused cannot both be True")
         super().__init__(params, defaults)
 
     # -- param groups ------------------------------------------------------------------------
@@ -193,6 +196,23 @@ class NormctlOptimizer(Optimizer):
     @staticmethod
     def _use_foreach(group: dict) -> bool:
         return group["foreach"] is not False
+
+    @staticmethod
+    def _use_fused(group: dict, params: list[Tensor]) -> bool:
+        """``fused=True``: always (error where torch has no kernel); ``None``: when neither path
+        was asked for and torch's fused kernels support the tensors; ``False``: never."""
+        fused = group.get("fused")
+        if fused is False or (fused is None and group["foreach"] is not None) or not params:
+            return False
+        if fused is None and torch.compiler.is_compiling():
+            return False  # inductor fuses the foreach path itself and cannot trace these kernels
+        from ._adam import fused_supported
+
+        if fused_supported(params):
+            return True
+        if fused:
+            raise RuntimeError("fused=True needs floating-point CPU or CUDA parameters")
+        return False
 
 
 def collect_batches(param_groups: list[dict], owner: str) -> list[Batch]:

@@ -118,23 +118,29 @@ def record_scope_norms(groups: list[dict]) -> None:
             group["init_norm"] = norm
 
 
-def apply_control(batches: list[Batch], plans: list[ControlPlan | None], groups: list[dict],
-                  *, phase: str) -> None:
-    """Apply Eq. 3 to every controlled group whose ``control_at`` is ``phase``."""
+def control_factors(batches: list[Batch], plans: list[ControlPlan | None], groups: list[dict],
+                    *, phase: str) -> list[list[Tensor] | float | None]:
+    """Eq. 3's factor f for each batch whose group is controlled at ``phase`` (None: nothing to
+    do): a float when it is one Python number (target 0), else one 0-d tensor per tensor.
+
+    All norms are read before anything is scaled, so group and global scopes see the
+    weights of one moment."""
     global_norm = None
+    out: list[list[Tensor] | float | None] = []
     for batch, step_plan in zip(batches, plans):
         group = batch.group
         if (step_plan is None or group["control_at"] != phase or not batch.params
                 or step_plan.rate == 0):
+            out.append(None)
             continue
         foreach = group.get("foreach") is not False
         if step_plan.target == 0:  # plain decoupled decay: a Python float, exactly as torch
-            factors: list[Tensor] | float = 1 - step_plan.rate
+            out.append(1 - step_plan.rate)
         elif group["scope"] == "tensor":
             norms = rules.tensor_norms(batch.params, foreach=foreach)
-            factors = [rules.norm_control_factor(n, _target_norm(step_plan, group, s["init_norm"]),
-                                                 step_plan.rate)
-                       for n, s in zip(norms, batch.states)]
+            out.append([rules.norm_control_factor(n, _target_norm(step_plan, group, s["init_norm"]),
+                                                  step_plan.rate)
+                        for n, s in zip(norms, batch.states)])
         else:
             if group["scope"] == "group":
                 norm = _current_norm([group], foreach)
@@ -144,8 +150,23 @@ def apply_control(batches: list[Batch], plans: list[ControlPlan | None], groups:
                 norm = global_norm
             factor = rules.norm_control_factor(
                 norm, _target_norm(step_plan, group, group["init_norm"]), step_plan.rate)
-            factors = [factor] * len(batch.params)
-        _scale_(batch.params, factors, foreach=foreach)
+            out.append([factor] * len(batch.params))
+    return out
+
+
+def apply_control(batches: list[Batch], plans: list[ControlPlan | None], groups: list[dict],
+                  *, phase: str) -> None:
+    """Apply Eq. 3 to every controlled group whose ``control_at`` is ``phase``."""
+    for batch, factors in zip(batches, control_factors(batches, plans, groups, phase=phase)):
+        if factors is not None:
+            scale_(batch.params, factors, foreach=batch.group.get("foreach") is not False)
+
+
+def as_weight_decay(factors: list[Tensor] | float, lr: float) -> list[float] | float:
+    """The AdamW decay λ with θ·(1 − γλ) = f·θ, so a fused AdamW kernel applies Eq. 3."""
+    if isinstance(factors, float):
+        return (1 - factors) / lr
+    return [(1 - f) / lr for f in torch.stack([f.double() for f in factors]).tolist()]
 
 
 def advance(groups: list[dict]) -> None:
@@ -178,7 +199,7 @@ def _initial_norm(groups: list[dict], *, relative: bool) -> float:
     return norm
 
 
-def _scale_(params: list[Tensor], factors: list[Tensor] | float, *, foreach: bool) -> None:
+def scale_(params: list[Tensor], factors: list[Tensor] | float, *, foreach: bool) -> None:
     """θ_i ← f_i·θ_i (a float f scales every tensor by the same Python number)."""
     if foreach:
         torch._foreach_mul_(params, factors)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from .. import rules
-from ._adam import adam_state, adam_update
+from ._adam import adam_state, adam_update, fused_adamw_
 from ._base import (Batch, NormctlOptimizer, check_betas, check_bools, check_choice, check_max_lr,
                     check_nonnegative, corrected_lr_ratio, warn_if_nothing_normalized)
 
@@ -41,7 +41,8 @@ class AdamC(NormctlOptimizer):
         normalized: default for groups without a ``normalized`` key.
         decay: ``"l2"`` (default), ``"l1"`` or ``"min"`` — the decay direction D(θ); the
             correction scales the whole term by γ_t/γ_max.
-        betas, eps, maximize, foreach, skip_nonfinite: as in :class:`normctl.AdamWN`.
+        betas, eps, maximize, foreach, fused, skip_nonfinite: as in :class:`normctl.AdamWN`; the
+            fused path is torch's fused AdamW kernel with each group's λ rescaled per step.
 
     Equals ``torch.optim.AdamW`` whenever γ_t = γ_max (for instance at a constant lr).
     """
@@ -49,10 +50,11 @@ class AdamC(NormctlOptimizer):
     def __init__(self, params: Any, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 1e-2, *, max_lr: float | None = None,
                  normalized: bool = False, decay: str = "l2", maximize: bool = False,
-                 foreach: bool | None = None, skip_nonfinite: bool = False) -> None:
+                 foreach: bool | None = None, fused: bool | None = None,
+                 skip_nonfinite: bool = False) -> None:
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, max_lr=max_lr,
                         normalized=normalized, decay=decay, maximize=maximize, foreach=foreach,
-                        skip_nonfinite=skip_nonfinite)
+                        fused=fused, skip_nonfinite=skip_nonfinite)
         super().__init__(params, defaults)
         warn_if_nothing_normalized(self)
 
@@ -64,15 +66,19 @@ class AdamC(NormctlOptimizer):
         check_corrected_decay_keys(group)
 
     def _init_state(self, param, state: dict, group: dict) -> None:
-        state.update(adam_state(param))
+        state.update(adam_state(param, fused=self._use_fused(group, [param])))
 
     def _update(self, batches: list[Batch]) -> None:
         self._attach_state(batches)
         for batch in batches:
             group = batch.group
+            ratio = corrected_lr_ratio(group)
+            if group["decay"] == "l2" and self._use_fused(group, batch.params):
+                fused_adamw_(batch.params, batch.grads, batch.states, group,
+                             weight_decay=group["weight_decay"] * ratio)
+                continue
             foreach = self._use_foreach(group)
-            decay_lr = group["lr"] * corrected_lr_ratio(group)
-            rules.apply_decoupled_decay_(batch.params, group["decay"], decay_lr,
+            rules.apply_decoupled_decay_(batch.params, group["decay"], group["lr"] * ratio,
                                          group["weight_decay"], foreach=foreach)
             adam_update(batch.params, batch.grads, batch.states, group, foreach=foreach)
 

@@ -9,7 +9,7 @@ from torch import Tensor
 from .. import rules
 from ..schedules import Schedule
 from . import _control as control
-from ._adam import adam_state, adam_update
+from ._adam import adam_state, adam_update, fused_adamw_
 from ._base import Batch, NormctlOptimizer, check_betas, check_bools, check_choice, check_nonnegative
 
 
@@ -58,8 +58,12 @@ class AdamWN(NormctlOptimizer):
             decoupled decay γ_t·D(θ) on groups with ``control=False``.
         max_lr: γ_max for ``rate_scaling="lr_ratio"``; see :func:`normctl.optim.peak_lr`.
         maximize: maximise the objective instead of minimising it.
-        foreach: ``None``/``True`` use the ``torch._foreach_*`` path, ``False`` the per-tensor
-            reference loop (same results).
+        foreach, fused: which implementation runs. ``fused`` folds Eq. 3 (as a per-tensor
+            decay λ_i = (1 − f_i)/γ), or the decay of uncontrolled groups, into torch's one-pass
+            fused AdamW kernel; ``foreach=True`` selects the ``torch._foreach_*`` path and
+            ``foreach=False`` the per-tensor reference loop. Default (both ``None``): fused where
+            torch has the kernel (CPU and CUDA floating point; l2 decay), foreach otherwise. All
+            paths are tested equal to the reference.
         skip_nonfinite: if any gradient holds NaN/Inf, skip the whole step leaving params and
             state untouched and count it in ``group["skipped_steps"]``. Off by default, where
             (as in torch) non-finite gradients flow into the moments and weights.
@@ -79,11 +83,12 @@ class AdamWN(NormctlOptimizer):
                  rate_scaling: str = "none", scope: str = "tensor", relative_target: bool = True,
                  control_at: str = "pre_step", control: bool = True, weight_decay: float = 0.0,
                  decay: str = "l2", max_lr: float | None = None, maximize: bool = False,
-                 foreach: bool | None = None, skip_nonfinite: bool = False) -> None:
+                 foreach: bool | None = None, fused: bool | None = None,
+                 skip_nonfinite: bool = False) -> None:
         defaults = dict(lr=lr, betas=betas, eps=eps, target=target, rate=rate,
                         rate_scaling=rate_scaling, scope=scope, relative_target=relative_target,
                         control_at=control_at, control=control, weight_decay=weight_decay,
-                        decay=decay, max_lr=max_lr, maximize=maximize, foreach=foreach,
+                        decay=decay, max_lr=max_lr, maximize=maximize, foreach=foreach, fused=fused,
                         skip_nonfinite=skip_nonfinite)
         super().__init__(params, defaults)
 
@@ -101,8 +106,13 @@ class AdamWN(NormctlOptimizer):
     def _init_group(self, group: dict[str, Any]) -> None:
         control.init_control_group(group, self.param_groups)
 
+    def _fusable(self, group: dict, batch: Batch) -> bool:
+        # λ = (1 − f)/γ needs γ > 0; l1/min decay has no fused kernel
+        return (self._use_fused(group, batch.params) and group["lr"] > 0
+                and (group["control"] or group["decay"] == "l2"))
+
     def _init_state(self, param: Tensor, state: dict, group: dict) -> None:
-        state.update(adam_state(param))
+        state.update(adam_state(param, fused=self._use_fused(group, [param])))
         control.init_tensor_state(param, state, group)
 
     # -- the step -----------------------------------------------------------------------------
@@ -113,10 +123,19 @@ class AdamWN(NormctlOptimizer):
         self._attach_state(batches)
         control.record_scope_norms(self.param_groups)
 
-        control.apply_control(batches, plans, self.param_groups, phase="pre_step")
-        for batch in batches:
+        pre_step = control.control_factors(batches, plans, self.param_groups, phase="pre_step")
+        for batch, factors in zip(batches, pre_step):
             group = batch.group
+            if self._fusable(group, batch):  # decay or Eq. 3 folded into the fused kernel's λ
+                if group["control"]:
+                    decay = 0.0 if factors is None else control.as_weight_decay(factors, group["lr"])
+                else:
+                    decay = group["weight_decay"]
+                fused_adamw_(batch.params, batch.grads, batch.states, group, weight_decay=decay)
+                continue
             foreach = self._use_foreach(group)
+            if factors is not None:
+                control.scale_(batch.params, factors, foreach=foreach)
             if not group["control"]:
                 rules.apply_decoupled_decay_(batch.params, group["decay"], group["lr"],
                                              group["weight_decay"], foreach=foreach)

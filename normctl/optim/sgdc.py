@@ -9,6 +9,7 @@ import torch
 from .. import rules
 from ._base import (Batch, NormctlOptimizer, check_bools, check_nonnegative, check_unit_interval,
                     corrected_lr_ratio, warn_if_nothing_normalized)
+from ._adam import buckets
 from .adamc import check_corrected_decay_keys
 
 
@@ -30,7 +31,8 @@ class SGDC(NormctlOptimizer):
     Args:
         lr, momentum, dampening, nesterov, maximize: as in ``torch.optim.SGD``.
         weight_decay: λ, exactly as in ``torch.optim.SGD``; at the peak lr nothing changes.
-        max_lr, normalized, decay, foreach, skip_nonfinite: as in :class:`normctl.AdamC`.
+        max_lr, normalized, decay, foreach, fused, skip_nonfinite: as in :class:`normctl.AdamC`;
+            the fused path is torch's fused SGD kernel with λ rescaled per step.
         decoupled_weight_decay: apply the decay to the weight instead of the gradient.
 
     Equals ``torch.optim.SGD`` whenever γ_t = γ_max (e.g. a constant lr), with or without
@@ -43,11 +45,12 @@ class SGDC(NormctlOptimizer):
                  dampening: float = 0.0, weight_decay: float = 0.0, *, nesterov: bool = False,
                  max_lr: float | None = None, normalized: bool = False, decay: str = "l2",
                  decoupled_weight_decay: bool = False, maximize: bool = False,
-                 foreach: bool | None = None, skip_nonfinite: bool = False) -> None:
+                 foreach: bool | None = None, fused: bool | None = None,
+                 skip_nonfinite: bool = False) -> None:
         defaults = dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
                         nesterov=nesterov, max_lr=max_lr, normalized=normalized, decay=decay,
                         decoupled_weight_decay=decoupled_weight_decay, maximize=maximize,
-                        foreach=foreach, skip_nonfinite=skip_nonfinite)
+                        foreach=foreach, fused=fused, skip_nonfinite=skip_nonfinite)
         super().__init__(params, defaults)
         warn_if_nothing_normalized(self)
 
@@ -75,6 +78,9 @@ class SGDC(NormctlOptimizer):
         foreach = self._use_foreach(group)
         lr, wd, momentum = group["lr"], group["weight_decay"], group["momentum"]
         scale = corrected_lr_ratio(group)
+        if group["decay"] == "l2" and self._use_fused(group, params):
+            self._fused_sgd_step(batch, wd * scale)
+            return
         if group["decoupled_weight_decay"]:
             rules.apply_decoupled_decay_(params, group["decay"], lr * scale, wd, foreach=foreach)
             grads = list(batch.grads)
@@ -99,3 +105,28 @@ class SGDC(NormctlOptimizer):
         else:
             for p, g in zip(params, grads):
                 p.add_(g, alpha=-lr)
+
+    def _fused_sgd_step(self, batch: Batch, weight_decay: float) -> None:
+        """torch's fused SGD kernel; decoupled decay is applied to the weight first."""
+        group = batch.group
+        if group["decoupled_weight_decay"]:
+            rules.apply_decoupled_decay_(batch.params, "l2", group["lr"], weight_decay)
+            weight_decay = 0.0
+        momentum = group["momentum"]
+        for params, grads, states in buckets(batch.params, batch.grads, batch.states):
+            if momentum == 0:
+                calls = [(list(range(len(params))), False)]
+            else:  # tensors without a momentum buffer yet take the kernel's first-step path
+                new = [i for i, s in enumerate(states) if s.get("momentum_buffer") is None]
+                calls = [(new, True), ([i for i in range(len(params)) if i not in set(new)], False)]
+                for i in new:
+                    states[i]["momentum_buffer"] = torch.empty_like(grads[i])
+            for chosen, first_step in calls:
+                if not chosen:
+                    continue
+                bufs = [] if momentum == 0 else [states[i]["momentum_buffer"] for i in chosen]
+                torch._fused_sgd_([params[i] for i in chosen], [grads[i] for i in chosen], bufs,
+                                  weight_decay=weight_decay, momentum=momentum, lr=group["lr"],
+                                  dampening=group["dampening"], nesterov=group["nesterov"],
+                                  maximize=False, is_first_step=first_step,
+                                  grad_scale=None, found_inf=None)

@@ -1,0 +1,146 @@
+"""optimizer.step() time on GPT-2-small and ResNet-50 parameter shapes, against torch in one run.
+
+    python benchmarks/step_speed.py [--family gpt2|resnet50|both] [--repeats 7] [--dtype float32|bfloat16]
+
+Parameters get fixed random gradients; each optimizer is timed over repeated steps after
+warm-up. Prints the median, spread and ratio to torch's fused AdamW (the faster of torch's fused
+and foreach SGD for the SGD family), the bytes of optimizer state, and writes results/bench/step_speed_<family>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import time
+import warnings
+
+import torch
+
+from common import machine, summary, write_json
+from normctl import SGDC, AdamC, AdamWN, CorrectedDecay, NormControl
+
+
+def gpt2_small_shapes() -> list[tuple[int, ...]]:
+    """nanoGPT's GPT-2 small (124M, tied head): embeddings, 12 blocks, final LayerNorm."""
+    d, shapes = 768, [(50304, 768), (1024, 768)]
+    for _ in range(12):
+        shapes += [(d,), (d,), (3 * d, d), (3 * d,), (d, d), (d,), (d,), (d,), (4 * d, d), (4 * d,), (d, 4 * d), (d,)]
+    return shapes + [(d,), (d,)]
+
+
+def resnet50_shapes() -> list[tuple[int, ...]]:
+    """torchvision ResNet-50 (25.6M): conv weights, BatchNorm gains/biases, the classifier."""
+    shapes = [(64, 3, 7, 7), (64,), (64,)]
+    in_ch = 64
+    for width, blocks in ((64, 3), (128, 4), (256, 6), (512, 3)):
+        for b in range(blocks):
+            shapes += [(width, in_ch, 1, 1), (width,), (width,), (width, width, 3, 3), (width,), (width,),
+                       (4 * width, width, 1, 1), (4 * width,), (4 * width,)]
+            if b == 0:
+                shapes += [(4 * width, in_ch, 1, 1), (4 * width,), (4 * width,)]
+            in_ch = 4 * width
+    return shapes + [(1000, 2048), (1000,)]
+
+
+def groups_for(params: list[torch.Tensor]) -> list[dict]:
+    matrices = [p for p in params if p.ndim >= 2]
+    vectors = [p for p in params if p.ndim < 2]
+    return [{"params": matrices, "weight_decay": 0.1, "normalized": True, "control": True},
+            {"params": vectors, "weight_decay": 0.0, "normalized": False, "control": False}]
+
+
+ADAM_FAMILY = {
+    "torch AdamW for-loop": lambda g: torch.optim.AdamW(g, lr=1e-3, foreach=False),
+    "torch AdamW foreach": lambda g: torch.optim.AdamW(g, lr=1e-3, foreach=True),
+    "torch AdamW fused": lambda g: torch.optim.AdamW(g, lr=1e-3, fused=True),
+    "AdamWN tensor": lambda g: AdamWN(g, lr=1e-3, target=1.5, scope="tensor"),
+    "AdamWN group": lambda g: AdamWN(g, lr=1e-3, target=1.5, scope="group"),
+    "AdamWN global": lambda g: AdamWN(g, lr=1e-3, target=1.5, scope="global"),
+    "AdamWN tensor (foreach)": lambda g: AdamWN(g, lr=1e-3, target=1.5, foreach=True),
+    "AdamC": lambda g: AdamC(g, lr=1e-3),
+    "AdamC (foreach)": lambda g: AdamC(g, lr=1e-3, foreach=True),
+    "NormControl(torch Adam fused)": lambda g: NormControl(
+        torch.optim.Adam([{**x, "weight_decay": 0.0} for x in g], lr=1e-3, fused=True), target=1.5),
+    "CorrectedDecay(torch AdamW fused)": lambda g: CorrectedDecay(torch.optim.AdamW(g, lr=1e-3, fused=True)),
+}
+SGD_FAMILY = {
+    "torch SGD foreach": lambda g: torch.optim.SGD(g, lr=0.1, momentum=0.9, foreach=True),
+    "torch SGD fused": lambda g: torch.optim.SGD(g, lr=0.1, momentum=0.9, fused=True),
+    "SGDC": lambda g: SGDC(g, lr=0.1, momentum=0.9),
+    "SGDC (foreach)": lambda g: SGDC(g, lr=0.1, momentum=0.9, foreach=True),
+}
+
+
+def time_optimizer(make, shapes, dtype, repeats: int, warmup: int = 2) -> dict:
+    torch.manual_seed(0)
+    params = [torch.randn(s, dtype=dtype).mul_(0.02).requires_grad_() for s in shapes]
+    for p in params:
+        p.grad = torch.randn_like(p).mul_(1e-3)
+    gc.collect()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            opt = make(groups_for(params))
+        except (RuntimeError, ValueError, TypeError) as error:  # e.g. no fused kernel here
+            return {"error": str(error).splitlines()[0]}
+    for _ in range(warmup):
+        opt.step()
+    state_bytes = sum(t.numel() * t.element_size() for s in opt.state.values() for t in s.values()
+                      if isinstance(t, torch.Tensor))
+    inner = getattr(opt, "optimizer", None)
+    if inner is not None:
+        state_bytes += sum(t.numel() * t.element_size() for s in inner.state.values() for t in s.values()
+                           if isinstance(t, torch.Tensor))
+    samples = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        opt.step()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        samples.append(time.perf_counter() - start)
+    return {"seconds": summary(samples), "state_bytes": state_bytes}
+
+
+def run_family(name: str, shapes, dtype, repeats: int) -> dict:
+    n = sum(torch.Size(s).numel() for s in shapes)
+    print(f"\n{name}: {len(shapes)} tensors, {n / 1e6:.1f}M parameters, {dtype}", flush=True)
+    results = {}
+    for table, candidates in ((ADAM_FAMILY, ["torch AdamW fused"]),
+                              (SGD_FAMILY, ["torch SGD foreach", "torch SGD fused"])):
+        for label, make in table.items():
+            results[label] = time_optimizer(make, shapes, dtype, repeats)
+        # the baseline is torch's fastest available implementation of the same rule
+        timed = [c for c in candidates if "seconds" in results[c]] or candidates[:1]
+        baseline = min(timed, key=lambda c: results[c].get("seconds", {}).get("median", float("inf")))
+        base = results[baseline]
+        for label in table:
+            r = results[label]
+            if "error" in r:
+                print(f"  {label:<36} unavailable: {r['error']}", flush=True)
+                continue
+            med = r["seconds"]["median"]
+            ratio = med / base["seconds"]["median"] if "seconds" in base else float("nan")
+            r["ratio_to_" + baseline.replace(" ", "_")] = ratio
+            print(f"  {label:<36} {med * 1e3:8.1f} ms  [{r['seconds']['min'] * 1e3:.1f}, "
+                  f"{r['seconds']['max'] * 1e3:.1f}]  x{ratio:5.2f} vs {baseline}  "
+                  f"state {r['state_bytes'] / 2**20:.0f} MiB", flush=True)
+    return {"tensors": len(shapes), "parameters": n, "dtype": str(dtype), "results": results}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--family", choices=["gpt2", "resnet50", "both"], default="both")
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    args = parser.parse_args()
+    dtype = getattr(torch, args.dtype)
+    families = {"gpt2": gpt2_small_shapes, "resnet50": resnet50_shapes}
+    for family in (families if args.family == "both" else [args.family]):
+        result = run_family(family, families[family](), dtype, args.repeats)
+        result["machine"] = machine()
+        suffix = "" if args.dtype == "float32" else f"_{args.dtype}"
+        print("  ->", write_json(f"step_speed_{family}{suffix}", result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,89 @@
+"""Fused paths (torch's one-pass kernels with the decay folded in) against the reference."""
+
+import warnings
+
+import pytest
+import torch
+from helpers import assert_same, cosine, make_params, run, state_tensors, warmup_cosine
+
+from normctl import SGDC, AdamC, AdamWN, schedules
+
+
+def compare_with_reference(make, *, dtype=torch.float64, rtol=1e-6):
+    """100 steps under warm-up + cosine: fused vs the per-tensor loop, params and state."""
+    results = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for kw in (dict(foreach=False), dict(fused=True)):
+            params, opt = run(lambda p: make(p, **kw), scheduler=warmup_cosine(), dtype=dtype,
+                              shapes=[(5, 3), (4,), (2, 3, 4), (7, 7)])
+            results.append((params, state_tensors(opt)))
+    (p_ref, s_ref), (p_fused, s_fused) = results
+    assert_same(p_ref, p_fused, exact=False, rtol=rtol, atol=1e-7)
+    assert_same(s_ref, s_fused, exact=False, rtol=rtol, atol=1e-7)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("kw", [
+    dict(target=1.3, rate=0.1),
+    dict(target=schedules.linear_ramp(1.0, 0.6, 30), rate=0.5, scope="group"),
+    dict(target=1.2, rate=0.2, scope="global"),
+    dict(target=1.5, rate=1.0, control_at="post_step"),
+    dict(target=0.0, rate=0.1, rate_scaling="lr"),
+], ids=["tensor", "group", "global", "post-step", "13a"])
+def test_adamwn_fused_equals_reference(kw, dtype):
+    compare_with_reference(lambda p, **o: AdamWN(p, lr=1e-2, **kw, **o), dtype=dtype,
+                           rtol=1e-6 if dtype == torch.float64 else 1e-5)
+
+
+def test_adamwn_fused_uncontrolled_groups_with_decay():
+    compare_with_reference(lambda p, **o: AdamWN([{"params": p[:2], "control": False, "weight_decay": 0.1},
+                                                  {"params": p[2:]}], lr=1e-2, target=2.0, **o))
+
+
+def test_adamc_fused_equals_reference_and_torch_fused_adamw_at_constant_lr():
+    compare_with_reference(lambda p, **o: AdamC([{"params": p[:2], "normalized": True}, {"params": p[2:]}],
+                                                lr=1e-2, weight_decay=0.1, **o))
+    ref, _ = run(lambda p: torch.optim.AdamW(p, lr=1e-2, weight_decay=0.1, fused=True))
+    got, _ = run(lambda p: AdamC(p, lr=1e-2, weight_decay=0.1, normalized=True, fused=True))
+    assert_same(ref, got)
+
+
+@pytest.mark.parametrize("momentum,dampening,nesterov,decoupled", [
+    (0.0, 0.0, False, False), (0.9, 0.0, False, False), (0.9, 0.0, True, False), (0.8, 0.2, False, True)])
+def test_sgdc_fused_equals_reference_and_torch_fused_sgd(momentum, dampening, nesterov, decoupled):
+    kw = dict(lr=0.1, momentum=momentum, dampening=dampening, nesterov=nesterov, weight_decay=1e-2)
+    compare_with_reference(lambda p, **o: SGDC(p, normalized=True, decoupled_weight_decay=decoupled, **kw, **o))
+    if not decoupled:
+        ref, _ = run(lambda p: torch.optim.SGD(p, fused=True, **kw))
+        got, _ = run(lambda p: SGDC(p, normalized=True, fused=True, **kw))
+        assert_same(ref, got)
+
+
+def test_params_gaining_grads_later_get_fresh_momentum_buffers():
+    a, b = make_params(shapes=[(3,), (3,)])
+    runs = []
+    for kw in (dict(foreach=False), dict(fused=True)):
+        x, y = a.detach().clone().requires_grad_(), b.detach().clone().requires_grad_()
+        opt = SGDC([x, y], lr=0.1, momentum=0.9, normalized=True, **kw)
+        for step in range(4):
+            x.grad = torch.full((3,), 1.0 + step, dtype=torch.float64)
+            y.grad = torch.full((3,), 2.0, dtype=torch.float64) if step >= 2 else None
+            opt.step()
+        runs.append((x.detach(), y.detach()))
+    assert_same(list(runs[0]), list(runs[1]), exact=False, rtol=1e-12, atol=0)
+
+
+def test_default_selects_fused_on_cpu_and_explicit_paths_override(monkeypatch):
+    calls = []
+    original = torch._fused_adamw_
+    monkeypatch.setattr(torch, "_fused_adamw_", lambda *a, **k: (calls.append(1), original(*a, **k)))
+    for make, expected in ((lambda p: AdamWN(p, lr=1e-2), True), (lambda p: AdamC(p, normalized=True), True),
+                           (lambda p: AdamWN(p, lr=1e-2, foreach=True), False),
+                           (lambda p: AdamWN(p, lr=1e-2, fused=False), False),
+                           (lambda p: AdamC(p, normalized=True, decay="l1"), False)):
+        calls.clear()
+        run(make, steps=1)
+        assert bool(calls) == expected
+    with pytest.raises(ValueError, match="foreach and fused cannot both be True"):
+        AdamWN(make_params(), foreach=True, fused=True)
