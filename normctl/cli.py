@@ -17,6 +17,11 @@ def main(argv: list[str] | None = None) -> int:
                       help="comma-separated optimizer names, e.g. adamw,adamwn,adamc,sgd+wn,lion+wn "
                            "(see normctl.available_optimizers())")
     demo.add_argument("--out", default=None, help="directory for run directories and report.html")
+    voronoi = commands.add_parser("voronoi", help="optimizers compared on the Voronoi task (SPEC §3)")
+    voronoi.add_argument("--methods", default=None, help="comma-separated optimizer names")
+    voronoi.add_argument("--steps", type=int, default=None)
+    voronoi.add_argument("--seed", type=int, default=None)
+    voronoi.add_argument("--out", default=None, help="directory for run directories and report.html")
     report = commands.add_parser("report", help="HTML report comparing monitored run directories")
     report.add_argument("runs", nargs="+", help="run directories holding metrics.jsonl")
     report.add_argument("-o", "--output", default="report.html", help="HTML file to write")
@@ -26,14 +31,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "demo":
         from .demo import DemoConfig, run_demo
 
-        overrides = {k: v for k, v in (("steps", args.steps), ("seed", args.seed), ("out_dir", args.out))
-                     if v is not None}
-        if args.methods:
-            overrides["methods"] = tuple(m.strip() for m in args.methods.split(",") if m.strip())
-        if overrides.get("steps", 1) <= 0:
-            parser.error("--steps must be > 0")
         try:
-            run_demo(dataclasses.replace(DemoConfig(), **overrides))
+            run_demo(dataclasses.replace(DemoConfig(), **_overrides(args, parser)))
+        except ValueError as error:
+            parser.error(str(error))
+    elif args.command == "voronoi":
+        from .experiments.voronoi_runs import VoronoiRunConfig, run_voronoi
+
+        try:
+            run_voronoi(dataclasses.replace(VoronoiRunConfig(), **_overrides(args, parser)))
         except ValueError as error:
             parser.error(str(error))
     elif args.command == "report":
@@ -45,6 +51,17 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(str(error))
         print(f"wrote {path}")
     return 0
+
+
+def _overrides(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict:
+    """Config fields set on the command line (--steps, --seed, --out, --methods)."""
+    overrides = {k: v for k, v in (("steps", args.steps), ("seed", args.seed), ("out_dir", args.out))
+                 if v is not None}
+    if args.methods:
+        overrides["methods"] = tuple(m.strip() for m in args.methods.split(",") if m.strip())
+    if overrides.get("steps", 1) <= 0:
+        parser.error("--steps must be > 0")
+    return overrides
 
 
 if __name__ == "__main__":

@@ -8,7 +8,6 @@ normalised layers. All three share data order, initial weights and the warm-up +
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -20,8 +19,9 @@ from . import schedules
 from .data import byte_tokens, load_text, random_windows, train_val_split
 from .experiments.models import GPT, GPTConfig
 from .groups import param_groups
-from .monitor import JsonlSink, NormMonitor
-from .registry import available_optimizers, create_optimizer
+from .experiments.rundir import start_run, write_report
+from .monitor import NormMonitor
+from .experiments.methods import adamw_first, build_method, check_methods, is_norm_controlled
 from .rules import combined_norm, tensor_norms
 
 
@@ -41,20 +41,6 @@ class DemoConfig:
     monitor_every: int = 10    # NormMonitor interval
     out_dir: str | None = "runs/demo"  # run directories and report.html; None writes nothing
     methods: tuple[str, ...] = ("adamw", "adamwn", "adamc")  # any create_optimizer name
-
-
-# Peak learning rates for the base optimizers that do not share Adam's scale.
-METHOD_LR = {"sgd": 0.3, "lion": 3e-4}
-
-
-def build_optimizer(method: str, model: nn.Module, groups: list[dict], cfg: DemoConfig,
-                    adamw_norm_ratio: float | None) -> torch.optim.Optimizer:
-    """``method`` over ``groups``; norm-controlled methods target AdamW's measured norm ratio."""
-    kwargs = {"lr": METHOD_LR.get(method.partition("+")[0], cfg.lr)}
-    if method == "adamwn" or method.endswith("+wn"):
-        ramp = max(1, cfg.steps // 20)  # the paper: ~5 % of training
-        kwargs.update(target=schedules.target_from_adamw(adamw_norm_ratio or 1.0, ramp), rate=cfg.rate)
-    return create_optimizer(model, method, groups=groups, **kwargs)
 
 
 @dataclass(frozen=True)
@@ -78,17 +64,12 @@ def train_one(method: str, cfg: DemoConfig, train: torch.Tensor, val: torch.Tens
     model = GPT(GPTConfig(vocab_size=256, block_size=cfg.block_size, n_layer=cfg.n_layer,
                           n_head=4, n_embd=cfg.n_embd))
     groups = param_groups(model, weight_decay=cfg.weight_decay)
-    optimizer = build_optimizer(method, model, groups, cfg, adamw_norm_ratio)
+    optimizer = build_method(method, model, groups, lr=cfg.lr, steps=cfg.steps, rate=cfg.rate,
+                             adamw_norm_ratio=adamw_norm_ratio)
     lr_multiplier = schedules.cosine(1.0, 0.1, cfg.steps, warmup=cfg.warmup)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_multiplier)
 
-    sinks = []
-    if run_dir is not None:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "metrics.jsonl").unlink(missing_ok=True)
-        config = {"method": method, "seed": cfg.seed, "demo": asdict(cfg)}
-        (run_dir / "config.json").write_text(json.dumps(config, indent=2))
-        sinks.append(JsonlSink(run_dir))
+    sinks = start_run(run_dir, {"method": method, "seed": cfg.seed, "demo": asdict(cfg)})
     monitor = NormMonitor(model, optimizer, every=cfg.monitor_every, sinks=sinks)
 
     initial_norm = controlled_norm(groups)
@@ -121,17 +102,14 @@ def evaluate(model: nn.Module, tokens: torch.Tensor, cfg: DemoConfig) -> float:
 
 def run_demo(cfg: DemoConfig = DemoConfig(), *, verbose: bool = True) -> list[DemoResult]:
     train, val = train_val_split(byte_tokens(load_text("austen")))
-    unknown = [m for m in cfg.methods if m not in available_optimizers()]
-    if unknown:
-        raise ValueError(f"unknown methods {unknown}; available: {sorted(available_optimizers())}")
-    # AdamW first: the norm-controlled methods take their target from its final norm ratio.
-    methods = sorted(cfg.methods, key=lambda m: m != "adamw")
+    check_methods(cfg.methods)
+    methods = adamw_first(cfg.methods)
     out = Path(cfg.out_dir) if cfg.out_dir else None
     results: list[DemoResult] = []
     for method in methods:
         ratio = results[0].norm_ratio if results and results[0].method == "adamw" else None
         if verbose:
-            controlled = method == "adamwn" or method.endswith("+wn")
+            controlled = is_norm_controlled(method)
             extra = (f" (target ratio {ratio or 1.0:.3f}, measured on AdamW)"
                      if controlled and ratio else " (target ratio 1.0)" if controlled else "")
             print(f"training {method} for {cfg.steps} steps{extra} ...", flush=True)
@@ -140,21 +118,8 @@ def run_demo(cfg: DemoConfig = DemoConfig(), *, verbose: bool = True) -> list[De
     if verbose:
         print(format_results(results))
     if out is not None:
-        _write_report(out, [r.method for r in results], verbose)
+        write_report(out, [r.method for r in results], "normctl demo", verbose=verbose)
     return results
-
-
-def _write_report(out: Path, methods: list[str], verbose: bool) -> None:
-    try:
-        from .report import build_report
-
-        path = build_report([out / m for m in methods], out / "report.html", title="normctl demo")
-    except ImportError:
-        if verbose:
-            print(f"metrics in {out}/*/metrics.jsonl (install matplotlib for the HTML report)")
-        return
-    if verbose:
-        print(f"report: {path}")
 
 
 def format_results(results: list[DemoResult]) -> str:
