@@ -1,0 +1,2 @@
+"""Optional integrations, imported only when used: ``normctl.integrations.hf`` (Hugging Face
+Transformers) and ``normctl.integrations.lightning`` (PyTorch Lightning)."""
