@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # The CPU build of torch on this machine's disk; a plain range would pull a multi-GB CUDA build.
 TORCH_PIN ?= torch==2.13.0
 
-.PHONY: install demo test clean
+.PHONY: install demo test lint docs clean
 
 $(BIN)/normctl: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,5 +22,12 @@ demo: install
 test: install
 	$(BIN)/python -m pytest -q
 
+lint: install
+	$(BIN)/ruff check normctl tests benchmarks scripts
+	$(BIN)/ruff format --check normctl tests benchmarks scripts
+
+docs: install
+	$(BIN)/mkdocs build --strict
+
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis
+	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis runs

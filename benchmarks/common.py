@@ -12,9 +12,14 @@ import torch
 
 
 def machine() -> dict:
-    info = {"python": platform.python_version(), "torch": torch.__version__,
-            "platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads()}
+    info = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+    }
     if torch.cuda.is_available():
         info["cuda_device"] = torch.cuda.get_device_name()
     return info
@@ -22,8 +27,7 @@ def machine() -> dict:
 
 def summary(samples: list[float]) -> dict:
     """Median and spread of repeated measurements (seconds)."""
-    return {"median": statistics.median(samples), "min": min(samples), "max": max(samples),
-            "repeats": len(samples)}
+    return {"median": statistics.median(samples), "min": min(samples), "max": max(samples), "repeats": len(samples)}
 
 
 def write_json(name: str, payload: dict) -> Path:

@@ -14,8 +14,8 @@ import statistics
 import time
 
 import torch
-
 from common import machine, summary, write_json
+
 from normctl import AdamWN, param_groups
 from normctl.experiments.models import GPT, GPTConfig
 from normctl.monitor import MemorySink, NormMonitor
@@ -63,8 +63,10 @@ def main() -> None:
         else:
             without.append(block(model, opt, None, args.steps, data))
             with_monitor.append(monitored())
-        print(f"repeat {r + 1}/{args.repeats}: {without[-1] * 1e3:.1f} ms vs {with_monitor[-1] * 1e3:.1f} ms per step",
-              flush=True)
+        print(
+            f"repeat {r + 1}/{args.repeats}: {without[-1] * 1e3:.1f} ms vs {with_monitor[-1] * 1e3:.1f} ms per step",
+            flush=True,
+        )
     ratios = [w / o for w, o in zip(with_monitor, without)]
     # The monitor's own work on a measured step, timed directly (less noisy than whole steps).
     monitor = NormMonitor(model, opt, every=1, sinks=[MemorySink()])
@@ -77,16 +79,24 @@ def main() -> None:
         hook_seconds.append(time.perf_counter() - start)
     monitor.close()
     estimate = statistics.median(hook_seconds) / args.every / statistics.median(without)
-    result = {"model": "GPT n_layer=4 n_embd=128 block=64 batch=16", "every": args.every,
-              "params": sum(p.numel() for p in model.parameters()),
-              "step_seconds_without": summary(without), "step_seconds_with": summary(with_monitor),
-              "overhead_ratio": summary(ratios), "monitor_seconds_per_measured_step": summary(hook_seconds),
-              "overhead_estimate_from_direct_timing": estimate, "machine": machine()}
+    result = {
+        "model": "GPT n_layer=4 n_embd=128 block=64 batch=16",
+        "every": args.every,
+        "params": sum(p.numel() for p in model.parameters()),
+        "step_seconds_without": summary(without),
+        "step_seconds_with": summary(with_monitor),
+        "overhead_ratio": summary(ratios),
+        "monitor_seconds_per_measured_step": summary(hook_seconds),
+        "overhead_estimate_from_direct_timing": estimate,
+        "machine": machine(),
+    }
     path = write_json("monitor_overhead", result)
-    print(f"overhead ratio (with / without), median {result['overhead_ratio']['median']:.3f} "
-          f"[{min(ratios):.3f}, {max(ratios):.3f}] over {args.repeats} paired blocks; "
-          f"direct timing: {statistics.median(hook_seconds) * 1e3:.1f} ms per measured step = "
-          f"{estimate:.1%} of a step at every={args.every} -> {path}")
+    print(
+        f"overhead ratio (with / without), median {result['overhead_ratio']['median']:.3f} "
+        f"[{min(ratios):.3f}, {max(ratios):.3f}] over {args.repeats} paired blocks; "
+        f"direct timing: {statistics.median(hook_seconds) * 1e3:.1f} ms per measured step = "
+        f"{estimate:.1%} of a step at every={args.every} -> {path}"
+    )
 
 
 if __name__ == "__main__":

@@ -15,8 +15,8 @@ import time
 import warnings
 
 import torch
-
 from common import machine, summary, write_json
+
 from normctl import SGDC, AdamC, AdamWN, CorrectedDecay, NormControl
 
 
@@ -34,8 +34,17 @@ def resnet50_shapes() -> list[tuple[int, ...]]:
     in_ch = 64
     for width, blocks in ((64, 3), (128, 4), (256, 6), (512, 3)):
         for b in range(blocks):
-            shapes += [(width, in_ch, 1, 1), (width,), (width,), (width, width, 3, 3), (width,), (width,),
-                       (4 * width, width, 1, 1), (4 * width,), (4 * width,)]
+            shapes += [
+                (width, in_ch, 1, 1),
+                (width,),
+                (width,),
+                (width, width, 3, 3),
+                (width,),
+                (width,),
+                (4 * width, width, 1, 1),
+                (4 * width,),
+                (4 * width,),
+            ]
             if b == 0:
                 shapes += [(4 * width, in_ch, 1, 1), (4 * width,), (4 * width,)]
             in_ch = 4 * width
@@ -45,8 +54,10 @@ def resnet50_shapes() -> list[tuple[int, ...]]:
 def groups_for(params: list[torch.Tensor]) -> list[dict]:
     matrices = [p for p in params if p.ndim >= 2]
     vectors = [p for p in params if p.ndim < 2]
-    return [{"params": matrices, "weight_decay": 0.1, "normalized": True, "control": True},
-            {"params": vectors, "weight_decay": 0.0, "normalized": False, "control": False}]
+    return [
+        {"params": matrices, "weight_decay": 0.1, "normalized": True, "control": True},
+        {"params": vectors, "weight_decay": 0.0, "normalized": False, "control": False},
+    ]
 
 
 ADAM_FAMILY = {
@@ -60,7 +71,8 @@ ADAM_FAMILY = {
     "AdamC": lambda g: AdamC(g, lr=1e-3),
     "AdamC (foreach)": lambda g: AdamC(g, lr=1e-3, foreach=True),
     "NormControl(torch Adam fused)": lambda g: NormControl(
-        torch.optim.Adam([{**x, "weight_decay": 0.0} for x in g], lr=1e-3, fused=True), target=1.5),
+        torch.optim.Adam([{**x, "weight_decay": 0.0} for x in g], lr=1e-3, fused=True), target=1.5
+    ),
     "CorrectedDecay(torch AdamW fused)": lambda g: CorrectedDecay(torch.optim.AdamW(g, lr=1e-3, fused=True)),
 }
 SGD_FAMILY = {
@@ -85,12 +97,17 @@ def time_optimizer(make, shapes, dtype, repeats: int, warmup: int = 2) -> dict:
             return {"error": str(error).splitlines()[0]}
     for _ in range(warmup):
         opt.step()
-    state_bytes = sum(t.numel() * t.element_size() for s in opt.state.values() for t in s.values()
-                      if isinstance(t, torch.Tensor))
+    state_bytes = sum(
+        t.numel() * t.element_size() for s in opt.state.values() for t in s.values() if isinstance(t, torch.Tensor)
+    )
     inner = getattr(opt, "optimizer", None)
     if inner is not None:
-        state_bytes += sum(t.numel() * t.element_size() for s in inner.state.values() for t in s.values()
-                           if isinstance(t, torch.Tensor))
+        state_bytes += sum(
+            t.numel() * t.element_size()
+            for s in inner.state.values()
+            for t in s.values()
+            if isinstance(t, torch.Tensor)
+        )
     samples = []
     for _ in range(repeats):
         start = time.perf_counter()
@@ -105,8 +122,10 @@ def run_family(name: str, shapes, dtype, repeats: int) -> dict:
     n = sum(torch.Size(s).numel() for s in shapes)
     print(f"\n{name}: {len(shapes)} tensors, {n / 1e6:.1f}M parameters, {dtype}", flush=True)
     results = {}
-    for table, candidates in ((ADAM_FAMILY, ["torch AdamW fused"]),
-                              (SGD_FAMILY, ["torch SGD foreach", "torch SGD fused"])):
+    for table, candidates in (
+        (ADAM_FAMILY, ["torch AdamW fused"]),
+        (SGD_FAMILY, ["torch SGD foreach", "torch SGD fused"]),
+    ):
         for label, make in table.items():
             results[label] = time_optimizer(make, shapes, dtype, repeats)
         # the baseline is torch's fastest available implementation of the same rule
@@ -121,9 +140,12 @@ def run_family(name: str, shapes, dtype, repeats: int) -> dict:
             med = r["seconds"]["median"]
             ratio = med / base["seconds"]["median"] if "seconds" in base else float("nan")
             r["ratio_to_" + baseline.replace(" ", "_")] = ratio
-            print(f"  {label:<36} {med * 1e3:8.1f} ms  [{r['seconds']['min'] * 1e3:.1f}, "
-                  f"{r['seconds']['max'] * 1e3:.1f}]  x{ratio:5.2f} vs {baseline}  "
-                  f"state {r['state_bytes'] / 2**20:.0f} MiB", flush=True)
+            print(
+                f"  {label:<36} {med * 1e3:8.1f} ms  [{r['seconds']['min'] * 1e3:.1f}, "
+                f"{r['seconds']['max'] * 1e3:.1f}]  x{ratio:5.2f} vs {baseline}  "
+                f"state {r['state_bytes'] / 2**20:.0f} MiB",
+                flush=True,
+            )
     return {"tensors": len(shapes), "parameters": n, "dtype": str(dtype), "results": results}
 
 
@@ -135,7 +157,7 @@ def main() -> None:
     args = parser.parse_args()
     dtype = getattr(torch, args.dtype)
     families = {"gpt2": gpt2_small_shapes, "resnet50": resnet50_shapes}
-    for family in (families if args.family == "both" else [args.family]):
+    for family in families if args.family == "both" else [args.family]:
         result = run_family(family, families[family](), dtype, args.repeats)
         result["machine"] = machine()
         suffix = "" if args.dtype == "float32" else f"_{args.dtype}"

@@ -13,6 +13,18 @@ from .groups import format_roles, param_groups, param_roles
 from .optim import SGDC, AdamC, AdamWN, CorrectedDecay, Lion, NormControl
 from .registry import available_optimizers, create_optimizer
 
-__all__ = ["AdamWN", "AdamC", "SGDC", "Lion", "NormControl", "CorrectedDecay", "schedules",
-           "param_groups", "param_roles", "format_roles", "create_optimizer", "available_optimizers"]
+__all__ = [
+    "AdamWN",
+    "AdamC",
+    "SGDC",
+    "Lion",
+    "NormControl",
+    "CorrectedDecay",
+    "schedules",
+    "param_groups",
+    "param_roles",
+    "format_roles",
+    "create_optimizer",
+    "available_optimizers",
+]
 __version__ = "0.1.0"

@@ -13,9 +13,12 @@ def main(argv: list[str] | None = None) -> int:
     demo = commands.add_parser("demo", help="AdamW vs AdamWN vs AdamC on a small GPT (1-2 min on CPU)")
     demo.add_argument("--steps", type=int, default=None, help="optimizer steps per method")
     demo.add_argument("--seed", type=int, default=None)
-    demo.add_argument("--methods", default=None,
-                      help="comma-separated optimizer names, e.g. adamw,adamwn,adamc,sgd+wn,lion+wn "
-                           "(see normctl.available_optimizers())")
+    demo.add_argument(
+        "--methods",
+        default=None,
+        help="comma-separated optimizer names, e.g. adamw,adamwn,adamc,sgd+wn,lion+wn "
+        "(see normctl.available_optimizers())",
+    )
     demo.add_argument("--out", default=None, help="directory for run directories and report.html")
     voronoi = commands.add_parser("voronoi", help="optimizers compared on the Voronoi task (SPEC §3)")
     voronoi.add_argument("--methods", default=None, help="comma-separated optimizer names")
@@ -55,8 +58,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _overrides(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict:
     """Config fields set on the command line (--steps, --seed, --out, --methods)."""
-    overrides = {k: v for k, v in (("steps", args.steps), ("seed", args.seed), ("out_dir", args.out))
-                 if v is not None}
+    overrides = {k: v for k, v in (("steps", args.steps), ("seed", args.seed), ("out_dir", args.out)) if v is not None}
     if args.methods:
         overrides["methods"] = tuple(m.strip() for m in args.methods.split(",") if m.strip())
     if overrides.get("steps", 1) <= 0:

@@ -17,28 +17,28 @@ from torch import nn
 
 from . import schedules
 from .data import byte_tokens, load_text, random_windows, train_val_split
-from .experiments.models import GPT, GPTConfig
-from .groups import param_groups
-from .experiments.rundir import start_run, write_report
-from .monitor import NormMonitor
 from .experiments.methods import adamw_first, build_method, check_methods, is_norm_controlled
+from .experiments.models import GPT, GPTConfig
+from .experiments.rundir import start_run, write_report
+from .groups import param_groups
+from .monitor import NormMonitor
 from .rules import combined_norm, tensor_norms
 
 
 @dataclass(frozen=True)
 class DemoConfig:
-    steps: int = 600           # optimizer steps per method
-    batch_size: int = 16       # sequences per step
-    block_size: int = 64       # tokens per sequence (UTF-8 bytes)
+    steps: int = 600  # optimizer steps per method
+    batch_size: int = 16  # sequences per step
+    block_size: int = 64  # tokens per sequence (UTF-8 bytes)
     n_layer: int = 2
     n_embd: int = 96
-    lr: float = 3e-3           # peak learning rate
-    warmup: int = 20           # linear warm-up steps
+    lr: float = 3e-3  # peak learning rate
+    warmup: int = 20  # linear warm-up steps
     weight_decay: float = 0.1  # λ of AdamW and AdamC
-    rate: float = 1e-2         # AdamWN's k
+    rate: float = 1e-2  # AdamWN's k
     eval_batches: int = 16
     seed: int = 0
-    monitor_every: int = 10    # NormMonitor interval
+    monitor_every: int = 10  # NormMonitor interval
     out_dir: str | None = "runs/demo"  # run directories and report.html; None writes nothing
     methods: tuple[str, ...] = ("adamw", "adamwn", "adamc")  # any create_optimizer name
 
@@ -48,8 +48,8 @@ class DemoResult:
     method: str
     val_loss: float
     train_loss: float
-    norm_ratio: float   # ‖θ_T‖/‖θ_0‖ over the decayed/controlled weights
-    grad_norm: float    # global gradient norm at the last step
+    norm_ratio: float  # ‖θ_T‖/‖θ_0‖ over the decayed/controlled weights
+    grad_norm: float  # global gradient norm at the last step
     seconds: float
 
 
@@ -58,14 +58,20 @@ def controlled_norm(groups: list[dict]) -> float:
     return float(combined_norm(tensor_norms([p.detach() for p in params])))
 
 
-def train_one(method: str, cfg: DemoConfig, train: torch.Tensor, val: torch.Tensor,
-              adamw_norm_ratio: float | None = None, run_dir: Path | None = None) -> DemoResult:
+def train_one(
+    method: str,
+    cfg: DemoConfig,
+    train: torch.Tensor,
+    val: torch.Tensor,
+    adamw_norm_ratio: float | None = None,
+    run_dir: Path | None = None,
+) -> DemoResult:
     torch.manual_seed(cfg.seed)
-    model = GPT(GPTConfig(vocab_size=256, block_size=cfg.block_size, n_layer=cfg.n_layer,
-                          n_head=4, n_embd=cfg.n_embd))
+    model = GPT(GPTConfig(vocab_size=256, block_size=cfg.block_size, n_layer=cfg.n_layer, n_head=4, n_embd=cfg.n_embd))
     groups = param_groups(model, weight_decay=cfg.weight_decay)
-    optimizer = build_method(method, model, groups, lr=cfg.lr, steps=cfg.steps, rate=cfg.rate,
-                             adamw_norm_ratio=adamw_norm_ratio)
+    optimizer = build_method(
+        method, model, groups, lr=cfg.lr, steps=cfg.steps, rate=cfg.rate, adamw_norm_ratio=adamw_norm_ratio
+    )
     lr_multiplier = schedules.cosine(1.0, 0.1, cfg.steps, warmup=cfg.warmup)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_multiplier)
 
@@ -87,16 +93,21 @@ def train_one(method: str, cfg: DemoConfig, train: torch.Tensor, val: torch.Tens
         scheduler.step()
     seconds = time.perf_counter() - start
     monitor.close()
-    return DemoResult(method, evaluate(model, val, cfg), float(loss.detach()), controlled_norm(groups) / initial_norm,
-                      float(grad_norm), seconds)
+    return DemoResult(
+        method,
+        evaluate(model, val, cfg),
+        float(loss.detach()),
+        controlled_norm(groups) / initial_norm,
+        float(grad_norm),
+        seconds,
+    )
 
 
 @torch.no_grad()
 def evaluate(model: nn.Module, tokens: torch.Tensor, cfg: DemoConfig) -> float:
     model.eval()
     g = torch.Generator().manual_seed(1234)  # the same held-out windows for every method
-    losses = [model(*random_windows(tokens, cfg.batch_size, cfg.block_size, g))[1]
-              for _ in range(cfg.eval_batches)]
+    losses = [model(*random_windows(tokens, cfg.batch_size, cfg.block_size, g))[1] for _ in range(cfg.eval_batches)]
     return float(torch.stack(losses).mean())
 
 
@@ -110,11 +121,17 @@ def run_demo(cfg: DemoConfig = DemoConfig(), *, verbose: bool = True) -> list[De
         ratio = results[0].norm_ratio if results and results[0].method == "adamw" else None
         if verbose:
             controlled = is_norm_controlled(method)
-            extra = (f" (target ratio {ratio or 1.0:.3f}, measured on AdamW)"
-                     if controlled and ratio else " (target ratio 1.0)" if controlled else "")
+            extra = (
+                f" (target ratio {ratio or 1.0:.3f}, measured on AdamW)"
+                if controlled and ratio
+                else " (target ratio 1.0)"
+                if controlled
+                else ""
+            )
             print(f"training {method} for {cfg.steps} steps{extra} ...", flush=True)
-        results.append(train_one(method, cfg, train, val, adamw_norm_ratio=ratio,
-                                 run_dir=out / method if out else None))
+        results.append(
+            train_one(method, cfg, train, val, adamw_norm_ratio=ratio, run_dir=out / method if out else None)
+        )
     if verbose:
         print(format_results(results))
     if out is not None:
@@ -123,9 +140,10 @@ def run_demo(cfg: DemoConfig = DemoConfig(), *, verbose: bool = True) -> list[De
 
 
 def format_results(results: list[DemoResult]) -> str:
-    lines = [f"{'method':<8} {'val loss':>9} {'train loss':>11} {'‖θ‖/‖θ0‖':>9} "
-             f"{'grad norm':>10} {'seconds':>8}"]
+    lines = [f"{'method':<8} {'val loss':>9} {'train loss':>11} {'‖θ‖/‖θ0‖':>9} {'grad norm':>10} {'seconds':>8}"]
     for r in results:
-        lines.append(f"{r.method:<8} {r.val_loss:>9.4f} {r.train_loss:>11.4f} {r.norm_ratio:>9.3f} "
-                     f"{r.grad_norm:>10.3f} {r.seconds:>8.1f}")
+        lines.append(
+            f"{r.method:<8} {r.val_loss:>9.4f} {r.train_loss:>11.4f} {r.norm_ratio:>9.3f} "
+            f"{r.grad_norm:>10.3f} {r.seconds:>8.1f}"
+        )
     return "\n".join(lines)

@@ -70,8 +70,13 @@ def is_norm_layer(module: nn.Module) -> bool:
     return isinstance(module, norm_types) or bool(_NORM_CLASS_NAME.search(type(module).__name__))
 
 
-def param_roles(model: nn.Module, *, normalized: str | Collection[str] = "auto",
-                embeddings: str = "decay", output_layer: str | None = None) -> list[ParamRole]:
+def param_roles(
+    model: nn.Module,
+    *,
+    normalized: str | Collection[str] = "auto",
+    embeddings: str = "decay",
+    output_layer: str | None = None,
+) -> list[ParamRole]:
     """The group of every parameter of ``model`` and why (rules in the module docstring).
 
     Args:
@@ -84,8 +89,10 @@ def param_roles(model: nn.Module, *, normalized: str | Collection[str] = "auto",
     if embeddings not in ("decay", "no_decay"):
         raise ValueError(f"embeddings must be 'decay' or 'no_decay', got {embeddings!r}")
     if isinstance(normalized, str) and normalized not in ("auto", "transformer", "structural", "none"):
-        raise ValueError("normalized must be 'auto', 'transformer', 'structural', 'none' or a "
-                         f"collection of parameter names, got {normalized!r}")
+        raise ValueError(
+            "normalized must be 'auto', 'transformer', 'structural', 'none' or a "
+            f"collection of parameter names, got {normalized!r}"
+        )
 
     owners = _owners(model)  # id(param) -> [(qualified name, owning module)]
     named = list(model.named_parameters())  # deduplicated: tied weights appear once
@@ -134,9 +141,15 @@ def param_roles(model: nn.Module, *, normalized: str | Collection[str] = "auto",
     return roles
 
 
-def param_groups(model: nn.Module, weight_decay: float = 0.1, *,
-                 normalized: str | Collection[str] = "auto", embeddings: str = "decay",
-                 output_layer: str | None = None, verbose: bool = False) -> list[dict]:
+def param_groups(
+    model: nn.Module,
+    weight_decay: float = 0.1,
+    *,
+    normalized: str | Collection[str] = "auto",
+    embeddings: str = "decay",
+    output_layer: str | None = None,
+    verbose: bool = False,
+) -> list[dict]:
     """Param groups for any normctl optimizer (and torch's, which ignore the extra keys).
 
     Each group has ``name`` (``normalized``/``decay``/``no_decay``), ``params``, ``control``,
@@ -153,9 +166,15 @@ def param_groups(model: nn.Module, weight_decay: float = 0.1, *,
     for label, (control, is_normalized, decayed) in GROUP_FLAGS.items():
         params = [by_name[r.name] for r in roles if r.group == label]
         if params:
-            groups.append({"name": label, "params": params, "control": control,
-                           "normalized": is_normalized,
-                           "weight_decay": float(weight_decay) if decayed else 0.0})
+            groups.append(
+                {
+                    "name": label,
+                    "params": params,
+                    "control": control,
+                    "normalized": is_normalized,
+                    "weight_decay": float(weight_decay) if decayed else 0.0,
+                }
+            )
     return groups
 
 
@@ -169,8 +188,7 @@ def format_roles(roles: list[ParamRole]) -> str:
     for r in roles:
         counts[r.group][0] += 1
         counts[r.group][1] += int(torch.Size(r.shape).numel())
-    summary = ", ".join(f"{g}: {n} tensors, {size:,} parameters"
-                        for g, (n, size) in counts.items())
+    summary = ", ".join(f"{g}: {n} tensors, {size:,} parameters" for g, (n, size) in counts.items())
     lines.append(summary)
     return "\n".join(lines)
 
@@ -203,8 +221,11 @@ def _modules_feeding_a_norm(model: nn.Module) -> dict[int, str]:
     Registration order is how ResNets (conv1, bn1, …, downsample = Sequential(conv, bn)) and
     most CNNs are written; a norm of a different width is not fed by that layer.
     """
-    layers = [(n, m) for n, m in model.named_modules()
-              if is_norm_layer(m) or isinstance(m, (nn.Linear, nn.modules.conv._ConvNd))]
+    layers = [
+        (n, m)
+        for n, m in model.named_modules()
+        if is_norm_layer(m) or isinstance(m, (nn.Linear, nn.modules.conv._ConvNd))
+    ]
     feeds = {}
     for (_, layer), (norm_name, norm) in zip(layers, layers[1:]):
         if is_norm_layer(layer) or not is_norm_layer(norm):

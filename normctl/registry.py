@@ -29,15 +29,16 @@ class Entry:
 
 BASE: dict[str, Entry] = {
     "adamw": Entry(torch.optim.AdamW, {"lr": 1e-3}, "torch.optim.AdamW"),
-    "adam": Entry(torch.optim.Adam, {"lr": 1e-3}, "torch.optim.Adam (its weight_decay is L2, coupled into the gradient)"),
+    "adam": Entry(
+        torch.optim.Adam, {"lr": 1e-3}, "torch.optim.Adam (its weight_decay is L2, coupled into the gradient)"
+    ),
     "sgd": Entry(torch.optim.SGD, {"lr": 0.1, "momentum": 0.9}, "torch.optim.SGD with momentum"),
     "lion": Entry(Lion, {"lr": 1e-4}, "Lion (sign-based)"),
     "adamwn": Entry(AdamWN, {"lr": 1e-3, "target": 1.0, "rate": 1e-2}, "Adam with weight norm control"),
     "adamc": Entry(AdamC, {"lr": 1e-3}, "Adam with corrected weight decay"),
     "sgdc": Entry(SGDC, {"lr": 0.1, "momentum": 0.9}, "SGD with corrected weight decay"),
 }
-WRAPPER_KEYS = {"wn": ("target", "rate", "rate_scaling", "scope", "relative_target", "control_at"),
-                "c": ("max_lr",)}
+WRAPPER_KEYS = {"wn": ("target", "rate", "rate_scaling", "scope", "relative_target", "control_at"), "c": ("max_lr",)}
 
 
 def available_optimizers() -> dict[str, str]:
@@ -50,8 +51,9 @@ def available_optimizers() -> dict[str, str]:
     return names
 
 
-def create_optimizer(model: nn.Module, name: str, *, weight_decay: float = 0.1,
-                     groups: list[dict] | None = None, **kwargs: Any) -> torch.optim.Optimizer:
+def create_optimizer(
+    model: nn.Module, name: str, *, weight_decay: float = 0.1, groups: list[dict] | None = None, **kwargs: Any
+) -> torch.optim.Optimizer:
     """Build optimizer ``name`` over ``param_groups(model, weight_decay)`` (or ``groups``).
 
     ``kwargs`` go to the optimizer (and, for ``+wn``/``+c`` names, the wrapper's own keys to

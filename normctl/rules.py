@@ -155,8 +155,9 @@ def decay_term(param: Tensor, kind: str, weight_decay: float) -> Tensor:
     raise ValueError(f"decay must be one of {DECAY_KINDS}, got {kind!r}")
 
 
-def apply_decoupled_decay_(params: Sequence[Tensor], kind: str, lr: float, weight_decay: float,
-                           *, foreach: bool = True) -> None:
+def apply_decoupled_decay_(
+    params: Sequence[Tensor], kind: str, lr: float, weight_decay: float, *, foreach: bool = True
+) -> None:
     """θ ← θ − lr·D(θ) for every tensor: AdamW's decoupled decay on the pre-step weight.
 
     The l2 case is the multiplication ``θ·(1 − lr·λ)`` that ``torch.optim.AdamW`` performs, in
@@ -175,8 +176,15 @@ def apply_decoupled_decay_(params: Sequence[Tensor], kind: str, lr: float, weigh
         p.sub_(decay_term(p, kind, weight_decay), alpha=lr)
 
 
-def add_coupled_decay(grads: Sequence[Tensor], params: Sequence[Tensor], kind: str,
-                      weight_decay: float, *, scale: float = 1.0, foreach: bool = True) -> list[Tensor]:
+def add_coupled_decay(
+    grads: Sequence[Tensor],
+    params: Sequence[Tensor],
+    kind: str,
+    weight_decay: float,
+    *,
+    scale: float = 1.0,
+    foreach: bool = True,
+) -> list[Tensor]:
     """g + scale·D(θ) for every tensor: SGD's L2-style decay folded into the gradient.
 
     Returns new tensors (the caller's ``.grad`` is never modified). The l2 case is

@@ -131,8 +131,7 @@ def linear_ramp(start: float, end: float, steps: int) -> LinearRamp:
     return LinearRamp(float(start), float(end), int(steps))
 
 
-def cosine(peak: float, end: float, total: int, *, warmup: int = 0,
-           warmup_start: float = 0.0) -> Cosine:
+def cosine(peak: float, end: float, total: int, *, warmup: int = 0, warmup_start: float = 0.0) -> Cosine:
     return Cosine(float(peak), float(end), int(total), int(warmup), float(warmup_start))
 
 

@@ -22,7 +22,7 @@ def rdb_objects(raw: bytes):
     pos = 0
     while pos < len(raw):
         stream = zlib.decompressobj()
-        data = stream.decompress(raw[pos + 4:])
+        data = stream.decompress(raw[pos + 4 :])
         pos = len(raw) - len(stream.unused_data)  # the next object starts where zlib stopped
         yield data
 
@@ -31,20 +31,20 @@ def character_vector(blob: bytes) -> list[str]:
     if blob[:2] != b"X\n":
         raise ValueError("not an XDR R serialisation")
     pos = 2 + 12  # format, version, R version, minimal version (three ints after the magic)
-    (encoding_length,) = struct.unpack(">i", blob[pos:pos + 4])
+    (encoding_length,) = struct.unpack(">i", blob[pos : pos + 4])
     pos += 4 + encoding_length
-    flags, count = struct.unpack(">Ii", blob[pos:pos + 8])
+    flags, count = struct.unpack(">Ii", blob[pos : pos + 8])
     pos += 8
     if flags & 0xFF != STRSXP:
         raise ValueError(f"expected a character vector, got SEXP type {flags & 0xFF}")
     lines = []
     for _ in range(count):
-        _, length = struct.unpack(">Ii", blob[pos:pos + 8])
+        _, length = struct.unpack(">Ii", blob[pos : pos + 8])
         pos += 8
         if length == NA_LENGTH:
             lines.append("")
             continue
-        lines.append(blob[pos:pos + length].decode("utf-8"))
+        lines.append(blob[pos : pos + length].decode("utf-8"))
         pos += length
     return lines
 

@@ -9,16 +9,22 @@ import torch
 SHAPES = [(5, 3), (4,), (), (2, 3, 4), (0, 3)]
 
 
-def make_params(dtype: torch.dtype = torch.float64, seed: int = 0,
-                shapes=SHAPES) -> list[torch.Tensor]:
+def make_params(dtype: torch.dtype = torch.float64, seed: int = 0, shapes=SHAPES) -> list[torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
-    return [torch.randn(s, generator=g, dtype=torch.float64).to(dtype).requires_grad_()
-            for s in shapes]
+    return [torch.randn(s, generator=g, dtype=torch.float64).to(dtype).requires_grad_() for s in shapes]
 
 
-def run(make_optimizer: Callable, *, steps: int = 100, dtype: torch.dtype = torch.float64,
-        scheduler: Callable | None = None, grad_scale: float = 1.0, shapes=SHAPES, seed: int = 0,
-        params: list[torch.Tensor] | None = None):
+def run(
+    make_optimizer: Callable,
+    *,
+    steps: int = 100,
+    dtype: torch.dtype = torch.float64,
+    scheduler: Callable | None = None,
+    grad_scale: float = 1.0,
+    shapes=SHAPES,
+    seed: int = 0,
+    params: list[torch.Tensor] | None = None,
+):
     """Train fresh parameters for ``steps`` steps on seeded random gradients.
 
     Returns (params, optimizer). The same seed gives every optimizer the same gradients.
@@ -44,7 +50,8 @@ def warmup_cosine(steps: int = 100, warmup: int = 10) -> Callable:
     from normctl import schedules
 
     return lambda opt: torch.optim.lr_scheduler.LambdaLR(
-        opt, schedules.cosine(1.0, 0.0, steps, warmup=warmup, warmup_start=0.1))
+        opt, schedules.cosine(1.0, 0.0, steps, warmup=warmup, warmup_start=0.1)
+    )
 
 
 def assert_same(a: list[torch.Tensor], b: list[torch.Tensor], *, exact: bool = True, **tol) -> None:
@@ -90,8 +97,15 @@ def save_resume_and_continue(make_optimizer: Callable, shapes, *, steps: int = 1
     gen = torch.Generator().manual_seed(5)
     train_steps(opt, sched, params, gen, steps)
     buffer = io.BytesIO()
-    torch.save({"opt": opt.state_dict(), "sched": sched.state_dict(), "gen": gen.get_state(),
-                "params": [p.detach().clone() for p in params]}, buffer)
+    torch.save(
+        {
+            "opt": opt.state_dict(),
+            "sched": sched.state_dict(),
+            "gen": gen.get_state(),
+            "params": [p.detach().clone() for p in params],
+        },
+        buffer,
+    )
     train_steps(opt, sched, params, gen, steps)
 
     buffer.seek(0)

@@ -16,8 +16,7 @@ def test_adamc_at_constant_lr_is_torch_adamw(foreach, normalized):
     ref, _ = run(lambda p: torch.optim.AdamW(p, lr=1e-2, weight_decay=0.1, foreach=foreach))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        got, _ = run(lambda p: AdamC(p, lr=1e-2, weight_decay=0.1, normalized=normalized,
-                                     foreach=foreach))
+        got, _ = run(lambda p: AdamC(p, lr=1e-2, weight_decay=0.1, normalized=normalized, foreach=foreach))
     assert_same(ref, got)
 
 
@@ -74,12 +73,20 @@ def test_lr_above_max_lr_warns():
 
 
 @pytest.mark.parametrize("foreach", [False, True])
-@pytest.mark.parametrize("momentum,dampening,nesterov", [(0.0, 0.0, False), (0.9, 0.0, False),
-                                                         (0.9, 0.0, True), (0.8, 0.3, False)])
+@pytest.mark.parametrize(
+    "momentum,dampening,nesterov", [(0.0, 0.0, False), (0.9, 0.0, False), (0.9, 0.0, True), (0.8, 0.3, False)]
+)
 @pytest.mark.parametrize("maximize", [False, True])
 def test_sgdc_at_constant_lr_is_torch_sgd(foreach, momentum, dampening, nesterov, maximize):
-    kw = dict(lr=1e-2, momentum=momentum, dampening=dampening, nesterov=nesterov,
-              weight_decay=1e-2, maximize=maximize, foreach=foreach)
+    kw = dict(
+        lr=1e-2,
+        momentum=momentum,
+        dampening=dampening,
+        nesterov=nesterov,
+        weight_decay=1e-2,
+        maximize=maximize,
+        foreach=foreach,
+    )
     ref, _ = run(lambda p: torch.optim.SGD(p, **kw))
     got, _ = run(lambda p: SGDC(p, normalized=True, **kw))
     assert_same(ref, got)
@@ -97,17 +104,16 @@ def test_sgdc_non_normalized_groups_are_torch_sgd_under_a_schedule():
 def test_sgdc_corrected_decay_closed_form_without_momentum(decoupled):
     """Without momentum both forms give θ_t = θ_{t−1}·(1 − γ_t·λ·γ_t/γ_max) when g = 0."""
     lr, wd = 0.5, 0.2
-    opt = SGDC(make_params(shapes=[(3, 5)]), lr=lr, weight_decay=wd, normalized=True,
-               decoupled_weight_decay=decoupled)
+    opt = SGDC(make_params(shapes=[(3, 5)]), lr=lr, weight_decay=wd, normalized=True, decoupled_weight_decay=decoupled)
     assert_zero_grad_steps_multiply_by(opt, 40, 5, lambda gamma: 1 - gamma * wd * gamma / lr, 1e-13)
 
 
 def test_sgdc_decoupled_decay_is_not_amplified_by_momentum():
     """Decoupled: θ ← θ − γλθ − γ·b; coupled: the decay enters b and is amplified by 1/(1−μ)."""
+
     def final(decoupled):
         params = make_params(shapes=[(4,)])
-        opt = SGDC(params, lr=0.1, momentum=0.9, weight_decay=0.5, normalized=True,
-                   decoupled_weight_decay=decoupled)
+        opt = SGDC(params, lr=0.1, momentum=0.9, weight_decay=0.5, normalized=True, decoupled_weight_decay=decoupled)
         for _ in range(30):
             params[0].grad = torch.zeros(4, dtype=torch.float64)
             opt.step()

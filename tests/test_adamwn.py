@@ -12,10 +12,14 @@ from normctl import AdamWN, schedules
 @pytest.mark.parametrize("foreach", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_target_zero_lr_scaled_rate_is_torch_adamw_13a(foreach, dtype):
-    ref, _ = run(lambda p: torch.optim.AdamW(p, lr=1e-2, weight_decay=0.1, foreach=foreach),
-                 scheduler=cosine(), dtype=dtype)
-    got, _ = run(lambda p: AdamWN(p, lr=1e-2, target=0.0, rate=0.1, rate_scaling="lr",
-                                  foreach=foreach), scheduler=cosine(), dtype=dtype)
+    ref, _ = run(
+        lambda p: torch.optim.AdamW(p, lr=1e-2, weight_decay=0.1, foreach=foreach), scheduler=cosine(), dtype=dtype
+    )
+    got, _ = run(
+        lambda p: AdamWN(p, lr=1e-2, target=0.0, rate=0.1, rate_scaling="lr", foreach=foreach),
+        scheduler=cosine(),
+        dtype=dtype,
+    )
     assert_same(ref, got)  # bit for bit
 
 
@@ -48,9 +52,11 @@ def test_target_zero_lr_ratio_rate_is_original_adamw_13b(foreach):
     steps, lr, wd = 100, 1e-2, 1e-3
     multiplier = schedules.cosine(1.0, 0.1, steps, warmup=10, warmup_start=0.1)
     ref = original_adamw_reference([p.detach().clone() for p in make_params()], lr, wd, steps, multiplier)
-    got, opt = run(lambda p: AdamWN(p, lr=lr, target=0.0, rate=wd, rate_scaling="lr_ratio",
-                                    foreach=foreach),
-                   scheduler=lambda o: torch.optim.lr_scheduler.LambdaLR(o, multiplier), steps=steps)
+    got, opt = run(
+        lambda p: AdamWN(p, lr=lr, target=0.0, rate=wd, rate_scaling="lr_ratio", foreach=foreach),
+        scheduler=lambda o: torch.optim.lr_scheduler.LambdaLR(o, multiplier),
+        steps=steps,
+    )
     assert_same(ref, [p.detach() for p in got], exact=False, rtol=1e-12, atol=1e-12)
     assert all(g["max_lr"] is None and g["initial_lr"] == lr for g in opt.param_groups)
 
@@ -61,8 +67,7 @@ def test_rate_one_after_step_lands_on_target_norm(scope, foreach):
     params = make_params(shapes=[(6, 5), (7,), (3, 3, 3)])
     init = [p.detach().norm().item() for p in params]
     init_all = math.sqrt(sum(n * n for n in init))
-    opt = AdamWN(params, lr=0.1, target=1.7, rate=1.0, control_at="post_step", scope=scope,
-                 foreach=foreach)
+    opt = AdamWN(params, lr=0.1, target=1.7, rate=1.0, control_at="post_step", scope=scope, foreach=foreach)
     g = torch.Generator().manual_seed(3)
     for _ in range(5):
         for p in params:
@@ -112,8 +117,7 @@ def test_small_rate_converges_to_target_on_a_scale_invariant_problem():
 def test_weight_below_target_grows_above_target_shrinks():
     params = make_params(shapes=[(10, 10), (10, 10)])
     n0 = [p.detach().norm().item() for p in params]
-    opt = AdamWN([{"params": [params[0]], "target": 2.0}, {"params": [params[1]], "target": 0.5}],
-                 lr=1e-3, rate=0.1)
+    opt = AdamWN([{"params": [params[0]], "target": 2.0}, {"params": [params[1]], "target": 0.5}], lr=1e-3, rate=0.1)
     for p in params:
         p.grad = torch.zeros_like(p)
     opt.step()
@@ -143,8 +147,7 @@ def test_group_scope_scales_every_tensor_by_one_factor():
     ratios = [(p.detach() / b).flatten() for p, b in zip(params, before)]
     all_ratios = torch.cat(ratios)
     assert torch.allclose(all_ratios, all_ratios[0].expand_as(all_ratios), rtol=1e-12)
-    assert opt.param_groups[0]["init_norm"] == pytest.approx(
-        math.sqrt(sum(b.norm().item() ** 2 for b in before)))
+    assert opt.param_groups[0]["init_norm"] == pytest.approx(math.sqrt(sum(b.norm().item() ** 2 for b in before)))
 
 
 def test_absolute_target_controls_zero_initialised_tensor():
@@ -167,8 +170,9 @@ def test_relative_target_on_zero_tensor_is_a_clear_error_and_touches_nothing():
 
 def test_control_off_group_is_adam_or_adamw():
     ref, _ = run(lambda p: torch.optim.AdamW(p, lr=1e-2, weight_decay=0.2), scheduler=cosine())
-    got, opt = run(lambda p: AdamWN([{"params": p, "control": False, "weight_decay": 0.2}], lr=1e-2),
-                   scheduler=cosine())
+    got, opt = run(
+        lambda p: AdamWN([{"params": p, "control": False, "weight_decay": 0.2}], lr=1e-2), scheduler=cosine()
+    )
     assert_same(ref, got)
     assert "init_norm" not in opt.state[got[0]]
     ref, _ = run(lambda p: torch.optim.Adam(p, lr=1e-2))
@@ -177,8 +181,11 @@ def test_control_off_group_is_adam_or_adamw():
 
 
 def test_zero_and_empty_tensors_never_produce_nan():
-    params = [torch.zeros(0, 4, requires_grad=True), torch.tensor(2.0, requires_grad=True),
-              torch.ones(3, requires_grad=True)]
+    params = [
+        torch.zeros(0, 4, requires_grad=True),
+        torch.tensor(2.0, requires_grad=True),
+        torch.ones(3, requires_grad=True),
+    ]
     opt = AdamWN(params, lr=1e-2, target=1.5, rate=0.5)
     for _ in range(3):
         for p in params:

@@ -35,16 +35,16 @@ def test_decay_types_on_every_optimizer(kind, foreach):
         lambda p: AdamWN(p, lr=lr, control=False, weight_decay=wd, decay=kind, foreach=foreach),
         lambda p: AdamC(p, lr=lr, weight_decay=wd, decay=kind, normalized=True, foreach=foreach),
         lambda p: SGDC(p, lr=lr, weight_decay=wd, decay=kind, normalized=True, foreach=foreach),
-        lambda p: SGDC(p, lr=lr, weight_decay=wd, decay=kind, normalized=True,
-                       decoupled_weight_decay=True, foreach=foreach),
+        lambda p: SGDC(
+            p, lr=lr, weight_decay=wd, decay=kind, normalized=True, decoupled_weight_decay=True, foreach=foreach
+        ),
     ]
     for make in makers:
         torch.testing.assert_close(one_step(make), expected, rtol=1e-15, atol=1e-15)
 
 
 def test_corrected_min_decay_is_scaled_by_lr_over_max_lr():
-    got = one_step(lambda p: AdamC(p, lr=0.1, max_lr=0.4, weight_decay=0.3, decay="min",
-                                   normalized=True))
+    got = one_step(lambda p: AdamC(p, lr=0.1, max_lr=0.4, weight_decay=0.3, decay="min", normalized=True))
     t = torch.tensor(THETA, dtype=torch.float64)
     torch.testing.assert_close(got, t - 0.1 * (0.1 / 0.4) * 0.1 * t.sign(), rtol=1e-15, atol=0)
 

@@ -4,7 +4,7 @@ import warnings
 
 import pytest
 import torch
-from helpers import assert_same, cosine, make_params, run, state_tensors, warmup_cosine
+from helpers import assert_same, make_params, run, state_tensors, warmup_cosine
 
 from normctl import SGDC, AdamC, AdamWN, schedules
 
@@ -15,8 +15,12 @@ def compare_with_reference(make, *, dtype=torch.float64, rtol=1e-6):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for kw in (dict(foreach=False), dict(fused=True)):
-            params, opt = run(lambda p: make(p, **kw), scheduler=warmup_cosine(), dtype=dtype,
-                              shapes=[(5, 3), (4,), (2, 3, 4), (7, 7)])
+            params, opt = run(
+                lambda p: make(p, **kw),
+                scheduler=warmup_cosine(),
+                dtype=dtype,
+                shapes=[(5, 3), (4,), (2, 3, 4), (7, 7)],
+            )
             results.append((params, state_tensors(opt)))
     (p_ref, s_ref), (p_fused, s_fused) = results
     assert_same(p_ref, p_fused, exact=False, rtol=rtol, atol=1e-7)
@@ -24,33 +28,44 @@ def compare_with_reference(make, *, dtype=torch.float64, rtol=1e-6):
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-@pytest.mark.parametrize("kw", [
-    dict(target=1.3, rate=0.1),
-    dict(target=schedules.linear_ramp(1.0, 0.6, 30), rate=0.5, scope="group"),
-    dict(target=1.2, rate=0.2, scope="global"),
-    dict(target=1.5, rate=1.0, control_at="post_step"),
-    dict(target=0.0, rate=0.1, rate_scaling="lr"),
-], ids=["tensor", "group", "global", "post-step", "13a"])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(target=1.3, rate=0.1),
+        dict(target=schedules.linear_ramp(1.0, 0.6, 30), rate=0.5, scope="group"),
+        dict(target=1.2, rate=0.2, scope="global"),
+        dict(target=1.5, rate=1.0, control_at="post_step"),
+        dict(target=0.0, rate=0.1, rate_scaling="lr"),
+    ],
+    ids=["tensor", "group", "global", "post-step", "13a"],
+)
 def test_adamwn_fused_equals_reference(kw, dtype):
-    compare_with_reference(lambda p, **o: AdamWN(p, lr=1e-2, **kw, **o), dtype=dtype,
-                           rtol=1e-6 if dtype == torch.float64 else 1e-5)
+    compare_with_reference(
+        lambda p, **o: AdamWN(p, lr=1e-2, **kw, **o), dtype=dtype, rtol=1e-6 if dtype == torch.float64 else 1e-5
+    )
 
 
 def test_adamwn_fused_uncontrolled_groups_with_decay():
-    compare_with_reference(lambda p, **o: AdamWN([{"params": p[:2], "control": False, "weight_decay": 0.1},
-                                                  {"params": p[2:]}], lr=1e-2, target=2.0, **o))
+    compare_with_reference(
+        lambda p, **o: AdamWN(
+            [{"params": p[:2], "control": False, "weight_decay": 0.1}, {"params": p[2:]}], lr=1e-2, target=2.0, **o
+        )
+    )
 
 
 def test_adamc_fused_equals_reference_and_torch_fused_adamw_at_constant_lr():
-    compare_with_reference(lambda p, **o: AdamC([{"params": p[:2], "normalized": True}, {"params": p[2:]}],
-                                                lr=1e-2, weight_decay=0.1, **o))
+    compare_with_reference(
+        lambda p, **o: AdamC([{"params": p[:2], "normalized": True}, {"params": p[2:]}], lr=1e-2, weight_decay=0.1, **o)
+    )
     ref, _ = run(lambda p: torch.optim.AdamW(p, lr=1e-2, weight_decay=0.1, fused=True))
     got, _ = run(lambda p: AdamC(p, lr=1e-2, weight_decay=0.1, normalized=True, fused=True))
     assert_same(ref, got)
 
 
-@pytest.mark.parametrize("momentum,dampening,nesterov,decoupled", [
-    (0.0, 0.0, False, False), (0.9, 0.0, False, False), (0.9, 0.0, True, False), (0.8, 0.2, False, True)])
+@pytest.mark.parametrize(
+    "momentum,dampening,nesterov,decoupled",
+    [(0.0, 0.0, False, False), (0.9, 0.0, False, False), (0.9, 0.0, True, False), (0.8, 0.2, False, True)],
+)
 def test_sgdc_fused_equals_reference_and_torch_fused_sgd(momentum, dampening, nesterov, decoupled):
     kw = dict(lr=0.1, momentum=momentum, dampening=dampening, nesterov=nesterov, weight_decay=1e-2)
     compare_with_reference(lambda p, **o: SGDC(p, normalized=True, decoupled_weight_decay=decoupled, **kw, **o))
@@ -78,10 +93,13 @@ def test_default_selects_fused_on_cpu_and_explicit_paths_override(monkeypatch):
     calls = []
     original = torch._fused_adamw_
     monkeypatch.setattr(torch, "_fused_adamw_", lambda *a, **k: (calls.append(1), original(*a, **k)))
-    for make, expected in ((lambda p: AdamWN(p, lr=1e-2), True), (lambda p: AdamC(p, normalized=True), True),
-                           (lambda p: AdamWN(p, lr=1e-2, foreach=True), False),
-                           (lambda p: AdamWN(p, lr=1e-2, fused=False), False),
-                           (lambda p: AdamC(p, normalized=True, decay="l1"), False)):
+    for make, expected in (
+        (lambda p: AdamWN(p, lr=1e-2), True),
+        (lambda p: AdamC(p, normalized=True), True),
+        (lambda p: AdamWN(p, lr=1e-2, foreach=True), False),
+        (lambda p: AdamWN(p, lr=1e-2, fused=False), False),
+        (lambda p: AdamC(p, normalized=True, decay="l1"), False),
+    ):
         calls.clear()
         run(make, steps=1)
         assert bool(calls) == expected

@@ -23,8 +23,7 @@ def test_gpt_transformer_rule_with_tied_weights():
         if "ln_" in name or name.endswith(".bias"):
             assert r.group == "no_decay" and not r.control
     groups = param_groups(model, weight_decay=0.05)
-    assert {g["name"]: g["weight_decay"] for g in groups} == {
-        "normalized": 0.05, "decay": 0.05, "no_decay": 0.0}
+    assert {g["name"]: g["weight_decay"] for g in groups} == {"normalized": 0.05, "decay": 0.05, "no_decay": 0.0}
     n_params = sum(len(g["params"]) for g in groups)
     assert n_params == len(list(model.parameters()))
 
@@ -49,8 +48,8 @@ def test_resnet_structural_rule_follows_conv_into_batchnorm():
 def test_arbitrary_module_and_explicit_names():
     model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 8), nn.LayerNorm(8), nn.Linear(8, 2))
     roles = roles_by_name(model)
-    assert roles["0.weight"].group == "decay"        # feeds a ReLU, not a norm
-    assert roles["2.weight"].group == "normalized"   # feeds the LayerNorm
+    assert roles["0.weight"].group == "decay"  # feeds a ReLU, not a norm
+    assert roles["2.weight"].group == "normalized"  # feeds the LayerNorm
     assert roles["4.weight"].group == "decay"
     explicit = roles_by_name(model, normalized={"0.weight"})
     assert explicit["0.weight"].group == "normalized" and explicit["2.weight"].group == "decay"

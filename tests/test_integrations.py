@@ -16,19 +16,32 @@ def test_hf_trainer_with_normctl_optimizer_and_monitor(tmp_path):
     config = transformers.GPT2Config(vocab_size=64, n_positions=16, n_embd=32, n_layer=1, n_head=2)
     model = transformers.GPT2LMHeadModel(config)  # random init: nothing is downloaded
     data = [{"input_ids": ids, "labels": ids} for ids in torch.randint(0, 64, (16, 16))]
-    args = transformers.TrainingArguments(output_dir=str(tmp_path), max_steps=4, per_device_train_batch_size=4,
-                                          report_to=[], use_cpu=True, save_strategy="no", logging_steps=1)
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path),
+        max_steps=4,
+        per_device_train_batch_size=4,
+        report_to=[],
+        use_cpu=True,
+        save_strategy="no",
+        logging_steps=1,
+    )
     sink = MemorySink()
     optimizer = create_optimizer(model, "adamwn", lr=1e-3, target=1.2)
-    trainer = transformers.Trainer(model=model, args=args, train_dataset=data, optimizers=(optimizer, None),
-                                   callbacks=[NormMonitorCallback(every=1, sinks=[sink])])
+    trainer = transformers.Trainer(
+        model=model,
+        args=args,
+        train_dataset=data,
+        optimizers=(optimizer, None),
+        callbacks=[NormMonitorCallback(every=1, sinks=[sink])],
+    )
     trainer.train()
     assert [r["step"] for r in sink.records] == [1, 2, 3, 4]
     assert any("init_norm" in s for s in optimizer.state.values())
 
     # the other documented route: the Trainer builds the optimizer from a class and kwargs
-    trainer = transformers.Trainer(model=model, args=args, train_dataset=data,
-                                   optimizer_cls_and_kwargs=(AdamWN, {"lr": 1e-3, "target": 1.0}))
+    trainer = transformers.Trainer(
+        model=model, args=args, train_dataset=data, optimizer_cls_and_kwargs=(AdamWN, {"lr": 1e-3, "target": 1.0})
+    )
     trainer.train()
     assert isinstance(trainer.optimizer.optimizer, AdamWN)
 
@@ -40,8 +53,9 @@ def test_lightning_with_normctl_optimizer_and_monitor():
     class Regression(pl.LightningModule):
         def __init__(self):
             super().__init__()
-            self.net = torch.nn.Sequential(torch.nn.Linear(4, 16, bias=False), torch.nn.LayerNorm(16),
-                                           torch.nn.Linear(16, 1))
+            self.net = torch.nn.Sequential(
+                torch.nn.Linear(4, 16, bias=False), torch.nn.LayerNorm(16), torch.nn.Linear(16, 1)
+            )
 
         def training_step(self, batch, batch_idx):
             x, y = batch
@@ -53,9 +67,15 @@ def test_lightning_with_normctl_optimizer_and_monitor():
     torch.manual_seed(0)
     data = torch.utils.data.TensorDataset(torch.randn(64, 4), torch.randn(64, 1))
     sink = MemorySink()
-    trainer = pl.Trainer(max_steps=6, accelerator="cpu", logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False,
-                         callbacks=[NormMonitorCallback(every=2, sinks=[sink])])
+    trainer = pl.Trainer(
+        max_steps=6,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[NormMonitorCallback(every=2, sinks=[sink])],
+    )
     module = Regression()
     trainer.fit(module, torch.utils.data.DataLoader(data, batch_size=8))
     assert [r["step"] for r in sink.records] == [1, 3, 5] and all("loss" in r for r in sink.records)

@@ -8,7 +8,7 @@ from torch import nn
 
 from normctl import SGDC, AdamC, AdamWN, param_groups
 from normctl.experiments.models import GPT, GPTConfig
-from normctl.monitor import NormMonitor, MemorySink, predict
+from normctl.monitor import MemorySink, NormMonitor, predict
 
 
 def tiny_gpt():
@@ -63,17 +63,18 @@ def test_values_equal_direct_torch_computations():
         assert record[t + "weight_max"] == pytest.approx(w.max().item())
         assert record[t + "weight_mean"] == pytest.approx(w.mean().item(), rel=1e-5, abs=1e-9)
         assert record[t + "grad_norm"] == pytest.approx(grads[name].norm().item(), rel=1e-6)
-        assert record[t + "grad_weight_ratio"] == pytest.approx(
-            grads[name].norm().item() / w.norm().item(), rel=1e-6)
+        assert record[t + "grad_weight_ratio"] == pytest.approx(grads[name].norm().item() / w.norm().item(), rel=1e-6)
         assert record[t + "update_weight_ratio"] == pytest.approx(
-            (w - before[name]).norm().item() / before[name].norm().item(), rel=1e-5)
+            (w - before[name]).norm().item() / before[name].norm().item(), rel=1e-5
+        )
         state = opt.state[p]
         a = (state["exp_avg_sq"] / (1 - beta2 ** state["step"].item())).sqrt() + eps
         expected = ((grads[name] ** 2 / a).sum().sqrt() / (w**2 * a).sum().sqrt()).item()
         assert record[t + "adam_grad_weight_ratio"] == pytest.approx(expected, rel=1e-5)
     attn = [p for n, p in model.named_parameters() if n.startswith("transformer.h.0.attn.c_attn")]
     assert record["layer/transformer.h.0.attn.c_attn/weight_norm"] == pytest.approx(
-        math.sqrt(sum(p.detach().norm().item() ** 2 for p in attn)), rel=1e-6)
+        math.sqrt(sum(p.detach().norm().item() ** 2 for p in attn)), rel=1e-6
+    )
     all_grads = torch.cat([g.flatten() for g in grads.values()])
     assert record["global/grad_norm"] == pytest.approx(all_grads.norm().item(), rel=1e-5)
     assert record["group/normalized/pred_ratio"] == pytest.approx(math.sqrt(2 * 0.1 / 1e-2))

@@ -8,12 +8,15 @@ import torch
 from normctl import SGDC, AdamC, AdamWN
 
 
-@pytest.mark.parametrize("make", [
-    lambda p, **kw: AdamWN(p, lr=1e-2, target=1.5, **kw),
-    lambda p, **kw: AdamWN(p, lr=1e-2, target=1.5, scope="global", **kw),
-    lambda p, **kw: AdamC(p, lr=1e-2, normalized=True, **kw),
-    lambda p, **kw: SGDC(p, lr=1e-2, momentum=0.9, normalized=True, **kw),
-])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda p, **kw: AdamWN(p, lr=1e-2, target=1.5, **kw),
+        lambda p, **kw: AdamWN(p, lr=1e-2, target=1.5, scope="global", **kw),
+        lambda p, **kw: AdamC(p, lr=1e-2, normalized=True, **kw),
+        lambda p, **kw: SGDC(p, lr=1e-2, momentum=0.9, normalized=True, **kw),
+    ],
+)
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
 def test_skip_nonfinite_leaves_params_and_state_untouched(make, bad):
     params = [torch.randn(3, 3, requires_grad=True), torch.randn(4, requires_grad=True)]

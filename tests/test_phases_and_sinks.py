@@ -5,10 +5,16 @@ import json
 import math
 
 import pytest
-import torch
 
-from normctl.monitor import CsvSink, JsonlSink, MemorySink, TensorBoardSink, detect_phases, read_jsonl
-from normctl.monitor import tail_blowup_score
+from normctl.monitor import (
+    CsvSink,
+    JsonlSink,
+    MemorySink,
+    TensorBoardSink,
+    detect_phases,
+    read_jsonl,
+    tail_blowup_score,
+)
 from normctl.monitor.phases import smooth
 
 
@@ -47,8 +53,10 @@ def test_phase_edge_cases():
 
 
 def test_jsonl_csv_memory_sinks_write_what_they_claim(tmp_path):
-    records = [{"step": 1, "loss": 2.5, "tensor/w/weight_norm": 1.0, "x": None},
-               {"step": 2, "loss": float("nan"), "tensor/w/weight_norm": 1.5, "x": 3.0}]
+    records = [
+        {"step": 1, "loss": 2.5, "tensor/w/weight_norm": 1.0, "x": None},
+        {"step": 2, "loss": float("nan"), "tensor/w/weight_norm": 1.5, "x": 3.0},
+    ]
     sinks = [JsonlSink(tmp_path), CsvSink(tmp_path), MemorySink()]
     for r in records:
         for s in sinks:

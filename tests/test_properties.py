@@ -27,22 +27,31 @@ def step_with_random_grads(opt, params, seed, steps):
 
 
 @SETTINGS
-@given(st.lists(shapes, min_size=1, max_size=4), dtypes, st.floats(1e-4, 0.1), st.floats(0, 1.0),
-       st.booleans(), st.integers(0, 1000))
+@given(
+    st.lists(shapes, min_size=1, max_size=4),
+    dtypes,
+    st.floats(1e-4, 0.1),
+    st.floats(0, 1.0),
+    st.booleans(),
+    st.integers(0, 1000),
+)
 def test_target_zero_is_torch_adamw(shape_list, dtype, lr, wd, foreach, seed):
     a, b = tensors(shape_list, dtype, seed), tensors(shape_list, dtype, seed)
     step_with_random_grads(torch.optim.AdamW(a, lr=lr, weight_decay=wd, foreach=foreach), a, seed, 5)
-    step_with_random_grads(AdamWN(b, lr=lr, target=0.0, rate=wd, rate_scaling="lr", foreach=foreach),
-                           b, seed, 5)
+    step_with_random_grads(AdamWN(b, lr=lr, target=0.0, rate=wd, rate_scaling="lr", foreach=foreach), b, seed, 5)
     assert all(torch.equal(x, y) for x, y in zip(a, b))
 
 
 @SETTINGS
-@given(st.lists(shapes, min_size=1, max_size=4), dtypes, st.floats(0.1, 4.0),
-       st.sampled_from(["tensor", "group", "global"]), st.integers(0, 1000))
+@given(
+    st.lists(shapes, min_size=1, max_size=4),
+    dtypes,
+    st.floats(0.1, 4.0),
+    st.sampled_from(["tensor", "group", "global"]),
+    st.integers(0, 1000),
+)
 def test_rate_one_post_step_lands_on_target_for_any_shape(shape_list, dtype, target, scope, seed):
-    params = [p for p in tensors(shape_list, dtype, seed) if p.numel() > 0] or \
-        tensors([(3,)], dtype, seed)
+    params = [p for p in tensors(shape_list, dtype, seed) if p.numel() > 0] or tensors([(3,)], dtype, seed)
     init = [p.detach().norm(dtype=torch.float64).item() for p in params]
     opt = AdamWN(params, lr=1e-2, target=target, rate=1.0, scope=scope, control_at="post_step")
     step_with_random_grads(opt, params, seed, 3)
@@ -56,12 +65,19 @@ def test_rate_one_post_step_lands_on_target_for_any_shape(shape_list, dtype, tar
 
 
 @SETTINGS
-@given(st.lists(shapes, min_size=1, max_size=3), st.sampled_from([torch.float32, torch.bfloat16]),
-       st.floats(0, 1), st.floats(0, 10), st.integers(0, 1000))
+@given(
+    st.lists(shapes, min_size=1, max_size=3),
+    st.sampled_from([torch.float32, torch.bfloat16]),
+    st.floats(0, 1),
+    st.floats(0, 10),
+    st.integers(0, 1000),
+)
 def test_never_nan_for_finite_inputs(shape_list, dtype, rate, target, seed):
     params = [p for p in tensors(shape_list, dtype, seed)]
-    for make in (lambda: AdamWN(params, lr=1e-2, rate=rate, target=target, relative_target=False),
-                 lambda: AdamC(params, lr=1e-2, normalized=True)):
+    for make in (
+        lambda: AdamWN(params, lr=1e-2, rate=rate, target=target, relative_target=False),
+        lambda: AdamC(params, lr=1e-2, normalized=True),
+    ):
         opt = make()
         step_with_random_grads(opt, params, seed, 3)
         assert all(p.dtype == dtype and torch.isfinite(p).all() for p in params)

@@ -16,14 +16,21 @@ from normctl.report import build_report, load_run
 
 pytest.importorskip("matplotlib")
 
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 def make_run(run_dir: Path, method: str, seed: int, steps: int = 40) -> Path:
     torch.manual_seed(seed)
-    model = torch.nn.Sequential(torch.nn.Linear(8, 16, bias=False), torch.nn.LayerNorm(16),
-                                torch.nn.Linear(16, 1))
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16, bias=False), torch.nn.LayerNorm(16), torch.nn.Linear(16, 1))
     groups = param_groups(model, weight_decay=0.05)
     opt = AdamC(groups, lr=1e-2) if method == "adamc" else torch.optim.AdamW(groups, lr=1e-2)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
@@ -77,12 +84,19 @@ def test_report_renders_in_headless_chromium(runs, tmp_path):
         pytest.skip("headless Chromium is not installed (Debian package 'chromium'; .ci/run installs it)")
     path = build_report(runs, tmp_path / "report.html")
     flags = CHROMIUM_FLAGS + [f"--user-data-dir={tmp_path / 'profile'}"]
-    dom = subprocess.run([browser, *flags, "--virtual-time-budget=10000", "--dump-dom", path.as_uri()],
-                         capture_output=True, text=True, timeout=120).stdout
+    dom = subprocess.run(
+        [browser, *flags, "--virtual-time-budget=10000", "--dump-dom", path.as_uri()],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    ).stdout
     images = dom.count("<img ")
     assert images >= 5 and dom.count('data-loaded="1"') == images  # every image decoded
     assert '<table id="methods">' in dom and '<table id="runs">' in dom
     shot = tmp_path / "report.png"
-    subprocess.run([browser, *flags, "--window-size=1200,1600", f"--screenshot={shot}", path.as_uri()],
-                   capture_output=True, timeout=120)
+    subprocess.run(
+        [browser, *flags, "--window-size=1200,1600", f"--screenshot={shot}", path.as_uri()],
+        capture_output=True,
+        timeout=120,
+    )
     assert shot.stat().st_size > 20_000  # a rendered page, not a blank one

@@ -22,8 +22,12 @@ def test_values():
 
 
 def test_schedules_pickle_and_drive_lambda_lr():
-    for s in (schedules.linear_ramp(1, 2, 5), schedules.cosine(1, 0, 10, warmup=2),
-              schedules.piecewise_linear([(0, 1), (3, 2)]), schedules.constant(1.0)):
+    for s in (
+        schedules.linear_ramp(1, 2, 5),
+        schedules.cosine(1, 0, 10, warmup=2),
+        schedules.piecewise_linear([(0, 1), (3, 2)]),
+        schedules.constant(1.0),
+    ):
         assert pickle.loads(pickle.dumps(s)) == s
     w = torch.zeros(1, requires_grad=True)
     opt = torch.optim.SGD([w], lr=0.5)

@@ -4,29 +4,49 @@ import warnings
 
 import pytest
 import torch
-from helpers import (assert_same, make_params, save_resume_and_continue, state_tensors, train_steps,
-                     warmup_cosine)
+from helpers import (
+    assert_same,
+    make_params,
+    save_resume_and_continue,
+    state_tensors,
+    train_steps,
+    warmup_cosine,
+)
 
 from normctl import SGDC, AdamC, AdamWN, schedules
 
 CONFIGS = {
-    "adamwn-tensor": lambda p, **kw: AdamWN(p, lr=1e-2, target=schedules.linear_ramp(1.0, 1.5, 8),
-                                            rate=schedules.constant(0.1), **kw),
-    "adamwn-group-post": lambda p, **kw: AdamWN(p, lr=1e-2, target=0.8, rate=0.5, scope="group",
-                                                control_at="post_step", **kw),
+    "adamwn-tensor": lambda p, **kw: AdamWN(
+        p, lr=1e-2, target=schedules.linear_ramp(1.0, 1.5, 8), rate=schedules.constant(0.1), **kw
+    ),
+    "adamwn-group-post": lambda p, **kw: AdamWN(
+        p, lr=1e-2, target=0.8, rate=0.5, scope="group", control_at="post_step", **kw
+    ),
     "adamwn-global": lambda p, **kw: AdamWN(
-        [{"params": p[:2]}, {"params": p[2:], "target": 1.3}], lr=1e-2, target=1.1, rate=0.2,
-        scope="global", **kw),
+        [{"params": p[:2]}, {"params": p[2:], "target": 1.3}], lr=1e-2, target=1.1, rate=0.2, scope="global", **kw
+    ),
     "adamwn-13b": lambda p, **kw: AdamWN(p, lr=1e-2, target=0.0, rate=0.1, rate_scaling="lr_ratio", **kw),
     "adamwn-mixed": lambda p, **kw: AdamWN(
-        [{"params": p[:2], "control": False, "weight_decay": 0.1, "decay": "l1"},
-         {"params": p[2:]}], lr=1e-2, target=2.0, **kw),
-    "adamc": lambda p, **kw: AdamC([{"params": p[:2], "normalized": True}, {"params": p[2:]}],
-                                   lr=1e-2, weight_decay=0.1, **kw),
+        [{"params": p[:2], "control": False, "weight_decay": 0.1, "decay": "l1"}, {"params": p[2:]}],
+        lr=1e-2,
+        target=2.0,
+        **kw,
+    ),
+    "adamc": lambda p, **kw: AdamC(
+        [{"params": p[:2], "normalized": True}, {"params": p[2:]}], lr=1e-2, weight_decay=0.1, **kw
+    ),
     "sgdc": lambda p, **kw: SGDC(p, lr=0.1, momentum=0.9, weight_decay=1e-2, normalized=True, **kw),
     "sgdc-nesterov-decoupled": lambda p, **kw: SGDC(
-        p, lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-2, normalized=True,
-        decoupled_weight_decay=True, decay="min", **kw),
+        p,
+        lr=0.1,
+        momentum=0.9,
+        nesterov=True,
+        weight_decay=1e-2,
+        normalized=True,
+        decoupled_weight_decay=True,
+        decay="min",
+        **kw,
+    ),
 }
 SHAPES = [(5, 3), (4,), (2, 3, 4), ()]
 
@@ -39,8 +59,7 @@ def test_state_dict_continue_equals_uninterrupted(name):
     assert_same(params, resumed)
     assert_same(state_tensors(opt), state_tensors(opt2))
     for g1, g2 in zip(opt.param_groups, opt2.param_groups):
-        assert {k: v for k, v in g1.items() if k != "params"} == {
-            k: v for k, v in g2.items() if k != "params"}
+        assert {k: v for k, v in g1.items() if k != "params"} == {k: v for k, v in g2.items() if k != "params"}
 
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))

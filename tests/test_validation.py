@@ -12,41 +12,47 @@ def w():
     return [torch.ones(3, 3, requires_grad=True)]
 
 
-@pytest.mark.parametrize("kwargs,error,match", [
-    (dict(lr=-1.0), ValueError, "lr must be >= 0"),
-    (dict(eps=-1e-8), ValueError, "eps must be >= 0"),
-    (dict(betas=(1.0, 0.999)), ValueError, r"betas\[0\] must be in \[0, 1\)"),
-    (dict(betas=(0.9, -0.1)), ValueError, r"betas\[1\] must be in \[0, 1\)"),
-    (dict(betas=0.9), ValueError, "betas must be a pair"),
-    (dict(rate=1.5), ValueError, r"rate must be in \[0, 1\]"),
-    (dict(rate=-0.1, rate_scaling="lr"), ValueError, "rate must be >= 0"),
-    (dict(target=-1.0), ValueError, "target must be >= 0"),
-    (dict(target="big"), TypeError, "target must be a float or a callable"),
-    (dict(scope="layer"), ValueError, "scope must be one of"),
-    (dict(rate_scaling="wd"), ValueError, "rate_scaling must be one of"),
-    (dict(control_at="later"), ValueError, "control_at must be one of"),
-    (dict(decay="l3"), ValueError, "decay must be one of"),
-    (dict(weight_decay=-0.1), ValueError, "weight_decay must be >= 0"),
-    (dict(max_lr=0.0), ValueError, "max_lr must be None or a number > 0"),
-    (dict(control=1), TypeError, "control must be a bool"),
-    (dict(lr=float("nan")), ValueError, "lr must not be NaN"),
-    (dict(foreach="yes"), TypeError, "foreach must be None, True or False"),
-    (dict(skip_nonfinite=1), TypeError, "skip_nonfinite must be a bool"),
-])
+@pytest.mark.parametrize(
+    "kwargs,error,match",
+    [
+        (dict(lr=-1.0), ValueError, "lr must be >= 0"),
+        (dict(eps=-1e-8), ValueError, "eps must be >= 0"),
+        (dict(betas=(1.0, 0.999)), ValueError, r"betas\[0\] must be in \[0, 1\)"),
+        (dict(betas=(0.9, -0.1)), ValueError, r"betas\[1\] must be in \[0, 1\)"),
+        (dict(betas=0.9), ValueError, "betas must be a pair"),
+        (dict(rate=1.5), ValueError, r"rate must be in \[0, 1\]"),
+        (dict(rate=-0.1, rate_scaling="lr"), ValueError, "rate must be >= 0"),
+        (dict(target=-1.0), ValueError, "target must be >= 0"),
+        (dict(target="big"), TypeError, "target must be a float or a callable"),
+        (dict(scope="layer"), ValueError, "scope must be one of"),
+        (dict(rate_scaling="wd"), ValueError, "rate_scaling must be one of"),
+        (dict(control_at="later"), ValueError, "control_at must be one of"),
+        (dict(decay="l3"), ValueError, "decay must be one of"),
+        (dict(weight_decay=-0.1), ValueError, "weight_decay must be >= 0"),
+        (dict(max_lr=0.0), ValueError, "max_lr must be None or a number > 0"),
+        (dict(control=1), TypeError, "control must be a bool"),
+        (dict(lr=float("nan")), ValueError, "lr must not be NaN"),
+        (dict(foreach="yes"), TypeError, "foreach must be None, True or False"),
+        (dict(skip_nonfinite=1), TypeError, "skip_nonfinite must be a bool"),
+    ],
+)
 def test_adamwn_rejects(kwargs, error, match):
     with pytest.raises(error, match=match):
         AdamWN(w(), **kwargs)
 
 
-@pytest.mark.parametrize("cls,kwargs,match", [
-    (AdamC, dict(weight_decay=-1.0), "weight_decay must be >= 0"),
-    (AdamC, dict(max_lr=-0.1), "max_lr must be None or a number > 0"),
-    (AdamC, dict(decay="l0"), "decay must be one of"),
-    (AdamC, dict(betas=(0.9, 1.0)), r"betas\[1\]"),
-    (SGDC, dict(momentum=1.5), r"momentum must be in \[0, 1\]"),
-    (SGDC, dict(dampening=-1.0), r"dampening must be in \[0, 1\]"),
-    (SGDC, dict(lr=-0.1), "lr must be >= 0"),
-])
+@pytest.mark.parametrize(
+    "cls,kwargs,match",
+    [
+        (AdamC, dict(weight_decay=-1.0), "weight_decay must be >= 0"),
+        (AdamC, dict(max_lr=-0.1), "max_lr must be None or a number > 0"),
+        (AdamC, dict(decay="l0"), "decay must be one of"),
+        (AdamC, dict(betas=(0.9, 1.0)), r"betas\[1\]"),
+        (SGDC, dict(momentum=1.5), r"momentum must be in \[0, 1\]"),
+        (SGDC, dict(dampening=-1.0), r"dampening must be in \[0, 1\]"),
+        (SGDC, dict(lr=-0.1), "lr must be >= 0"),
+    ],
+)
 def test_corrected_decay_optimizers_reject(cls, kwargs, match):
     with pytest.raises(ValueError, match=match):
         cls(w(), normalized=True, **kwargs)
@@ -55,8 +61,9 @@ def test_corrected_decay_optimizers_reject(cls, kwargs, match):
 @pytest.mark.parametrize("cls", [AdamWN, AdamC, SGDC])
 def test_unknown_param_group_keys_fail_loudly(cls):
     with pytest.raises(ValueError, match=r"unknown param-group key\(s\) \['wieght_decay'\]"):
-        cls([{"params": w(), "wieght_decay": 0.1}], normalized=True) if cls is not AdamWN else \
-            cls([{"params": w(), "wieght_decay": 0.1}])
+        cls([{"params": w(), "wieght_decay": 0.1}], normalized=True) if cls is not AdamWN else cls(
+            [{"params": w(), "wieght_decay": 0.1}]
+        )
 
 
 def test_group_values_are_validated_too():

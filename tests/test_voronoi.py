@@ -31,7 +31,11 @@ def test_model_has_no_biases_and_the_described_layout():
     names = [n for n, _ in model.named_parameters()]
     assert not any("bias" in n for n in names)
     assert [n for n in names if n.endswith("fc1.weight") or n.endswith("fc2.weight")] == [
-        "dense_in.fc1.weight", "dense_in.fc2.weight", "dense_out.fc1.weight", "dense_out.fc2.weight"]
+        "dense_in.fc1.weight",
+        "dense_in.fc2.weight",
+        "dense_out.fc1.weight",
+        "dense_out.fc2.weight",
+    ]
     assert model(torch.randn(5, 2) * 100).shape == (5, 2)
     with pytest.raises(ValueError, match="activation must be one of"):
         VoronoiModel(activation="tanh")
@@ -40,14 +44,20 @@ def test_model_has_no_biases_and_the_described_layout():
 
 def test_wrapped_methods_run_on_voronoi_and_gpt(tmp_path):
     methods = ("adamw", "adam+wn", "sgd+wn", "lion+wn")
-    results = run_voronoi(VoronoiRunConfig(methods=methods, steps=4, batch_size=64, hidden=32,
-                                           monitor_every=2, out_dir=str(tmp_path / "v")), verbose=False)
+    results = run_voronoi(
+        VoronoiRunConfig(
+            methods=methods, steps=4, batch_size=64, hidden=32, monitor_every=2, out_dir=str(tmp_path / "v")
+        ),
+        verbose=False,
+    )
     assert [r["method"] for r in results] == list(methods)
     summary = json.loads((tmp_path / "v" / "summary.json").read_text())
     assert [r["method"] for r in summary["results"]] == list(methods)
     assert (tmp_path / "v" / "lion+wn" / "metrics.jsonl").is_file()
-    gpt = run_demo(DemoConfig(steps=3, n_layer=1, n_embd=32, eval_batches=1, warmup=1, methods=methods,
-                              out_dir=None), verbose=False)
+    gpt = run_demo(
+        DemoConfig(steps=3, n_layer=1, n_embd=32, eval_batches=1, warmup=1, methods=methods, out_dir=None),
+        verbose=False,
+    )
     assert [r.method for r in gpt] == list(methods)
     with pytest.raises(SystemExit):
         main(["voronoi", "--methods", "adamw,nope", "--steps", "1"])

@@ -4,17 +4,38 @@ import warnings
 
 import pytest
 import torch
-from helpers import assert_same, cosine, make_params, run, save_resume_and_continue, state_tensors, warmup_cosine
+from helpers import (
+    assert_same,
+    cosine,
+    make_params,
+    run,
+    save_resume_and_continue,
+    state_tensors,
+    warmup_cosine,
+)
 
-from normctl import (SGDC, AdamC, AdamWN, CorrectedDecay, Lion, NormControl, available_optimizers,
-                     create_optimizer, schedules)
+from normctl import (
+    SGDC,
+    AdamC,
+    AdamWN,
+    CorrectedDecay,
+    Lion,
+    NormControl,
+    available_optimizers,
+    create_optimizer,
+    schedules,
+)
 
 
 @pytest.mark.parametrize("foreach", [False, True])
 def test_wrapped_adamw_without_decay_is_torch_adamw(foreach):
     ref, _ = run(lambda p: torch.optim.AdamW(p, lr=1e-2, weight_decay=0.1, foreach=foreach), scheduler=cosine())
-    got, _ = run(lambda p: NormControl(torch.optim.AdamW(p, lr=1e-2, weight_decay=0.0, foreach=foreach),
-                                       target=0.0, rate=0.1, rate_scaling="lr"), scheduler=cosine())
+    got, _ = run(
+        lambda p: NormControl(
+            torch.optim.AdamW(p, lr=1e-2, weight_decay=0.0, foreach=foreach), target=0.0, rate=0.1, rate_scaling="lr"
+        ),
+        scheduler=cosine(),
+    )
     assert_same(ref, got)
 
 
@@ -29,8 +50,9 @@ def test_wrapped_adamw_at_constant_lr_with_rate_lr_times_wd():
 def test_wrapped_sgd_is_decoupled_decay_sgd(momentum):
     with pytest.warns(UserWarning, match="no param group has normalized=True"):  # plain decoupled SGD
         ref, _ = run(lambda p: SGDC(p, lr=0.1, momentum=momentum, weight_decay=0.01, decoupled_weight_decay=True))
-    got, _ = run(lambda p: NormControl(torch.optim.SGD(p, lr=0.1, momentum=momentum), target=0.0,
-                                       rate=0.01, rate_scaling="lr"))
+    got, _ = run(
+        lambda p: NormControl(torch.optim.SGD(p, lr=0.1, momentum=momentum), target=0.0, rate=0.01, rate_scaling="lr")
+    )
     assert_same(ref, got, exact=False, rtol=1e-12, atol=1e-14)
 
 
@@ -46,17 +68,22 @@ def test_wrapped_adam_is_adamwn(scope, control_at):
 
 def test_corrected_decay_around_adamw_is_adamc():
     ref, _ = run(lambda p: AdamC(p, lr=1e-2, weight_decay=0.1, normalized=True), scheduler=warmup_cosine())
-    got, opt = run(lambda p: CorrectedDecay(torch.optim.AdamW(p, lr=1e-2, weight_decay=0.1), normalized=True),
-                   scheduler=warmup_cosine())
+    got, opt = run(
+        lambda p: CorrectedDecay(torch.optim.AdamW(p, lr=1e-2, weight_decay=0.1), normalized=True),
+        scheduler=warmup_cosine(),
+    )
     assert_same(ref, got, exact=False, rtol=1e-12, atol=1e-14)
     assert opt.param_groups[0]["weight_decay"] == 0.1  # restored after every step
 
 
-@pytest.mark.parametrize("make", [
-    lambda p: NormControl(torch.optim.SGD(p, lr=0.05, momentum=0.9), target=1.2, rate=0.2, scope="global"),
-    lambda p: NormControl(Lion(p, lr=1e-3), target=schedules.linear_ramp(1, 2, 8), rate=0.3),
-    lambda p: CorrectedDecay(Lion(p, lr=1e-3, weight_decay=0.5), normalized=True),
-])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda p: NormControl(torch.optim.SGD(p, lr=0.05, momentum=0.9), target=1.2, rate=0.2, scope="global"),
+        lambda p: NormControl(Lion(p, lr=1e-3), target=schedules.linear_ramp(1, 2, 8), rate=0.3),
+        lambda p: CorrectedDecay(Lion(p, lr=1e-3, weight_decay=0.5), normalized=True),
+    ],
+)
 def test_wrapper_state_dict_continue_equals_uninterrupted(make):
     (params, opt), (resumed, opt2) = save_resume_and_continue(make, [(5, 3), (4,), (2, 3, 4)])
     assert_same(params, resumed)

@@ -7,7 +7,7 @@ compressed), extracted from Debian's ``r-cran-janeaustenr`` by ``scripts/extract
 from __future__ import annotations
 
 import lzma
-from functools import lru_cache
+from functools import cache
 from importlib import resources
 
 import torch
@@ -15,7 +15,7 @@ import torch
 TEXTS = {"austen": "austen.txt.xz"}
 
 
-@lru_cache(maxsize=None)
+@cache
 def load_text(name: str = "austen") -> str:
     """The full text of an embedded corpus."""
     if name not in TEXTS:
@@ -37,10 +37,11 @@ def train_val_split(tokens: torch.Tensor, val_fraction: float = 0.1) -> tuple[to
     return tokens[:cut], tokens[cut:]
 
 
-def random_windows(tokens: torch.Tensor, batch_size: int, block_size: int,
-                   generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def random_windows(
+    tokens: torch.Tensor, batch_size: int, block_size: int, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
     """A batch of (input, next-token target) windows at random offsets: shapes (B, T)."""
     starts = torch.randint(len(tokens) - block_size - 1, (batch_size,), generator=generator)
-    x = torch.stack([tokens[s:s + block_size] for s in starts.tolist()])
-    y = torch.stack([tokens[s + 1:s + 1 + block_size] for s in starts.tolist()])
+    x = torch.stack([tokens[s : s + block_size] for s in starts.tolist()])
+    y = torch.stack([tokens[s + 1 : s + 1 + block_size] for s in starts.tolist()])
     return x, y

@@ -22,15 +22,22 @@ def check_methods(methods) -> None:
         raise ValueError(f"unknown methods {unknown}; available: {sorted(available_optimizers())}")
 
 
-def build_method(method: str, model: nn.Module, groups: list[dict], *, lr: float, steps: int,
-                 rate: float = 1e-2, adamw_norm_ratio: float | None = None) -> torch.optim.Optimizer:
+def build_method(
+    method: str,
+    model: nn.Module,
+    groups: list[dict],
+    *,
+    lr: float,
+    steps: int,
+    rate: float = 1e-2,
+    adamw_norm_ratio: float | None = None,
+) -> torch.optim.Optimizer:
     """``create_optimizer(method)`` over ``groups``. ``lr`` is the Adam-scale learning rate
     (SGD takes 100×, Lion 0.1×). Norm-controlled methods ramp their target from 1 to AdamW's
     measured final norm ratio over the first 5 % of ``steps`` (Loshchilov 2023), then hold it."""
     kwargs = {"lr": lr * BASE_LR_SCALE.get(method.partition("+")[0], 1.0)}
     if is_norm_controlled(method):
-        kwargs.update(target=schedules.target_from_adamw(adamw_norm_ratio or 1.0, max(1, steps // 20)),
-                      rate=rate)
+        kwargs.update(target=schedules.target_from_adamw(adamw_norm_ratio or 1.0, max(1, steps // 20)), rate=rate)
     return create_optimizer(model, method, groups=groups, **kwargs)
 
 

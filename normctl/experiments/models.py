@@ -12,13 +12,13 @@ from torch.nn import functional as F
 
 @dataclass(frozen=True)
 class GPTConfig:
-    vocab_size: int = 256      # tokens in the vocabulary
-    block_size: int = 128      # longest context, in tokens
-    n_layer: int = 4           # transformer blocks
-    n_head: int = 4            # attention heads per block
-    n_embd: int = 128          # width of the residual stream
+    vocab_size: int = 256  # tokens in the vocabulary
+    block_size: int = 128  # longest context, in tokens
+    n_layer: int = 4  # transformer blocks
+    n_head: int = 4  # attention heads per block
+    n_embd: int = 128  # width of the residual stream
     dropout: float = 0.0
-    tie_weights: bool = True   # share the token embedding with the output layer (GPT-2)
+    tie_weights: bool = True  # share the token embedding with the output layer (GPT-2)
 
 
 class CausalSelfAttention(nn.Module):
@@ -34,8 +34,13 @@ class CausalSelfAttention(nn.Module):
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(C, dim=2)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True,  # (B, nh, T, hs)
-                                           dropout_p=self.dropout if self.training else 0.0)
+        y = F.scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            is_causal=True,  # (B, nh, T, hs)
+            dropout_p=self.dropout if self.training else 0.0,
+        )
         return self.c_proj(y.transpose(1, 2).contiguous().view(B, T, C))
 
 
@@ -69,13 +74,15 @@ class GPT(nn.Module):
     def __init__(self, cfg: GPTConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        self.transformer = nn.ModuleDict(dict(
-            wte=nn.Embedding(cfg.vocab_size, cfg.n_embd),
-            wpe=nn.Embedding(cfg.block_size, cfg.n_embd),
-            drop=nn.Dropout(cfg.dropout),
-            h=nn.ModuleList([Block(cfg) for _ in range(cfg.n_layer)]),
-            ln_f=nn.LayerNorm(cfg.n_embd),
-        ))
+        self.transformer = nn.ModuleDict(
+            dict(
+                wte=nn.Embedding(cfg.vocab_size, cfg.n_embd),
+                wpe=nn.Embedding(cfg.block_size, cfg.n_embd),
+                drop=nn.Dropout(cfg.dropout),
+                h=nn.ModuleList([Block(cfg) for _ in range(cfg.n_layer)]),
+                ln_f=nn.LayerNorm(cfg.n_embd),
+            )
+        )
         self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
         if cfg.tie_weights:
             self.transformer.wte.weight = self.lm_head.weight
@@ -118,8 +125,9 @@ class BasicBlock(nn.Module):
         self.bn2 = nn.BatchNorm2d(planes)
         self.downsample = None
         if stride != 1 or in_planes != planes:
-            self.downsample = nn.Sequential(nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False),
-                                            nn.BatchNorm2d(planes))
+            self.downsample = nn.Sequential(
+                nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False), nn.BatchNorm2d(planes)
+            )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(x)))
@@ -133,8 +141,7 @@ class ResNet(nn.Module):
     ``blocks_per_stage=3, width=16`` is ResNet-20; smaller widths make it laptop-sized.
     """
 
-    def __init__(self, num_classes: int = 10, in_channels: int = 1, width: int = 16,
-                 blocks_per_stage: int = 3) -> None:
+    def __init__(self, num_classes: int = 10, in_channels: int = 1, width: int = 16, blocks_per_stage: int = 3) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(in_channels, width, 3, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(width)

@@ -17,12 +17,12 @@ from torch.nn import functional as F
 
 @dataclass(frozen=True)
 class VoronoiConfig:
-    dim: int = 2                  # D
-    classes: int = 2              # C
+    dim: int = 2  # D
+    classes: int = 2  # C
     min_centres: int = 100
     max_centres: int = 150
-    box: float = 100.0            # points and centres in [−box, box]^D
-    seed: int = 42                # fixes the centres and the held-out sets
+    box: float = 100.0  # points and centres in [−box, box]^D
+    seed: int = 42  # fixes the centres and the held-out sets
 
 
 class VoronoiTask:
@@ -32,7 +32,7 @@ class VoronoiTask:
         self.cfg = cfg
         g = torch.Generator().manual_seed(cfg.seed)
         n = int(torch.randint(cfg.min_centres, cfg.max_centres + 1, (1,), generator=g))
-        self.centres = self._uniform(n, g)                                  # (n, D)
+        self.centres = self._uniform(n, g)  # (n, D)
         self.centre_classes = torch.randint(cfg.classes, (n,), generator=g)  # (n,)
         self.val = self._sample(held_out, g)
         self.test = self._sample(held_out, g)
@@ -99,8 +99,17 @@ class ReducedAttention(nn.Module):
 class VoronoiModel(nn.Module):
     """x/100 → Dense(D→H→H) → ReducedAttention → Dense(H→H→C) → ScaleNorm(C) → logits."""
 
-    def __init__(self, dim: int = 2, hidden: int = 512, classes: int = 2, *, activation: str = "relu",
-                 rms: bool = True, init: str = "uniform", input_scale: float = 100.0) -> None:
+    def __init__(
+        self,
+        dim: int = 2,
+        hidden: int = 512,
+        classes: int = 2,
+        *,
+        activation: str = "relu",
+        rms: bool = True,
+        init: str = "uniform",
+        input_scale: float = 100.0,
+    ) -> None:
         super().__init__()
         if activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
@@ -114,7 +123,7 @@ class VoronoiModel(nn.Module):
         if init == "normal":
             for m in self.modules():
                 if isinstance(m, nn.Linear):
-                    nn.init.normal_(m.weight, std=m.in_features ** -0.5)
+                    nn.init.normal_(m.weight, std=m.in_features**-0.5)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, D) -> (B, C)
         h = self.dense_in(x / self.input_scale)
@@ -124,5 +133,5 @@ class VoronoiModel(nn.Module):
 @torch.no_grad()
 def accuracy(model: nn.Module, data: tuple[torch.Tensor, torch.Tensor], batch: int = 2048) -> float:
     x, y = data
-    correct = sum(int((model(x[i:i + batch]).argmax(1) == y[i:i + batch]).sum()) for i in range(0, len(x), batch))
+    correct = sum(int((model(x[i : i + batch]).argmax(1) == y[i : i + batch]).sum()) for i in range(0, len(x), batch))
     return correct / len(x)

@@ -26,13 +26,13 @@ from .voronoi import VoronoiModel, VoronoiTask, accuracy
 @dataclass(frozen=True)
 class VoronoiRunConfig:
     methods: tuple[str, ...] = ("adamw", "adamwn", "adam+wn", "sgd+wn", "lion+wn")
-    steps: int = 2000          # the original study: 10 000
+    steps: int = 2000  # the original study: 10 000
     batch_size: int = 1024
-    hidden: int = 512          # H
-    lr: float = 3e-3           # Adam-scale; SGD 100×, Lion 0.1× (experiments.methods)
+    hidden: int = 512  # H
+    lr: float = 3e-3  # Adam-scale; SGD 100×, Lion 0.1× (experiments.methods)
     weight_decay: float = 1e-2
-    rate: float = 1e-2         # k of the norm-controlled methods
-    seed: int = 0              # model init and data order (the task itself is fixed by seed 42)
+    rate: float = 1e-2  # k of the norm-controlled methods
+    seed: int = 0  # model init and data order (the task itself is fixed by seed 42)
     monitor_every: int = 50
     out_dir: str | None = "runs/voronoi"
 
@@ -41,13 +41,20 @@ def _controlled_norm(groups: list[dict]) -> float:
     return float(combined_norm(tensor_norms([p.detach() for g in groups if g["control"] for p in g["params"]])))
 
 
-def train_method(method: str, cfg: VoronoiRunConfig, task: VoronoiTask, *,
-                 adamw_norm_ratio: float | None = None, run_dir: Path | None = None) -> dict:
+def train_method(
+    method: str,
+    cfg: VoronoiRunConfig,
+    task: VoronoiTask,
+    *,
+    adamw_norm_ratio: float | None = None,
+    run_dir: Path | None = None,
+) -> dict:
     torch.manual_seed(cfg.seed)
     model = VoronoiModel(task.cfg.dim, cfg.hidden, task.cfg.classes)
     groups = param_groups(model, weight_decay=cfg.weight_decay)
-    optimizer = build_method(method, model, groups, lr=cfg.lr, steps=cfg.steps, rate=cfg.rate,
-                             adamw_norm_ratio=adamw_norm_ratio)
+    optimizer = build_method(
+        method, model, groups, lr=cfg.lr, steps=cfg.steps, rate=cfg.rate, adamw_norm_ratio=adamw_norm_ratio
+    )
     sinks = start_run(run_dir, {"method": method, "seed": cfg.seed, "voronoi": asdict(cfg)})
     initial = _controlled_norm(groups)
     data = torch.Generator().manual_seed(1000 + cfg.seed)
@@ -61,8 +68,13 @@ def train_method(method: str, cfg: VoronoiRunConfig, task: VoronoiTask, *,
             optimizer.step()
             monitor.observe(loss=loss)
     model.eval()
-    return {"method": method, "val_acc": accuracy(model, task.val), "test_acc": accuracy(model, task.test),
-            "norm_ratio": _controlled_norm(groups) / initial, "seconds": time.perf_counter() - start}
+    return {
+        "method": method,
+        "val_acc": accuracy(model, task.val),
+        "test_acc": accuracy(model, task.test),
+        "norm_ratio": _controlled_norm(groups) / initial,
+        "seconds": time.perf_counter() - start,
+    }
 
 
 def run_voronoi(cfg: VoronoiRunConfig = VoronoiRunConfig(), *, verbose: bool = True) -> list[dict]:
@@ -75,13 +87,14 @@ def run_voronoi(cfg: VoronoiRunConfig = VoronoiRunConfig(), *, verbose: bool = T
         if verbose:
             extra = f" (target ratio {ratio or 1.0:.3f})" if is_norm_controlled(method) else ""
             print(f"training {method} for {cfg.steps} steps{extra} ...", flush=True)
-        results.append(train_method(method, cfg, task, adamw_norm_ratio=ratio,
-                                    run_dir=out / method if out else None))
+        results.append(train_method(method, cfg, task, adamw_norm_ratio=ratio, run_dir=out / method if out else None))
     if verbose:
         print(f"{'method':<9} {'val acc':>8} {'test acc':>9} {'‖θ‖/‖θ0‖':>9} {'seconds':>8}")
         for r in results:
-            print(f"{r['method']:<9} {r['val_acc']:>8.4f} {r['test_acc']:>9.4f} {r['norm_ratio']:>9.3f} "
-                  f"{r['seconds']:>8.1f}")
+            print(
+                f"{r['method']:<9} {r['val_acc']:>8.4f} {r['test_acc']:>9.4f} {r['norm_ratio']:>9.3f} "
+                f"{r['seconds']:>8.1f}"
+            )
     if out is not None:
         (out / "summary.json").write_text(json.dumps({"config": asdict(cfg), "results": results}, indent=2))
         write_report(out, [r["method"] for r in results], "normctl voronoi", verbose=verbose)

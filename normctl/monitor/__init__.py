@@ -5,5 +5,16 @@ from .phases import Phases, detect_phases, tail_blowup_score
 from .sinks import CsvSink, JsonlSink, MemorySink, TensorBoardSink, read_jsonl
 from .stats import Prediction, predict
 
-__all__ = ["NormMonitor", "JsonlSink", "CsvSink", "MemorySink", "TensorBoardSink", "read_jsonl",
-           "Phases", "detect_phases", "tail_blowup_score", "Prediction", "predict"]
+__all__ = [
+    "NormMonitor",
+    "JsonlSink",
+    "CsvSink",
+    "MemorySink",
+    "TensorBoardSink",
+    "read_jsonl",
+    "Phases",
+    "detect_phases",
+    "tail_blowup_score",
+    "Prediction",
+    "predict",
+]

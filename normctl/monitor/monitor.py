@@ -44,8 +44,16 @@ class NormMonitor:
     ``torch._foreach_norm`` calls and a single device-to-host transfer.
     """
 
-    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, *, every: int = 10,
-                 sinks: Iterable[Sink] = (), weighted_norms: bool = True, value_ranges: bool = True) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        *,
+        every: int = 10,
+        sinks: Iterable[Sink] = (),
+        weighted_norms: bool = True,
+        value_ranges: bool = True,
+    ) -> None:
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
             raise ValueError(f"every must be an int >= 1, got {every!r}")
         self.optimizer = optimizer
@@ -68,8 +76,10 @@ class NormMonitor:
         self.steps = 0
         self._before: tuple[list[Tensor], list[Tensor | None]] | None = None
         self._pending: dict[str, Any] | None = None
-        self._hooks = [optimizer.register_step_pre_hook(self._before_step),
-                       optimizer.register_step_post_hook(self._after_step)]
+        self._hooks = [
+            optimizer.register_step_pre_hook(self._before_step),
+            optimizer.register_step_post_hook(self._after_step),
+        ]
 
     # -- hooks --------------------------------------------------------------------------------
 
@@ -187,8 +197,11 @@ class NormMonitor:
             if targets[i] is not None:
                 record[t + "target_norm"] = targets[i]
                 record[t + "norm_deviation"] = stats.ratio(w, targets[i]) - 1 if targets[i] > 0 else None
-            for scope in (f"layer/{name.rpartition('.')[0] or name}", f"group/{self._labels[self._group_index[i]]}",
-                          "global"):
+            for scope in (
+                f"layer/{name.rpartition('.')[0] or name}",
+                f"group/{self._labels[self._group_index[i]]}",
+                "global",
+            ):
                 sums[scope]["w2"].append(w * w)
                 sums[scope]["g2"].append(g * g if g is not None else 0.0)
                 sums[scope]["i2"].append(self._initial[i] ** 2)
@@ -212,9 +225,12 @@ class NormMonitor:
                 continue
             idx = [i for i, g in enumerate(self._group_index) if g == gi]
             pairs = stats.weighted_adam_norms(
-                [params[i] for i in idx], [self._params[i].grad for i in idx],
+                [params[i] for i in idx],
+                [self._params[i].grad for i in idx],
                 [self.optimizer.state.get(self._params[i], {}) for i in idx],
-                beta2=group["betas"][1], eps=group.get("eps", 1e-8))
+                beta2=group["betas"][1],
+                eps=group.get("eps", 1e-8),
+            )
             for i, pair in zip(idx, pairs):
                 slots[i] = enqueue(pair) if pair is not None else None
         return slots
@@ -223,7 +239,7 @@ class NormMonitor:
         if not isinstance(self.optimizer, AdamWN):
             return [None] * len(self._params)
         out: list[float | None] = []
-        for gi, group in enumerate(self.optimizer.param_groups):
+        for group in self.optimizer.param_groups:
             out.extend(stats.adamwn_target_norms(self.optimizer, group, group["params"]))
         return out
 

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 class Phases:
     """Indices into the series: burn-in is ``[0, steady_start)``, the tail ``[tail_start, end)``."""
 
-    steady_start: int | None   # first index inside the tolerance band (None: never reached)
-    tail_start: int | None     # first index of the tail blow-up (None: no blow-up)
+    steady_start: int | None  # first index inside the tolerance band (None: never reached)
+    tail_start: int | None  # first index of the tail blow-up (None: no blow-up)
     length: int
 
     def label(self, i: int) -> str:
@@ -53,12 +53,18 @@ def tail_blowup_score(values: Sequence[float], *, window: int | None = None) -> 
     if len(values) < 4:
         return math.nan
     smoothed = smooth(values, window or max(1, len(values) // 20))
-    floor = min(smoothed[len(smoothed) // 2:])
+    floor = min(smoothed[len(smoothed) // 2 :])
     return smoothed[-1] / floor if floor > 0 else math.inf
 
 
-def detect_phases(measured: Sequence[float], predicted: Sequence[float], *, tolerance: float = 0.25,
-                  rise: float = 1.25, window: int | None = None) -> Phases:
+def detect_phases(
+    measured: Sequence[float],
+    predicted: Sequence[float],
+    *,
+    tolerance: float = 0.25,
+    rise: float = 1.25,
+    window: int | None = None,
+) -> Phases:
     """Split a ratio series into burn-in / steady state / tail blow-up.
 
     * steady state starts at the first point whose smoothed relative error
@@ -67,8 +73,7 @@ def detect_phases(measured: Sequence[float], predicted: Sequence[float], *, tole
       the series ends more than ``rise`` times above that minimum.
     """
     if len(measured) != len(predicted):
-        raise ValueError(f"measured and predicted must have the same length, got "
-                         f"{len(measured)} and {len(predicted)}")
+        raise ValueError(f"measured and predicted must have the same length, got {len(measured)} and {len(predicted)}")
     n = len(measured)
     if n == 0:
         return Phases(None, None, 0)

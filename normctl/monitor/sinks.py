@@ -49,8 +49,9 @@ class JsonlSink:
         self._file = self.path.open("a", encoding="utf-8")
 
     def write(self, record: dict[str, Any]) -> None:
-        clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
-                 for k, v in record.items()}  # strict JSON has no NaN/Infinity
+        clean = {
+            k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()
+        }  # strict JSON has no NaN/Infinity
         self._file.write(json.dumps(clean) + "\n")
         self._file.flush()
 

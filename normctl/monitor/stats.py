@@ -39,13 +39,12 @@ from ..schedules import as_schedule
 class Prediction:
     """What SPEC §2 predicts for a group at its current learning rate (None: not defined)."""
 
-    family: str | None            # "sgd", "adam", or None when no decay model applies
-    ratio: float | None = None    # ‖g‖/‖θ‖ (SGD) or ‖g‖_{A⁻¹}/‖θ‖_A (Adam family)
-    linf: float | None = None     # ‖θ‖_∞ (Adam family)
+    family: str | None  # "sgd", "adam", or None when no decay model applies
+    ratio: float | None = None  # ‖g‖/‖θ‖ (SGD) or ‖g‖_{A⁻¹}/‖θ‖_A (Adam family)
+    linf: float | None = None  # ‖θ‖_∞ (Adam family)
 
 
-def sgd_steady_ratio(lr: float, weight_decay: float, momentum: float = 0.0, *,
-                     decoupled: bool = False) -> float | None:
+def sgd_steady_ratio(lr: float, weight_decay: float, momentum: float = 0.0, *, decoupled: bool = False) -> float | None:
     """‖g‖/‖θ‖ at equilibrium for SGD (see the module docstring)."""
     if lr <= 0 or weight_decay <= 0:
         return None
@@ -83,7 +82,8 @@ def predict(optimizer: torch.optim.Optimizer, group: dict) -> Prediction:
         decoupled = bool(group.get("decoupled_weight_decay", False))
         return Prediction("sgd", sgd_steady_ratio(lr, wd, group.get("momentum", 0.0), decoupled=decoupled))
     decoupled_adam = isinstance(optimizer, (torch.optim.AdamW, AdamC)) or (
-        isinstance(optimizer, torch.optim.Adam) and group.get("decoupled_weight_decay", False))
+        isinstance(optimizer, torch.optim.Adam) and group.get("decoupled_weight_decay", False)
+    )
     if decoupled_adam:
         return Prediction("adam", adam_steady_ratio(lr, wd), adam_steady_linf(lr, wd))
     return Prediction(None)
@@ -97,13 +97,16 @@ def adamwn_target_norms(optimizer: AdamWN, group: dict, params: Sequence[Tensor]
     if not group["relative_target"]:
         return [target] * len(params)
     if group["scope"] == "tensor":
-        return [target * float(optimizer.state[p]["init_norm"]) if "init_norm" in optimizer.state.get(p, {})
-                else None for p in params]
+        return [
+            target * float(optimizer.state[p]["init_norm"]) if "init_norm" in optimizer.state.get(p, {}) else None
+            for p in params
+        ]
     return [target * group["init_norm"]] * len(params)
 
 
-def weighted_adam_norms(params: Sequence[Tensor], grads: Sequence[Tensor], states: Sequence[dict],
-                        beta2: float, eps: float) -> list[tuple[Tensor, Tensor] | None]:
+def weighted_adam_norms(
+    params: Sequence[Tensor], grads: Sequence[Tensor], states: Sequence[dict], beta2: float, eps: float
+) -> list[tuple[Tensor, Tensor] | None]:
     """(‖g‖_{A⁻¹}, ‖θ‖_A) per tensor with A = √v̂ + ε from Adam's state (None: no state yet)."""
     out: list[tuple[Tensor, Tensor] | None] = []
     for p, g, state in zip(params, grads, states):

@@ -14,11 +14,21 @@ import torch
 from torch import Tensor
 
 
-def adam_step_(param: Tensor, grad: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor, step: float,
-               *, lr: float, beta1: float, beta2: float, eps: float) -> None:
+def adam_step_(
+    param: Tensor,
+    grad: Tensor,
+    exp_avg: Tensor,
+    exp_avg_sq: Tensor,
+    step: float,
+    *,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+) -> None:
     """θ ← θ − γ·m̂/(√v̂ + ε) for one tensor; m and v are updated in place."""
-    exp_avg.lerp_(grad, 1 - beta1)                                  # m ← β1·m + (1−β1)·g
-    exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)    # v ← β2·v + (1−β2)·g²
+    exp_avg.lerp_(grad, 1 - beta1)  # m ← β1·m + (1−β1)·g
+    exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)  # v ← β2·v + (1−β2)·g²
     bias_correction1 = 1 - beta1**step
     bias_correction2 = 1 - beta2**step
     step_size = lr / bias_correction1
@@ -26,10 +36,18 @@ def adam_step_(param: Tensor, grad: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor,
     param.addcdiv_(exp_avg, denom, value=-step_size)
 
 
-def adam_step_foreach_(params: Sequence[Tensor], grads: Sequence[Tensor],
-                       exp_avgs: Sequence[Tensor], exp_avg_sqs: Sequence[Tensor],
-                       steps: Sequence[float], *, lr: float, beta1: float, beta2: float,
-                       eps: float) -> None:
+def adam_step_foreach_(
+    params: Sequence[Tensor],
+    grads: Sequence[Tensor],
+    exp_avgs: Sequence[Tensor],
+    exp_avg_sqs: Sequence[Tensor],
+    steps: Sequence[float],
+    *,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+) -> None:
     """:func:`adam_step_` for a list of tensors, one ``torch._foreach_*`` kernel per line."""
     if not params:
         return
@@ -64,8 +82,9 @@ def advance_steps(states: Sequence[dict]) -> list[float]:
     return steps
 
 
-def adam_update(params: Sequence[Tensor], grads: Sequence[Tensor], states: Sequence[dict],
-                group: dict, *, foreach: bool) -> None:
+def adam_update(
+    params: Sequence[Tensor], grads: Sequence[Tensor], states: Sequence[dict], group: dict, *, foreach: bool
+) -> None:
     """Advance the step counters and apply Adam's step to every tensor of a group."""
     steps = advance_steps(states)
     beta1, beta2 = group["betas"]
@@ -95,8 +114,14 @@ def buckets(*lists: Sequence[Tensor]) -> list[tuple[list[Tensor], ...]]:
     return list(out.values())
 
 
-def fused_adamw_(params: Sequence[Tensor], grads: Sequence[Tensor], states: Sequence[dict], group: dict,
-                 *, weight_decay: float | Sequence[float]) -> None:
+def fused_adamw_(
+    params: Sequence[Tensor],
+    grads: Sequence[Tensor],
+    states: Sequence[dict],
+    group: dict,
+    *,
+    weight_decay: float | Sequence[float],
+) -> None:
     """Adam's step and AdamW's decay θ·(1 − γ·λ) in torch's single-pass fused kernel.
 
     ``weight_decay`` is one λ for all tensors, or one per tensor — how AdamC's corrected
@@ -111,10 +136,26 @@ def fused_adamw_(params: Sequence[Tensor], grads: Sequence[Tensor], states: Sequ
     if isinstance(weight_decay, (int, float)):
         calls = [(*b, float(weight_decay)) for b in buckets(params, grads, exp_avgs, exp_avg_sqs, steps)]
     else:  # one kernel call per tensor, each with its own decay
-        calls = [([p], [g], [m], [v], [t], wd)
-                 for p, g, m, v, t, wd in zip(params, grads, exp_avgs, exp_avg_sqs, steps, weight_decay)]
+        calls = [
+            ([p], [g], [m], [v], [t], wd)
+            for p, g, m, v, t, wd in zip(params, grads, exp_avgs, exp_avg_sqs, steps, weight_decay)
+        ]
     for ps, gs, ms, vs, ts, wd in calls:
         torch._foreach_add_(ts, 1)
-        torch._fused_adamw_(ps, gs, ms, vs, [], ts, amsgrad=False, lr=group["lr"], beta1=beta1,
-                            beta2=beta2, weight_decay=wd, eps=group["eps"], maximize=False,
-                            grad_scale=None, found_inf=None)
+        torch._fused_adamw_(
+            ps,
+            gs,
+            ms,
+            vs,
+            [],
+            ts,
+            amsgrad=False,
+            lr=group["lr"],
+            beta1=beta1,
+            beta2=beta2,
+            weight_decay=wd,
+            eps=group["eps"],
+            maximize=False,
+            grad_scale=None,
+            found_inf=None,
+        )

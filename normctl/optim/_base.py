@@ -28,8 +28,19 @@ from .. import rules
 # A group may carry keys another normctl optimizer reads (``control`` for AdamWN,
 # ``normalized`` for AdamC/SGDC) so that one ``param_groups(model)`` serves all of them.
 SHARED_GROUP_KEYS = frozenset(
-    {"params", "name", "param_names", "initial_lr", "min_lr", "control", "normalized",
-     "weight_decay", "max_lr", "construction_lr", "skipped_steps"}
+    {
+        "params",
+        "name",
+        "param_names",
+        "initial_lr",
+        "min_lr",
+        "control",
+        "normalized",
+        "weight_decay",
+        "max_lr",
+        "construction_lr",
+        "skipped_steps",
+    }
 )
 
 
@@ -142,8 +153,7 @@ class NormctlOptimizer(Optimizer):
         tensors = [params] if isinstance(params, Tensor) else list(params)
         for p in tensors:
             if isinstance(p, Tensor) and p.is_complex():
-                raise TypeError(f"{type(self).__name__} does not support complex parameters "
-                                f"(got dtype {p.dtype})")
+                raise TypeError(f"{type(self).__name__} does not support complex parameters (got dtype {p.dtype})")
         super().add_param_group(param_group)
         group = self.param_groups[-1]
         group.setdefault("construction_lr", group["lr"])
@@ -225,8 +235,9 @@ def collect_batches(param_groups: list[dict], owner: str) -> list[Batch]:
             if p.grad is None:
                 continue
             if p.grad.is_sparse:
-                raise TypeError(f"{owner} does not support sparse gradients; "
-                                "use torch.optim.SparseAdam for sparse embeddings")
+                raise TypeError(
+                    f"{owner} does not support sparse gradients; use torch.optim.SparseAdam for sparse embeddings"
+                )
             batch.params.append(p)
             batch.grads.append(-p.grad if group.get("maximize") else p.grad)
         batches.append(batch)
@@ -253,7 +264,9 @@ def corrected_lr_ratio(group: dict) -> float:
     if lr > max_lr * (1 + 1e-6):
         warnings.warn(
             f"lr {lr:g} exceeds max_lr {max_lr:g}, so the corrected decay is larger than "
-            "uncorrected decay; pass max_lr= the peak of your schedule", stacklevel=4)
+            "uncorrected decay; pass max_lr= the peak of your schedule",
+            stacklevel=4,
+        )
     return rules.corrected_decay_scale(lr, max_lr)
 
 
@@ -262,4 +275,6 @@ def warn_if_nothing_normalized(optimizer: Optimizer) -> None:
         warnings.warn(
             f"{type(optimizer).__name__}: no param group has normalized=True, so no decay is "
             "corrected and it behaves as its uncorrected base optimizer. Build the groups with "
-            "normctl.param_groups(model) or pass normalized=True.", stacklevel=3)
+            "normctl.param_groups(model) or pass normalized=True.",
+            stacklevel=3,
+        )

@@ -18,13 +18,29 @@ from torch import Tensor
 
 from .. import rules
 from ..schedules import as_schedule
-from ._base import (Batch, check_bools, check_choice, check_max_lr, check_nonnegative,
-                    check_unit_interval, is_real, peak_lr)
+from ._base import (
+    Batch,
+    check_bools,
+    check_choice,
+    check_max_lr,
+    check_nonnegative,
+    check_unit_interval,
+    is_real,
+    peak_lr,
+)
 
 SCOPES = ("tensor", "group", "global")
 CONTROL_AT = ("pre_step", "post_step")
-CONTROL_DEFAULTS = dict(target=1.0, rate=1e-2, rate_scaling="none", scope="tensor",
-                        relative_target=True, control_at="pre_step", control=True, max_lr=None)
+CONTROL_DEFAULTS = dict(
+    target=1.0,
+    rate=1e-2,
+    rate_scaling="none",
+    scope="tensor",
+    relative_target=True,
+    control_at="pre_step",
+    control=True,
+    max_lr=None,
+)
 CONTROL_GROUP_KEYS = frozenset({"schedule_step", "init_norm"})
 
 
@@ -56,9 +72,10 @@ def validate_control_group(group: Mapping[str, Any]) -> None:
 def init_control_group(group: dict[str, Any], all_groups: list[dict]) -> None:
     group.setdefault("schedule_step", 0)
     group.setdefault("init_norm", None)
-    if group["control"] and group["scope"] == "global" and any(
-        g is not group and g.get("scope") == "global" and g.get("init_norm") is not None
-        for g in all_groups
+    if (
+        group["control"]
+        and group["scope"] == "global"
+        and any(g is not group and g.get("scope") == "global" and g.get("init_norm") is not None for g in all_groups)
     ):
         raise ValueError(
             "cannot add a controlled group with scope='global' after the first step: the "
@@ -76,8 +93,9 @@ def plan(group: dict) -> ControlPlan | None:
     target = as_schedule(group["target"], "target")(t)
     k = rules.control_rate(rate, group["rate_scaling"], group["lr"], peak_lr(group))
     if not (is_real(k) and 0 <= k <= 1):
-        raise ValueError(f"rate k_t must be in [0, 1] at step {t}, got {k} "
-                         f"(rate={rate}, rate_scaling={group['rate_scaling']!r})")
+        raise ValueError(
+            f"rate k_t must be in [0, 1] at step {t}, got {k} (rate={rate}, rate_scaling={group['rate_scaling']!r})"
+        )
     if not (is_real(target) and target >= 0 and math.isfinite(target)):
         raise ValueError(f"target must be a finite number >= 0 at step {t}, got {target}")
     return ControlPlan(rate=k, target=target)
@@ -118,8 +136,9 @@ def record_scope_norms(groups: list[dict]) -> None:
             group["init_norm"] = norm
 
 
-def control_factors(batches: list[Batch], plans: list[ControlPlan | None], groups: list[dict],
-                    *, phase: str) -> list[list[Tensor] | float | None]:
+def control_factors(
+    batches: list[Batch], plans: list[ControlPlan | None], groups: list[dict], *, phase: str
+) -> list[list[Tensor] | float | None]:
     """Eq. 3's factor f for each batch whose group is controlled at ``phase`` (None: nothing to
     do): a float when it is one Python number (target 0), else one 0-d tensor per tensor.
 
@@ -129,8 +148,7 @@ def control_factors(batches: list[Batch], plans: list[ControlPlan | None], group
     out: list[list[Tensor] | float | None] = []
     for batch, step_plan in zip(batches, plans):
         group = batch.group
-        if (step_plan is None or group["control_at"] != phase or not batch.params
-                or step_plan.rate == 0):
+        if step_plan is None or group["control_at"] != phase or not batch.params or step_plan.rate == 0:
             out.append(None)
             continue
         foreach = group.get("foreach") is not False
@@ -138,9 +156,12 @@ def control_factors(batches: list[Batch], plans: list[ControlPlan | None], group
             out.append(1 - step_plan.rate)
         elif group["scope"] == "tensor":
             norms = rules.tensor_norms(batch.params, foreach=foreach)
-            out.append([rules.norm_control_factor(n, _target_norm(step_plan, group, s["init_norm"]),
-                                                  step_plan.rate)
-                        for n, s in zip(norms, batch.states)])
+            out.append(
+                [
+                    rules.norm_control_factor(n, _target_norm(step_plan, group, s["init_norm"]), step_plan.rate)
+                    for n, s in zip(norms, batch.states)
+                ]
+            )
         else:
             if group["scope"] == "group":
                 norm = _current_norm([group], foreach)
@@ -148,14 +169,12 @@ def control_factors(batches: list[Batch], plans: list[ControlPlan | None], group
                 if global_norm is None:
                     global_norm = _current_norm(_global_groups(groups), foreach)
                 norm = global_norm
-            factor = rules.norm_control_factor(
-                norm, _target_norm(step_plan, group, group["init_norm"]), step_plan.rate)
+            factor = rules.norm_control_factor(norm, _target_norm(step_plan, group, group["init_norm"]), step_plan.rate)
             out.append([factor] * len(batch.params))
     return out
 
 
-def apply_control(batches: list[Batch], plans: list[ControlPlan | None], groups: list[dict],
-                  *, phase: str) -> None:
+def apply_control(batches: list[Batch], plans: list[ControlPlan | None], groups: list[dict], *, phase: str) -> None:
     """Apply Eq. 3 to every controlled group whose ``control_at`` is ``phase``."""
     for batch, factors in zip(batches, control_factors(batches, plans, groups, phase=phase)):
         if factors is not None:

@@ -6,8 +6,17 @@ from typing import Any
 
 from .. import rules
 from ._adam import adam_state, adam_update, fused_adamw_
-from ._base import (Batch, NormctlOptimizer, check_betas, check_bools, check_choice, check_max_lr,
-                    check_nonnegative, corrected_lr_ratio, warn_if_nothing_normalized)
+from ._base import (
+    Batch,
+    NormctlOptimizer,
+    check_betas,
+    check_bools,
+    check_choice,
+    check_max_lr,
+    check_nonnegative,
+    corrected_lr_ratio,
+    warn_if_nothing_normalized,
+)
 
 
 class AdamC(NormctlOptimizer):
@@ -47,14 +56,35 @@ class AdamC(NormctlOptimizer):
     Equals ``torch.optim.AdamW`` whenever γ_t = γ_max (for instance at a constant lr).
     """
 
-    def __init__(self, params: Any, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
-                 eps: float = 1e-8, weight_decay: float = 1e-2, *, max_lr: float | None = None,
-                 normalized: bool = False, decay: str = "l2", maximize: bool = False,
-                 foreach: bool | None = None, fused: bool | None = None,
-                 skip_nonfinite: bool = False) -> None:
-        defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, max_lr=max_lr,
-                        normalized=normalized, decay=decay, maximize=maximize, foreach=foreach,
-                        fused=fused, skip_nonfinite=skip_nonfinite)
+    def __init__(
+        self,
+        params: Any,
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 1e-2,
+        *,
+        max_lr: float | None = None,
+        normalized: bool = False,
+        decay: str = "l2",
+        maximize: bool = False,
+        foreach: bool | None = None,
+        fused: bool | None = None,
+        skip_nonfinite: bool = False,
+    ) -> None:
+        defaults = dict(
+            lr=lr,
+            betas=betas,
+            eps=eps,
+            weight_decay=weight_decay,
+            max_lr=max_lr,
+            normalized=normalized,
+            decay=decay,
+            maximize=maximize,
+            foreach=foreach,
+            fused=fused,
+            skip_nonfinite=skip_nonfinite,
+        )
         super().__init__(params, defaults)
         warn_if_nothing_normalized(self)
 
@@ -74,12 +104,12 @@ class AdamC(NormctlOptimizer):
             group = batch.group
             ratio = corrected_lr_ratio(group)
             if group["decay"] == "l2" and self._use_fused(group, batch.params):
-                fused_adamw_(batch.params, batch.grads, batch.states, group,
-                             weight_decay=group["weight_decay"] * ratio)
+                fused_adamw_(batch.params, batch.grads, batch.states, group, weight_decay=group["weight_decay"] * ratio)
                 continue
             foreach = self._use_foreach(group)
-            rules.apply_decoupled_decay_(batch.params, group["decay"], group["lr"] * ratio,
-                                         group["weight_decay"], foreach=foreach)
+            rules.apply_decoupled_decay_(
+                batch.params, group["decay"], group["lr"] * ratio, group["weight_decay"], foreach=foreach
+            )
             adam_update(batch.params, batch.grads, batch.states, group, foreach=foreach)
 
 

@@ -78,18 +78,47 @@ class AdamWN(NormctlOptimizer):
 
     _own_group_keys = control.CONTROL_GROUP_KEYS
 
-    def __init__(self, params: Any, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
-                 eps: float = 1e-8, *, target: float | Schedule = 1.0, rate: float | Schedule = 1e-2,
-                 rate_scaling: str = "none", scope: str = "tensor", relative_target: bool = True,
-                 control_at: str = "pre_step", control: bool = True, weight_decay: float = 0.0,
-                 decay: str = "l2", max_lr: float | None = None, maximize: bool = False,
-                 foreach: bool | None = None, fused: bool | None = None,
-                 skip_nonfinite: bool = False) -> None:
-        defaults = dict(lr=lr, betas=betas, eps=eps, target=target, rate=rate,
-                        rate_scaling=rate_scaling, scope=scope, relative_target=relative_target,
-                        control_at=control_at, control=control, weight_decay=weight_decay,
-                        decay=decay, max_lr=max_lr, maximize=maximize, foreach=foreach, fused=fused,
-                        skip_nonfinite=skip_nonfinite)
+    def __init__(
+        self,
+        params: Any,
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        *,
+        target: float | Schedule = 1.0,
+        rate: float | Schedule = 1e-2,
+        rate_scaling: str = "none",
+        scope: str = "tensor",
+        relative_target: bool = True,
+        control_at: str = "pre_step",
+        control: bool = True,
+        weight_decay: float = 0.0,
+        decay: str = "l2",
+        max_lr: float | None = None,
+        maximize: bool = False,
+        foreach: bool | None = None,
+        fused: bool | None = None,
+        skip_nonfinite: bool = False,
+    ) -> None:
+        defaults = dict(
+            lr=lr,
+            betas=betas,
+            eps=eps,
+            target=target,
+            rate=rate,
+            rate_scaling=rate_scaling,
+            scope=scope,
+            relative_target=relative_target,
+            control_at=control_at,
+            control=control,
+            weight_decay=weight_decay,
+            decay=decay,
+            max_lr=max_lr,
+            maximize=maximize,
+            foreach=foreach,
+            fused=fused,
+            skip_nonfinite=skip_nonfinite,
+        )
         super().__init__(params, defaults)
 
     # -- construction -------------------------------------------------------------------------
@@ -108,8 +137,7 @@ class AdamWN(NormctlOptimizer):
 
     def _fusable(self, group: dict, batch: Batch) -> bool:
         # λ = (1 − f)/γ needs γ > 0; l1/min decay has no fused kernel
-        return (self._use_fused(group, batch.params) and group["lr"] > 0
-                and (group["control"] or group["decay"] == "l2"))
+        return self._use_fused(group, batch.params) and group["lr"] > 0 and (group["control"] or group["decay"] == "l2")
 
     def _init_state(self, param: Tensor, state: dict, group: dict) -> None:
         state.update(adam_state(param, fused=self._use_fused(group, [param])))
@@ -137,8 +165,9 @@ class AdamWN(NormctlOptimizer):
             if factors is not None:
                 control.scale_(batch.params, factors, foreach=foreach)
             if not group["control"]:
-                rules.apply_decoupled_decay_(batch.params, group["decay"], group["lr"],
-                                             group["weight_decay"], foreach=foreach)
+                rules.apply_decoupled_decay_(
+                    batch.params, group["decay"], group["lr"], group["weight_decay"], foreach=foreach
+                )
             adam_update(batch.params, batch.grads, batch.states, group, foreach=foreach)
         control.apply_control(batches, plans, self.param_groups, phase="post_step")
         control.advance(self.param_groups)

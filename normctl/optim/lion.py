@@ -28,11 +28,27 @@ class Lion(NormctlOptimizer):
     State per tensor: ``exp_avg``.
     """
 
-    def __init__(self, params: Any, lr: float = 1e-4, betas: tuple[float, float] = (0.9, 0.99),
-                 weight_decay: float = 0.0, *, decay: str = "l2", maximize: bool = False,
-                 foreach: bool | None = None, skip_nonfinite: bool = False) -> None:
-        defaults = dict(lr=lr, betas=betas, weight_decay=weight_decay, decay=decay, maximize=maximize,
-                        foreach=foreach, skip_nonfinite=skip_nonfinite)
+    def __init__(
+        self,
+        params: Any,
+        lr: float = 1e-4,
+        betas: tuple[float, float] = (0.9, 0.99),
+        weight_decay: float = 0.0,
+        *,
+        decay: str = "l2",
+        maximize: bool = False,
+        foreach: bool | None = None,
+        skip_nonfinite: bool = False,
+    ) -> None:
+        defaults = dict(
+            lr=lr,
+            betas=betas,
+            weight_decay=weight_decay,
+            decay=decay,
+            maximize=maximize,
+            foreach=foreach,
+            skip_nonfinite=skip_nonfinite,
+        )
         super().__init__(params, defaults)
 
     def _validate_group(self, group: dict[str, Any]) -> None:
@@ -51,7 +67,8 @@ class Lion(NormctlOptimizer):
         for batch in batches:
             group = batch.group
             beta1, beta2 = group["betas"]
-            rules.apply_decoupled_decay_(batch.params, group["decay"], group["lr"], group["weight_decay"],
-                                         foreach=self._use_foreach(group))
+            rules.apply_decoupled_decay_(
+                batch.params, group["decay"], group["lr"], group["weight_decay"], foreach=self._use_foreach(group)
+            )
             for p, g, state in zip(batch.params, batch.grads, batch.states):
                 lion_step_(p, g, state["exp_avg"], lr=group["lr"], beta1=beta1, beta2=beta2)

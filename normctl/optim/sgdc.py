@@ -7,9 +7,16 @@ from typing import Any
 import torch
 
 from .. import rules
-from ._base import (Batch, NormctlOptimizer, check_bools, check_nonnegative, check_unit_interval,
-                    corrected_lr_ratio, warn_if_nothing_normalized)
 from ._adam import buckets
+from ._base import (
+    Batch,
+    NormctlOptimizer,
+    check_bools,
+    check_nonnegative,
+    check_unit_interval,
+    corrected_lr_ratio,
+    warn_if_nothing_normalized,
+)
 from .adamc import check_corrected_decay_keys
 
 
@@ -41,16 +48,39 @@ class SGDC(NormctlOptimizer):
     State per tensor: ``momentum_buffer`` (when ``momentum > 0``), as torch's SGD.
     """
 
-    def __init__(self, params: Any, lr: float = 1e-3, momentum: float = 0.0,
-                 dampening: float = 0.0, weight_decay: float = 0.0, *, nesterov: bool = False,
-                 max_lr: float | None = None, normalized: bool = False, decay: str = "l2",
-                 decoupled_weight_decay: bool = False, maximize: bool = False,
-                 foreach: bool | None = None, fused: bool | None = None,
-                 skip_nonfinite: bool = False) -> None:
-        defaults = dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
-                        nesterov=nesterov, max_lr=max_lr, normalized=normalized, decay=decay,
-                        decoupled_weight_decay=decoupled_weight_decay, maximize=maximize,
-                        foreach=foreach, fused=fused, skip_nonfinite=skip_nonfinite)
+    def __init__(
+        self,
+        params: Any,
+        lr: float = 1e-3,
+        momentum: float = 0.0,
+        dampening: float = 0.0,
+        weight_decay: float = 0.0,
+        *,
+        nesterov: bool = False,
+        max_lr: float | None = None,
+        normalized: bool = False,
+        decay: str = "l2",
+        decoupled_weight_decay: bool = False,
+        maximize: bool = False,
+        foreach: bool | None = None,
+        fused: bool | None = None,
+        skip_nonfinite: bool = False,
+    ) -> None:
+        defaults = dict(
+            lr=lr,
+            momentum=momentum,
+            dampening=dampening,
+            weight_decay=weight_decay,
+            nesterov=nesterov,
+            max_lr=max_lr,
+            normalized=normalized,
+            decay=decay,
+            decoupled_weight_decay=decoupled_weight_decay,
+            maximize=maximize,
+            foreach=foreach,
+            fused=fused,
+            skip_nonfinite=skip_nonfinite,
+        )
         super().__init__(params, defaults)
         warn_if_nothing_normalized(self)
 
@@ -85,8 +115,7 @@ class SGDC(NormctlOptimizer):
             rules.apply_decoupled_decay_(params, group["decay"], lr * scale, wd, foreach=foreach)
             grads = list(batch.grads)
         else:
-            grads = rules.add_coupled_decay(batch.grads, params, group["decay"], wd,
-                                            scale=scale, foreach=foreach)
+            grads = rules.add_coupled_decay(batch.grads, params, group["decay"], wd, scale=scale, foreach=foreach)
         if momentum != 0:
             bufs = []
             for state, g in zip(batch.states, grads):
@@ -96,8 +125,11 @@ class SGDC(NormctlOptimizer):
                     state["momentum_buffer"].mul_(momentum).add_(g, alpha=1 - group["dampening"])
                 bufs.append(state["momentum_buffer"])
             if group["nesterov"]:
-                grads = ([*torch._foreach_add(grads, bufs, alpha=momentum)] if foreach else
-                         [g.add(b, alpha=momentum) for g, b in zip(grads, bufs)])
+                grads = (
+                    [*torch._foreach_add(grads, bufs, alpha=momentum)]
+                    if foreach
+                    else [g.add(b, alpha=momentum) for g, b in zip(grads, bufs)]
+                )
             else:
                 grads = bufs
         if foreach:
@@ -125,8 +157,17 @@ class SGDC(NormctlOptimizer):
                 if not chosen:
                     continue
                 bufs = [] if momentum == 0 else [states[i]["momentum_buffer"] for i in chosen]
-                torch._fused_sgd_([params[i] for i in chosen], [grads[i] for i in chosen], bufs,
-                                  weight_decay=weight_decay, momentum=momentum, lr=group["lr"],
-                                  dampening=group["dampening"], nesterov=group["nesterov"],
-                                  maximize=False, is_first_step=first_step,
-                                  grad_scale=None, found_inf=None)
+                torch._fused_sgd_(
+                    [params[i] for i in chosen],
+                    [grads[i] for i in chosen],
+                    bufs,
+                    weight_decay=weight_decay,
+                    momentum=momentum,
+                    lr=group["lr"],
+                    dampening=group["dampening"],
+                    nesterov=group["nesterov"],
+                    maximize=False,
+                    is_first_step=first_step,
+                    grad_scale=None,
+                    found_inf=None,
+                )

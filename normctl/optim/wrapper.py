@@ -103,13 +103,29 @@ class NormControl(_Wrapper):
 
     _own_group_keys = control.CONTROL_GROUP_KEYS
 
-    def __init__(self, optimizer: Optimizer, *, target: float | Schedule = 1.0,
-                 rate: float | Schedule = 1e-2, rate_scaling: str = "none", scope: str = "tensor",
-                 relative_target: bool = True, control_at: str = "pre_step", control: bool = True,
-                 max_lr: float | None = None) -> None:
-        defaults = dict(target=target, rate=rate, rate_scaling=rate_scaling, scope=scope,
-                        relative_target=relative_target, control_at=control_at, control=control,
-                        max_lr=max_lr)
+    def __init__(
+        self,
+        optimizer: Optimizer,
+        *,
+        target: float | Schedule = 1.0,
+        rate: float | Schedule = 1e-2,
+        rate_scaling: str = "none",
+        scope: str = "tensor",
+        relative_target: bool = True,
+        control_at: str = "pre_step",
+        control: bool = True,
+        max_lr: float | None = None,
+    ) -> None:
+        defaults = dict(
+            target=target,
+            rate=rate,
+            rate_scaling=rate_scaling,
+            scope=scope,
+            relative_target=relative_target,
+            control_at=control_at,
+            control=control,
+            max_lr=max_lr,
+        )
         super().__init__(optimizer, defaults)
 
     def _validate_group(self, group: dict[str, Any]) -> None:
@@ -118,7 +134,9 @@ class NormControl(_Wrapper):
             warnings.warn(
                 f"a group controlled by NormControl also has the inner optimizer's "
                 f"weight_decay={group['weight_decay']}: both shrink the weights. Set the inner "
-                "weight_decay to 0 on controlled groups unless you mean both.", stacklevel=4)
+                "weight_decay to 0 on controlled groups unless you mean both.",
+                stacklevel=4,
+            )
 
     def _init_group(self, group: dict[str, Any]) -> None:
         group.setdefault("construction_lr", group["lr"])
@@ -148,19 +166,22 @@ class CorrectedDecay(_Wrapper):
     ``torch.optim.SGD`` (whose decay is folded into the gradient) it corrects that L2 term.
     """
 
-    def __init__(self, optimizer: Optimizer, *, max_lr: float | None = None,
-                 normalized: bool = False) -> None:
+    def __init__(self, optimizer: Optimizer, *, max_lr: float | None = None, normalized: bool = False) -> None:
         super().__init__(optimizer, dict(max_lr=max_lr, normalized=normalized))
         if not any(g["normalized"] for g in self.param_groups):
-            warnings.warn("CorrectedDecay: no param group has normalized=True, so nothing is "
-                          "corrected. Build the groups with normctl.param_groups(model).", stacklevel=2)
+            warnings.warn(
+                "CorrectedDecay: no param group has normalized=True, so nothing is "
+                "corrected. Build the groups with normctl.param_groups(model).",
+                stacklevel=2,
+            )
 
     def _validate_group(self, group: dict[str, Any]) -> None:
         check_max_lr(group["max_lr"])
         check_bools(group, "normalized")
         if "weight_decay" not in group:
-            raise ValueError(f"CorrectedDecay needs an inner optimizer with weight_decay; "
-                             f"{type(self.optimizer).__name__} has none")
+            raise ValueError(
+                f"CorrectedDecay needs an inner optimizer with weight_decay; {type(self.optimizer).__name__} has none"
+            )
 
     def _init_group(self, group: dict[str, Any]) -> None:
         group.setdefault("construction_lr", group["lr"])

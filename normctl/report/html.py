@@ -32,8 +32,10 @@ def _png(fig) -> str:
 
 def _figure(fig, caption: str) -> str:
     # data-loaded is set by the browser once the image has decoded (checked by the tests).
-    return (f'<figure><img alt="{html.escape(caption)}" src="data:image/png;base64,{_png(fig)}" '
-            f'onload="this.dataset.loaded=\'1\'"><figcaption>{html.escape(caption)}</figcaption></figure>')
+    return (
+        f'<figure><img alt="{html.escape(caption)}" src="data:image/png;base64,{_png(fig)}" '
+        f"onload=\"this.dataset.loaded='1'\"><figcaption>{html.escape(caption)}</figcaption></figure>"
+    )
 
 
 def _cell(value) -> str:
@@ -67,9 +69,13 @@ def method_summary(runs: list[Run]) -> list[dict]:
     rows = []
     for label, group in by_label(runs).items():
         summaries = [r.summary() for r in group]
-        rows.append({"method": label, "seeds": len(group)} | {
-            key: _mean_pm_std([s[key] for s in summaries])
-            for key in ("final loss", "final norm ratio", "tail blow-up")})
+        rows.append(
+            {"method": label, "seeds": len(group)}
+            | {
+                key: _mean_pm_std([s[key] for s in summaries])
+                for key in ("final loss", "final norm ratio", "tail blow-up")
+            }
+        )
     return rows
 
 
@@ -80,8 +86,10 @@ def build_report(run_dirs: Sequence[str | Path], output: str | Path, *, title: s
     runs = [load_run(d) for d in run_dirs]
     figures = [
         _figure(plots.curves(runs, "loss", "training loss"), "Loss (mean ± std over seeds)"),
-        _figure(plots.curves(runs, "global/grad_norm", "global gradient norm", log=True),
-                "Global gradient norm — a rise at the end is the tail blow-up"),
+        _figure(
+            plots.curves(runs, "global/grad_norm", "global gradient norm", log=True),
+            "Global gradient norm — a rise at the end is the tail blow-up",
+        ),
         _figure(plots.curves(runs, "global/norm_ratio", "‖θ‖ / ‖θ₀‖"), "Weight norm ratio to initialisation"),
     ]
     phase_tables = []
@@ -89,8 +97,10 @@ def build_report(run_dirs: Sequence[str | Path], output: str | Path, *, title: s
         first = group[0]
         rows = first.layer_phases()
         if rows:
-            phase_tables.append(f"<h3>{html.escape(label)} ({html.escape(first.path.name)})</h3>"
-                                + _table(rows, f"phases-{html.escape(label)}"))
+            phase_tables.append(
+                f"<h3>{html.escape(label)} ({html.escape(first.path.name)})</h3>"
+                + _table(rows, f"phases-{html.escape(label)}")
+            )
         if first.keys("tensor", "pred_ratio"):
             figures.append(_figure(plots.ratio_vs_prediction(first), f"{label}: ratio vs predicted steady state"))
         if first.keys("tensor", "weight_min"):
@@ -106,11 +116,11 @@ of training (smoothed); 1 means no end-of-training rise. Norm ratio = ‖θ‖/�
 <h2>Runs</h2>
 {_table([r.summary() for r in runs], "runs")}
 <h2>Figures</h2>
-{''.join(figures)}
+{"".join(figures)}
 <h2>Phases per layer</h2>
 <p>Measured ratio against its predicted steady state: burn-in until it comes within 25 % of the
 prediction, tail from the minimum of the second half when the ratio ends 25 % above it.</p>
-{''.join(phase_tables) or "<p>No layer has a predicted steady state (no decay).</p>"}
+{"".join(phase_tables) or "<p>No layer has a predicted steady state (no decay).</p>"}
 </body></html>
 """
     output = Path(output)

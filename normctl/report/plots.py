@@ -24,7 +24,7 @@ def ratio_vs_prediction(run: Run, *, max_lines: int = 24):
     preds = [k for k in run.keys("tensor", "pred_ratio") if run.series(k)[0]]  # decayed tensors
     drawn_predictions = set()
     for key in preds[:max_lines]:
-        name = key[len("tensor/"):-len("/pred_ratio")]
+        name = key[len("tensor/") : -len("/pred_ratio")]
         measured = f"tensor/{name}/adam_grad_weight_ratio"
         if not run.series(measured)[0]:
             measured = f"tensor/{name}/grad_weight_ratio"
@@ -33,10 +33,20 @@ def ratio_vs_prediction(run: Run, *, max_lines: int = 24):
         signature = tuple(values)
         if signature not in drawn_predictions:
             drawn_predictions.add(signature)
-            ax.plot(steps, values, color="darkred", lw=2, ls="--",
-                    label="predicted steady state" if len(drawn_predictions) == 1 else None)
-    ax.set(yscale="log", xlabel="step", ylabel="‖g‖/‖θ‖ per layer",
-           title=f"{run.label}: gradient-to-weight ratio vs prediction")
+            ax.plot(
+                steps,
+                values,
+                color="darkred",
+                lw=2,
+                ls="--",
+                label="predicted steady state" if len(drawn_predictions) == 1 else None,
+            )
+    ax.set(
+        yscale="log",
+        xlabel="step",
+        ylabel="‖g‖/‖θ‖ per layer",
+        title=f"{run.label}: gradient-to-weight ratio vs prediction",
+    )
     if drawn_predictions:
         ax.legend()
     fig.tight_layout()
@@ -46,8 +56,7 @@ def ratio_vs_prediction(run: Run, *, max_lines: int = 24):
 def _band(ax, steps, mean, std, label):
     ax.plot(steps, mean, label=label)
     if any(std):
-        ax.fill_between(steps, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)],
-                        alpha=0.2)
+        ax.fill_between(steps, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)], alpha=0.2)
 
 
 def curves(runs: list[Run], key: str, ylabel: str, *, log: bool = False):
@@ -68,7 +77,7 @@ def curves(runs: list[Run], key: str, ylabel: str, *, log: bool = False):
 def weight_values(run: Run, *, max_panels: int = 8):
     """Min / mean / max weight value over training for each weight matrix (Yu 2022's plots)."""
     plt = _pyplot()
-    names = [k[len("tensor/"):-len("/weight_min")] for k in run.keys("tensor", "weight_min")]
+    names = [k[len("tensor/") : -len("/weight_min")] for k in run.keys("tensor", "weight_min")]
     matrices = [n for n in names if not n.endswith("bias")][:max_panels] or names[:max_panels]
     cols = min(4, max(1, len(matrices)))
     rows = max(1, math.ceil(len(matrices) / cols))
@@ -81,7 +90,7 @@ def weight_values(run: Run, *, max_panels: int = 8):
         ax.plot(steps, mean, lw=1)
         ax.set_title(name, fontsize=7)
         ax.tick_params(labelsize=6)
-    for ax in list(axes.flat)[len(matrices):]:
+    for ax in list(axes.flat)[len(matrices) :]:
         ax.axis("off")
     fig.suptitle(f"{run.label}: min / mean / max weight value", fontsize=9)
     fig.tight_layout()

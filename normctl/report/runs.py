@@ -16,13 +16,14 @@ from ..monitor.sinks import METRICS_JSONL, read_jsonl
 @dataclass
 class Run:
     path: Path
-    label: str                      # the method, shared by the seeds of one configuration
+    label: str  # the method, shared by the seeds of one configuration
     seed: int | None
     records: list[dict[str, Any]] = field(repr=False)
 
     def series(self, key: str) -> tuple[list[int], list[float]]:
-        pairs = [(r["step"], r[key]) for r in self.records
-                 if isinstance(r.get(key), (int, float)) and math.isfinite(r[key])]
+        pairs = [
+            (r["step"], r[key]) for r in self.records if isinstance(r.get(key), (int, float)) and math.isfinite(r[key])
+        ]
         return [s for s, _ in pairs], [v for _, v in pairs]
 
     def last(self, key: str) -> float | None:
@@ -40,16 +41,21 @@ class Run:
 
     def summary(self) -> dict[str, Any]:
         _, grad = self.series("global/grad_norm")
-        return {"run": self.path.name, "method": self.label, "seed": self.seed,
-                "steps": self.records[-1]["step"] if self.records else 0,
-                "final loss": self.last("loss"), "final norm ratio": self.last("global/norm_ratio"),
-                "tail blow-up": tail_blowup_score(grad)}
+        return {
+            "run": self.path.name,
+            "method": self.label,
+            "seed": self.seed,
+            "steps": self.records[-1]["step"] if self.records else 0,
+            "final loss": self.last("loss"),
+            "final norm ratio": self.last("global/norm_ratio"),
+            "tail blow-up": tail_blowup_score(grad),
+        }
 
     def layer_phases(self) -> list[dict[str, Any]]:
         """Burn-in / steady / tail of every tensor that has a predicted steady state."""
         rows = []
         for key in self.keys("tensor", "pred_ratio"):
-            name = key[len("tensor/"):-len("/pred_ratio")]
+            name = key[len("tensor/") : -len("/pred_ratio")]
             measured_key = f"tensor/{name}/adam_grad_weight_ratio"
             if not self.series(measured_key)[0]:
                 measured_key = f"tensor/{name}/grad_weight_ratio"
@@ -59,10 +65,15 @@ class Run:
             if len(steps) < 4:
                 continue
             phases = detect_phases([measured[s] for s in steps], [predicted[s] for s in steps])
-            at = lambda i: steps[i] if i is not None else None  # noqa: E731 - index -> step
-            rows.append({"tensor": name, "steady from step": at(phases.steady_start),
-                         "tail from step": at(phases.tail_start),
-                         "tail blow-up": tail_blowup_score([measured[s] for s in steps])})
+            steady, tail = (steps[i] if i is not None else None for i in (phases.steady_start, phases.tail_start))
+            rows.append(
+                {
+                    "tensor": name,
+                    "steady from step": steady,
+                    "tail from step": tail,
+                    "tail blow-up": tail_blowup_score([measured[s] for s in steps]),
+                }
+            )
         return rows
 
 
@@ -93,6 +104,7 @@ def mean_std(runs: list[Run], key: str) -> tuple[list[int], list[float], list[fl
         values = [s[step] for s in per_run]
         mean = sum(values) / len(values)
         means.append(mean)
-        stds.append(math.sqrt(sum((v - mean) ** 2 for v in values) / max(1, len(values) - 1))
-                    if len(values) > 1 else 0.0)
+        stds.append(
+            math.sqrt(sum((v - mean) ** 2 for v in values) / max(1, len(values) - 1)) if len(values) > 1 else 0.0
+        )
     return steps, means, stds
