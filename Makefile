@@ -25,6 +25,7 @@ test: install
 lint: install
 	$(BIN)/ruff check normctl tests benchmarks scripts
 	$(BIN)/ruff format --check normctl tests benchmarks scripts
+	$(BIN)/mypy normctl
 
 docs: install
 	$(BIN)/mkdocs build --strict

@@ -64,7 +64,12 @@ class ParamRole:
 def is_norm_layer(module: nn.Module) -> bool:
     """torch's norm layers, and any module whose class name ends in ``Norm`` (custom RMSNorm,
     nanoGPT's LayerNorm with optional bias, ``BatchNorm2d`` …)."""
-    norm_types = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._NormBase, nn.LocalResponseNorm)
+    norm_types: tuple[type[nn.Module], ...] = (
+        nn.LayerNorm,
+        nn.GroupNorm,
+        nn.modules.batchnorm._NormBase,
+        nn.LocalResponseNorm,
+    )
     if hasattr(nn, "RMSNorm"):
         norm_types += (nn.RMSNorm,)
     return isinstance(module, norm_types) or bool(_NORM_CLASS_NAME.search(type(module).__name__))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -35,7 +37,7 @@ def build_method(
     """``create_optimizer(method)`` over ``groups``. ``lr`` is the Adam-scale learning rate
     (SGD takes 100×, Lion 0.1×). Norm-controlled methods ramp their target from 1 to AdamW's
     measured final norm ratio over the first 5 % of ``steps`` (Loshchilov 2023), then hold it."""
-    kwargs = {"lr": lr * BASE_LR_SCALE.get(method.partition("+")[0], 1.0)}
+    kwargs: dict[str, Any] = {"lr": lr * BASE_LR_SCALE.get(method.partition("+")[0], 1.0)}
     if is_norm_controlled(method):
         kwargs.update(target=schedules.target_from_adamw(adamw_norm_ratio or 1.0, max(1, steps // 20)), rate=rate)
     return create_optimizer(model, method, groups=groups, **kwargs)

@@ -85,7 +85,7 @@ class GPT(nn.Module):
         )
         self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
         if cfg.tie_weights:
-            self.transformer.wte.weight = self.lm_head.weight
+            self.transformer.wte.weight = self.lm_head.weight  # type: ignore[union-attr]
         self.apply(self._init_weights)
         for name, p in self.named_parameters():  # GPT-2: scaled init of residual projections
             if name.endswith("c_proj.weight"):
@@ -105,10 +105,11 @@ class GPT(nn.Module):
         if T > self.cfg.block_size:
             raise ValueError(f"sequence length {T} exceeds block_size {self.cfg.block_size}")
         pos = torch.arange(T, device=idx.device)
-        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))  # (B, T, C)
-        for block in self.transformer.h:
+        t = self.transformer  # a ModuleDict, so attributes are typed Module | Tensor
+        x = t.drop(t.wte(idx) + t.wpe(pos))  # type: ignore[operator]  # (B, T, C)
+        for block in t.h:  # type: ignore[union-attr]
             x = block(x)
-        logits = self.lm_head(self.transformer.ln_f(x))  # (B, T, vocab)
+        logits = self.lm_head(t.ln_f(x))  # type: ignore[operator]  # (B, T, vocab)
         if targets is None:
             return logits, None
         return logits, F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1))

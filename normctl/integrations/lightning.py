@@ -16,7 +16,7 @@ from __future__ import annotations
 try:
     import lightning.pytorch as pl
 except ImportError:  # the standalone package
-    import pytorch_lightning as pl
+    import pytorch_lightning as pl  # type: ignore[no-redef]
 
 from ._common import MonitorOwner
 

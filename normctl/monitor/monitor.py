@@ -147,7 +147,7 @@ class NormMonitor:
         queue: list[Tensor] = []
 
         def enqueue(tensors: Sequence[Tensor | None]) -> list[int | None]:
-            slots = []
+            slots: list[int | None] = []
             for t in tensors:
                 if t is None:
                     slots.append(None)
@@ -169,6 +169,9 @@ class NormMonitor:
         def get(slot: int | None) -> float | None:
             return None if slot is None else values[slot]
 
+        def get_all(slots: list[int | None] | None) -> list[float | None]:
+            return [get(s) for s in slots] if slots is not None else []
+
         predictions = [stats.predict(self.optimizer, g) for g in groups]
         targets = self._adamwn_targets()
 
@@ -177,26 +180,27 @@ class NormMonitor:
             record[f"lr/{label}"] = groups[gi].get("lr")
         sums: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
         for i, name in enumerate(self._names):
-            w, g, w_prev = get(w_slot[i]), get(g_slot[i]), get(before_slot[i])
+            w, g, w_prev = values[w_slot[i]], get(g_slot[i]), get(before_slot[i])  # type: ignore[index]
             pred = predictions[self._group_index[i]]
             t = f"tensor/{name}/"
             record[t + "weight_norm"] = w
             record[t + "weight_linf"] = get(linf_slot[i])
             record[t + "norm_ratio"] = stats.ratio(w, self._initial[i])
             if range_slots[i] is not None:
-                lo, mean, hi = (get(s) for s in range_slots[i])
+                lo, mean, hi = get_all(range_slots[i])
                 record.update({t + "weight_min": lo, t + "weight_mean": mean, t + "weight_max": hi})
             record[t + "grad_norm"] = g
-            record[t + "grad_weight_ratio"] = stats.ratio(g, w) if g is not None else None
+            record[t + "grad_weight_ratio"] = stats.ratio(g, w)
             record[t + "update_weight_ratio"] = stats.ratio(get(upd_slot[i]), w_prev)
             if weighted_slots[i] is not None:
-                ga, wa = (get(s) for s in weighted_slots[i])
+                ga, wa = get_all(weighted_slots[i])
                 record[t + "adam_grad_weight_ratio"] = stats.ratio(ga, wa)
             record[t + "pred_ratio"] = pred.ratio
             record[t + "pred_linf"] = pred.linf
-            if targets[i] is not None:
-                record[t + "target_norm"] = targets[i]
-                record[t + "norm_deviation"] = stats.ratio(w, targets[i]) - 1 if targets[i] > 0 else None
+            target = targets[i]
+            if target is not None:
+                record[t + "target_norm"] = target
+                record[t + "norm_deviation"] = w / target - 1 if target > 0 else None
             for scope in (
                 f"layer/{name.rpartition('.')[0] or name}",
                 f"group/{self._labels[self._group_index[i]]}",

@@ -105,7 +105,7 @@ def adamwn_target_norms(optimizer: AdamWN, group: dict, params: Sequence[Tensor]
 
 
 def weighted_adam_norms(
-    params: Sequence[Tensor], grads: Sequence[Tensor], states: Sequence[dict], beta2: float, eps: float
+    params: Sequence[Tensor], grads: Sequence[Tensor | None], states: Sequence[dict], beta2: float, eps: float
 ) -> list[tuple[Tensor, Tensor] | None]:
     """(‖g‖_{A⁻¹}, ‖θ‖_A) per tensor with A = √v̂ + ε from Adam's state (None: no state yet)."""
     out: list[tuple[Tensor, Tensor] | None] = []
@@ -146,5 +146,8 @@ def update_norms(after: Sequence[Tensor], before: Sequence[Tensor]) -> list[Tens
     return tensor_norms(torch._foreach_sub(list(after), list(before)))
 
 
-def ratio(numerator: float, denominator: float) -> float | None:
-    return numerator / denominator if denominator > 0 else None
+def ratio(numerator: float | None, denominator: float | None) -> float | None:
+    """numerator / denominator, None when either is missing or the denominator is not > 0."""
+    if numerator is None or denominator is None or not denominator > 0:
+        return None
+    return numerator / denominator

@@ -9,6 +9,7 @@ functions perform the same floating-point operations in the same order as
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -103,9 +104,9 @@ def fused_supported(params: Sequence[Tensor]) -> bool:
     return bool(params) and all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
 
 
-def buckets(*lists: Sequence[Tensor]) -> list[tuple[list[Tensor], ...]]:
+def buckets(*lists: Sequence[Any]) -> list[tuple[list[Any], ...]]:
     """Split parallel lists by (device, dtype) of the first: fused kernels take one of each."""
-    out: dict[tuple[torch.device, torch.dtype], tuple[list[Tensor], ...]] = {}
+    out: dict[tuple[torch.device, torch.dtype], tuple[list[Any], ...]] = {}
     for items in zip(*lists):
         key = (items[0].device, items[0].dtype)
         bucket = out.setdefault(key, tuple([] for _ in lists))
@@ -134,7 +135,9 @@ def fused_adamw_(
     exp_avgs = [s["exp_avg"] for s in states]
     exp_avg_sqs = [s["exp_avg_sq"] for s in states]
     if isinstance(weight_decay, (int, float)):
-        calls = [(*b, float(weight_decay)) for b in buckets(params, grads, exp_avgs, exp_avg_sqs, steps)]
+        calls: list[tuple[Any, ...]] = [
+            (*b, float(weight_decay)) for b in buckets(params, grads, exp_avgs, exp_avg_sqs, steps)
+        ]
     else:  # one kernel call per tensor, each with its own decay
         calls = [
             ([p], [g], [m], [v], [t], wd)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -71,7 +71,7 @@ def check_betas(betas: Any) -> None:
     check_unit_interval("betas[1]", betas[1], closed_right=False)
 
 
-def check_bools(group: dict[str, Any], *names: str) -> None:
+def check_bools(group: Mapping[str, Any], *names: str) -> None:
     for name in names:
         if not isinstance(group[name], bool):
             raise TypeError(f"{name} must be a bool, got {type(group[name]).__name__}")
