@@ -104,6 +104,10 @@ def test_wrapper_behaves_as_an_optimizer():
     opt.add_param_group({"params": [extra], "weight_decay": 0.0, "control": False})
     assert len(opt.optimizer.param_groups) == 2 and opt.param_groups[1]["control"] is False
     assert opt.param_groups[1]["schedule_step"] == 0
+    groups_before = len(opt.param_groups)
+    with pytest.raises(ValueError, match=r"rate must be in \[0, 1\]"):  # refused before either optimizer changes
+        opt.add_param_group({"params": [torch.ones(2, requires_grad=True)], "rate": 2.0})
+    assert len(opt.param_groups) == len(opt.optimizer.param_groups) == groups_before
     with pytest.raises(TypeError, match="must be a torch.optim.Optimizer"):
         NormControl(params)
     with pytest.raises(ValueError, match=r"rate must be in \[0, 1\]"):

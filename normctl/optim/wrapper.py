@@ -40,12 +40,12 @@ class _Wrapper(Optimizer):
         self.param_groups = optimizer.param_groups
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
+        self._validate_group({**self.defaults, **param_group})  # before either optimizer changes
         if not self._adding_inner:
             self.optimizer.add_param_group(param_group)
             param_group = self.optimizer.param_groups[-1]
         for key, value in self.defaults.items():
             param_group.setdefault(key, value)
-        self._validate_group(param_group)
         if self._adding_inner:
             super().add_param_group(param_group)
         self._init_group(param_group)
@@ -130,6 +130,10 @@ class NormControl(_Wrapper):
 
     def _validate_group(self, group: dict[str, Any]) -> None:
         control.validate_control_group(group)
+
+    def _init_group(self, group: dict[str, Any]) -> None:
+        group.setdefault("construction_lr", group["lr"])
+        control.init_control_group(group, self.param_groups)
         if group["control"] and group.get("weight_decay", 0) > 0:
             warnings.warn(
                 f"a group controlled by NormControl also has the inner optimizer's "
@@ -137,10 +141,6 @@ class NormControl(_Wrapper):
                 "weight_decay to 0 on controlled groups unless you mean both.",
                 stacklevel=4,
             )
-
-    def _init_group(self, group: dict[str, Any]) -> None:
-        group.setdefault("construction_lr", group["lr"])
-        control.init_control_group(group, self.param_groups)
 
     def _wrapped_step(self) -> None:
         batches = collect_batches(self.param_groups, "NormControl")
@@ -167,6 +167,10 @@ class CorrectedDecay(_Wrapper):
     """
 
     def __init__(self, optimizer: Optimizer, *, max_lr: float | None = None, normalized: bool = False) -> None:
+        if "weight_decay" not in getattr(optimizer, "defaults", {}):
+            raise ValueError(
+                f"CorrectedDecay needs an inner optimizer with weight_decay; {type(optimizer).__name__} has none"
+            )
         super().__init__(optimizer, dict(max_lr=max_lr, normalized=normalized))
         if not any(g["normalized"] for g in self.param_groups):
             warnings.warn(
@@ -178,10 +182,6 @@ class CorrectedDecay(_Wrapper):
     def _validate_group(self, group: dict[str, Any]) -> None:
         check_max_lr(group["max_lr"])
         check_bools(group, "normalized")
-        if "weight_decay" not in group:
-            raise ValueError(
-                f"CorrectedDecay needs an inner optimizer with weight_decay; {type(self.optimizer).__name__} has none"
-            )
 
     def _init_group(self, group: dict[str, Any]) -> None:
         group.setdefault("construction_lr", group["lr"])
