@@ -6,10 +6,12 @@
 * :func:`param_groups` — which weights are controlled, decayed and normalised, and why.
 * :func:`create_optimizer` — any of them by name (``"adamwn"``, ``"lion+wn"``, ``"adamw+c"`` …).
 * :mod:`normctl.schedules` — target, rate and learning-rate schedules.
+* :class:`NormMonitor` — what weight decay and norm control do to a run (``normctl.monitor``).
 """
 
 from . import schedules
 from .groups import format_roles, param_groups, param_roles
+from .monitor import NormMonitor
 from .optim import SGDC, AdamC, AdamWN, CorrectedDecay, Lion, NormControl
 from .registry import available_optimizers, create_optimizer
 
@@ -26,5 +28,6 @@ __all__ = [
     "format_roles",
     "create_optimizer",
     "available_optimizers",
+    "NormMonitor",
 ]
 __version__ = "0.1.0"

@@ -8,6 +8,7 @@ from torch import nn
 
 from normctl import SGDC, AdamC, AdamWN, param_groups
 from normctl.experiments.models import GPT, GPTConfig
+import normctl
 from normctl.monitor import MemorySink, NormMonitor, predict
 
 
@@ -156,3 +157,7 @@ def test_unobserved_records_are_flushed_and_every_is_validated():
     assert [r["step"] for r in sink.records] == [1, 3, 5] and "loss" not in sink.records[0]
     with pytest.raises(ValueError, match="every must be an int >= 1"):
         NormMonitor(model, opt, every=0)
+
+
+def test_monitor_is_exported_at_the_top_level():
+    assert normctl.NormMonitor is NormMonitor
