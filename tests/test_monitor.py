@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch import nn
 
+import normctl
 from normctl import SGDC, AdamC, AdamWN, param_groups
 from normctl.experiments.models import GPT, GPTConfig
-import normctl
 from normctl.monitor import MemorySink, NormMonitor, predict
 
 
