@@ -185,6 +185,8 @@ def as_weight_decay(factors: list[Tensor] | float, lr: float) -> list[float] | f
     """The AdamW decay λ with θ·(1 − γλ) = f·θ, so a fused AdamW kernel applies Eq. 3."""
     if isinstance(factors, float):
         return (1 - factors) / lr
+    if all(f is factors[0] for f in factors):  # group/global scope: one factor, one fused call
+        return (1 - float(factors[0])) / lr
     return [(1 - f) / lr for f in torch.stack([f.double() for f in factors]).tolist()]
 
 
