@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import sys
 
 
@@ -25,6 +26,10 @@ def main(argv: list[str] | None = None) -> int:
     voronoi.add_argument("--steps", type=int, default=None)
     voronoi.add_argument("--seed", type=int, default=None)
     voronoi.add_argument("--out", default=None, help="directory for run directories and report.html")
+    train = commands.add_parser("train", help="one run of a config into a run directory (resumable)")
+    train.add_argument("config", nargs="?", help="a JSON file of RunConfig fields (defaults if omitted)")
+    train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a field")
+    train.add_argument("--out", required=True, help="the run directory")
     report = commands.add_parser("report", help="HTML report comparing monitored run directories")
     report.add_argument("runs", nargs="+", help="run directories holding metrics.jsonl")
     report.add_argument("-o", "--output", default="report.html", help="HTML file to write")
@@ -44,6 +49,16 @@ def main(argv: list[str] | None = None) -> int:
         try:
             run_voronoi(dataclasses.replace(VoronoiRunConfig(), **_overrides(args, parser)))
         except ValueError as error:
+            parser.error(str(error))
+    elif args.command == "train":
+        from .experiments.config import RunConfig, with_overrides
+        from .experiments.train import train as train_run
+
+        try:
+            cfg = RunConfig.from_file(args.config) if args.config else RunConfig()
+            cfg = with_overrides(cfg, args.set)
+            print(json.dumps(train_run(cfg, args.out)))
+        except (ValueError, FileNotFoundError) as error:
             parser.error(str(error))
     elif args.command == "report":
         from .report import build_report

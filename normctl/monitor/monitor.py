@@ -118,6 +118,19 @@ class NormMonitor:
             sink.write(record)
         return record
 
+    def state_dict(self) -> dict[str, Any]:
+        """What a resumed run needs to continue the same records: the step count and the
+        initial norms (which the resumed weights no longer show)."""
+        return {"steps": self.steps, "initial_norms": list(self._initial)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if len(state["initial_norms"]) != len(self._params):
+            raise ValueError(
+                f"monitor state has {len(state['initial_norms'])} tensors, this monitor {len(self._params)}"
+            )
+        self.steps = int(state["steps"])
+        self._initial = [float(n) for n in state["initial_norms"]]
+
     def close(self) -> None:
         """Write any unobserved record, remove the hooks and close the sinks."""
         self._flush()

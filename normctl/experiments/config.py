@@ -1,0 +1,72 @@
+"""Experiment configuration: one frozen dataclass, overridable from the command line."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+TASKS = ("gpt", "voronoi")
+SCHEDULES = ("cosine", "constant")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    task: str = "gpt"  # "gpt" (byte-level Jane Austen) or "voronoi" (SPEC §3)
+    method: str = "adamw"  # any normctl.create_optimizer name
+    steps: int = 600  # optimizer steps
+    lr: float = 3e-3  # peak, Adam scale (SGD 100×, Lion 0.1×)
+    schedule: str = "cosine"  # "cosine" (to 0.1× after warm-up) or "constant"
+    warmup: int = 20  # linear warm-up steps of the cosine schedule
+    weight_decay: float = 0.1  # λ on the decayed groups of normctl.param_groups
+    rate: float = 1e-2  # k of norm-controlled methods
+    target_ratio: float = 1.0  # their final target r (ramped from 1 over 5 % of steps)
+    batch_size: int = 16
+    seed: int = 0  # model init and data order
+    checkpoint_every: int = 100  # steps between atomic checkpoints
+    monitor_every: int = 10  # NormMonitor interval
+    # GPT
+    block_size: int = 64
+    n_layer: int = 2
+    n_embd: int = 96
+    # Voronoi
+    hidden: int = 512
+
+    def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise ValueError(f"task must be one of {TASKS}, got {self.task!r}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        for name in ("steps", "batch_size", "checkpoint_every", "monitor_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2)
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> RunConfig:
+        data = json.loads(Path(path).read_text())
+        unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown config keys {sorted(unknown)} in {path}")
+        return cls(**data)
+
+
+def with_overrides(cfg: RunConfig, assignments: list[str]) -> RunConfig:
+    """Apply ``key=value`` strings, converting each value to the field's type."""
+    types = typing.get_type_hints(RunConfig)
+    changes: dict[str, Any] = {}
+    for assignment in assignments:
+        key, sep, raw = assignment.partition("=")
+        if not sep or key not in types:
+            raise ValueError(f"--set expects key=value with key in {sorted(types)}, got {assignment!r}")
+        kind = types[key]
+        try:
+            changes[key] = kind(raw) if kind in (int, float, str) else raw
+        except ValueError as error:
+            raise ValueError(f"{key} must be {kind.__name__}, got {raw!r}") from error
+    return dataclasses.replace(cfg, **changes)

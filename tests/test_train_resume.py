@@ -1,0 +1,84 @@
+"""The harness: configs, overrides, and a run killed with SIGKILL resuming exactly."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from normctl.experiments.config import RunConfig, with_overrides
+from normctl.experiments.train import train
+
+SMALL = [
+    "task=gpt",
+    "steps=240",
+    "checkpoint_every=40",
+    "monitor_every=5",
+    "n_layer=1",
+    "n_embd=64",
+    "block_size=32",
+    "batch_size=8",
+    "method=adamwn",
+    "target_ratio=1.3",
+]
+
+
+def test_overrides_and_validation(tmp_path):
+    cfg = with_overrides(RunConfig(), ["lr=0.01", "method=sgd+wn", "steps=5"])
+    assert (cfg.lr, cfg.method, cfg.steps) == (0.01, "sgd+wn", 5)
+    with pytest.raises(ValueError, match="key=value"):
+        with_overrides(cfg, ["learning_rate=1"])
+    with pytest.raises(ValueError, match="lr must be float"):
+        with_overrides(cfg, ["lr=fast"])
+    with pytest.raises(ValueError, match="task must be one of"):
+        RunConfig(task="imagenet")
+    path = tmp_path / "c.json"
+    path.write_text(cfg.to_json())
+    assert RunConfig.from_file(path) == cfg
+
+
+def test_killed_run_resumes_with_identical_metrics(tmp_path):
+    cfg = with_overrides(RunConfig(), SMALL)
+    reference = train(cfg, tmp_path / "uninterrupted", verbose=False)
+
+    run_dir = tmp_path / "killed"
+    command = [sys.executable, "-m", "normctl.cli", "train", "--out", str(run_dir)]
+    for assignment in SMALL:
+        command += ["--set", assignment]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (run_dir / "checkpoint.pt").is_file() and time.time() < deadline and process.poll() is None:
+        time.sleep(0.05)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert not (run_dir / "final.json").exists(), "the run finished before it could be killed"
+    killed_at = torch.load(run_dir / "checkpoint.pt", weights_only=False)["step"]
+    assert 0 < killed_at < cfg.steps
+
+    resumed = train(cfg, run_dir, verbose=False)
+    assert resumed == reference
+    lines = lambda d: (d / "metrics.jsonl").read_text().splitlines()  # noqa: E731
+    assert lines(run_dir) == lines(tmp_path / "uninterrupted")
+    final_a = torch.load(run_dir / "checkpoint.pt", weights_only=False)["model"]
+    final_b = torch.load(tmp_path / "uninterrupted" / "checkpoint.pt", weights_only=False)["model"]
+    assert all(torch.equal(final_a[k], final_b[k]) for k in final_a)
+
+
+def test_resume_refuses_a_different_config(tmp_path):
+    cfg = with_overrides(RunConfig(), ["steps=3", "n_layer=1", "n_embd=32", "block_size=16", "batch_size=2"])
+    train(cfg, tmp_path, verbose=False)
+    with pytest.raises(ValueError, match="different config"):
+        train(with_overrides(cfg, ["lr=0.1"]), tmp_path, verbose=False)
+    assert json.loads((tmp_path / "final.json").read_text())["steps"] == 3
+
+
+def test_voronoi_task_trains(tmp_path):
+    cfg = with_overrides(
+        RunConfig(), ["task=voronoi", "steps=4", "hidden=32", "batch_size=64", "schedule=constant", "method=lion+wn"]
+    )
+    final = train(cfg, tmp_path, verbose=False)
+    assert 0 <= final["test_acc"] <= 1 and (tmp_path / "metrics.jsonl").is_file()
