@@ -30,6 +30,12 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("config", nargs="?", help="a JSON file of RunConfig fields (defaults if omitted)")
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a field")
     train.add_argument("--out", required=True, help="the run directory")
+    sweep = commands.add_parser("sweep", help="a grid of configs x seeds (skips finished runs, resumes others)")
+    sweep.add_argument("config", nargs="?", help="a JSON file of RunConfig fields (defaults if omitted)")
+    sweep.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a field")
+    sweep.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2", help="a swept field")
+    sweep.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
+    sweep.add_argument("--out", required=True, help="the sweep directory")
     report = commands.add_parser("report", help="HTML report comparing monitored run directories")
     report.add_argument("runs", nargs="+", help="run directories holding metrics.jsonl")
     report.add_argument("-o", "--output", default="report.html", help="HTML file to write")
@@ -58,6 +64,16 @@ def main(argv: list[str] | None = None) -> int:
             cfg = RunConfig.from_file(args.config) if args.config else RunConfig()
             cfg = with_overrides(cfg, args.set)
             print(json.dumps(train_run(cfg, args.out)))
+        except (ValueError, FileNotFoundError) as error:
+            parser.error(str(error))
+    elif args.command == "sweep":
+        from .experiments.config import RunConfig, with_overrides
+        from .experiments.sweep import parse_grid, run_sweep
+
+        try:
+            base = with_overrides(RunConfig.from_file(args.config) if args.config else RunConfig(), args.set)
+            seeds = [int(s) for s in args.seeds.split(",") if s]
+            run_sweep(base, parse_grid(args.grid), seeds, args.out)
         except (ValueError, FileNotFoundError) as error:
             parser.error(str(error))
     elif args.command == "report":

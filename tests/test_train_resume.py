@@ -82,3 +82,22 @@ def test_voronoi_task_trains(tmp_path):
     )
     final = train(cfg, tmp_path, verbose=False)
     assert 0 <= final["test_acc"] <= 1 and (tmp_path / "metrics.jsonl").is_file()
+
+
+def test_sweep_runs_the_grid_then_skips_finished_runs(tmp_path, monkeypatch):
+    from normctl.experiments import sweep as sweep_module
+
+    base = with_overrides(
+        RunConfig(), ["steps=4", "n_layer=1", "n_embd=32", "block_size=16", "batch_size=2", "monitor_every=2"]
+    )
+    grid = sweep_module.parse_grid(["method=adamw,adamwn"])
+    results = sweep_module.run_sweep(base, grid, [0, 1], tmp_path, verbose=False)
+    assert sorted(r["label"] for r in results) == ["method=adamw"] * 2 + ["method=adamwn"] * 2
+    assert (tmp_path / "report.html").is_file() and (tmp_path / "method-adamwn_s1" / "final.json").is_file()
+
+    calls = []
+    monkeypatch.setattr(sweep_module, "train", lambda *a, **k: calls.append(a))
+    again = sweep_module.run_sweep(base, grid, [0, 1], tmp_path, verbose=False)
+    assert calls == [] and again == results
+    with pytest.raises(ValueError, match="--grid expects"):
+        sweep_module.parse_grid(["method"])

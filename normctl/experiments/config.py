@@ -16,6 +16,7 @@ SCHEDULES = ("cosine", "constant")
 @dataclass(frozen=True)
 class RunConfig:
     task: str = "gpt"  # "gpt" (byte-level Jane Austen) or "voronoi" (SPEC §3)
+    label: str = ""  # what the report groups seeds under (default: the method)
     method: str = "adamw"  # any normctl.create_optimizer name
     steps: int = 600  # optimizer steps
     lr: float = 3e-3  # peak, Adam scale (SGD 100×, Lion 0.1×)

@@ -157,6 +157,12 @@ def train(cfg: RunConfig, run_dir: str | Path, *, verbose: bool = True) -> dict[
                 print(f"step {done}/{cfg.steps}  loss {float(loss.detach()):.4f}  {rate:.1f} steps/s", flush=True)
     monitor.close()
     model.eval()
-    final = {"method": cfg.method, "seed": cfg.seed, "steps": cfg.steps, **task.evaluate(model)}
+    final = {
+        "label": cfg.label or cfg.method,
+        "method": cfg.method,
+        "seed": cfg.seed,
+        "steps": cfg.steps,
+        **task.evaluate(model),
+    }
     (run_dir / "final.json").write_text(json.dumps(final, indent=2))
     return final

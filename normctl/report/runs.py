@@ -83,7 +83,7 @@ def load_run(path: str | Path) -> Run:
     if not metrics.is_file():
         raise FileNotFoundError(f"{path} is not a run directory: {METRICS_JSONL} is missing")
     config = json.loads((path / "config.json").read_text()) if (path / "config.json").is_file() else {}
-    label = str(config.get("method") or config.get("label") or path.name)
+    label = str(config.get("label") or config.get("method") or path.name)
     seed = config.get("seed")
     return Run(path, label, int(seed) if seed is not None else None, read_jsonl(metrics))
 
