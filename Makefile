@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # The CPU build of torch on this machine's disk; a plain range would pull a multi-GB CUDA build.
 TORCH_PIN ?= torch==2.13.0
 
-.PHONY: install demo test lint docs clean
+.PHONY: install demo test lint docs data clean
 
 $(BIN)/normctl: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,11 @@ lint: install
 	$(BIN)/ruff check normctl tests benchmarks scripts
 	$(BIN)/ruff format --check normctl tests benchmarks scripts
 	$(BIN)/mypy normctl
+
+# The full Fashion-MNIST (60k/10k, Debian's dataset-fashion-mnist) for `--set full_data=true`.
+data:
+	@test -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz || \
+		{ apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist; }
 
 docs: install
 	$(BIN)/mkdocs build --strict

@@ -101,3 +101,19 @@ def test_sweep_runs_the_grid_then_skips_finished_runs(tmp_path, monkeypatch):
     assert calls == [] and again == results
     with pytest.raises(ValueError, match="--grid expects"):
         sweep_module.parse_grid(["method"])
+
+
+def test_fashion_mnist_sample_and_resnet_task(tmp_path):
+    from normctl.data.fashion_mnist import load_fashion_mnist, read_idx
+
+    images, labels = load_fashion_mnist("train")
+    assert images.shape == (2000, 1, 28, 28) and 0 <= images.min() and images.max() <= 1
+    assert set(labels.tolist()) == set(range(10))
+    assert load_fashion_mnist("test")[0].shape == (500, 1, 28, 28)
+    with pytest.raises(ValueError, match="IDX"):
+        read_idx(b"\x00\x00\x0d\x01")
+    cfg = with_overrides(
+        RunConfig(), ["task=fmnist", "steps=3", "batch_size=16", "width=4", "method=sgdc", "full_data=false"]
+    )
+    final = train(cfg, tmp_path, verbose=False)
+    assert 0 <= final["test_acc"] <= 1

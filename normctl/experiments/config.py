@@ -9,13 +9,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-TASKS = ("gpt", "voronoi")
+TASKS = ("gpt", "voronoi", "fmnist")
 SCHEDULES = ("cosine", "constant")
 
 
 @dataclass(frozen=True)
 class RunConfig:
-    task: str = "gpt"  # "gpt" (byte-level Jane Austen) or "voronoi" (SPEC §3)
+    task: str = "gpt"  # "gpt" (byte-level Jane Austen), "voronoi" (SPEC §3) or "fmnist" (ResNet)
     label: str = ""  # what the report groups seeds under (default: the method)
     method: str = "adamw"  # any normctl.create_optimizer name
     steps: int = 600  # optimizer steps
@@ -35,6 +35,10 @@ class RunConfig:
     n_embd: int = 96
     # Voronoi
     hidden: int = 512
+    # Fashion-MNIST ResNet
+    width: int = 8  # channels of the first stage (16 = ResNet-20)
+    blocks_per_stage: int = 1
+    full_data: bool = False  # the full 60k/10k set (make data) instead of the embedded sample
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
@@ -66,6 +70,11 @@ def with_overrides(cfg: RunConfig, assignments: list[str]) -> RunConfig:
         if not sep or key not in types:
             raise ValueError(f"--set expects key=value with key in {sorted(types)}, got {assignment!r}")
         kind = types[key]
+        if kind is bool:
+            if raw.lower() not in ("true", "false", "1", "0"):
+                raise ValueError(f"{key} must be true or false, got {raw!r}")
+            changes[key] = raw.lower() in ("true", "1")
+            continue
         try:
             changes[key] = kind(raw) if kind in (int, float, str) else raw
         except ValueError as error:

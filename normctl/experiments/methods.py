@@ -11,7 +11,7 @@ from .. import schedules
 from ..registry import available_optimizers, create_optimizer
 
 # Peak learning rates for the base optimizers that do not share Adam's scale.
-BASE_LR_SCALE = {"sgd": 100.0, "lion": 0.1}
+BASE_LR_SCALE = {"sgd": 100.0, "sgdc": 100.0, "lion": 0.1}
 
 
 def is_norm_controlled(method: str) -> bool:
@@ -35,7 +35,7 @@ def build_method(
     adamw_norm_ratio: float | None = None,
 ) -> torch.optim.Optimizer:
     """``create_optimizer(method)`` over ``groups``. ``lr`` is the Adam-scale learning rate
-    (SGD takes 100×, Lion 0.1×). Norm-controlled methods ramp their target from 1 to AdamW's
+    (SGD and SGDC take 100×, Lion 0.1×). Norm-controlled methods ramp their target from 1 to AdamW's
     measured final norm ratio over the first 5 % of ``steps`` (Loshchilov 2023), then hold it."""
     kwargs: dict[str, Any] = {"lr": lr * BASE_LR_SCALE.get(method.partition("+")[0], 1.0)}
     if is_norm_controlled(method):

@@ -23,11 +23,12 @@ from torch.nn import functional as F
 
 from .. import schedules
 from ..data import byte_tokens, load_text, random_windows, train_val_split
+from ..data.fashion_mnist import load_fashion_mnist
 from ..groups import param_groups
 from ..monitor import JsonlSink, NormMonitor, read_jsonl
 from .config import RunConfig
 from .methods import build_method
-from .models import GPT, GPTConfig
+from .models import GPT, GPTConfig, ResNet
 from .voronoi import VoronoiModel, VoronoiTask, accuracy
 
 CHECKPOINT = "checkpoint.pt"
@@ -58,6 +59,8 @@ def build_task(cfg: RunConfig) -> Task:
         return Task(
             model, lambda g: random_windows(train, cfg.batch_size, cfg.block_size, g), lambda m, b: m(*b)[1], evaluate
         )
+    if cfg.task == "fmnist":
+        return _fashion_mnist_task(cfg)
     task = VoronoiTask()
     model = VoronoiModel(task.cfg.dim, cfg.hidden, task.cfg.classes)
     return Task(
@@ -66,6 +69,26 @@ def build_task(cfg: RunConfig) -> Task:
         lambda m, b: F.cross_entropy(m(b[0]), b[1]),
         lambda m: {"val_acc": accuracy(m, task.val), "test_acc": accuracy(m, task.test)},
     )
+
+
+def _fashion_mnist_task(cfg: RunConfig) -> Task:
+    images, labels = load_fashion_mnist("train", full=cfg.full_data)
+    test_images, test_labels = load_fashion_mnist("test", full=cfg.full_data)
+    model = ResNet(num_classes=10, in_channels=1, width=cfg.width, blocks_per_stage=cfg.blocks_per_stage)
+
+    def batch(g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        index = torch.randint(len(images), (cfg.batch_size,), generator=g)
+        return images[index], labels[index]
+
+    @torch.no_grad()
+    def evaluate(m: nn.Module) -> dict[str, float]:
+        correct = sum(
+            int((m(test_images[i : i + 500]).argmax(1) == test_labels[i : i + 500]).sum())
+            for i in range(0, len(test_images), 500)
+        )
+        return {"test_acc": correct / len(test_images)}
+
+    return Task(model, batch, lambda m, b: F.cross_entropy(m(b[0]), b[1]), evaluate)
 
 
 def lr_multiplier(cfg: RunConfig) -> schedules.Schedule:
