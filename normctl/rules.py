@@ -24,6 +24,8 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from . import distributed
+
 DecayKind = Literal["l2", "l1", "min"]
 DECAY_KINDS: tuple[str, ...] = ("l2", "l1", "min")
 
@@ -49,8 +51,18 @@ def tensor_norms(tensors: Sequence[Tensor], *, foreach: bool = True) -> list[Ten
     """The L2 (Frobenius) norm of each tensor, as 0-d tensors in :func:`norm_dtype`.
 
     The foreach path issues one ``torch._foreach_norm`` per (device, dtype) bucket instead of
-    one kernel per tensor; both paths return the same values.
+    one kernel per tensor; both paths return the same values. Sharded tensors (DTensors,
+    FSDP2) get the norm of the full tensor: the shards' sums of squares are all-reduced.
     """
+    pieces = [distributed.local(t) for t in tensors]
+    norms = _local_norms(pieces, foreach=foreach)
+    if not any(distributed.is_sharded(t) for t in tensors):
+        return norms
+    squares = distributed.reduce_across_shards([n.square() for n in norms], tensors, "sum")
+    return [s.sqrt() if distributed.is_sharded(t) else n for s, n, t in zip(squares, norms, tensors)]
+
+
+def _local_norms(tensors: Sequence[Tensor], *, foreach: bool) -> list[Tensor]:
     if not foreach:
         return [torch.linalg.vector_norm(t, dtype=norm_dtype(t)) for t in tensors]
     norms: list[Tensor | None] = [None] * len(tensors)

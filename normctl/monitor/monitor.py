@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..distributed import check_supported
 from ..optim import AdamWN
 from ..rules import tensor_norms
 from . import stats
@@ -71,6 +72,7 @@ class NormMonitor:
                 self._names.append(names.get(p, f"param{len(self._params) - 1}"))
                 self._group_index.append(gi)
         self._labels = [str(g.get("name", i)) for i, g in enumerate(optimizer.param_groups)]
+        check_supported(self._params, type(self).__name__)
         with torch.no_grad():
             self._initial = [float(n) for n in tensor_norms([p.detach() for p in self._params])]
         self.steps = 0

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ..distributed import local, reduce_across_shards
 from ..optim import SGDC, AdamC, AdamWN
 from ..optim._base import peak_lr
 from ..rules import tensor_norms
@@ -108,35 +109,56 @@ def weighted_adam_norms(
     params: Sequence[Tensor], grads: Sequence[Tensor | None], states: Sequence[dict], beta2: float, eps: float
 ) -> list[tuple[Tensor, Tensor] | None]:
     """(‖g‖_{A⁻¹}, ‖θ‖_A) per tensor with A = √v̂ + ε from Adam's state (None: no state yet)."""
-    out: list[tuple[Tensor, Tensor] | None] = []
-    for p, g, state in zip(params, grads, states):
-        if "exp_avg_sq" not in state or g is None:
-            out.append(None)
-            continue
+    present = [i for i, (g, s) in enumerate(zip(grads, states)) if g is not None and "exp_avg_sq" in s]
+    sums: list[Tensor] = []  # Σ g²/a and Σ θ²·a over each tensor's local slice
+    for i in present:
+        state = states[i]
         step = float(state["step"])
-        a = (state["exp_avg_sq"].float() / (1 - beta2**step)).sqrt_().add_(eps)
-        g32, p32 = g.float(), p.float()
-        out.append(((g32.square() / a).sum().sqrt(), (p32.square() * a).sum().sqrt()))
+        a = (local(state["exp_avg_sq"]).float() / (1 - beta2**step)).sqrt_().add_(eps)
+        g32, p32 = local(grads[i]).float(), local(params[i]).float()  # type: ignore[arg-type]
+        sums += [(g32.square() / a).sum(), (p32.square() * a).sum()]
+    owners = [params[i] for i in present for _ in range(2)]
+    full = iter(reduce_across_shards(sums, owners, "sum"))
+    out: list[tuple[Tensor, Tensor] | None] = [None] * len(params)
+    for i in present:
+        out[i] = (next(full).sqrt(), next(full).sqrt())
     return out
 
 
 def value_ranges(tensors: Sequence[Tensor]) -> list[tuple[Tensor, Tensor, Tensor] | None]:
     """(min, mean, max) of every element of each tensor, None for empty tensors."""
+    nonempty = [t for t in tensors if t.numel()]
+    lows, sums, highs = [], [], []
+    for t in nonempty:
+        piece = local(t).detach()
+        if piece.numel():
+            lo, hi = torch.aminmax(piece)
+        else:  # an empty slice of a sharded tensor: neutral for min, max and sum
+            lo, hi = piece.new_full((), float("inf")), piece.new_full((), float("-inf"))
+        lows.append(lo.float())
+        highs.append(hi.float())
+        sums.append(piece.double().sum())
+    lows = reduce_across_shards(lows, nonempty, "min")
+    highs = reduce_across_shards(highs, nonempty, "max")
+    sums = reduce_across_shards(sums, nonempty, "sum")
+    ranges = iter(zip(lows, sums, highs))
     out: list[tuple[Tensor, Tensor, Tensor] | None] = []
     for t in tensors:
-        if t.numel() == 0:
+        if not t.numel():
             out.append(None)
             continue
-        lo, hi = torch.aminmax(t.detach())
-        out.append((lo.float(), t.detach().float().mean(), hi.float()))
+        lo, total, hi = next(ranges)
+        out.append((lo, (total / t.numel()).float(), hi))
     return out
 
 
 def linf_norms(tensors: Sequence[Tensor]) -> list[Tensor]:
     """max |θ_i| per tensor (0 for empty tensors)."""
-    nonempty = [t for t in tensors if t.numel()]
+    pieces = [local(t) for t in tensors]
+    nonempty = [p for p in pieces if p.numel()]
     norms = iter(torch._foreach_norm(nonempty, float("inf")) if nonempty else [])
-    return [next(norms).float() if t.numel() else torch.zeros((), device=t.device) for t in tensors]
+    local_max = [next(norms).float() if p.numel() else torch.zeros((), device=p.device) for p in pieces]
+    return reduce_across_shards(local_max, tensors, "max")
 
 
 def update_norms(after: Sequence[Tensor], before: Sequence[Tensor]) -> list[Tensor]:

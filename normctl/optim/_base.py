@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from .. import rules
+from .. import distributed, rules
 
 # Keys any normctl optimizer accepts in a param group besides its own hyperparameters:
 # labels (``name``, torch's ``param_names``), what torch LR schedulers write (``initial_lr``,
@@ -248,8 +248,10 @@ def _all_finite(batches: list[Batch]) -> bool:
     grads = [g for b in batches for g in b.grads]
     if not grads:
         return True
-    # One reduction per tensor and a single host sync for the whole step.
-    return bool(torch.stack([torch.isfinite(g).all() for g in grads]).all())
+    # One reduction per tensor and a single host sync for the whole step; with sharded
+    # gradients every rank checks its slices and all ranks take the same decision.
+    finite = torch.stack([torch.isfinite(distributed.local(g)).all() for g in grads]).all()
+    return distributed.all_agree(finite, grads)
 
 
 def corrected_lr_ratio(group: dict) -> float:

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .. import rules
+from .. import distributed, rules
 from ..schedules import as_schedule
 from ._base import (
     Batch,
@@ -69,7 +69,9 @@ def validate_control_group(group: Mapping[str, Any]) -> None:
             check_nonnegative("rate", group["rate"])
 
 
-def init_control_group(group: dict[str, Any], all_groups: list[dict]) -> None:
+def init_control_group(group: dict[str, Any], all_groups: list[dict], owner: str) -> None:
+    if group["control"]:
+        distributed.check_supported(group["params"], owner)
     group.setdefault("schedule_step", 0)
     group.setdefault("init_norm", None)
     if (
@@ -107,8 +109,10 @@ def check_initial_norms(batches: list[Batch], state: Mapping[Tensor, dict]) -> N
         group = batch.group
         if not (group["control"] and group["relative_target"] and group["scope"] == "tensor"):
             continue
-        for i, p in enumerate(batch.params):
-            if "init_norm" not in state.get(p, {}) and p.numel() > 0 and not p.any():
+        fresh = [(i, p) for i, p in enumerate(batch.params) if "init_norm" not in state.get(p, {}) and p.numel() > 0]
+        norms = rules.tensor_norms([p for _, p in fresh]) if fresh else []
+        for (i, p), norm in zip(fresh, norms):
+            if norm == 0:
                 raise ValueError(
                     f"parameter {i} of a controlled group (shape {tuple(p.shape)}) has "
                     "initial norm 0, so its relative target r·‖θ_0‖ is 0. Exclude it "

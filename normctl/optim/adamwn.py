@@ -133,7 +133,7 @@ class AdamWN(NormctlOptimizer):
         control.validate_control_group(group)
 
     def _init_group(self, group: dict[str, Any]) -> None:
-        control.init_control_group(group, self.param_groups)
+        control.init_control_group(group, self.param_groups, type(self).__name__)
 
     def _fusable(self, group: dict, batch: Batch) -> bool:
         # λ = (1 − f)/γ needs γ > 0; l1/min decay has no fused kernel

@@ -133,7 +133,7 @@ class NormControl(_Wrapper):
 
     def _init_group(self, group: dict[str, Any]) -> None:
         group.setdefault("construction_lr", group["lr"])
-        control.init_control_group(group, self.param_groups)
+        control.init_control_group(group, self.param_groups, type(self).__name__)
         if group["control"] and group.get("weight_decay", 0) > 0:
             warnings.warn(
                 f"a group controlled by NormControl also has the inner optimizer's "
