@@ -126,6 +126,8 @@ class NormctlOptimizer(Optimizer):
     """
 
     _own_group_keys: frozenset[str] = frozenset()
+    # ``_init_state`` creates all of a tensor's state (no buffer waits for the first gradient)
+    _eager_state: bool = True
 
     def __init__(self, params: Any, defaults: dict[str, Any]) -> None:
         for flag in ("foreach", "fused"):
@@ -179,6 +181,9 @@ class NormctlOptimizer(Optimizer):
             with torch.enable_grad():
                 loss = closure()
         batches = self._collect()
+        if self._eager_state and not self.state and _is_state_initialisation(batches):
+            self._attach_state(batches)
+            return loss
         # One group asking to skip skips the whole step: groups must stay in step together.
         skip = any(g["skip_nonfinite"] for g in self.param_groups)
         if skip and not _all_finite(batches):
@@ -242,6 +247,18 @@ def collect_batches(param_groups: list[dict], owner: str) -> list[Batch]:
             batch.grads.append(-p.grad if group.get("maximize") else p.grad)
         batches.append(batch)
     return batches
+
+
+def _is_state_initialisation(batches: list[Batch]) -> bool:
+    """A first step with every lr and every gradient 0 is how ``torch.distributed.checkpoint``
+    creates optimizer state before loading into it (``get_optimizer_state_dict``). Such a step
+    only creates the state: Eq. 3 acts even at lr 0, and must not move the weights or the
+    schedule of a run that is about to be restored (or saved at step 0)."""
+    grads = [g for b in batches for g in b.grads]
+    if not grads or any(b.group["lr"] != 0 for b in batches):
+        return False
+    nonzero = torch.stack([distributed.local(g).any() for g in grads]).any()
+    return distributed.all_agree(~nonzero, grads)
 
 
 def _all_finite(batches: list[Batch]) -> bool:

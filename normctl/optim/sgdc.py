@@ -7,6 +7,7 @@ from typing import Any
 import torch
 
 from .. import rules
+from ..distributed import local
 from ._adam import buckets
 from ._base import (
     Batch,
@@ -94,8 +95,12 @@ class SGDC(NormctlOptimizer):
         if group["nesterov"] and (group["momentum"] <= 0 or group["dampening"] != 0):
             raise ValueError("nesterov=True requires momentum > 0 and dampening = 0")
 
+    # the momentum buffer is created from the first gradient, as in torch; a zero-lr,
+    # zero-gradient step (torch.distributed.checkpoint's state initialisation) is a no-op
+    _eager_state = False
+
     def _init_state(self, param, state: dict, group: dict) -> None:
-        pass  # the momentum buffer is created from the first gradient, as in torch
+        pass
 
     def _update(self, batches: list[Batch]) -> None:
         self._attach_state(batches)
@@ -156,10 +161,10 @@ class SGDC(NormctlOptimizer):
             for chosen, first_step in calls:
                 if not chosen:
                     continue
-                bufs = [] if momentum == 0 else [states[i]["momentum_buffer"] for i in chosen]
-                torch._fused_sgd_(
-                    [params[i] for i in chosen],
-                    [grads[i] for i in chosen],
+                bufs = [] if momentum == 0 else [local(states[i]["momentum_buffer"]) for i in chosen]
+                torch._fused_sgd_(  # on the rank-local data: DTensor has no rule for this kernel
+                    [local(params[i]) for i in chosen],
+                    [local(grads[i]) for i in chosen],
                     bufs,
                     weight_decay=weight_decay,
                     momentum=momentum,

@@ -1,0 +1,110 @@
+"""DDP and FSDP2 against a single process, and distributed checkpoints (2 CPU processes, gloo).
+
+``distributed_parity.py`` does the training under ``torchrun``; these tests read its report.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from normctl import AdamC, AdamWN, NormMonitor, param_groups
+from normctl.experiments.models import GPT, GPTConfig
+
+pytestmark = pytest.mark.skipif(
+    not (dist.is_available() and dist.is_gloo_available()), reason="torch built without gloo"
+)
+SCRIPT = Path(__file__).with_name("distributed_parity.py")
+TOLERANCE = 1e-5  # float64 runs agree to ~1e-12; the bound leaves room for other reduction orders
+
+
+def torchrun(nproc: int, *args: str) -> None:
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([*command, str(SCRIPT), *args], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory) -> dict:
+    out = tmp_path_factory.mktemp("dist") / "report.json"
+    torchrun(2, str(out))
+    torchrun(1, str(out), "resume-single")  # the 2-rank checkpoint loaded by one process
+    result = json.loads(out.read_text())
+    result["single"] = json.loads(out.with_suffix(".single.json").read_text())
+    return result
+
+
+CASES = ["adamwn_tensor", "adamwn_global", "adamwn_group_post", "adamc", "sgdc", "sgd+wn"]
+
+
+@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
+@pytest.mark.parametrize("case", CASES)
+def test_two_processes_match_one(report, mode, case):
+    assert report["world_size"] == 2
+    assert report["cases"][f"{mode}/{case}"]["max_rel_diff"] < TOLERANCE
+
+
+@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
+def test_monitor_reports_full_tensor_values(report, mode):
+    """Under FSDP2 each rank holds slices; the monitor's norms, ℓ∞ and min/mean/max must be
+    those of the whole tensors, as one process measures them."""
+    for case in CASES:
+        result = report["cases"][f"{mode}/{case}"]
+        assert len(result["monitor"]) == len(result["reference_monitor"]) == 4
+        for got, want in zip(result["monitor"], result["reference_monitor"]):
+            assert got.keys() == want.keys()
+            for key, value in want.items():
+                if isinstance(value, float):
+                    assert got[key] == pytest.approx(value, rel=TOLERANCE, abs=1e-12), (case, key)
+
+
+def test_sharded_checkpoint_resumes_identically(report):
+    assert report["dcp"]["meta_step"] == 10
+    assert report["dcp"]["schedule_step"] == 10  # normctl's own group entries came back
+    assert report["dcp"]["resume_max_rel_diff"] < 1e-12
+
+
+def test_sharded_checkpoint_loads_into_another_world_size(report):
+    assert report["single"]["world_size"] == 1
+    assert report["single"]["max_rel_diff"] < TOLERANCE
+
+
+def test_checkpoint_state_initialisation_leaves_the_model_alone():
+    """torch.distributed.checkpoint creates optimizer state with a zero-lr, zero-grad step;
+    for AdamWN that must not apply Eq. 3 or advance the schedule."""
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=29, block_size=8, n_layer=1, n_head=2, n_embd=12))
+    optimizer = AdamWN(param_groups(model), lr=1e-2, target=0.5, rate=0.5)
+    before = [p.detach().clone() for p in model.parameters()]
+    _, optim_state = get_state_dict(model, optimizer)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    assert optimizer.param_groups[0]["schedule_step"] == 0
+    assert all(float(s["step"]) == 0 for s in optimizer.state.values())
+    assert all(p.grad is None for p in model.parameters())
+    assert "init_norm" in optim_state["state"]["transformer.h.0.attn.c_attn.weight"]
+
+
+def test_flat_parameters_are_refused_where_norms_are_computed():
+    flat = nn.Parameter(torch.randn(10))
+    flat._fsdp_flattened = True  # what FSDP1 marks its flattened parameters with
+    with pytest.raises(TypeError, match="FSDP2"):
+        AdamWN([flat])
+    with pytest.raises(TypeError, match="FSDP2"):
+        NormMonitor(nn.Linear(2, 2), torch.optim.SGD([flat], lr=0.1))
+    zero3 = nn.Parameter(torch.randn(10))
+    zero3.ds_id = 0  # DeepSpeed ZeRO-3's partitioned parameter
+    with pytest.raises(TypeError, match="ZeRO-3"):
+        AdamWN([zero3])
+    AdamWN([{"params": [flat], "control": False}])  # no norms, no refusal
+    AdamC([flat], normalized=True)  # elementwise: correct on any slice
