@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 
 
@@ -63,7 +64,9 @@ def main(argv: list[str] | None = None) -> int:
         try:
             cfg = RunConfig.from_file(args.config) if args.config else RunConfig()
             cfg = with_overrides(cfg, args.set)
-            print(json.dumps(train_run(cfg, args.out)))
+            final = train_run(cfg, args.out)
+            if os.environ.get("RANK", "0") == "0":  # under torchrun, one line for the run
+                print(json.dumps(final))
         except (ValueError, FileNotFoundError) as error:
             parser.error(str(error))
     elif args.command == "sweep":

@@ -11,6 +11,8 @@ from typing import Any
 
 TASKS = ("gpt", "voronoi", "fmnist")
 SCHEDULES = ("cosine", "constant")
+DEVICES = ("auto", "cpu", "cuda")
+PARALLEL = ("ddp", "fsdp")
 
 
 @dataclass(frozen=True)
@@ -39,12 +41,20 @@ class RunConfig:
     width: int = 8  # channels of the first stage (16 = ResNet-20)
     blocks_per_stage: int = 1
     full_data: bool = False  # the full 60k/10k set (make data) instead of the embedded sample
+    # Hardware
+    device: str = "auto"  # "auto" (CUDA when present), "cpu" or "cuda"
+    parallel: str = "ddp"  # under torchrun: "ddp" (replicate) or "fsdp" (FSDP2 shards)
+    compile: bool = False  # torch.compile the model
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
             raise ValueError(f"task must be one of {TASKS}, got {self.task!r}")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        if self.device not in DEVICES:
+            raise ValueError(f"device must be one of {DEVICES}, got {self.device!r}")
+        if self.parallel not in PARALLEL:
+            raise ValueError(f"parallel must be one of {PARALLEL}, got {self.parallel!r}")
         for name in ("steps", "batch_size", "checkpoint_every", "monitor_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")

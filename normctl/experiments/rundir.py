@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import platform
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +20,34 @@ def start_run(run_dir: Path | None, config: dict[str, Any]) -> list[JsonlSink]:
     (run_dir / "metrics.jsonl").unlink(missing_ok=True)
     (run_dir / "config.json").write_text(json.dumps(config, indent=2, default=str))
     return [JsonlSink(run_dir)]
+
+
+def describe_environment(**extra: Any) -> dict[str, Any]:
+    """What produced a run: versions, machine and the git revision of the code (if any)."""
+    import torch
+
+    info: dict[str, Any] = {
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "platform": platform.platform(),
+        "processor": platform.machine(),
+        "cpu_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        "git_revision": _git(["rev-parse", "HEAD"]),
+        "git_dirty": bool(_git(["status", "--porcelain", "--untracked-files=no"])),
+    }
+    info.update(extra)
+    return info
+
+
+def _git(args: list[str]) -> str | None:
+    try:
+        done = subprocess.run(
+            ["git", *args], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=10, check=True
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip()
 
 
 def write_report(out: Path, run_names: list[str], title: str, *, verbose: bool = True) -> Path | None:

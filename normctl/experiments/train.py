@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -26,12 +26,15 @@ from ..data import byte_tokens, load_text, random_windows, train_val_split
 from ..data.fashion_mnist import load_fashion_mnist
 from ..groups import param_groups
 from ..monitor import JsonlSink, NormMonitor, read_jsonl
+from . import parallel
 from .config import RunConfig
 from .methods import build_method
 from .models import GPT, GPTConfig, ResNet
+from .rundir import describe_environment
 from .voronoi import VoronoiModel, VoronoiTask, accuracy
 
 CHECKPOINT = "checkpoint.pt"
+SHARDED_CHECKPOINT = "checkpoint.dcp"  # a torch.distributed.checkpoint directory (several processes)
 
 
 @dataclass
@@ -53,7 +56,8 @@ def build_task(cfg: RunConfig) -> Task:
         @torch.no_grad()
         def evaluate(m: nn.Module) -> dict[str, float]:
             g = torch.Generator().manual_seed(1234)  # the same held-out windows for every run
-            losses = [m(*random_windows(val, cfg.batch_size, cfg.block_size, g))[1] for _ in range(16)]
+            windows = (random_windows(val, cfg.batch_size, cfg.block_size, g) for _ in range(16))
+            losses = [m(*to_device(w, m))[1] for w in windows]
             return {"val_loss": float(torch.stack(losses).mean())}
 
         return Task(
@@ -67,7 +71,7 @@ def build_task(cfg: RunConfig) -> Task:
         model,
         lambda g: task.batch(cfg.batch_size, g),
         lambda m, b: F.cross_entropy(m(b[0]), b[1]),
-        lambda m: {"val_acc": accuracy(m, task.val), "test_acc": accuracy(m, task.test)},
+        lambda m: {"val_acc": accuracy(m, to_device(task.val, m)), "test_acc": accuracy(m, to_device(task.test, m))},
     )
 
 
@@ -82,13 +86,18 @@ def _fashion_mnist_task(cfg: RunConfig) -> Task:
 
     @torch.no_grad()
     def evaluate(m: nn.Module) -> dict[str, float]:
+        images, labels = to_device((test_images, test_labels), m)
         correct = sum(
-            int((m(test_images[i : i + 500]).argmax(1) == test_labels[i : i + 500]).sum())
-            for i in range(0, len(test_images), 500)
+            int((m(images[i : i + 500]).argmax(1) == labels[i : i + 500]).sum()) for i in range(0, len(images), 500)
         )
         return {"test_acc": correct / len(test_images)}
 
     return Task(model, batch, lambda m, b: F.cross_entropy(m(b[0]), b[1]), evaluate)
+
+
+def to_device(pair: tuple[torch.Tensor, torch.Tensor], model: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    device = next(model.parameters()).device
+    return pair[0].to(device), pair[1].to(device)
 
 
 def lr_multiplier(cfg: RunConfig) -> schedules.Schedule:
@@ -113,15 +122,25 @@ def _truncate_metrics(path: Path, last_step: int) -> None:
 
 
 def train(cfg: RunConfig, run_dir: str | Path, *, verbose: bool = True) -> dict[str, Any]:
-    """Train ``cfg`` into ``run_dir`` (resuming from its checkpoint) and return the final metrics."""
+    """Train ``cfg`` into ``run_dir`` (resuming from its checkpoint) and return the final metrics.
+
+    Launched by ``torchrun`` with several processes, every process draws the same global
+    batch and trains on its slice; the model is replicated (``parallel="ddp"``) or sharded
+    (``"fsdp"``), checkpoints go through ``torch.distributed.checkpoint`` and rank 0 writes
+    the run directory. The metrics are those of a single process with the same config.
+    """
+    world = parallel.init_world(cfg.device)
+    main = world.is_main
+    verbose = verbose and main
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    task = build_task(cfg)
-    model = task.model
+    task = build_task(cfg)  # the same seed on every rank: the same initial weights
+    model = parallel.wrap(task.model.to(world.device), cfg.parallel, world)
+    net = parallel.unwrap(model)
     optimizer = build_method(
         cfg.method,
-        model,
-        param_groups(model, weight_decay=cfg.weight_decay),
+        net,
+        param_groups(net, weight_decay=cfg.weight_decay),
         lr=cfg.lr,
         steps=cfg.steps,
         rate=cfg.rate,
@@ -129,52 +148,64 @@ def train(cfg: RunConfig, run_dir: str | Path, *, verbose: bool = True) -> dict[
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_multiplier(cfg))
     data_order = torch.Generator().manual_seed(1000 + cfg.seed)
-    monitor = NormMonitor(model, optimizer, every=cfg.monitor_every)
 
     start = 0
-    checkpoint = run_dir / CHECKPOINT
-    if checkpoint.is_file():
-        state = torch.load(checkpoint, weights_only=False)
+    checkpoint = _find_checkpoint(run_dir, world)
+    if checkpoint is not None:
+        if world.distributed:
+            state = parallel.load_sharded(checkpoint, model, optimizer)
+        else:
+            state = torch.load(checkpoint, weights_only=False)
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
         if state["config"] != json.loads(cfg.to_json()):
             raise ValueError(f"{run_dir} holds a checkpoint of a different config; use another directory")
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         data_order.set_state(state["data_order"])
-        monitor.load_state_dict(state["monitor"])
         start = state["step"]
-        _truncate_metrics(run_dir / "metrics.jsonl", start)
+        if main:
+            _truncate_metrics(run_dir / "metrics.jsonl", start)
         if verbose:
             print(f"resuming {run_dir} at step {start}/{cfg.steps}", flush=True)
-    else:
+    elif main:
         (run_dir / "config.json").write_text(cfg.to_json())
         (run_dir / "metrics.jsonl").unlink(missing_ok=True)
-    sink = JsonlSink(run_dir)
-    monitor.sinks.append(sink)
+    # Created after the load: torch.distributed.checkpoint may take an optimizer step to
+    # create state (at lr 0, zero gradients), which the monitor would otherwise record.
+    monitor = NormMonitor(net, optimizer, every=cfg.monitor_every)
+    if checkpoint is not None:
+        monitor.load_state_dict(state["monitor"])
+    if main:
+        environment = describe_environment(device=str(world.device), world_size=world.size, parallel=cfg.parallel)
+        (run_dir / "environment.json").write_text(json.dumps(environment, indent=2))
+        monitor.sinks.append(JsonlSink(run_dir))
 
+    forward = cast(nn.Module, torch.compile(model)) if cfg.compile else model
     began = time.perf_counter()
     model.train()
     for step in range(start, cfg.steps):
-        loss = task.loss(model, task.batch(data_order))
+        inputs, targets = parallel.local_slice(task.batch(data_order), world)
+        loss = task.loss(forward, (inputs.to(world.device), targets.to(world.device)))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        monitor.observe(loss=loss)
+        monitor.observe(loss=parallel.mean_over_ranks(loss, world))
         scheduler.step()
         done = step + 1
         if done % cfg.checkpoint_every == 0 or done == cfg.steps:
-            _atomic_save(
-                {
-                    "config": json.loads(cfg.to_json()),
-                    "step": done,
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "data_order": data_order.get_state(),
-                    "monitor": monitor.state_dict(),
-                },
-                checkpoint,
-            )
+            state = {
+                "config": json.loads(cfg.to_json()),
+                "step": done,
+                "scheduler": scheduler.state_dict(),
+                "data_order": data_order.get_state(),
+                "monitor": monitor.state_dict(),
+            }
+            if world.distributed:
+                parallel.save_sharded(run_dir / SHARDED_CHECKPOINT, model, optimizer, state)
+            else:
+                _atomic_save(
+                    {**state, "model": model.state_dict(), "optimizer": optimizer.state_dict()}, run_dir / CHECKPOINT
+                )
             if verbose:
                 rate = (done - start) / max(time.perf_counter() - began, 1e-9)
                 print(f"step {done}/{cfg.steps}  loss {float(loss.detach()):.4f}  {rate:.1f} steps/s", flush=True)
@@ -185,7 +216,20 @@ def train(cfg: RunConfig, run_dir: str | Path, *, verbose: bool = True) -> dict[
         "method": cfg.method,
         "seed": cfg.seed,
         "steps": cfg.steps,
-        **task.evaluate(model),
+        **task.evaluate(model),  # every rank runs it: FSDP2's forward is collective
     }
-    (run_dir / "final.json").write_text(json.dumps(final, indent=2))
+    if main:
+        (run_dir / "final.json").write_text(json.dumps(final, indent=2))
     return final
+
+
+def _find_checkpoint(run_dir: Path, world: parallel.World) -> Path | None:
+    """The checkpoint to resume from: ``checkpoint.pt`` for one process, the DCP directory
+    (or, after a kill between its two renames, the previous one) for several."""
+    if not world.distributed:
+        path = run_dir / CHECKPOINT
+        return path if path.is_file() else None
+    for path in (run_dir / SHARDED_CHECKPOINT, run_dir / (SHARDED_CHECKPOINT + ".old")):
+        if (path / "meta.pt").is_file():
+            return path
+    return None

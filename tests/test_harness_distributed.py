@@ -1,0 +1,113 @@
+"""``normctl train`` under ``torchrun``: 2 CPU processes give the metrics of one, and a killed
+FSDP2 run resumes from its distributed checkpoint."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch.distributed as dist
+
+from normctl.experiments.config import RunConfig, with_overrides
+from normctl.experiments.train import SHARDED_CHECKPOINT, train
+from normctl.monitor import read_jsonl
+
+pytestmark = pytest.mark.skipif(
+    not (dist.is_available() and dist.is_gloo_available()), reason="torch built without gloo"
+)
+SMALL = [
+    "task=gpt",
+    "checkpoint_every=10",
+    "monitor_every=5",
+    "n_layer=1",
+    "n_embd=32",
+    "block_size=16",
+    "batch_size=4",
+    "method=adamwn",
+    "target_ratio=1.2",
+    "device=cpu",
+]
+
+
+def torchrun_command(run_dir, assignments: list[str]) -> list[str]:
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    command += ["-m", "normctl.cli", "train", "--out", str(run_dir)]
+    for assignment in assignments:
+        command += ["--set", assignment]
+    return command
+
+
+def torchrun(run_dir, assignments: list[str]) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(torchrun_command(run_dir, assignments), env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+def kill_everything_running_in(run_dir) -> None:
+    """SIGKILL the launcher and its workers (torchrun starts each worker in a session of its
+    own, so killing the launcher's process group would leave them running)."""
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                command = f.read().split(b"\0")
+        except OSError:
+            continue
+        if str(run_dir).encode() in command:
+            try:
+                os.kill(int(entry), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def assert_same_records(got_dir, want_dir, rel: float = 1e-4) -> None:
+    got, want = read_jsonl(got_dir / "metrics.jsonl"), read_jsonl(want_dir / "metrics.jsonl")
+    assert [r["step"] for r in got] == [r["step"] for r in want], ([r["step"] for r in got], [r["step"] for r in want])
+    for a, b in zip(got, want):
+        assert a.keys() == b.keys()
+        for key, value in b.items():
+            if isinstance(value, float):
+                assert a[key] == pytest.approx(value, rel=rel, abs=rel * 1e-2), key
+
+
+@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
+def test_two_processes_train_like_one(tmp_path, mode):
+    assignments = [*SMALL, "steps=20"]
+    single = train(with_overrides(RunConfig(), assignments), tmp_path / "single", verbose=False)
+    torchrun(tmp_path / mode, [*assignments, f"parallel={mode}"])
+    final = json.loads((tmp_path / mode / "final.json").read_text())
+    assert final["val_loss"] == pytest.approx(single["val_loss"], rel=1e-5)
+    assert_same_records(tmp_path / mode, tmp_path / "single")
+    environment = json.loads((tmp_path / mode / "environment.json").read_text())
+    assert (environment["world_size"], environment["parallel"]) == (2, mode)
+
+
+def test_killed_fsdp_run_resumes_from_its_sharded_checkpoint(tmp_path):
+    assignments = [*SMALL, "steps=400", "parallel=fsdp"]
+    run_dir = tmp_path / "killed"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen(
+        torchrun_command(run_dir, assignments),
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.time() + 300
+    while not (run_dir / SHARDED_CHECKPOINT / "meta.pt").is_file() and time.time() < deadline:
+        assert process.poll() is None, "the run stopped before writing a checkpoint"
+        time.sleep(0.05)
+    kill_everything_running_in(run_dir)
+    process.wait()
+    assert not (run_dir / "final.json").exists(), "the run finished before it could be killed"
+
+    torchrun(run_dir, assignments)  # resumes
+    torchrun(tmp_path / "uninterrupted", assignments)
+    final = json.loads((run_dir / "final.json").read_text())
+    assert final == json.loads((tmp_path / "uninterrupted" / "final.json").read_text())
+    assert_same_records(run_dir, tmp_path / "uninterrupted", rel=1e-6)
