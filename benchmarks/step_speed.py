@@ -1,10 +1,13 @@
 """optimizer.step() time on GPT-2-small and ResNet-50 parameter shapes, against torch in one run.
 
     python benchmarks/step_speed.py [--family gpt2|resnet50|both] [--repeats 7] [--dtype float32|bfloat16]
+                                    [--device cpu|cuda]
 
 Parameters get fixed random gradients; each optimizer is timed over repeated steps after
 warm-up. Prints the median, spread and ratio to torch's fused AdamW (the faster of torch's fused
-and foreach SGD for the SGD family), the bytes of optimizer state, and writes results/bench/step_speed_<family>.json.
+and foreach SGD for the SGD family), the bytes of optimizer state (and on CUDA the peak memory a
+step allocates beyond the parameters, gradients and state), and writes
+results/bench/step_speed_<family>[_<dtype>][_cuda].json.
 """
 
 from __future__ import annotations
@@ -83,9 +86,9 @@ SGD_FAMILY = {
 }
 
 
-def time_optimizer(make, shapes, dtype, repeats: int, warmup: int = 2) -> dict:
+def time_optimizer(make, shapes, dtype, repeats: int, device: str, warmup: int = 2) -> dict:
     torch.manual_seed(0)
-    params = [torch.randn(s, dtype=dtype).mul_(0.02).requires_grad_() for s in shapes]
+    params = [torch.randn(s, dtype=dtype, device=device).mul_(0.02).requires_grad_() for s in shapes]
     for p in params:
         p.grad = torch.randn_like(p).mul_(1e-3)
     gc.collect()
@@ -97,37 +100,46 @@ def time_optimizer(make, shapes, dtype, repeats: int, warmup: int = 2) -> dict:
             return {"error": str(error).splitlines()[0]}
     for _ in range(warmup):
         opt.step()
+    states = [opt.state, *([opt.optimizer.state] if hasattr(opt, "optimizer") else [])]
     state_bytes = sum(
-        t.numel() * t.element_size() for s in opt.state.values() for t in s.values() if isinstance(t, torch.Tensor)
+        t.numel() * t.element_size()
+        for state in states
+        for s in state.values()
+        for t in s.values()
+        if isinstance(t, torch.Tensor)
     )
-    inner = getattr(opt, "optimizer", None)
-    if inner is not None:
-        state_bytes += sum(
-            t.numel() * t.element_size()
-            for s in inner.state.values()
-            for t in s.values()
-            if isinstance(t, torch.Tensor)
-        )
+    cuda = device == "cuda"
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    resident = torch.cuda.memory_allocated() if cuda else 0
     samples = []
     for _ in range(repeats):
         start = time.perf_counter()
         opt.step()
-        if torch.cuda.is_available():
+        if cuda:
             torch.cuda.synchronize()
         samples.append(time.perf_counter() - start)
-    return {"seconds": summary(samples), "state_bytes": state_bytes}
+    result = {"seconds": summary(samples), "state_bytes": state_bytes}
+    if cuda:  # temporaries a step allocates on top of what stays resident
+        result["step_peak_extra_bytes"] = torch.cuda.max_memory_allocated() - resident
+    del opt, params
+    gc.collect()
+    if cuda:
+        torch.cuda.empty_cache()
+    return result
 
 
-def run_family(name: str, shapes, dtype, repeats: int) -> dict:
+def run_family(name: str, shapes, dtype, repeats: int, device: str) -> dict:
     n = sum(torch.Size(s).numel() for s in shapes)
-    print(f"\n{name}: {len(shapes)} tensors, {n / 1e6:.1f}M parameters, {dtype}", flush=True)
+    print(f"\n{name}: {len(shapes)} tensors, {n / 1e6:.1f}M parameters, {dtype}, {device}", flush=True)
     results = {}
     for table, candidates in (
         (ADAM_FAMILY, ["torch AdamW fused"]),
         (SGD_FAMILY, ["torch SGD foreach", "torch SGD fused"]),
     ):
         for label, make in table.items():
-            results[label] = time_optimizer(make, shapes, dtype, repeats)
+            results[label] = time_optimizer(make, shapes, dtype, repeats, device)
         # the baseline is torch's fastest available implementation of the same rule
         timed = [c for c in candidates if "seconds" in results[c]] or candidates[:1]
         baseline = min(timed, key=lambda c: results[c].get("seconds", {}).get("median", float("inf")))
@@ -143,10 +155,13 @@ def run_family(name: str, shapes, dtype, repeats: int) -> dict:
             print(
                 f"  {label:<36} {med * 1e3:8.1f} ms  [{r['seconds']['min'] * 1e3:.1f}, "
                 f"{r['seconds']['max'] * 1e3:.1f}]  x{ratio:5.2f} vs {baseline}  "
-                f"state {r['state_bytes'] / 2**20:.0f} MiB",
+                f"state {r['state_bytes'] / 2**20:.0f} MiB"
+                + (
+                    f"  step peak +{r['step_peak_extra_bytes'] / 2**20:.0f} MiB" if "step_peak_extra_bytes" in r else ""
+                ),
                 flush=True,
             )
-    return {"tensors": len(shapes), "parameters": n, "dtype": str(dtype), "results": results}
+    return {"tensors": len(shapes), "parameters": n, "dtype": str(dtype), "device": device, "results": results}
 
 
 def main() -> None:
@@ -154,13 +169,14 @@ def main() -> None:
     parser.add_argument("--family", choices=["gpt2", "resnet50", "both"], default="both")
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     args = parser.parse_args()
     dtype = getattr(torch, args.dtype)
     families = {"gpt2": gpt2_small_shapes, "resnet50": resnet50_shapes}
     for family in families if args.family == "both" else [args.family]:
-        result = run_family(family, families[family](), dtype, args.repeats)
+        result = run_family(family, families[family](), dtype, args.repeats, args.device)
         result["machine"] = machine()
-        suffix = "" if args.dtype == "float32" else f"_{args.dtype}"
+        suffix = ("" if args.dtype == "float32" else f"_{args.dtype}") + ("" if args.device == "cpu" else "_cuda")
         print("  ->", write_json(f"step_speed_{family}{suffix}", result))
 
 

@@ -7,11 +7,13 @@ from collections.abc import Callable
 import torch
 
 SHAPES = [(5, 3), (4,), (), (2, 3, 4), (0, 3)]
+# Where the device-dependent paths (torch's fused kernels) are checked: CUDA too when present.
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
-def make_params(dtype: torch.dtype = torch.float64, seed: int = 0, shapes=SHAPES) -> list[torch.Tensor]:
+def make_params(dtype: torch.dtype = torch.float64, seed: int = 0, shapes=SHAPES, device="cpu") -> list[torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
-    return [torch.randn(s, generator=g, dtype=torch.float64).to(dtype).requires_grad_() for s in shapes]
+    return [torch.randn(s, generator=g, dtype=torch.float64).to(device, dtype).requires_grad_() for s in shapes]
 
 
 def run(
@@ -24,18 +26,19 @@ def run(
     shapes=SHAPES,
     seed: int = 0,
     params: list[torch.Tensor] | None = None,
+    device: str = "cpu",
 ):
     """Train fresh parameters for ``steps`` steps on seeded random gradients.
 
     Returns (params, optimizer). The same seed gives every optimizer the same gradients.
     """
-    params = make_params(dtype, seed, shapes) if params is None else params
+    params = make_params(dtype, seed, shapes, device) if params is None else params
     optimizer = make_optimizer(params)
     sched = scheduler(optimizer) if scheduler else None
     g = torch.Generator().manual_seed(seed + 1)
     for _ in range(steps):
         for p in params:
-            p.grad = (torch.randn(p.shape, generator=g, dtype=torch.float64) * grad_scale).to(dtype)
+            p.grad = (torch.randn(p.shape, generator=g, dtype=torch.float64) * grad_scale).to(device, dtype)
         optimizer.step()
         if sched:
             sched.step()

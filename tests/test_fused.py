@@ -4,12 +4,12 @@ import warnings
 
 import pytest
 import torch
-from helpers import assert_same, make_params, run, state_tensors, warmup_cosine
+from helpers import DEVICES, assert_same, make_params, run, state_tensors, warmup_cosine
 
 from normctl import SGDC, AdamC, AdamWN, schedules
 
 
-def compare_with_reference(make, *, dtype=torch.float64, rtol=1e-6):
+def compare_with_reference(make, *, dtype=torch.float64, rtol=1e-6, device="cpu"):
     """100 steps under warm-up + cosine: fused vs the per-tensor loop, params and state."""
     results = []
     with warnings.catch_warnings():
@@ -20,6 +20,7 @@ def compare_with_reference(make, *, dtype=torch.float64, rtol=1e-6):
                 scheduler=warmup_cosine(),
                 dtype=dtype,
                 shapes=[(5, 3), (4,), (2, 3, 4), (7, 7)],
+                device=device,
             )
             results.append((params, state_tensors(opt)))
     (p_ref, s_ref), (p_fused, s_fused) = results
@@ -27,6 +28,7 @@ def compare_with_reference(make, *, dtype=torch.float64, rtol=1e-6):
     assert_same(s_ref, s_fused, exact=False, rtol=rtol, atol=1e-7)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize(
     "kw",
@@ -39,9 +41,12 @@ def compare_with_reference(make, *, dtype=torch.float64, rtol=1e-6):
     ],
     ids=["tensor", "group", "global", "post-step", "13a"],
 )
-def test_adamwn_fused_equals_reference(kw, dtype):
+def test_adamwn_fused_equals_reference(kw, dtype, device):
     compare_with_reference(
-        lambda p, **o: AdamWN(p, lr=1e-2, **kw, **o), dtype=dtype, rtol=1e-6 if dtype == torch.float64 else 1e-5
+        lambda p, **o: AdamWN(p, lr=1e-2, **kw, **o),
+        dtype=dtype,
+        rtol=1e-6 if dtype == torch.float64 else 1e-5,
+        device=device,
     )
 
 
@@ -53,25 +58,32 @@ def test_adamwn_fused_uncontrolled_groups_with_decay():
     )
 
 
-def test_adamc_fused_equals_reference_and_torch_fused_adamw_at_constant_lr():
+@pytest.mark.parametrize("device", DEVICES)
+def test_adamc_fused_equals_reference_and_torch_fused_adamw_at_constant_lr(device):
     compare_with_reference(
-        lambda p, **o: AdamC([{"params": p[:2], "normalized": True}, {"params": p[2:]}], lr=1e-2, weight_decay=0.1, **o)
+        lambda p, **o: AdamC(
+            [{"params": p[:2], "normalized": True}, {"params": p[2:]}], lr=1e-2, weight_decay=0.1, **o
+        ),
+        device=device,
     )
-    ref, _ = run(lambda p: torch.optim.AdamW(p, lr=1e-2, weight_decay=0.1, fused=True))
-    got, _ = run(lambda p: AdamC(p, lr=1e-2, weight_decay=0.1, normalized=True, fused=True))
+    ref, _ = run(lambda p: torch.optim.AdamW(p, lr=1e-2, weight_decay=0.1, fused=True), device=device)
+    got, _ = run(lambda p: AdamC(p, lr=1e-2, weight_decay=0.1, normalized=True, fused=True), device=device)
     assert_same(ref, got)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize(
     "momentum,dampening,nesterov,decoupled",
     [(0.0, 0.0, False, False), (0.9, 0.0, False, False), (0.9, 0.0, True, False), (0.8, 0.2, False, True)],
 )
-def test_sgdc_fused_equals_reference_and_torch_fused_sgd(momentum, dampening, nesterov, decoupled):
+def test_sgdc_fused_equals_reference_and_torch_fused_sgd(momentum, dampening, nesterov, decoupled, device):
     kw = dict(lr=0.1, momentum=momentum, dampening=dampening, nesterov=nesterov, weight_decay=1e-2)
-    compare_with_reference(lambda p, **o: SGDC(p, normalized=True, decoupled_weight_decay=decoupled, **kw, **o))
+    compare_with_reference(
+        lambda p, **o: SGDC(p, normalized=True, decoupled_weight_decay=decoupled, **kw, **o), device=device
+    )
     if not decoupled:
-        ref, _ = run(lambda p: torch.optim.SGD(p, fused=True, **kw))
-        got, _ = run(lambda p: SGDC(p, normalized=True, fused=True, **kw))
+        ref, _ = run(lambda p: torch.optim.SGD(p, fused=True, **kw), device=device)
+        got, _ = run(lambda p: SGDC(p, normalized=True, fused=True, **kw), device=device)
         assert_same(ref, got)
 
 
