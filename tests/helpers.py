@@ -73,7 +73,7 @@ def state_tensors(optimizer) -> list[torch.Tensor]:
             for key in sorted(optimizer.state[p]):
                 value = optimizer.state[p][key]
                 if isinstance(value, torch.Tensor):
-                    out.append(value)
+                    out.append(value.cpu())  # fused paths keep ``step`` on the device
     return out
 
 

@@ -7,6 +7,7 @@ import torch
 from helpers import DEVICES, assert_same, make_params, run, state_tensors, warmup_cosine
 
 from normctl import SGDC, AdamC, AdamWN, schedules
+from normctl.optim import _one_pass
 
 
 def compare_with_reference(make, *, dtype=torch.float64, rtol=1e-6, device="cpu"):
@@ -117,3 +118,27 @@ def test_default_selects_fused_on_cpu_and_explicit_paths_override(monkeypatch):
         assert bool(calls) == expected
     with pytest.raises(ValueError, match="foreach and fused cannot both be True"):
         AdamWN(make_params(), foreach=True, fused=True)
+
+
+@pytest.mark.skipif(not _one_pass.available(), reason="needs CUDA and Triton")
+@pytest.mark.parametrize("kw", [dict(target=1.3, rate=0.1), dict(target=2.0, rate=0.2, relative_target=False)])
+def test_one_pass_cuda_kernel_equals_reference_and_notices_changed_weights(kw):
+    """The kernel keeps ‖θ‖ from its own writes; an in-place change between steps (here a
+    rescale) must make it measure the norms again."""
+    results, optimizers = [], []
+    for path in (dict(foreach=False), dict()):
+        params = make_params(torch.float32, shapes=[(5, 3), (4,), (), (7, 7), (40000,)], device="cuda")
+        optimizer = AdamWN(params, lr=1e-2, **kw, **path)
+        g = torch.Generator().manual_seed(3)
+        for step in range(60):
+            for p in params:
+                p.grad = torch.randn(p.shape, generator=g).cuda()
+            optimizer.step()
+            if step == 20:
+                with torch.no_grad():
+                    params[0].mul_(3.0)
+        results.append(params)
+        optimizers.append(optimizer)
+    assert optimizers[1]._kept_norms and not optimizers[0]._kept_norms  # the default took the kernel
+    assert_same(results[0], results[1], exact=False, rtol=1e-5, atol=1e-6)
+    assert_same(state_tensors(optimizers[0]), state_tensors(optimizers[1]), exact=False, rtol=1e-5, atol=1e-6)

@@ -9,6 +9,7 @@ from torch import Tensor
 from .. import rules
 from ..schedules import Schedule
 from . import _control as control
+from . import _one_pass
 from ._adam import adam_state, adam_update, fused_adamw_
 from ._base import Batch, NormctlOptimizer, check_betas, check_bools, check_choice, check_nonnegative
 
@@ -62,8 +63,10 @@ class AdamWN(NormctlOptimizer):
             decay λ_i = (1 − f_i)/γ), or the decay of uncontrolled groups, into torch's one-pass
             fused AdamW kernel; ``foreach=True`` selects the ``torch._foreach_*`` path and
             ``foreach=False`` the per-tensor reference loop. Default (both ``None``): fused where
-            torch has the kernel (CPU and CUDA floating point; l2 decay), foreach otherwise. All
-            paths are tested equal to the reference.
+            torch has the kernel (CPU and CUDA floating point; l2 decay), foreach otherwise. On
+            CUDA float32 tensor-scope groups with ``control_at="pre_step"``, fused means one
+            multi-tensor Triton kernel (when Triton is installed) that applies Eq. 3 and Adam in
+            one pass and keeps ‖θ‖ for the next step. All paths are tested equal to the reference.
         skip_nonfinite: if any gradient holds NaN/Inf, skip the whole step leaving params and
             state untouched and count it in ``group["skipped_steps"]``. Off by default, where
             (as in torch) non-finite gradients flow into the moments and weights.
@@ -120,6 +123,7 @@ class AdamWN(NormctlOptimizer):
             skip_nonfinite=skip_nonfinite,
         )
         super().__init__(params, defaults)
+        self._kept_norms: dict[int, _one_pass.KeptNorms] = {}  # per group, for the one-pass CUDA kernel
 
     # -- construction -------------------------------------------------------------------------
 
@@ -151,9 +155,19 @@ class AdamWN(NormctlOptimizer):
         self._attach_state(batches)
         control.record_scope_norms(self.param_groups)
 
-        pre_step = control.control_factors(batches, plans, self.param_groups, phase="pre_step")
-        for batch, factors in zip(batches, pre_step):
+        one_pass = [self._fusable(b.group, b) and _one_pass.eligible(b.params, b.group) for b in batches]
+        # one-pass groups measure (or keep) their norms inside their own step
+        pre_step_plans = [None if single else plan for plan, single in zip(plans, one_pass)]
+        pre_step = control.control_factors(batches, pre_step_plans, self.param_groups, phase="pre_step")
+        for batch, factors, step_plan, single in zip(batches, pre_step, plans, one_pass):
             group = batch.group
+            if single:
+                assert step_plan is not None
+                kept = self._kept_norms.setdefault(id(group), _one_pass.KeptNorms())
+                _one_pass.adamwn_step_(
+                    batch.params, batch.grads, batch.states, group, step_plan.rate, step_plan.target, kept
+                )
+                continue
             if self._fusable(group, batch):  # decay or Eq. 3 folded into the fused kernel's λ
                 if group["control"]:
                     decay = 0.0 if factors is None else control.as_weight_decay(factors, group["lr"])
