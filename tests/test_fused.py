@@ -46,7 +46,8 @@ def test_adamwn_fused_equals_reference(kw, dtype, device):
     compare_with_reference(
         lambda p, **o: AdamWN(p, lr=1e-2, **kw, **o),
         dtype=dtype,
-        rtol=1e-6 if dtype == torch.float64 else 1e-5,
+        # float32 CUDA kernels contract to fused multiply-adds: ~1e-5 apart after 100 steps
+        rtol=1e-6 if dtype == torch.float64 else (1e-5 if device == "cpu" else 5e-5),
         device=device,
     )
 

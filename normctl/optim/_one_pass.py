@@ -140,22 +140,17 @@ def adamwn_step_(
         norms = torch.stack(rules.tensor_norms(params))
     else:
         norms = kept.norm_sq.sqrt()
-    if group["relative_target"]:  # τ_i = r·‖θ_0,i‖
-        target_norms = target * torch.stack([s["init_norm"] for s in states]).to(device, torch.float32)
-    else:
-        target_norms = torch.full((len(params),), target, dtype=torch.float32, device=device)
-    factors = rules.norm_control_factor(norms, target_norms, rate).float()
-
     steps = [s["step"] for s in states]
     torch._foreach_add_(steps, 1)
-    step = torch.stack(steps).to(device, torch.float32)
-    beta1, beta2 = group["betas"]
-    step_sizes = group["lr"] / (1 - beta1**step)
-    bias_correction2_sqrts = (1 - beta2**step).sqrt()
-
-    key = tuple(t.data_ptr() for t in (*params, *exp_avgs, *exp_avg_sqs))
-    if key not in kept.tables:
+    # Tables that stay valid while the same tensors are stepped: pointers, block layout, the
+    # initial norms and a device copy of the step counts (rebuilt when any tensor is replaced,
+    # as load_state_dict does).
+    key = tuple(t.data_ptr() for t in (*params, *exp_avgs, *exp_avg_sqs, *steps))
+    if key in kept.tables:
+        kept.tables[key][-1].add_(1)
+    else:
         blocks = [(i, start) for i, p in enumerate(params) for start in range(0, p.numel(), CHUNK)]
+        init_norms = [s.get("init_norm", torch.zeros(())) for s in states]
         kept.tables = {  # one entry: the tables of the tensors this group has now
             key: (
                 _pointer_table(params, device),
@@ -164,9 +159,17 @@ def adamwn_step_(
                 torch.tensor([p.numel() for p in params], dtype=torch.int64, device=device),
                 torch.tensor([i for i, _ in blocks], dtype=torch.int32, device=device),
                 torch.tensor([s for _, s in blocks], dtype=torch.int64, device=device),
+                torch.stack(init_norms).to(device, torch.float32),
+                torch.stack(steps).to(device, torch.float32),
             )
         }
-    param_table, exp_avg_table, exp_avg_sq_table, numels, block_tensor, block_start = kept.tables[key]
+    param_table, exp_avg_table, exp_avg_sq_table, numels, block_tensor, block_start, init, step = kept.tables[key]
+
+    target_norms = target * init if group["relative_target"] else torch.full_like(init, target)  # τ_i
+    factors = rules.norm_control_factor(norms, target_norms, rate).float()
+    beta1, beta2 = group["betas"]
+    step_sizes = group["lr"] / (1 - beta1**step)
+    bias_correction2_sqrts = (1 - beta2**step).sqrt()
     norm_sq = torch.zeros(len(params), dtype=torch.float32, device=device)
     _adamwn_kernel[(len(block_tensor),)](
         param_table,
