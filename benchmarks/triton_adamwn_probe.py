@@ -2,11 +2,11 @@
 
     python benchmarks/triton_adamwn_probe.py [--repeats 50]
 
-AdamWN's fused path today folds Eq. 3 into torch's fused AdamW as a per-tensor weight decay,
-which costs one kernel launch per tensor and a separate norm pass. This probe times the
-alternative the speed issue proposes: one multi-tensor Triton kernel that applies Eq. 3's
-factor, Adam's step, and accumulates ‖θ_t‖² of the weights it writes, so that the next step
-needs no norm pass. It is not wired into ``AdamWN``; it measures whether doing so pays.
+Times AdamWN's one-pass multi-tensor Triton kernel (``normctl/optim/_one_pass.py``: Eq. 3's
+factor, Adam's step and ‖θ_t‖² of the weights it writes, in one pass) launched with nothing
+around it, next to torch's fused AdamW and to ``normctl.AdamWN`` itself (which launches the same
+kernel, plus its per-step bookkeeping in Python). The gap between the last two is the host-side
+cost still to remove.
 
 Prints the kernel's agreement with ``normctl.AdamWN`` (per-tensor reference path) on GPT-2
 shapes after 10 steps, and the median step time against torch's fused AdamW in the same run;
@@ -19,62 +19,11 @@ import argparse
 import time
 
 import torch
-import triton
-import triton.language as tl
 from common import machine, summary, write_json
 from step_speed import gpt2_small_shapes
 
 from normctl import AdamWN
-
-CHUNK = 16384  # elements per program: a few thousand programs on GPT-2, one atomic add each
-BLOCK = 1024
-
-
-@triton.jit
-def _adamwn_kernel(
-    param_ptrs,
-    grad_ptrs,
-    exp_avg_ptrs,
-    exp_avg_sq_ptrs,
-    numels,
-    block_tensor,
-    block_start,
-    factors,
-    norm_sq,
-    step_size,
-    bias_correction2_sqrt,
-    beta1,
-    beta2,
-    eps,
-    CHUNK: tl.constexpr,
-    BLOCK: tl.constexpr,
-):
-    pid = tl.program_id(0)
-    t = tl.load(block_tensor + pid)
-    start = tl.load(block_start + pid)
-    n = tl.load(numels + t)
-    p_ptr = tl.load(param_ptrs + t).to(tl.pointer_type(tl.float32))
-    g_ptr = tl.load(grad_ptrs + t).to(tl.pointer_type(tl.float32))
-    m_ptr = tl.load(exp_avg_ptrs + t).to(tl.pointer_type(tl.float32))
-    v_ptr = tl.load(exp_avg_sq_ptrs + t).to(tl.pointer_type(tl.float32))
-    f = tl.load(factors + t)
-    acc = tl.zeros([BLOCK], dtype=tl.float32)
-    for i in range(0, CHUNK, BLOCK):
-        offs = start + i + tl.arange(0, BLOCK)
-        mask = offs < n
-        p = tl.load(p_ptr + offs, mask=mask, other=0.0)
-        g = tl.load(g_ptr + offs, mask=mask, other=0.0)
-        m = tl.load(m_ptr + offs, mask=mask, other=0.0)
-        v = tl.load(v_ptr + offs, mask=mask, other=0.0)
-        p = p * f  # Eq. 3 before the step (control_at="pre_step")
-        m = m + (1.0 - beta1) * (g - m)
-        v = beta2 * v + (1.0 - beta2) * g * g
-        p = p - step_size * m / (tl.sqrt(v) / bias_correction2_sqrt + eps)
-        tl.store(p_ptr + offs, p, mask=mask)
-        tl.store(m_ptr + offs, m, mask=mask)
-        tl.store(v_ptr + offs, v, mask=mask)
-        acc += tl.where(mask, p * p, 0.0)
-    tl.atomic_add(norm_sq + t, tl.sum(acc, axis=0))
+from normctl.optim._one_pass import BLOCK, CHUNK, _adamwn_kernel
 
 
 class OnePassAdamWN:
@@ -114,6 +63,9 @@ class OnePassAdamWN:
         # Eq. 3's factor 1 − k·(1 − τ/‖θ‖) for every tensor at once, on the device
         factors = 1 - self.rate * (1 - self.target * self.init_norm / self.norm_sq.sqrt())
         self.norm_sq.zero_()
+        n = len(self.params)
+        step_sizes = torch.full((n,), self.lr / (1 - beta1**self.step_count), device=self.norm_sq.device)
+        bias_correction2_sqrts = torch.full((n,), (1 - beta2**self.step_count) ** 0.5, device=self.norm_sq.device)
         _adamwn_kernel[(len(self.block_tensor),)](
             self.pointers[0],
             grad_ptrs,
@@ -123,9 +75,9 @@ class OnePassAdamWN:
             self.block_tensor,
             self.block_start,
             factors,
+            step_sizes,
+            bias_correction2_sqrts,
             self.norm_sq,
-            self.lr / (1 - beta1**self.step_count),
-            (1 - beta2**self.step_count) ** 0.5,
             beta1,
             beta2,
             self.eps,
