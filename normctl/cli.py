@@ -37,6 +37,10 @@ def main(argv: list[str] | None = None) -> int:
     sweep.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2", help="a swept field")
     sweep.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
     sweep.add_argument("--out", required=True, help="the sweep directory")
+    repro = commands.add_parser("repro-gpt", help="seeds 001/002 on the GPT: AdamW, AdamC, AdamWN over seeds")
+    repro.add_argument("--out", default="results/repro_gpt", help="the reproduction's directory")
+    repro.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
+    repro.add_argument("--scale", default="laptop", help="laptop (2 CPU cores, ~1 h) or gpu (GPT-2 small's shape)")
     report = commands.add_parser("report", help="HTML report comparing monitored run directories")
     report.add_argument("runs", nargs="+", help="run directories holding metrics.jsonl")
     report.add_argument("-o", "--output", default="report.html", help="HTML file to write")
@@ -68,6 +72,13 @@ def main(argv: list[str] | None = None) -> int:
             if os.environ.get("RANK", "0") == "0":  # under torchrun, one line for the run
                 print(json.dumps(final))
         except (ValueError, FileNotFoundError) as error:
+            parser.error(str(error))
+    elif args.command == "repro-gpt":
+        from .experiments.repro_gpt import run_repro
+
+        try:
+            run_repro(args.out, [int(s) for s in args.seeds.split(",") if s], args.scale)
+        except ValueError as error:
             parser.error(str(error))
     elif args.command == "sweep":
         from .experiments.config import RunConfig, with_overrides

@@ -18,6 +18,7 @@ SMALL = [
     "steps=240",
     "checkpoint_every=40",
     "monitor_every=5",
+    "eval_every=30",
     "n_layer=1",
     "n_embd=64",
     "block_size=32",
@@ -63,6 +64,9 @@ def test_killed_run_resumes_with_identical_metrics(tmp_path):
     assert resumed == reference
     lines = lambda d: (d / "metrics.jsonl").read_text().splitlines()  # noqa: E731
     assert lines(run_dir) == lines(tmp_path / "uninterrupted")
+    evals = lambda d: (d / "evals.jsonl").read_text().splitlines()  # noqa: E731
+    assert evals(run_dir) == evals(tmp_path / "uninterrupted")
+    assert len(evals(run_dir)) == cfg.steps // 30
     final_a = torch.load(run_dir / "checkpoint.pt", weights_only=False)["model"]
     final_b = torch.load(tmp_path / "uninterrupted" / "checkpoint.pt", weights_only=False)["model"]
     assert all(torch.equal(final_a[k], final_b[k]) for k in final_a)
@@ -117,3 +121,22 @@ def test_fashion_mnist_sample_and_resnet_task(tmp_path):
     )
     final = train(cfg, tmp_path, verbose=False)
     assert 0 <= final["test_acc"] <= 1
+
+
+def test_gpt_reproduction_runs_phases_and_summarizes(tmp_path, monkeypatch):
+    from normctl.experiments import repro_gpt
+
+    tiny = ["task=gpt", "n_layer=1", "n_embd=32", "block_size=16", "batch_size=4", "steps=20", "warmup=2"]
+    tiny += ["checkpoint_every=10", "monitor_every=5", "eval_every=10", "device=cpu"]
+    monkeypatch.setitem(repro_gpt.SCALES, "tiny", tiny)
+    summary = repro_gpt.run_repro(tmp_path, [0, 1], "tiny", verbose=False)
+    methods = summary["methods"]
+    assert set(methods) == {"adamw", "adamc", "adamwn"}
+    ratios = [json.loads((tmp_path / f"method-adamw_s{s}" / "final.json").read_text()) for s in (0, 1)]
+    assert len(ratios) == 2 and methods["adamw"]["seeds"] == [0, 1]
+    # AdamWN's target is AdamW's measured final norm ratio, recorded in its config
+    adamwn_config = json.loads((tmp_path / "method-adamwn_s0" / "config.json").read_text())
+    assert adamwn_config["target_ratio"] == summary["adamwn_target_ratio"]
+    assert summary["adamwn_target_ratio"] == pytest.approx(methods["adamw"]["norm_ratio"]["mean"], abs=1e-4)
+    assert methods["adamwn"]["curve_steps"] == [10, 20]
+    assert (tmp_path / "summary.json").is_file()

@@ -31,6 +31,7 @@ class RunConfig:
     seed: int = 0  # model init and data order
     checkpoint_every: int = 100  # steps between atomic checkpoints
     monitor_every: int = 10  # NormMonitor interval
+    eval_every: int = 0  # steps between held-out evaluations written to evals.jsonl (0: only at the end)
     # GPT
     block_size: int = 64
     n_layer: int = 2
@@ -58,6 +59,8 @@ class RunConfig:
         for name in ("steps", "batch_size", "checkpoint_every", "monitor_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.eval_every < 0:
+            raise ValueError(f"eval_every must be >= 0, got {self.eval_every}")
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2)

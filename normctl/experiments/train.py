@@ -1,6 +1,7 @@
 """``normctl train``: one run of a config into a run directory, resumable after ``kill -9``.
 
 The run directory holds ``config.json``, ``metrics.jsonl`` (the monitor's records),
+``evals.jsonl`` (held-out metrics every ``eval_every`` steps), ``environment.json``,
 ``checkpoint.pt`` (model, optimizer, scheduler, data order and monitor state, replaced
 atomically every ``checkpoint_every`` steps) and, at the end, ``final.json``. Starting a run
 whose directory has a checkpoint resumes from it: records logged after the checkpoint by the
@@ -34,6 +35,7 @@ from .rundir import describe_environment
 from .voronoi import VoronoiModel, VoronoiTask, accuracy
 
 CHECKPOINT = "checkpoint.pt"
+EVALS = "evals.jsonl"  # held-out metrics every eval_every steps
 SHARDED_CHECKPOINT = "checkpoint.dcp"  # a torch.distributed.checkpoint directory (several processes)
 
 
@@ -165,11 +167,13 @@ def train(cfg: RunConfig, run_dir: str | Path, *, verbose: bool = True) -> dict[
         start = state["step"]
         if main:
             _truncate_metrics(run_dir / "metrics.jsonl", start)
+            _truncate_metrics(run_dir / EVALS, start)
         if verbose:
             print(f"resuming {run_dir} at step {start}/{cfg.steps}", flush=True)
     elif main:
         (run_dir / "config.json").write_text(cfg.to_json())
         (run_dir / "metrics.jsonl").unlink(missing_ok=True)
+        (run_dir / EVALS).unlink(missing_ok=True)
     # Created after the load: torch.distributed.checkpoint may take an optimizer step to
     # create state (at lr 0, zero gradients), which the monitor would otherwise record.
     monitor = NormMonitor(net, optimizer, every=cfg.monitor_every)
@@ -192,6 +196,13 @@ def train(cfg: RunConfig, run_dir: str | Path, *, verbose: bool = True) -> dict[
         monitor.observe(loss=parallel.mean_over_ranks(loss, world))
         scheduler.step()
         done = step + 1
+        if cfg.eval_every and done % cfg.eval_every == 0:
+            model.eval()
+            evaluation = {"step": done, **task.evaluate(model)}  # every rank: FSDP2's forward is collective
+            model.train()
+            if main:
+                with open(run_dir / EVALS, "a") as f:
+                    f.write(json.dumps(evaluation) + "\n")
         if done % cfg.checkpoint_every == 0 or done == cfg.steps:
             state = {
                 "config": json.loads(cfg.to_json()),

@@ -1,0 +1,164 @@
+"""Seeds 001 and 002 on the GPT: AdamW, AdamC (Defazio 2025) and AdamWN (Loshchilov 2023).
+
+    normctl repro-gpt --out results/repro_gpt [--seeds 0,1,2] [--scale laptop|gpu]
+
+Phase 1 trains AdamW and AdamC; phase 2 trains AdamWN with its target ramped (over the first
+5 % of steps) to AdamW's measured final norm ratio, rate k = 1e-2, as the paper sets it. All
+runs share the model, data, cosine schedule and λ, so AdamW is the baseline of both papers.
+The command is resumable (finished runs are skipped, unfinished ones resume) and writes
+``summary.json`` (per-method mean ± std), ``val_loss.png`` (held-out loss over training with
+seed bands) and ``report.html`` (norms, gradient norms, tail blow-up) into ``--out``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import statistics
+from pathlib import Path
+from typing import Any
+
+from ..report.runs import load_run
+from .config import RunConfig, with_overrides
+from .rundir import write_report
+from .sweep import sweep_configs
+from .train import EVALS, train
+
+# Byte-level Jane Austen; 1/(2λγ) = 1 667 steps at the peak lr, well inside the run.
+SCALES = {
+    "laptop": [  # ≈ 7 steps/s on 2 CPU cores: 9 runs in about an hour
+        "task=gpt",
+        "n_layer=4",
+        "n_embd=128",
+        "block_size=128",
+        "batch_size=32",
+        "steps=2500",
+        "warmup=100",
+        "lr=3e-3",
+        "weight_decay=0.1",
+        "schedule=cosine",
+        "checkpoint_every=250",
+        "monitor_every=25",
+        "eval_every=250",
+    ],
+    "gpu": [  # GPT-2 small's shape (124M with a 50k vocabulary; 86M with bytes)
+        "task=gpt",
+        "n_layer=12",
+        "n_embd=768",
+        "block_size=1024",
+        "batch_size=32",
+        "steps=20000",
+        "warmup=1000",
+        "lr=6e-4",
+        "weight_decay=0.1",
+        "schedule=cosine",
+        "checkpoint_every=1000",
+        "monitor_every=100",
+        "eval_every=1000",
+        "device=cuda",
+    ],
+}
+
+
+def run_repro(out: str | Path, seeds: list[int], scale: str = "laptop", *, verbose: bool = True) -> dict[str, Any]:
+    if scale not in SCALES:
+        raise ValueError(f"scale must be one of {sorted(SCALES)}, got {scale!r}")
+    out = Path(out)
+    base = with_overrides(RunConfig(), SCALES[scale])
+    first = sweep_configs(base, {"method": ["adamw", "adamc"]}, seeds)
+    _train_all(first, out, verbose)
+    ratios = [load_run(out / name).last("global/norm_ratio") for name, cfg in first if cfg.method == "adamw"]
+    target = statistics.mean(r for r in ratios if r is not None)
+    if verbose:
+        print(f"AdamWN target: AdamW's final norm ratio {target:.4f} (mean over {len(ratios)} seeds)", flush=True)
+    second = sweep_configs(dataclasses.replace(base, target_ratio=round(target, 4)), {"method": ["adamwn"]}, seeds)
+    _train_all(second, out, verbose)
+
+    runs = first + second
+    summary = summarize(out, [name for name, _ in runs])
+    summary["config"] = dataclasses.asdict(base)
+    summary["adamwn_target_ratio"] = round(target, 4)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    plot_val_loss(out, summary, out / "val_loss.png")
+    write_report(out, [name for name, _ in runs], "GPT on Austen: AdamW, AdamC, AdamWN", verbose=verbose)
+    return summary
+
+
+def _train_all(runs: list[tuple[str, RunConfig]], out: Path, verbose: bool) -> None:
+    for i, (name, cfg) in enumerate(runs, 1):
+        if (out / name / "final.json").is_file():
+            continue
+        if verbose:
+            print(f"[{i}/{len(runs)}] {name}", flush=True)
+        train(cfg, out / name, verbose=verbose)
+
+
+def summarize(out: Path, names: list[str]) -> dict[str, Any]:
+    """Per method: final held-out loss, norm ratio and tail blow-up (mean ± std over seeds),
+    the held-out curve, and the first step at which AdamW reaches AdamWN's final loss."""
+    per_method: dict[str, list[dict[str, Any]]] = {}
+    for name in names:
+        run = load_run(out / name)
+        evals = [json.loads(line) for line in (out / name / EVALS).read_text().splitlines()]
+        s = run.summary()
+        method = json.loads((out / name / "config.json").read_text())["method"]
+        per_method.setdefault(method, []).append(
+            {
+                "seed": run.seed,
+                "val_loss": evals[-1]["val_loss"],
+                "curve": [(e["step"], e["val_loss"]) for e in evals],
+                "norm_ratio": s["final norm ratio"],
+                "tail_blowup": s["tail blow-up"],
+            }
+        )
+    methods: dict[str, Any] = {}
+    for method, seeds in per_method.items():
+        steps = [step for step, _ in seeds[0]["curve"]]
+        curves = [[loss for _, loss in s["curve"]] for s in seeds]
+        methods[method] = {
+            "seeds": [s["seed"] for s in seeds],
+            **{k: _mean_std([s[k] for s in seeds]) for k in ("val_loss", "norm_ratio", "tail_blowup")},
+            "curve_steps": steps,
+            "curve_mean": [statistics.mean(c) for c in zip(*curves)],
+            "curve_std": [_std(list(c)) for c in zip(*curves)],
+        }
+    if "adamw" in methods and "adamwn" in methods:
+        goal = methods["adamwn"]["val_loss"]["mean"]
+        reached = [s for s, v in zip(methods["adamw"]["curve_steps"], methods["adamw"]["curve_mean"]) if v <= goal]
+        methods["adamw"]["first_step_at_adamwn_final_val_loss"] = reached[0] if reached else None
+    return {"methods": methods}
+
+
+def _mean_std(values: list[float | None]) -> dict[str, float]:
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    return {"mean": statistics.mean(finite), "std": _std(finite)} if finite else {"mean": math.nan, "std": math.nan}
+
+
+def _std(values: list[float]) -> float:
+    return statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def plot_val_loss(out: Path, summary: dict[str, Any], path: Path) -> Path | None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for method, m in summary["methods"].items():
+        mean, std = m["curve_mean"], m["curve_std"]
+        ax.plot(m["curve_steps"], mean, label=method)
+        ax.fill_between(
+            m["curve_steps"], [a - b for a, b in zip(mean, std)], [a + b for a, b in zip(mean, std)], alpha=0.2
+        )
+    ax.set_xlabel("step")
+    ax.set_ylabel("held-out loss (nats/byte)")
+    ax.set_title(f"{out.name}: mean ± std over seeds")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
