@@ -106,6 +106,8 @@ def fused_supported(params: Sequence[Tensor]) -> bool:
 
 def buckets(*lists: Sequence[Any]) -> list[tuple[list[Any], ...]]:
     """Split parallel lists by (device, dtype) of the first: fused kernels take one of each."""
+    if len({(t.device, t.dtype) for t in lists[0]}) <= 1:  # the usual case, without a per-item loop
+        return [tuple(list(items) for items in lists)] if lists[0] else []
     out: dict[tuple[torch.device, torch.dtype], tuple[list[Any], ...]] = {}
     for items in zip(*lists):
         key = (items[0].device, items[0].dtype)

@@ -5,7 +5,7 @@ top of Adam's pass — and torch's fused AdamW takes one weight decay per call, 
 per-tensor factor costs one kernel launch per tensor. This kernel instead:
 
 1. reads θ, g, m, v once per element and multiplies θ by its tensor's factor
-   f_i = 1 − k·(1 − τ_i/‖θ_i‖) (a device vector: no host sync);
+   f_i = 1 − k·(1 − τ_i/‖θ_i‖), computed in the kernel from device vectors (no host sync);
 2. applies Adam's step exactly as torch's fused AdamW does and writes θ, m, v;
 3. adds Σ θ_new² of its block into the tensor's entry of a norm vector, so the next step
    starts with ‖θ_i‖ already known and needs no separate norm pass.
@@ -54,10 +54,13 @@ if triton is not None:
         numels,
         block_tensor,
         block_start,
-        factors,
-        step_sizes,
-        bias_correction2_sqrts,
+        target_base,
+        steps,
         norm_sq,
+        next_norm_sq,
+        target_scale,
+        rate,
+        lr,
         beta1,
         beta2,
         eps,
@@ -72,9 +75,14 @@ if triton is not None:
         g_ptr = tl.load(grad_ptrs + t).to(tl.pointer_type(tl.float32))
         m_ptr = tl.load(exp_avg_ptrs + t).to(tl.pointer_type(tl.float32))
         v_ptr = tl.load(exp_avg_sq_ptrs + t).to(tl.pointer_type(tl.float32))
-        f = tl.load(factors + t)
-        step_size = tl.load(step_sizes + t)
-        bias_correction2_sqrt = tl.load(bias_correction2_sqrts + t)
+        # Eq. 3's factor f = 1 − k·(1 − τ/‖θ‖); a zero, tiny or non-finite norm leaves θ as is
+        ratio = target_scale * tl.load(target_base + t) / tl.sqrt(tl.load(norm_sq + t))
+        ratio = tl.where(tl.abs(ratio) < 3.0e38, ratio, 1.0)  # false for inf and NaN
+        f = 1.0 - rate * (1.0 - ratio)
+        # Adam's bias corrections at this tensor's step count
+        step = tl.load(steps + t)
+        step_size = lr / (1.0 - tl.exp(step * tl.log(beta1)))
+        bias_correction2_sqrt = tl.sqrt(1.0 - tl.exp(step * tl.log(beta2)))
         acc = tl.zeros([BLOCK], dtype=tl.float32)
         for i in range(0, CHUNK, BLOCK):
             offs = start + i + tl.arange(0, BLOCK)
@@ -91,16 +99,20 @@ if triton is not None:
             tl.store(m_ptr + offs, m, mask=mask)
             tl.store(v_ptr + offs, v, mask=mask)
             acc += tl.where(mask, p * p, 0.0)
-        tl.atomic_add(norm_sq + t, tl.sum(acc, axis=0))
+        tl.atomic_add(next_norm_sq + t, tl.sum(acc, axis=0))
 
 
 @dataclass
 class KeptNorms:
-    """‖θ_i‖² as the last one-pass step left the tensors, and how to tell they still are."""
+    """What the one-pass step keeps between steps for one param group: ‖θ_i‖² as the kernel
+    left the tensors (and how to tell they still are), and device tables that stay valid
+    while the same tensors are stepped."""
 
     norm_sq: Tensor | None = None
+    spare: Tensor | None = None  # the buffer the next step accumulates into
     versions: tuple[tuple[int, int], ...] = ()
     tables: dict[Any, tuple[Tensor, ...]] = field(default_factory=dict)
+    grad_table: tuple[tuple[int, ...], Tensor | None] = ((), None)
 
 
 def eligible(params: Sequence[Tensor], group: dict) -> bool:
@@ -118,8 +130,8 @@ def _versions(params: Sequence[Tensor]) -> tuple[tuple[int, int], ...]:
     return tuple((p._version, p.data_ptr()) for p in params)
 
 
-def _pointer_table(tensors: Sequence[Tensor], device: torch.device) -> Tensor:
-    return torch.tensor([t.data_ptr() for t in tensors], dtype=torch.int64).to(device, non_blocking=True)
+def _pointer_table(pointers: Sequence[int], device: torch.device) -> Tensor:
+    return torch.tensor(pointers, dtype=torch.int64).to(device)
 
 
 def adamwn_step_(
@@ -133,61 +145,64 @@ def adamwn_step_(
 ) -> None:
     """One AdamWN step (tensor scope, control before the step) over ``params`` in one kernel."""
     device = params[0].device
-    grads = [g.contiguous() for g in grads]
+    grads = [g if g.is_contiguous() else g.contiguous() for g in grads]
     exp_avgs = [s["exp_avg"] for s in states]
     exp_avg_sqs = [s["exp_avg_sq"] for s in states]
-    if kept.norm_sq is None or kept.versions != _versions(params):
-        norms = torch.stack(rules.tensor_norms(params))
-    else:
-        norms = kept.norm_sq.sqrt()
     steps = [s["step"] for s in states]
     torch._foreach_add_(steps, 1)
-    # Tables that stay valid while the same tensors are stepped: pointers, block layout, the
-    # initial norms and a device copy of the step counts (rebuilt when any tensor is replaced,
-    # as load_state_dict does).
+
+    # Tables valid while the same tensors are stepped (rebuilt when any is replaced, as
+    # load_state_dict does): pointers, block layout, τ's base and the step counts.
     key = tuple(t.data_ptr() for t in (*params, *exp_avgs, *exp_avg_sqs, *steps))
     if key in kept.tables:
         kept.tables[key][-1].add_(1)
     else:
         blocks = [(i, start) for i, p in enumerate(params) for start in range(0, p.numel(), CHUNK)]
-        init_norms = [s.get("init_norm", torch.zeros(())) for s in states]
+        bases = [s["init_norm"] for s in states] if group["relative_target"] else [torch.ones(())] * len(params)
         kept.tables = {  # one entry: the tables of the tensors this group has now
             key: (
-                _pointer_table(params, device),
-                _pointer_table(exp_avgs, device),
-                _pointer_table(exp_avg_sqs, device),
+                _pointer_table([p.data_ptr() for p in params], device),
+                _pointer_table([m.data_ptr() for m in exp_avgs], device),
+                _pointer_table([v.data_ptr() for v in exp_avg_sqs], device),
                 torch.tensor([p.numel() for p in params], dtype=torch.int64, device=device),
                 torch.tensor([i for i, _ in blocks], dtype=torch.int32, device=device),
                 torch.tensor([s for _, s in blocks], dtype=torch.int64, device=device),
-                torch.stack(init_norms).to(device, torch.float32),
+                torch.stack([b.to(device) for b in bases]).float(),
                 torch.stack(steps).to(device, torch.float32),
             )
         }
-    param_table, exp_avg_table, exp_avg_sq_table, numels, block_tensor, block_start, init, step = kept.tables[key]
+    param_table, exp_avg_table, exp_avg_sq_table, numels, block_tensor, block_start, base, step = kept.tables[key]
+    # Autograd usually hands out gradients at the same addresses every step: reuse the table.
+    grad_pointers = tuple(g.data_ptr() for g in grads)
+    if kept.grad_table[0] != grad_pointers:
+        kept.grad_table = (grad_pointers, _pointer_table(grad_pointers, device))
 
-    target_norms = target * init if group["relative_target"] else torch.full_like(init, target)  # τ_i
-    factors = rules.norm_control_factor(norms, target_norms, rate).float()
+    if kept.norm_sq is None or kept.versions != _versions(params):  # weights changed since
+        kept.norm_sq = torch.stack(rules.tensor_norms(params)).float().square()
+    if kept.spare is None or kept.spare.shape != kept.norm_sq.shape:
+        kept.spare = torch.empty_like(kept.norm_sq)
+    next_norm_sq = kept.spare.zero_()
     beta1, beta2 = group["betas"]
-    step_sizes = group["lr"] / (1 - beta1**step)
-    bias_correction2_sqrts = (1 - beta2**step).sqrt()
-    norm_sq = torch.zeros(len(params), dtype=torch.float32, device=device)
     _adamwn_kernel[(len(block_tensor),)](
         param_table,
-        _pointer_table(grads, device),
+        kept.grad_table[1],
         exp_avg_table,
         exp_avg_sq_table,
         numels,
         block_tensor,
         block_start,
-        factors,
-        step_sizes,
-        bias_correction2_sqrts,
-        norm_sq,
+        base,
+        step,
+        kept.norm_sq,
+        next_norm_sq,
+        target,
+        rate,
+        group["lr"],
         beta1,
         beta2,
         group["eps"],
         CHUNK=CHUNK,
         BLOCK=BLOCK,
     )
-    kept.norm_sq = norm_sq
+    kept.spare, kept.norm_sq = kept.norm_sq, next_norm_sq
     kept.versions = _versions(params)  # the kernel writes through pointers: versions unchanged
