@@ -41,6 +41,12 @@ def main(argv: list[str] | None = None) -> int:
     repro.add_argument("--out", default="results/repro_gpt", help="the reproduction's directory")
     repro.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
     repro.add_argument("--scale", default="laptop", help="laptop (2 CPU cores, ~1 h) or gpu (GPT-2 small's shape)")
+    voronoi_repro = commands.add_parser("repro-voronoi", help="seed 003: decay types and ablations, lr picked on val")
+    voronoi_repro.add_argument("--out", default="results/repro_voronoi", help="the reproduction's directory")
+    voronoi_repro.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
+    voronoi_repro.add_argument("--workers", type=int, default=2, help="runs at once (one thread each)")
+    voronoi_repro.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    voronoi_repro.add_argument("--steps", type=int, default=None, help="fewer than the original 10 000 steps")
     report = commands.add_parser("report", help="HTML report comparing monitored run directories")
     report.add_argument("runs", nargs="+", help="run directories holding metrics.jsonl")
     report.add_argument("-o", "--output", default="report.html", help="HTML file to write")
@@ -78,6 +84,14 @@ def main(argv: list[str] | None = None) -> int:
 
         try:
             run_repro(args.out, [int(s) for s in args.seeds.split(",") if s], args.scale)
+        except ValueError as error:
+            parser.error(str(error))
+    elif args.command == "repro-voronoi":
+        from .experiments.repro_voronoi import run_repro as run_voronoi_repro
+
+        try:
+            seeds = [int(s) for s in args.seeds.split(",") if s]
+            run_voronoi_repro(args.out, seeds, workers=args.workers, device=args.device, steps=args.steps)
         except ValueError as error:
             parser.error(str(error))
     elif args.command == "sweep":

@@ -12,6 +12,7 @@ from typing import Any
 TASKS = ("gpt", "voronoi", "fmnist")
 SCHEDULES = ("cosine", "constant")
 DEVICES = ("auto", "cpu", "cuda")
+DECAYS = ("l2", "l1", "min")
 PARALLEL = ("ddp", "fsdp")
 
 
@@ -26,6 +27,9 @@ class RunConfig:
     warmup: int = 20  # linear warm-up steps of the cosine schedule
     weight_decay: float = 0.1  # λ on the decayed groups of normctl.param_groups
     rate: float = 1e-2  # k of norm-controlled methods
+    betas: str = "0.9,0.999"  # Adam-family β1,β2
+    decay: str = "l2"  # decoupled decay type of AdamW/AdamC: "l2", "l1" or "min" (SPEC §3)
+    decay_all: bool = False  # decay every parameter (norm gains too), as the Voronoi study does
     target_ratio: float = 1.0  # their final target r (ramped from 1 over 5 % of steps)
     batch_size: int = 16
     seed: int = 0  # model init and data order
@@ -38,6 +42,9 @@ class RunConfig:
     n_embd: int = 96
     # Voronoi
     hidden: int = 512
+    activation: str = "relu"  # "relu", "swish" or "gelu"
+    rms: bool = True  # RMS normalisation in the scale-only norms
+    init: str = "uniform"  # "uniform" (PyTorch default) or "normal"
     # Fashion-MNIST ResNet
     width: int = 8  # channels of the first stage (16 = ResNet-20)
     blocks_per_stage: int = 1
@@ -59,8 +66,21 @@ class RunConfig:
         for name in ("steps", "batch_size", "checkpoint_every", "monitor_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.decay not in DECAYS:
+            raise ValueError(f"decay must be one of {DECAYS}, got {self.decay!r}")
+        try:
+            beta1, beta2 = (float(b) for b in self.betas.split(","))
+        except ValueError as error:
+            raise ValueError(f"betas must be two numbers 'b1,b2', got {self.betas!r}") from error
+        if not (0 <= beta1 < 1 and 0 <= beta2 < 1):
+            raise ValueError(f"betas must be in [0, 1), got {self.betas!r}")
         if self.eval_every < 0:
             raise ValueError(f"eval_every must be >= 0, got {self.eval_every}")
+
+    @property
+    def adam_betas(self) -> tuple[float, float]:
+        beta1, beta2 = (float(b) for b in self.betas.split(","))
+        return beta1, beta2
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2)

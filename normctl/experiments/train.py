@@ -68,7 +68,9 @@ def build_task(cfg: RunConfig) -> Task:
     if cfg.task == "fmnist":
         return _fashion_mnist_task(cfg)
     task = VoronoiTask()
-    model = VoronoiModel(task.cfg.dim, cfg.hidden, task.cfg.classes)
+    model = VoronoiModel(
+        task.cfg.dim, cfg.hidden, task.cfg.classes, activation=cfg.activation, rms=cfg.rms, init=cfg.init
+    )
     return Task(
         model,
         lambda g: task.batch(cfg.batch_size, g),
@@ -139,14 +141,19 @@ def train(cfg: RunConfig, run_dir: str | Path, *, verbose: bool = True) -> dict[
     task = build_task(cfg)  # the same seed on every rank: the same initial weights
     model = parallel.wrap(task.model.to(world.device), cfg.parallel, world)
     net = parallel.unwrap(model)
+    groups = param_groups(net, weight_decay=cfg.weight_decay)
+    if cfg.decay_all:  # every tensor decayed (and controlled), gains included
+        groups = [{**g, "weight_decay": cfg.weight_decay, "control": True} for g in groups]
     optimizer = build_method(
         cfg.method,
         net,
-        param_groups(net, weight_decay=cfg.weight_decay),
+        groups,
         lr=cfg.lr,
         steps=cfg.steps,
         rate=cfg.rate,
         adamw_norm_ratio=cfg.target_ratio,
+        betas=cfg.adam_betas,
+        decay=cfg.decay,
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_multiplier(cfg))
     data_order = torch.Generator().manual_seed(1000 + cfg.seed)

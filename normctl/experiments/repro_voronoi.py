@@ -1,0 +1,151 @@
+"""Seed 003, the decay-type study on the Voronoi model (SPEC §3), with AdamWN and AdamC added.
+
+    normctl repro-voronoi --out results/repro_voronoi [--seeds 0,1,2] [--workers 2] [--device cpu]
+
+Stage 1 trains the baseline (AdamW, λ = 1e-2 on every parameter, batch 1024, 10 000 steps,
+constant lr) at each lr of {2e-3, 3e-3, 5e-3} and picks the lr with the best mean *validation*
+accuracy (the original picked it on test). Stage 2 trains every ablation of SPEC §3 at that lr,
+one change at a time — activation, init, RMS normalisation, weight decay, betas, decay type,
+width — and a new row: AdamWN (target AdamW's final norm ratio, k = 1e-2). AdamC is left out:
+at the study's constant learning rate γ_t/γ_max = 1 and AdamC is AdamW exactly.
+``--workers`` runs that many single-threaded runs at once. Resumable: finished runs are
+skipped, unfinished ones resume. Writes ``summary.json`` (mean ± std over seeds per variant)
+and ``report.html``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import statistics
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from ..report.runs import load_run
+from .config import RunConfig, with_overrides
+from .rundir import write_report
+from .train import train
+
+BASELINE = [
+    "task=voronoi",
+    "method=adamw",
+    "steps=10000",
+    "batch_size=1024",
+    "schedule=constant",
+    "weight_decay=1e-2",
+    "decay_all=true",
+    "hidden=512",
+    "checkpoint_every=2500",
+    "monitor_every=250",
+]
+LEARNING_RATES = ("2e-3", "3e-3", "5e-3")
+ABLATIONS = {
+    "activation": ["swish", "gelu"],
+    "init": ["normal"],
+    "rms": ["false"],
+    "weight_decay": ["0", "1e-3", "1e-1", "1"],
+    "betas": ["0.85,0.99", "0.95,0.99", "0.9,0.98", "0.9,0.995"],
+    "decay": ["l1", "min"],
+    "hidden": ["256", "1024", "2048"],
+    "method": ["adamwn"],
+}
+
+
+def run_repro(
+    out: str | Path,
+    seeds: list[int],
+    *,
+    workers: int = 1,
+    device: str = "cpu",
+    steps: int | None = None,
+    verbose: bool = True,
+) -> dict[str, Any]:
+    out = Path(out)
+    base = with_overrides(RunConfig(), [*BASELINE, f"device={device}"])
+    if steps is not None:
+        base = dataclasses.replace(base, steps=steps, checkpoint_every=max(1, steps // 4))
+    stage1 = [
+        (f"lr-{lr}_s{seed}", with_overrides(base, [f"lr={lr}", f"seed={seed}"]))
+        for lr in LEARNING_RATES
+        for seed in seeds
+    ]
+    _run_all(stage1, out, workers, verbose)
+    by_lr = {lr: statistics.mean(_final(out, f"lr-{lr}_s{s}")["val_acc"] for s in seeds) for lr in LEARNING_RATES}
+    best = max(by_lr, key=lambda lr: by_lr[lr])
+    chosen = with_overrides(base, [f"lr={best}"])
+    ratios = [load_run(out / f"lr-{best}_s{s}").last("global/norm_ratio") for s in seeds]
+    target = round(statistics.mean(r for r in ratios if r is not None), 4)
+    if verbose:
+        print(f"lr {best} has the best validation accuracy ({by_lr}); AdamW's norm ratio {target}", flush=True)
+
+    stage2 = []
+    for key, values in ABLATIONS.items():
+        for value in values:
+            extra = [f"{key}={value}"] + (["target_ratio=" + str(target)] if value == "adamwn" else [])
+            stage2 += [(f"{key}-{value}_s{seed}", with_overrides(chosen, [*extra, f"seed={seed}"])) for seed in seeds]
+    _run_all(stage2, out, workers, verbose)
+
+    variants: dict[str, list[str]] = {f"baseline (lr {best})": [f"lr-{best}_s{s}" for s in seeds]}
+    variants.update({f"lr {lr}": [f"lr-{lr}_s{s}" for s in seeds] for lr in LEARNING_RATES if lr != best})
+    for name, _ in stage2:
+        variants.setdefault(name.rsplit("_s", 1)[0].replace("-", " = ", 1), []).append(name)
+    summary = {
+        "config": dataclasses.asdict(chosen),
+        "lr_by_validation": by_lr,
+        "chosen_lr": best,
+        "adamwn_target_ratio": target,
+        "variants": {v: _aggregate(out, names) for v, names in variants.items()},
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    write_report(out, [n for n, _ in stage1 + stage2], "Voronoi: decay types and ablations", verbose=verbose)
+    return summary
+
+
+def _final(out: Path, name: str) -> dict[str, Any]:
+    return json.loads((out / name / "final.json").read_text())
+
+
+def _aggregate(out: Path, names: list[str]) -> dict[str, Any]:
+    finals = [_final(out, n) for n in names]
+    ratios = [load_run(out / n).last("global/norm_ratio") for n in names]
+    row: dict[str, Any] = {"runs": names}
+    for key, values in (
+        ("val_acc", [f["val_acc"] for f in finals]),
+        ("test_acc", [f["test_acc"] for f in finals]),
+        ("norm_ratio", [r for r in ratios if r is not None]),
+    ):
+        row[key] = {"mean": statistics.mean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0}
+    return row
+
+
+def _run_all(runs: list[tuple[str, RunConfig]], out: Path, workers: int, verbose: bool) -> None:
+    todo = [(name, cfg) for name, cfg in runs if not (out / name / "final.json").is_file()]
+    if verbose:
+        print(f"{len(runs) - len(todo)} of {len(runs)} runs finished; training {len(todo)}", flush=True)
+    if workers <= 1:
+        for name, cfg in todo:
+            train(cfg, out / name, verbose=False)
+            if verbose:
+                print(f"  {name}: {_final(out, name)}", flush=True)
+        return
+    with ThreadPoolExecutor(workers) as pool:  # one single-threaded process per run
+        for name, error in pool.map(lambda run: _train_in_process(out, *run), todo):
+            if error:
+                raise RuntimeError(f"{name} failed:\n{error}")
+            if verbose:
+                print(f"  {name}: {_final(out, name)}", flush=True)
+
+
+def _train_in_process(out: Path, name: str, cfg: RunConfig) -> tuple[str, str | None]:
+    run_dir = out / name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config = run_dir / "request.json"
+    config.write_text(cfg.to_json())
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "normctl.cli", "train", str(config), "--out", str(run_dir)]
+    done = subprocess.run(command, env=env, capture_output=True, text=True)
+    return name, (done.stderr[-2000:] if done.returncode else None)
