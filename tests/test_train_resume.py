@@ -145,14 +145,14 @@ def test_gpt_reproduction_runs_phases_and_summarizes(tmp_path, monkeypatch):
 def test_voronoi_reproduction_picks_lr_on_validation_and_runs_the_ablations(tmp_path, monkeypatch):
     from normctl.experiments import repro_voronoi
 
-    monkeypatch.setattr(repro_voronoi, "ABLATIONS", {"decay": ["min"], "method": ["adamwn"], "rms": ["false"]})
+    monkeypatch.setattr(repro_voronoi, "ABLATIONS", {"decay": ["min"], "method": ["adamwn"], "rms": ["true"]})
     summary = repro_voronoi.run_repro(tmp_path, [0], steps=4, verbose=False)
     vals = {
         lr: json.loads((tmp_path / f"lr-{lr}_s0" / "final.json").read_text())["val_acc"]
         for lr in ("2e-3", "3e-3", "5e-3")
     }
     assert summary["chosen_lr"] == max(vals, key=vals.get)
-    assert set(summary["variants"]) >= {"decay = min", "method = adamwn", "rms = false"}
+    assert set(summary["variants"]) >= {"decay = min", "method = adamwn", "rms = true"}
     config = json.loads((tmp_path / "decay-min_s0" / "config.json").read_text())
     assert (config["decay"], config["decay_all"], config["lr"]) == ("min", True, float(summary["chosen_lr"]))
     adamwn = json.loads((tmp_path / "method-adamwn_s0" / "config.json").read_text())

@@ -43,7 +43,7 @@ class RunConfig:
     # Voronoi
     hidden: int = 512
     activation: str = "relu"  # "relu", "swish" or "gelu"
-    rms: bool = True  # RMS normalisation in the scale-only norms
+    rms: bool = False  # RMS normalisation in the scale-only norms (off: the Voronoi study's baseline)
     init: str = "uniform"  # "uniform" (PyTorch default) or "normal"
     # Fashion-MNIST ResNet
     width: int = 8  # channels of the first stage (16 = ResNet-20)

@@ -4,7 +4,9 @@
 
 Stage 1 trains the baseline (AdamW, λ = 1e-2 on every parameter, batch 1024, 10 000 steps,
 constant lr) at each lr of {2e-3, 3e-3, 5e-3} and picks the lr with the best mean *validation*
-accuracy (the original picked it on test). Stage 2 trains every ablation of SPEC §3 at that lr,
+accuracy (the original picked it on test). The scale-only norms are pure gains (RMS
+normalisation off): with it on, the 2-D inputs lose their radius and accuracy caps near 0.57
+(``results/repro_voronoi_gpu_rms``). Stage 2 trains every ablation of SPEC §3 at that lr,
 one change at a time — activation, init, RMS normalisation, weight decay, betas, decay type,
 width — and a new row: AdamWN (target AdamW's final norm ratio, k = 1e-2). AdamC is left out:
 at the study's constant learning rate γ_t/γ_max = 1 and AdamC is AdamW exactly.
@@ -46,7 +48,7 @@ LEARNING_RATES = ("2e-3", "3e-3", "5e-3")
 ABLATIONS = {
     "activation": ["swish", "gelu"],
     "init": ["normal"],
-    "rms": ["false"],
+    "rms": ["true"],
     "weight_decay": ["0", "1e-3", "1e-1", "1"],
     "betas": ["0.85,0.99", "0.95,0.99", "0.9,0.98", "0.9,0.995"],
     "decay": ["l1", "min"],
