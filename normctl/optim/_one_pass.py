@@ -1,4 +1,4 @@
-"""AdamWN's step as one pass over memory on CUDA: a multi-tensor Triton kernel.
+"""AdamWN's step as one pass over memory: a multi-tensor Triton kernel on CUDA, C++ on CPU.
 
 Eq. 3 needs ‖θ‖ of every tensor before the step, which costs a full read of the weights on
 top of Adam's pass — and torch's fused AdamW takes one weight decay per call, so a
@@ -14,8 +14,9 @@ The kept norms are trusted only while the weights are the kernel's own output: e
 version counter (bumped by every in-place torch op, e.g. ``load_state_dict``) and storage are
 recorded after the step, and any change makes the next step measure the norms afresh.
 
-Used by :class:`normctl.AdamWN` for CUDA float32 tensor-scope groups with control before the
-step, when Triton is installed; every other case takes the fused/foreach/reference paths.
+Used by :class:`normctl.AdamWN` for float32 tensor-scope groups with control before the step:
+on CUDA when Triton is installed, on the CPU when the C++ kernel (:mod:`._one_pass_cpu`) builds;
+every other case takes the fused/foreach/reference paths.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import torch
 from torch import Tensor
 
 from .. import rules
+from . import _one_pass_cpu
 
 try:
     import triton
@@ -39,8 +41,11 @@ CHUNK = 16384  # elements per program: one atomic add per 16k elements
 BLOCK = 1024
 
 
-def available() -> bool:
-    return triton is not None and torch.cuda.is_available()
+def available(device_type: str = "cuda") -> bool:
+    """Whether the one-pass kernel runs on this kind of device here (builds the CPU one)."""
+    if device_type == "cuda":
+        return triton is not None and torch.cuda.is_available()
+    return device_type == "cpu" and _one_pass_cpu.kernel() is not None
 
 
 if triton is not None:
@@ -116,14 +121,18 @@ class KeptNorms:
 
 
 def eligible(params: Sequence[Tensor], group: dict) -> bool:
-    return (
-        available()
+    if not (
+        params
         and group["control"]
         and group["scope"] == "tensor"
         and group["control_at"] == "pre_step"
-        and all(p.is_cuda and p.dtype == torch.float32 and p.is_contiguous() and p.numel() for p in params)
         and all(type(p) in (torch.Tensor, torch.nn.Parameter) for p in params)  # no DTensor or other subclass
-    )
+    ):
+        return False
+    device = params[0].device
+    return all(
+        p.device == device and p.dtype == torch.float32 and p.is_contiguous() and p.numel() for p in params
+    ) and available(device.type)
 
 
 def _versions(params: Sequence[Tensor]) -> tuple[tuple[int, int], ...]:
@@ -144,6 +153,9 @@ def adamwn_step_(
     kept: KeptNorms,
 ) -> None:
     """One AdamWN step (tensor scope, control before the step) over ``params`` in one kernel."""
+    if params[0].device.type == "cpu":
+        _cpu_step(params, grads, states, group, rate, target, kept)
+        return
     device = params[0].device
     grads = [g if g.is_contiguous() else g.contiguous() for g in grads]
     exp_avgs = [s["exp_avg"] for s in states]
@@ -206,3 +218,42 @@ def adamwn_step_(
     )
     kept.spare, kept.norm_sq = kept.norm_sq, next_norm_sq
     kept.versions = _versions(params)  # the kernel writes through pointers: versions unchanged
+
+
+def _cpu_step(
+    params: list[Tensor],
+    grads: list[Tensor],
+    states: list[dict],
+    group: dict,
+    rate: float,
+    target: float,
+    kept: KeptNorms,
+) -> None:
+    """The same step through the C++ kernel: host-side vectors, no tables to keep."""
+    grads = [g if g.is_contiguous() else g.contiguous() for g in grads]
+    steps = [s["step"] for s in states]
+    torch._foreach_add_(steps, 1)
+    if kept.norm_sq is None or kept.versions != _versions(params):
+        kept.norm_sq = torch.stack(rules.tensor_norms(params)).double().square()
+    if group["relative_target"]:
+        target_norms = target * torch.stack([s["init_norm"] for s in states]).double()
+    else:
+        target_norms = torch.full((len(params),), float(target), dtype=torch.float64)
+    factors = rules.norm_control_factor(kept.norm_sq.sqrt(), target_norms, rate)
+    beta1, beta2 = group["betas"]
+    step = torch.stack(steps).double()
+    extension = _one_pass_cpu.kernel()
+    assert extension is not None, "eligible() checked that the CPU kernel is available"
+    kept.norm_sq = extension.adamwn_step(
+        params,
+        grads,
+        [s["exp_avg"] for s in states],
+        [s["exp_avg_sq"] for s in states],
+        factors,
+        group["lr"] / (1 - beta1**step),
+        (1 - beta2**step).sqrt(),
+        beta1,
+        beta2,
+        group["eps"],
+    )
+    kept.versions = _versions(params)
