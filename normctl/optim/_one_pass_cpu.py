@@ -1,8 +1,9 @@
 """The CPU kernel of AdamWN's one-pass step (``csrc/one_pass_cpu.cpp``), built at first use.
 
 ``torch.utils.cpp_extension`` compiles it once per machine into torch's extension cache
-(about a minute; a C++ compiler and ninja are needed). Where that fails, or with
-``NORMCTL_NO_EXTENSION=1``, AdamWN keeps torch's fused AdamW plus a norm pass.
+(about a minute; a C++ compiler and ninja — the system's or ``pip install ninja`` — are
+needed). Where that fails, or with ``NORMCTL_NO_EXTENSION=1``, AdamWN keeps torch's fused
+AdamW plus a norm pass.
 """
 
 from __future__ import annotations
@@ -29,9 +30,15 @@ def kernel() -> Any | None:
 
             if not _is_built(cpp_extension):
                 print("normctl: building the CPU one-pass AdamWN kernel (once per machine) ...", file=sys.stderr)
-            _state["extension"] = cpp_extension.load(
-                name=NAME, sources=[str(SOURCE)], extra_cflags=["-O3", "-fopenmp-simd"], verbose=False
-            )
+            path = os.environ.get("PATH", "")
+            # the `ninja` of pip's ninja package sits beside this interpreter, maybe not on PATH
+            os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), path])
+            try:
+                _state["extension"] = cpp_extension.load(
+                    name=NAME, sources=[str(SOURCE)], extra_cflags=["-O3", "-fopenmp-simd"], verbose=False
+                )
+            finally:
+                os.environ["PATH"] = path
         except Exception as error:  # no compiler, no ninja, a read-only cache: fall back
             _state["failed"] = True
             warnings.warn(
