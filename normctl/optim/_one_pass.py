@@ -30,6 +30,7 @@ from torch import Tensor
 
 from .. import rules
 from . import _one_pass_cpu
+from ._base import Batch
 
 try:
     import triton
@@ -153,15 +154,20 @@ def adamwn_step_(
     kept: KeptNorms,
 ) -> None:
     """One AdamWN step (tensor scope, control before the step) over ``params`` in one kernel."""
-    if params[0].device.type == "cpu":
-        _cpu_step(params, grads, states, group, rate, target, kept)
-        return
-    device = params[0].device
     grads = [g if g.is_contiguous() else g.contiguous() for g in grads]
-    exp_avgs = [s["exp_avg"] for s in states]
-    exp_avg_sqs = [s["exp_avg_sq"] for s in states]
     steps = [s["step"] for s in states]
     torch._foreach_add_(steps, 1)
+    fresh = kept.norm_sq is None or kept.versions != _versions(params)  # weights changed since?
+    step = _cpu_step if params[0].device.type == "cpu" else _cuda_step
+    step(Batch(group, params, grads, states), steps, rate, target, kept, fresh)
+    kept.versions = _versions(params)  # the kernels write through pointers: versions unchanged
+
+
+def _cuda_step(batch: Batch, steps: list[Tensor], rate: float, target: float, kept: KeptNorms, fresh: bool) -> None:
+    params, grads, states, group = batch.params, batch.grads, batch.states, batch.group
+    device = params[0].device
+    exp_avgs = [s["exp_avg"] for s in states]
+    exp_avg_sqs = [s["exp_avg_sq"] for s in states]
 
     # Tables valid while the same tensors are stepped (rebuilt when any is replaced, as
     # load_state_dict does): pointers, block layout, τ's base and the step counts.
@@ -189,7 +195,7 @@ def adamwn_step_(
     if kept.grad_table[0] != grad_pointers:
         kept.grad_table = (grad_pointers, _pointer_table(grad_pointers, device))
 
-    if kept.norm_sq is None or kept.versions != _versions(params):  # weights changed since
+    if fresh or kept.norm_sq is None:
         kept.norm_sq = torch.stack(rules.tensor_norms(params)).float().square()
     if kept.spare is None or kept.spare.shape != kept.norm_sq.shape:
         kept.spare = torch.empty_like(kept.norm_sq)
@@ -217,23 +223,12 @@ def adamwn_step_(
         BLOCK=BLOCK,
     )
     kept.spare, kept.norm_sq = kept.norm_sq, next_norm_sq
-    kept.versions = _versions(params)  # the kernel writes through pointers: versions unchanged
 
 
-def _cpu_step(
-    params: list[Tensor],
-    grads: list[Tensor],
-    states: list[dict],
-    group: dict,
-    rate: float,
-    target: float,
-    kept: KeptNorms,
-) -> None:
+def _cpu_step(batch: Batch, steps: list[Tensor], rate: float, target: float, kept: KeptNorms, fresh: bool) -> None:
     """The same step through the C++ kernel: host-side vectors, no tables to keep."""
-    grads = [g if g.is_contiguous() else g.contiguous() for g in grads]
-    steps = [s["step"] for s in states]
-    torch._foreach_add_(steps, 1)
-    if kept.norm_sq is None or kept.versions != _versions(params):
+    params, grads, states, group = batch.params, batch.grads, batch.states, batch.group
+    if fresh or kept.norm_sq is None:
         kept.norm_sq = torch.stack(rules.tensor_norms(params)).double().square()
     if group["relative_target"]:
         target_norms = target * torch.stack([s["init_norm"] for s in states]).double()
@@ -256,4 +251,3 @@ def _cpu_step(
         beta2,
         group["eps"],
     )
-    kept.versions = _versions(params)
