@@ -80,6 +80,17 @@ def test_resume_refuses_a_different_config(tmp_path):
     assert json.loads((tmp_path / "final.json").read_text())["steps"] == 3
 
 
+def test_checkpoints_from_before_a_new_config_field_still_resume():
+    from normctl.experiments.train import _same_config
+
+    cfg = with_overrides(RunConfig(), ["steps=3"])
+    saved = json.loads(cfg.to_json())
+    del saved["corpus"]  # written before the field existed
+    assert _same_config(saved, cfg)
+    assert not _same_config(saved, with_overrides(cfg, ["corpus=kjv"]))
+    assert not _same_config({**saved, "lr": 0.5}, cfg)
+
+
 def test_voronoi_task_trains(tmp_path):
     cfg = with_overrides(
         RunConfig(), ["task=voronoi", "steps=4", "hidden=32", "batch_size=64", "schedule=constant", "method=lion+wn"]

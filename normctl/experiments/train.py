@@ -167,7 +167,7 @@ def train(cfg: RunConfig, run_dir: str | Path, *, verbose: bool = True) -> dict[
             state = torch.load(checkpoint, weights_only=False)
             model.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
-        if state["config"] != json.loads(cfg.to_json()):
+        if not _same_config(state["config"], cfg):
             raise ValueError(f"{run_dir} holds a checkpoint of a different config; use another directory")
         scheduler.load_state_dict(state["scheduler"])
         data_order.set_state(state["data_order"])
@@ -239,6 +239,15 @@ def train(cfg: RunConfig, run_dir: str | Path, *, verbose: bool = True) -> dict[
     if main:
         (run_dir / "final.json").write_text(json.dumps(final, indent=2))
     return final
+
+
+def _same_config(saved: dict[str, Any], cfg: RunConfig) -> bool:
+    """``cfg`` is the checkpoint's config; fields added to RunConfig since the checkpoint was
+    written count as equal when they hold their defaults (an upgrade does not orphan a run)."""
+    current, defaults = json.loads(cfg.to_json()), json.loads(RunConfig().to_json())
+    return all(current.get(k) == v for k, v in saved.items()) and all(
+        current[k] == defaults[k] for k in current.keys() - saved.keys()
+    )
 
 
 def _find_checkpoint(run_dir: Path, world: parallel.World) -> Path | None:
