@@ -45,15 +45,15 @@ BASELINE = [
     "monitor_every=250",
 ]
 LEARNING_RATES = ("2e-3", "3e-3", "5e-3")
-ABLATIONS = {
+ABLATIONS = {  # the study's headline comparisons first: a resumed run finishes them first
+    "decay": ["l1", "min"],
+    "method": ["adamwn"],
+    "weight_decay": ["0", "1e-3", "1e-1", "1"],
+    "rms": ["true"],
     "activation": ["swish", "gelu"],
     "init": ["normal"],
-    "rms": ["true"],
-    "weight_decay": ["0", "1e-3", "1e-1", "1"],
     "betas": ["0.85,0.99", "0.95,0.99", "0.9,0.98", "0.9,0.995"],
-    "decay": ["l1", "min"],
     "hidden": ["256", "1024", "2048"],
-    "method": ["adamwn"],
 }
 
 
