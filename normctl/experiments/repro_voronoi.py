@@ -42,7 +42,7 @@ BASELINE = [
     "decay_all=true",
     "hidden=512",
     "checkpoint_every=2500",
-    "monitor_every=250",
+    "monitor_every=500",
 ]
 LEARNING_RATES = ("2e-3", "3e-3", "5e-3")
 ABLATIONS = {  # the study's headline comparisons first: a resumed run finishes them first
