@@ -148,7 +148,7 @@ def test_gpt_reproduction_runs_phases_and_summarizes(tmp_path, monkeypatch):
     # AdamWN's target is AdamW's measured final norm ratio, recorded in its config
     adamwn_config = json.loads((tmp_path / "method-adamwn_s0" / "config.json").read_text())
     assert adamwn_config["target_ratio"] == summary["adamwn_target_ratio"]
-    assert summary["adamwn_target_ratio"] == pytest.approx(methods["adamw"]["norm_ratio"]["mean"], abs=1e-4)
+    assert summary["adamwn_target_ratio"] == pytest.approx(methods["adamw"]["controlled_norm_ratio"]["mean"], abs=1e-4)
     assert methods["adamwn"]["curve_steps"] == [10, 20]
     assert (tmp_path / "summary.json").is_file()
 
