@@ -85,3 +85,17 @@ def test_tensorboard_sink_round_trip(tmp_path):
     events = EventAccumulator(str(tmp_path))
     events.Reload()
     assert [e.value for e in events.Scalars("loss")] == pytest.approx([1.0, 0.5])
+
+
+def test_packed_run_directories_read_like_plain_ones(tmp_path):
+    import gzip
+    import json
+
+    from normctl.report.runs import load_run
+
+    records = [{"step": s, "loss": 1.0 / s, "global/grad_norm": 0.5} for s in range(1, 6)]
+    (tmp_path / "config.json").write_text(json.dumps({"method": "adamw", "seed": 3}))
+    text = "".join(json.dumps(r) + "\n" for r in records)
+    (tmp_path / "metrics.jsonl.gz").write_bytes(gzip.compress(text.encode()))
+    run = load_run(tmp_path)
+    assert run.records == records and (run.label, run.seed) == ("adamw", 3)

@@ -145,10 +145,12 @@ def summarize(out: Path, names: list[str]) -> dict[str, Any]:
             "curve_mean": [statistics.mean(c) for c in zip(*curves)],
             "curve_std": [_std(list(c)) for c in zip(*curves)],
         }
-    if "adamw" in methods and "adamwn" in methods:
-        goal = methods["adamwn"]["val_loss"]["mean"]
-        reached = [s for s, v in zip(methods["adamw"]["curve_steps"], methods["adamw"]["curve_mean"]) if v <= goal]
-        methods["adamw"]["first_step_at_adamwn_final_val_loss"] = reached[0] if reached else None
+    for method, other in (("adamw", "adamwn"), ("adamwn", "adamw")):  # steps to match the other's final loss
+        if method in methods and other in methods:
+            goal = methods[other]["val_loss"]["mean"]
+            m = methods[method]
+            reached = [s for s, v in zip(m["curve_steps"], m["curve_mean"]) if v <= goal]
+            m[f"first_step_at_{other}_final_val_loss"] = reached[0] if reached else None
     return {"methods": methods}
 
 

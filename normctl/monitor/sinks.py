@@ -8,6 +8,7 @@ killed mid-way leaves readable metrics.
 from __future__ import annotations
 
 import csv
+import gzip
 import json
 import math
 from pathlib import Path
@@ -102,9 +103,12 @@ class TensorBoardSink:
 
 
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
-    """The records of a ``metrics.jsonl`` file (a torn last line from a killed run is skipped)."""
+    """The records of a ``metrics.jsonl`` file, or of its gzipped ``.gz`` form (a torn last
+    line from a killed run is skipped)."""
+    path = Path(path)
+    raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
     records = []
-    for line in Path(path).read_text(encoding="utf-8").splitlines():
+    for line in raw.decode("utf-8").splitlines():
         try:
             records.append(json.loads(line))
         except json.JSONDecodeError:

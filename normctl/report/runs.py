@@ -81,6 +81,8 @@ def load_run(path: str | Path) -> Run:
     path = Path(path)
     metrics = path / METRICS_JSONL
     if not metrics.is_file():
+        metrics = path / (METRICS_JSONL + ".gz")  # as packed for committing (scripts/pack_results.py)
+    if not metrics.is_file():
         raise FileNotFoundError(f"{path} is not a run directory: {METRICS_JSONL} is missing")
     config = json.loads((path / "config.json").read_text()) if (path / "config.json").is_file() else {}
     label = str(config.get("label") or config.get("method") or path.name)
