@@ -127,7 +127,7 @@ def test_one_pass_kernel_equals_reference_and_notices_changed_weights(kw, device
     """The kernel keeps ‖θ‖ from its own writes; an in-place change between steps (here a
     rescale) must make it measure the norms again."""
     if not _one_pass.available(device):
-        pytest.skip(f"no one-pass kernel on {device} here (CUDA needs Triton, CPU a C++ compiler)")
+        pytest.skip(f"no one-pass kernel on {device} here (it needs CUDA and Triton)")
     results, optimizers = [], []
     for path in (dict(foreach=False), dict()):
         params = make_params(torch.float32, shapes=[(5, 3), (4,), (), (7, 7), (40000,)], device=device)

@@ -1,4 +1,4 @@
-"""AdamWN's step as one pass over memory: a multi-tensor Triton kernel on CUDA, C++ on CPU.
+"""AdamWN's step as one pass over memory on CUDA: a multi-tensor Triton kernel.
 
 Eq. 3 needs ‖θ‖ of every tensor before the step, which costs a full read of the weights on
 top of Adam's pass — and torch's fused AdamW takes one weight decay per call, so a
@@ -14,9 +14,8 @@ The kept norms are trusted only while the weights are the kernel's own output: e
 version counter (bumped by every in-place torch op, e.g. ``load_state_dict``) and storage are
 recorded after the step, and any change makes the next step measure the norms afresh.
 
-Used by :class:`normctl.AdamWN` for float32 tensor-scope groups with control before the step:
-on CUDA when Triton is installed, on the CPU when the C++ kernel (:mod:`._one_pass_cpu`) builds;
-every other case takes the fused/foreach/reference paths.
+Used by :class:`normctl.AdamWN` for CUDA float32 tensor-scope groups with control before the
+step, when Triton is installed; every other case takes the fused/foreach/reference paths.
 """
 
 from __future__ import annotations
@@ -29,7 +28,6 @@ import torch
 from torch import Tensor
 
 from .. import rules
-from . import _one_pass_cpu
 from ._base import Batch
 
 try:
@@ -43,10 +41,8 @@ BLOCK = 1024
 
 
 def available(device_type: str = "cuda") -> bool:
-    """Whether the one-pass kernel runs on this kind of device here (builds the CPU one)."""
-    if device_type == "cuda":
-        return triton is not None and torch.cuda.is_available()
-    return device_type == "cpu" and _one_pass_cpu.kernel() is not None
+    """Whether the one-pass kernel runs on this kind of device here (CUDA with Triton)."""
+    return device_type == "cuda" and triton is not None and torch.cuda.is_available()
 
 
 if triton is not None:
@@ -158,8 +154,7 @@ def adamwn_step_(
     steps = [s["step"] for s in states]
     torch._foreach_add_(steps, 1)
     fresh = kept.norm_sq is None or kept.versions != _versions(params)  # weights changed since?
-    step = _cpu_step if params[0].device.type == "cpu" else _cuda_step
-    step(Batch(group, params, grads, states), steps, rate, target, kept, fresh)
+    _cuda_step(Batch(group, params, grads, states), steps, rate, target, kept, fresh)
     kept.versions = _versions(params)  # the kernels write through pointers: versions unchanged
 
 
@@ -223,31 +218,3 @@ def _cuda_step(batch: Batch, steps: list[Tensor], rate: float, target: float, ke
         BLOCK=BLOCK,
     )
     kept.spare, kept.norm_sq = kept.norm_sq, next_norm_sq
-
-
-def _cpu_step(batch: Batch, steps: list[Tensor], rate: float, target: float, kept: KeptNorms, fresh: bool) -> None:
-    """The same step through the C++ kernel: host-side vectors, no tables to keep."""
-    params, grads, states, group = batch.params, batch.grads, batch.states, batch.group
-    if fresh or kept.norm_sq is None:
-        kept.norm_sq = torch.stack(rules.tensor_norms(params)).double().square()
-    if group["relative_target"]:
-        target_norms = target * torch.stack([s["init_norm"] for s in states]).double()
-    else:
-        target_norms = torch.full((len(params),), float(target), dtype=torch.float64)
-    factors = rules.norm_control_factor(kept.norm_sq.sqrt(), target_norms, rate)
-    beta1, beta2 = group["betas"]
-    step = torch.stack(steps).double()
-    extension = _one_pass_cpu.kernel()
-    assert extension is not None, "eligible() checked that the CPU kernel is available"
-    kept.norm_sq = extension.adamwn_step(
-        params,
-        grads,
-        [s["exp_avg"] for s in states],
-        [s["exp_avg_sq"] for s in states],
-        factors,
-        group["lr"] / (1 - beta1**step),
-        (1 - beta2**step).sqrt(),
-        beta1,
-        beta2,
-        group["eps"],
-    )

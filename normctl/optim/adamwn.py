@@ -63,11 +63,10 @@ class AdamWN(NormctlOptimizer):
             decay λ_i = (1 − f_i)/γ), or the decay of uncontrolled groups, into torch's one-pass
             fused AdamW kernel; ``foreach=True`` selects the ``torch._foreach_*`` path and
             ``foreach=False`` the per-tensor reference loop. Default (both ``None``): fused where
-            torch has the kernel (CPU and CUDA floating point; l2 decay), foreach otherwise. For
-            float32 tensor-scope groups with ``control_at="pre_step"``, fused means normctl's
-            one-pass kernel (Triton on CUDA, C++ built at first use on the CPU) that applies
-            Eq. 3 and Adam together and keeps ‖θ‖ for the next step. All paths are tested equal
-            to the reference.
+            torch has the kernel (CPU and CUDA floating point; l2 decay), foreach otherwise. On
+            CUDA float32 tensor-scope groups with ``control_at="pre_step"``, fused means one
+            multi-tensor Triton kernel (when Triton is installed) that applies Eq. 3 and Adam in
+            one pass and keeps ‖θ‖ for the next step. All paths are tested equal to the reference.
         skip_nonfinite: if any gradient holds NaN/Inf, skip the whole step leaving params and
             state untouched and count it in ``group["skipped_steps"]``. Off by default, where
             (as in torch) non-finite gradients flow into the moments and weights.
