@@ -9,12 +9,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .parallel import DEVICES, PARALLEL_MODES
+
 TASKS = ("gpt", "voronoi", "fmnist")
 SCHEDULES = ("cosine", "constant")
-DEVICES = ("auto", "cpu", "cuda")
 DECAYS = ("l2", "l1", "min")
 CORPORA = ("austen", "kjv", "brown")
-PARALLEL = ("ddp", "fsdp")
 
 
 @dataclass(frozen=True)
@@ -63,8 +63,8 @@ class RunConfig:
             raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
         if self.device not in DEVICES:
             raise ValueError(f"device must be one of {DEVICES}, got {self.device!r}")
-        if self.parallel not in PARALLEL:
-            raise ValueError(f"parallel must be one of {PARALLEL}, got {self.parallel!r}")
+        if self.parallel not in PARALLEL_MODES:
+            raise ValueError(f"parallel must be one of {PARALLEL_MODES}, got {self.parallel!r}")
         for name in ("steps", "batch_size", "checkpoint_every", "monitor_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -73,7 +73,7 @@ class RunConfig:
         if self.decay not in DECAYS:
             raise ValueError(f"decay must be one of {DECAYS}, got {self.decay!r}")
         try:
-            beta1, beta2 = (float(b) for b in self.betas.split(","))
+            beta1, beta2 = self.adam_betas
         except ValueError as error:
             raise ValueError(f"betas must be two numbers 'b1,b2', got {self.betas!r}") from error
         if not (0 <= beta1 < 1 and 0 <= beta2 < 1):

@@ -24,6 +24,7 @@ import torch.distributed as dist
 from torch import nn
 
 PARALLEL_MODES = ("ddp", "fsdp")
+DEVICES = ("auto", "cpu", "cuda")
 
 
 @dataclass(frozen=True)
@@ -46,8 +47,8 @@ class World:
 def init_world(device: str = "auto") -> World:
     """Join the process group ``torchrun`` describes in the environment (a single process
     when there is none). ``device``: ``"auto"`` (CUDA when present), ``"cpu"`` or ``"cuda"``."""
-    if device not in ("auto", "cpu", "cuda"):
-        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}")
+    if device not in DEVICES:
+        raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
     use_cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
     if use_cuda and not torch.cuda.is_available():
         raise RuntimeError("device='cuda' but torch sees no CUDA device")

@@ -4,8 +4,8 @@
 
 Phase 1 trains AdamW and AdamC; phase 2 trains AdamWN with its target ramped (over the first
 5 % of steps) to AdamW's measured final norm ratio over the tensors AdamWN controls, rate
-k = 1e-2, as the paper sets it. All
-runs share the model, data, cosine schedule and λ, so AdamW is the baseline of both papers.
+k = 1e-2, as the paper sets it. All runs share the model, data, cosine schedule and λ, so
+AdamW is the baseline of both papers.
 The command is resumable (finished runs are skipped, unfinished ones resume) and writes
 ``summary.json`` (per-method mean ± std), ``val_loss.png`` (held-out loss over training with
 seed bands) and ``report.html`` (norms, gradient norms, tail blow-up) into ``--out``.
@@ -24,8 +24,8 @@ from ..groups import GROUP_FLAGS
 from ..report.runs import load_run
 from .config import RunConfig, with_overrides
 from .rundir import write_report
-from .sweep import sweep_configs
-from .train import EVALS, train
+from .sweep import sweep_configs, train_runs
+from .train import EVALS
 
 CONTROLLED_GROUPS = [label for label, (control, _, _) in GROUP_FLAGS.items() if control]
 # Byte-level Jane Austen; 1/(2λγ) = 1 667 steps at the peak lr, well inside the run.
@@ -70,13 +70,13 @@ def run_repro(out: str | Path, seeds: list[int], scale: str = "laptop", *, verbo
     out = Path(out)
     base = with_overrides(RunConfig(), SCALES[scale])
     first = sweep_configs(base, {"method": ["adamw", "adamc"]}, seeds)
-    _train_all(first, out, verbose)
+    train_runs(first, out, verbose=verbose)
     ratios = [controlled_norm_ratio(out / name) for name, cfg in first if cfg.method == "adamw"]
     target = statistics.mean(ratios)
     if verbose:
         print(f"AdamWN target: AdamW's final norm ratio {target:.4f} (mean over {len(ratios)} seeds)", flush=True)
     second = sweep_configs(dataclasses.replace(base, target_ratio=round(target, 4)), {"method": ["adamwn"]}, seeds)
-    _train_all(second, out, verbose)
+    train_runs(second, out, verbose=verbose)
 
     runs = first + second
     summary = summarize(out, [name for name, _ in runs])
@@ -101,15 +101,6 @@ def controlled_norm_ratio(run_dir: Path) -> float:
         now += norm**2
         then += (norm / ratio) ** 2
     return math.sqrt(now / then)
-
-
-def _train_all(runs: list[tuple[str, RunConfig]], out: Path, verbose: bool) -> None:
-    for i, (name, cfg) in enumerate(runs, 1):
-        if (out / name / "final.json").is_file():
-            continue
-        if verbose:
-            print(f"[{i}/{len(runs)}] {name}", flush=True)
-        train(cfg, out / name, verbose=verbose)
 
 
 def summarize(out: Path, names: list[str]) -> dict[str, Any]:

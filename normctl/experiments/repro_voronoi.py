@@ -19,18 +19,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import statistics
-import subprocess
-import sys
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from ..report.runs import load_run
 from .config import RunConfig, with_overrides
 from .rundir import write_report
-from .train import train
+from .sweep import final_metrics, train_runs
 
 BASELINE = [
     "task=voronoi",
@@ -75,8 +71,10 @@ def run_repro(
         for lr in LEARNING_RATES
         for seed in seeds
     ]
-    _run_all(stage1, out, workers, verbose)
-    by_lr = {lr: statistics.mean(_final(out, f"lr-{lr}_s{s}")["val_acc"] for s in seeds) for lr in LEARNING_RATES}
+    train_runs(stage1, out, workers=workers, verbose=verbose)
+    by_lr = {
+        lr: statistics.mean(final_metrics(out, f"lr-{lr}_s{s}")["val_acc"] for s in seeds) for lr in LEARNING_RATES
+    }
     best = max(by_lr, key=lambda lr: by_lr[lr])
     chosen = with_overrides(base, [f"lr={best}"])
     ratios = [load_run(out / f"lr-{best}_s{s}").last("global/norm_ratio") for s in seeds]
@@ -89,7 +87,7 @@ def run_repro(
         for value in values:
             extra = [f"{key}={value}"] + (["target_ratio=" + str(target)] if value == "adamwn" else [])
             stage2 += [(f"{key}-{value}_s{seed}", with_overrides(chosen, [*extra, f"seed={seed}"])) for seed in seeds]
-    _run_all(stage2, out, workers, verbose)
+    train_runs(stage2, out, workers=workers, verbose=verbose)
 
     variants: dict[str, list[str]] = {f"baseline (lr {best})": [f"lr-{best}_s{s}" for s in seeds]}
     variants.update({f"lr {lr}": [f"lr-{lr}_s{s}" for s in seeds] for lr in LEARNING_RATES if lr != best})
@@ -107,12 +105,8 @@ def run_repro(
     return summary
 
 
-def _final(out: Path, name: str) -> dict[str, Any]:
-    return json.loads((out / name / "final.json").read_text())
-
-
 def _aggregate(out: Path, names: list[str]) -> dict[str, Any]:
-    finals = [_final(out, n) for n in names]
+    finals = [final_metrics(out, n) for n in names]
     ratios = [load_run(out / n).last("global/norm_ratio") for n in names]
     row: dict[str, Any] = {"runs": names}
     for key, values in (
@@ -122,32 +116,3 @@ def _aggregate(out: Path, names: list[str]) -> dict[str, Any]:
     ):
         row[key] = {"mean": statistics.mean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0}
     return row
-
-
-def _run_all(runs: list[tuple[str, RunConfig]], out: Path, workers: int, verbose: bool) -> None:
-    todo = [(name, cfg) for name, cfg in runs if not (out / name / "final.json").is_file()]
-    if verbose:
-        print(f"{len(runs) - len(todo)} of {len(runs)} runs finished; training {len(todo)}", flush=True)
-    if workers <= 1:
-        for name, cfg in todo:
-            train(cfg, out / name, verbose=False)
-            if verbose:
-                print(f"  {name}: {_final(out, name)}", flush=True)
-        return
-    with ThreadPoolExecutor(workers) as pool:  # one single-threaded process per run
-        for name, error in pool.map(lambda run: _train_in_process(out, *run), todo):
-            if error:
-                raise RuntimeError(f"{name} failed:\n{error}")
-            if verbose:
-                print(f"  {name}: {_final(out, name)}", flush=True)
-
-
-def _train_in_process(out: Path, name: str, cfg: RunConfig) -> tuple[str, str | None]:
-    run_dir = out / name
-    run_dir.mkdir(parents=True, exist_ok=True)
-    config = run_dir / "request.json"
-    config.write_text(cfg.to_json())
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "normctl.cli", "train", str(config), "--out", str(run_dir)]
-    done = subprocess.run(command, env=env, capture_output=True, text=True)
-    return name, (done.stderr[-2000:] if done.returncode else None)

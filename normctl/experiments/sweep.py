@@ -9,6 +9,10 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
+import os
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -46,19 +50,49 @@ def run_sweep(
 ) -> list[dict[str, Any]]:
     out = Path(out)
     runs = sweep_configs(base, grid, seeds)
-    results = []
-    for i, (name, cfg) in enumerate(runs, 1):
-        run_dir = out / name
-        if (run_dir / "final.json").is_file():
-            if verbose:
-                print(f"[{i}/{len(runs)}] {name}: finished, skipped", flush=True)
-            results.append({"run": name, **json.loads((run_dir / "final.json").read_text())})
-            continue
-        if verbose:
-            print(f"[{i}/{len(runs)}] {name}", flush=True)
-        results.append({"run": name, **train(cfg, run_dir, verbose=verbose)})
+    results = train_runs(runs, out, verbose=verbose)
     (out / "summary.json").write_text(
         json.dumps({"base": dataclasses.asdict(base), "grid": grid, "seeds": seeds, "results": results}, indent=2)
     )
     write_report(out, [name for name, _ in runs], f"normctl sweep {out.name}", verbose=verbose)
     return results
+
+
+def train_runs(
+    runs: list[tuple[str, RunConfig]], out: Path, *, workers: int = 1, verbose: bool = True
+) -> list[dict[str, Any]]:
+    """Train each ``(name, config)`` into ``out/name`` unless it has finished (``final.json``);
+    unfinished runs resume from their checkpoints. ``workers > 1`` trains that many at once,
+    each in a single-threaded process. Returns every run's final metrics, in order."""
+    todo = [(name, cfg) for name, cfg in runs if not (out / name / "final.json").is_file()]
+    if verbose:
+        print(f"{len(runs) - len(todo)} of {len(runs)} runs finished; training {len(todo)}", flush=True)
+    if workers <= 1:
+        for i, (name, cfg) in enumerate(todo, 1):
+            if verbose:
+                print(f"[{i}/{len(todo)}] {name}", flush=True)
+            train(cfg, out / name, verbose=verbose)
+    else:
+        with ThreadPoolExecutor(workers) as pool:
+            for name, error in pool.map(lambda run: _train_in_process(out, *run), todo):
+                if error:
+                    raise RuntimeError(f"{name} failed:\n{error}")
+                if verbose:
+                    print(f"  {name}: {final_metrics(out, name)}", flush=True)
+    return [{"run": name, **final_metrics(out, name)} for name, _ in runs]
+
+
+def final_metrics(out: Path, name: str) -> dict[str, Any]:
+    return json.loads((out / name / "final.json").read_text())
+
+
+def _train_in_process(out: Path, name: str, cfg: RunConfig) -> tuple[str, str | None]:
+    run_dir = out / name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    request = run_dir / "request.json"  # the config handed to the child; train writes config.json
+    request.write_text(cfg.to_json())
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "normctl.cli", "train", str(request), "--out", str(run_dir)]
+    done = subprocess.run(command, env=env, capture_output=True, text=True)
+    request.unlink(missing_ok=True)
+    return name, (done.stderr[-2000:] if done.returncode else None)

@@ -254,21 +254,24 @@ def _is_state_initialisation(batches: list[Batch]) -> bool:
     creates optimizer state before loading into it (``get_optimizer_state_dict``). Such a step
     only creates the state: Eq. 3 acts even at lr 0, and must not move the weights or the
     schedule of a run that is about to be restored (or saved at step 0)."""
-    grads = [g for b in batches for g in b.grads]
-    if not grads or any(b.group["lr"] != 0 for b in batches):
+    if not any(b.grads for b in batches) or any(b.group["lr"] != 0 for b in batches):
         return False
-    nonzero = torch.stack([distributed.local(g).any() for g in grads]).any()
-    return distributed.all_agree(~nonzero, grads)
+    return _every_gradient(batches, lambda g: ~g.any())
 
 
 def _all_finite(batches: list[Batch]) -> bool:
+    return _every_gradient(batches, lambda g: torch.isfinite(g).all())
+
+
+def _every_gradient(batches: list[Batch], holds: Callable[[Tensor], Tensor]) -> bool:
+    """Whether ``holds`` (a 0-d bool per tensor) is true of every gradient: one reduction per
+    tensor and a single host sync for the step; with sharded gradients every rank checks its
+    slices and all ranks take the same decision."""
     grads = [g for b in batches for g in b.grads]
     if not grads:
         return True
-    # One reduction per tensor and a single host sync for the whole step; with sharded
-    # gradients every rank checks its slices and all ranks take the same decision.
-    finite = torch.stack([torch.isfinite(distributed.local(g)).all() for g in grads]).all()
-    return distributed.all_agree(finite, grads)
+    on_this_rank = torch.stack([holds(distributed.local(g)) for g in grads]).all()
+    return distributed.all_agree(on_this_rank, grads)
 
 
 def corrected_lr_ratio(group: dict) -> float:

@@ -28,7 +28,6 @@ import torch
 from torch import Tensor
 
 from .. import rules
-from ._base import Batch
 
 try:
     import triton
@@ -150,17 +149,10 @@ def adamwn_step_(
     kept: KeptNorms,
 ) -> None:
     """One AdamWN step (tensor scope, control before the step) over ``params`` in one kernel."""
+    device = params[0].device
     grads = [g if g.is_contiguous() else g.contiguous() for g in grads]
     steps = [s["step"] for s in states]
     torch._foreach_add_(steps, 1)
-    fresh = kept.norm_sq is None or kept.versions != _versions(params)  # weights changed since?
-    _cuda_step(Batch(group, params, grads, states), steps, rate, target, kept, fresh)
-    kept.versions = _versions(params)  # the kernels write through pointers: versions unchanged
-
-
-def _cuda_step(batch: Batch, steps: list[Tensor], rate: float, target: float, kept: KeptNorms, fresh: bool) -> None:
-    params, grads, states, group = batch.params, batch.grads, batch.states, batch.group
-    device = params[0].device
     exp_avgs = [s["exp_avg"] for s in states]
     exp_avg_sqs = [s["exp_avg_sq"] for s in states]
 
@@ -190,7 +182,7 @@ def _cuda_step(batch: Batch, steps: list[Tensor], rate: float, target: float, ke
     if kept.grad_table[0] != grad_pointers:
         kept.grad_table = (grad_pointers, _pointer_table(grad_pointers, device))
 
-    if fresh or kept.norm_sq is None:
+    if kept.norm_sq is None or kept.versions != _versions(params):  # weights changed since
         kept.norm_sq = torch.stack(rules.tensor_norms(params)).float().square()
     if kept.spare is None or kept.spare.shape != kept.norm_sq.shape:
         kept.spare = torch.empty_like(kept.norm_sq)
@@ -218,3 +210,4 @@ def _cuda_step(batch: Batch, steps: list[Tensor], rate: float, target: float, ke
         BLOCK=BLOCK,
     )
     kept.spare, kept.norm_sq = kept.norm_sq, next_norm_sq
+    kept.versions = _versions(params)  # the kernel writes through pointers: versions unchanged

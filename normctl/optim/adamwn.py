@@ -155,11 +155,12 @@ class AdamWN(NormctlOptimizer):
         self._attach_state(batches)
         control.record_scope_norms(self.param_groups)
 
-        one_pass = [self._fusable(b.group, b) and _one_pass.eligible(b.params, b.group) for b in batches]
+        fusable = [self._fusable(b.group, b) for b in batches]
+        one_pass = [fused and _one_pass.eligible(b.params, b.group) for b, fused in zip(batches, fusable)]
         # one-pass groups measure (or keep) their norms inside their own step
         pre_step_plans = [None if single else plan for plan, single in zip(plans, one_pass)]
         pre_step = control.control_factors(batches, pre_step_plans, self.param_groups, phase="pre_step")
-        for batch, factors, step_plan, single in zip(batches, pre_step, plans, one_pass):
+        for batch, factors, step_plan, fused, single in zip(batches, pre_step, plans, fusable, one_pass):
             group = batch.group
             if single:
                 assert step_plan is not None
@@ -168,7 +169,7 @@ class AdamWN(NormctlOptimizer):
                     batch.params, batch.grads, batch.states, group, step_plan.rate, step_plan.target, kept
                 )
                 continue
-            if self._fusable(group, batch):  # decay or Eq. 3 folded into the fused kernel's λ
+            if fused:  # decay or Eq. 3 folded into the fused kernel's λ
                 if group["control"]:
                     decay = 0.0 if factors is None else control.as_weight_decay(factors, group["lr"])
                 else:
