@@ -12,6 +12,7 @@ $(BIN)/normctl: pyproject.toml
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet "$(TORCH_PIN)"
 	$(BIN)/pip install --quiet -e ".[dev]"
+	$(BIN)/python -c "from normctl.optim import _one_pass_cpu; _one_pass_cpu.prepare()"
 	touch $@
 
 install: $(BIN)/normctl

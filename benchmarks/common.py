@@ -26,8 +26,16 @@ def machine() -> dict:
 
 
 def summary(samples: list[float]) -> dict:
-    """Median and spread of repeated measurements (seconds)."""
-    return {"median": statistics.median(samples), "min": min(samples), "max": max(samples), "repeats": len(samples)}
+    """Median and spread (quartiles, min, max) of repeated measurements (seconds)."""
+    q1, _, q3 = statistics.quantiles(samples, n=4) if len(samples) > 1 else (samples[0],) * 3
+    return {
+        "median": statistics.median(samples),
+        "q1": q1,
+        "q3": q3,
+        "min": min(samples),
+        "max": max(samples),
+        "repeats": len(samples),
+    }
 
 
 def write_json(name: str, payload: dict) -> Path:

@@ -1,10 +1,12 @@
 """optimizer.step() time on GPT-2-small and ResNet-50 parameter shapes, against torch in one run.
 
-    python benchmarks/step_speed.py [--family gpt2|resnet50|both] [--repeats 7] [--dtype float32|bfloat16]
-                                    [--device cpu|cuda]
+    python benchmarks/step_speed.py [--family gpt2|resnet50|both] [--repeats 7] [--rounds 3]
+                                    [--dtype float32|bfloat16] [--device cpu|cuda]
 
 Parameters get fixed random gradients; each optimizer is timed over repeated steps after
-warm-up. Prints the median, spread and ratio to torch's fused AdamW (the faster of torch's fused
+warm-up, in ``--rounds`` passes over the whole list so that a machine's slow minutes fall on
+every optimizer alike (the samples of all rounds are pooled). Prints the median, spread
+(quartiles and min/max) and ratio to torch's fused AdamW (the faster of torch's fused
 and foreach SGD for the SGD family), the bytes of optimizer state (and on CUDA the peak memory a
 step allocates beyond the parameters, gradients and state), and writes
 results/bench/step_speed_<family>[_<dtype>][_cuda].json.
@@ -21,6 +23,7 @@ import torch
 from common import machine, summary, write_json
 
 from normctl import SGDC, AdamC, AdamWN, CorrectedDecay, NormControl
+from normctl.optim import _one_pass_cpu
 
 
 def gpt2_small_shapes() -> list[tuple[int, ...]]:
@@ -120,7 +123,7 @@ def time_optimizer(make, shapes, dtype, repeats: int, device: str, warmup: int =
         if cuda:
             torch.cuda.synchronize()
         samples.append(time.perf_counter() - start)
-    result = {"seconds": summary(samples), "state_bytes": state_bytes}
+    result = {"samples": samples, "state_bytes": state_bytes}
     if cuda:  # temporaries a step allocates on top of what stays resident
         result["step_peak_extra_bytes"] = torch.cuda.max_memory_allocated() - resident
     del opt, params
@@ -130,16 +133,24 @@ def time_optimizer(make, shapes, dtype, repeats: int, device: str, warmup: int =
     return result
 
 
-def run_family(name: str, shapes, dtype, repeats: int, device: str) -> dict:
+def run_family(name: str, shapes, dtype, repeats: int, rounds: int, device: str) -> dict:
     n = sum(torch.Size(s).numel() for s in shapes)
     print(f"\n{name}: {len(shapes)} tensors, {n / 1e6:.1f}M parameters, {dtype}, {device}", flush=True)
-    results = {}
+    results: dict[str, dict] = {}
+    for round_ in range(rounds):
+        print(f"  round {round_ + 1}/{rounds}", flush=True)
+        for label, make in {**ADAM_FAMILY, **SGD_FAMILY}.items():
+            result = time_optimizer(make, shapes, dtype, repeats, device)
+            pooled = results.setdefault(label, result)
+            if pooled is not result and "samples" in result:
+                pooled["samples"] += result["samples"]
+    for result in results.values():
+        if "samples" in result:
+            result["seconds"] = summary(result.pop("samples"))
     for table, candidates in (
         (ADAM_FAMILY, ["torch AdamW fused"]),
         (SGD_FAMILY, ["torch SGD foreach", "torch SGD fused"]),
     ):
-        for label, make in table.items():
-            results[label] = time_optimizer(make, shapes, dtype, repeats, device)
         # the baseline is torch's fastest available implementation of the same rule
         timed = [c for c in candidates if "seconds" in results[c]] or candidates[:1]
         baseline = min(timed, key=lambda c: results[c].get("seconds", {}).get("median", float("inf")))
@@ -153,8 +164,8 @@ def run_family(name: str, shapes, dtype, repeats: int, device: str) -> dict:
             ratio = med / base["seconds"]["median"] if "seconds" in base else float("nan")
             r["ratio_to_" + baseline.replace(" ", "_")] = ratio
             print(
-                f"  {label:<36} {med * 1e3:8.1f} ms  [{r['seconds']['min'] * 1e3:.1f}, "
-                f"{r['seconds']['max'] * 1e3:.1f}]  x{ratio:5.2f} vs {baseline}  "
+                f"  {label:<36} {med * 1e3:8.1f} ms  IQR [{r['seconds']['q1'] * 1e3:.1f}, "
+                f"{r['seconds']['q3'] * 1e3:.1f}]  x{ratio:5.2f} vs {baseline}  "
                 f"state {r['state_bytes'] / 2**20:.0f} MiB"
                 + (
                     f"  step peak +{r['step_peak_extra_bytes'] / 2**20:.0f} MiB" if "step_peak_extra_bytes" in r else ""
@@ -167,15 +178,17 @@ def run_family(name: str, shapes, dtype, repeats: int, device: str) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--family", choices=["gpt2", "resnet50", "both"], default="both")
-    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--repeats", type=int, default=7, help="timed steps per optimizer and round")
+    parser.add_argument("--rounds", type=int, default=3, help="passes over all optimizers, samples pooled")
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     args = parser.parse_args()
     dtype = getattr(torch, args.dtype)
     families = {"gpt2": gpt2_small_shapes, "resnet50": resnet50_shapes}
     for family in families if args.family == "both" else [args.family]:
-        result = run_family(family, families[family](), dtype, args.repeats, args.device)
+        result = run_family(family, families[family](), dtype, args.repeats, args.rounds, args.device)
         result["machine"] = machine()
+        result["adamwn_one_pass_cpu_kernel"] = _one_pass_cpu.kernel() is not None
         suffix = ("" if args.dtype == "float32" else f"_{args.dtype}") + ("" if args.device == "cpu" else "_cuda")
         print("  ->", write_json(f"step_speed_{family}{suffix}", result))
 

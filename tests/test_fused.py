@@ -7,7 +7,7 @@ import torch
 from helpers import DEVICES, assert_same, make_params, run, state_tensors, warmup_cosine
 
 from normctl import SGDC, AdamC, AdamWN, schedules
-from normctl.optim import _one_pass
+from normctl.optim import _one_pass, _one_pass_cpu
 
 
 def compare_with_reference(make, *, dtype=torch.float64, rtol=1e-6, device="cpu"):
@@ -126,8 +126,8 @@ def test_default_selects_fused_on_cpu_and_explicit_paths_override(monkeypatch):
 def test_one_pass_kernel_equals_reference_and_notices_changed_weights(kw, device):
     """The kernel keeps ‖θ‖ from its own writes; an in-place change between steps (here a
     rescale) must make it measure the norms again."""
-    if not _one_pass.available(device):
-        pytest.skip(f"no one-pass kernel on {device} here (it needs CUDA and Triton)")
+    if not (_one_pass.available(device) or (device == "cpu" and _one_pass_cpu.kernel() is not None)):
+        pytest.skip(f"no one-pass kernel on {device} here (CUDA needs Triton, the CPU a C++ compiler)")
     results, optimizers = [], []
     for path in (dict(foreach=False), dict()):
         params = make_params(torch.float32, shapes=[(5, 3), (4,), (), (7, 7), (40000,)], device=device)
@@ -142,6 +142,65 @@ def test_one_pass_kernel_equals_reference_and_notices_changed_weights(kw, device
                     params[0].mul_(3.0)
         results.append(params)
         optimizers.append(optimizer)
-    assert optimizers[1]._kept_norms and not optimizers[0]._kept_norms  # the default took the kernel
+    assert took_one_pass(optimizers[1]) and not took_one_pass(optimizers[0])  # the default took the kernel
     assert_same(results[0], results[1], exact=False, rtol=1e-5, atol=1e-6)
     assert_same(state_tensors(optimizers[0]), state_tensors(optimizers[1]), exact=False, rtol=1e-5, atol=1e-6)
+
+
+def took_one_pass(optimizer: AdamWN) -> bool:
+    return bool(optimizer._kept_norms or optimizer._cpu_norms._entries)
+
+
+def cpu_kernel_or_skip():
+    if _one_pass_cpu.kernel() is None:
+        pytest.skip("the one-pass CPU kernel could not be built here (no C++ compiler or ninja)")
+
+
+def test_cpu_kernel_norms_do_not_depend_on_the_thread_count():
+    """Per-chunk sums added in a fixed order: 1 thread and 2 threads give the same bits."""
+    cpu_kernel_or_skip()
+    results = []
+    threads = torch.get_num_threads()
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            params = make_params(torch.float32, shapes=[(300, 700), (5,), (70000,)])
+            optimizer = AdamWN(params, lr=1e-2, target=0.8, rate=0.3)
+            g = torch.Generator().manual_seed(5)
+            for _ in range(5):
+                for p in params:
+                    p.grad = torch.randn(p.shape, generator=g)
+                optimizer.step()
+            results.append((params, optimizer._cpu_norms.tensor_norms(params)))
+    finally:
+        torch.set_num_threads(threads)
+    assert_same(results[0][0], results[1][0])
+    assert_same(results[0][1], results[1][1])
+
+
+def test_without_the_cpu_kernel_adamwn_falls_back_to_torch_fused(monkeypatch):
+    cpu_kernel_or_skip()
+    runs = []
+    for available in (True, False):
+        if not available:
+            monkeypatch.setattr(_one_pass_cpu, "kernel", lambda: None)
+        params, optimizer = run(lambda p: AdamWN(p, lr=1e-2, target=1.4, rate=0.2), dtype=torch.float32)
+        assert took_one_pass(optimizer) == available
+        runs.append(params)
+    assert_same(runs[0], runs[1], exact=False, rtol=1e-5, atol=1e-7)
+
+
+def test_kept_norms_are_measured_again_after_load_state_dict():
+    """Loading a checkpoint rewrites the weights in place: the kernel's norms must not be reused."""
+    cpu_kernel_or_skip()
+    params = make_params(torch.float32, shapes=[(6, 4), (9,)])
+    optimizer = AdamWN(params, lr=1e-2, target=1.0, rate=0.5)
+    model = torch.nn.ParameterList(params)
+    for p in params:
+        p.grad = torch.ones_like(p)
+    optimizer.step()
+    saved = {k: v.clone() for k, v in model.state_dict().items()}
+    optimizer.step()
+    model.load_state_dict(saved)
+    kept = optimizer._cpu_norms.tensor_norms(params)
+    assert_same(kept, [torch.linalg.vector_norm(p) for p in params])

@@ -9,9 +9,9 @@ Group keys: ``target``, ``rate``, ``rate_scaling``, ``scope``, ``relative_target
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor
@@ -42,6 +42,10 @@ CONTROL_DEFAULTS = dict(
     max_lr=None,
 )
 CONTROL_GROUP_KEYS = frozenset({"schedule_step", "init_norm"})
+
+
+class TensorNorms(Protocol):
+    def __call__(self, tensors: Sequence[Tensor], *, foreach: bool = True) -> list[Tensor]: ...
 
 
 @dataclass(frozen=True)
@@ -141,13 +145,19 @@ def record_scope_norms(groups: list[dict]) -> None:
 
 
 def control_factors(
-    batches: list[Batch], plans: list[ControlPlan | None], groups: list[dict], *, phase: str
+    batches: list[Batch],
+    plans: list[ControlPlan | None],
+    groups: list[dict],
+    *,
+    phase: str,
+    tensor_norms: TensorNorms = rules.tensor_norms,
 ) -> list[list[Tensor] | float | None]:
     """Eq. 3's factor f for each batch whose group is controlled at ``phase`` (None: nothing to
     do): a float when it is one Python number (target 0), else one 0-d tensor per tensor.
 
     All norms are read before anything is scaled, so group and global scopes see the
-    weights of one moment."""
+    weights of one moment. ``tensor_norms`` measures them (AdamWN passes the norms its
+    one-pass step kept)."""
     global_norm = None
     out: list[list[Tensor] | float | None] = []
     for batch, step_plan in zip(batches, plans):
@@ -159,19 +169,13 @@ def control_factors(
         if step_plan.target == 0:  # plain decoupled decay: a Python float, exactly as torch
             out.append(1 - step_plan.rate)
         elif group["scope"] == "tensor":
-            norms = rules.tensor_norms(batch.params, foreach=foreach)
-            out.append(
-                [
-                    rules.norm_control_factor(n, _target_norm(step_plan, group, s["init_norm"]), step_plan.rate)
-                    for n, s in zip(norms, batch.states)
-                ]
-            )
+            out.append(_tensor_factors(batch, step_plan, tensor_norms(batch.params, foreach=foreach)))
         else:
             if group["scope"] == "group":
-                norm = _current_norm([group], foreach)
+                norm = _current_norm([group], foreach, tensor_norms)
             else:
                 if global_norm is None:
-                    global_norm = _current_norm(_global_groups(groups), foreach)
+                    global_norm = _current_norm(_global_groups(groups), foreach, tensor_norms)
                 norm = global_norm
             factor = rules.norm_control_factor(norm, _target_norm(step_plan, group, group["init_norm"]), step_plan.rate)
             out.append([factor] * len(batch.params))
@@ -208,10 +212,23 @@ def _target_norm(step_plan: ControlPlan, group: dict, init_norm: Tensor | float)
     return step_plan.target * init_norm if group["relative_target"] else step_plan.target
 
 
-def _current_norm(groups: list[dict], foreach: bool) -> Tensor:
+def _tensor_factors(batch: Batch, step_plan: ControlPlan, norms: list[Tensor]) -> list[Tensor]:
+    """Tensor scope: each tensor's factor, computed as one vector when the norms share a device."""
+    group = batch.group
+    if len({n.device for n in norms}) > 1:  # tensors spread over devices (model parallel)
+        return [
+            rules.norm_control_factor(n, _target_norm(step_plan, group, s["init_norm"]), step_plan.rate)
+            for n, s in zip(norms, batch.states)
+        ]
+    norms_vector = torch.stack(norms)
+    init_norms = torch.stack([s["init_norm"] for s in batch.states]).to(norms_vector) if group["relative_target"] else 1
+    return list(rules.norm_control_factor(norms_vector, _target_norm(step_plan, group, init_norms), step_plan.rate))
+
+
+def _current_norm(groups: list[dict], foreach: bool, tensor_norms: TensorNorms = rules.tensor_norms) -> Tensor:
     """One norm over every parameter of ``groups`` (with or without a gradient this step)."""
     params = [p for g in groups for p in g["params"]]
-    return rules.combined_norm(rules.tensor_norms(params, foreach=foreach))
+    return rules.combined_norm(tensor_norms(params, foreach=foreach))
 
 
 def _initial_norm(groups: list[dict], *, relative: bool) -> float:

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from .. import rules
 from ..schedules import Schedule
 from . import _control as control
-from . import _one_pass
+from . import _one_pass, _one_pass_cpu
 from ._adam import adam_state, adam_update, fused_adamw_
 from ._base import Batch, NormctlOptimizer, check_betas, check_bools, check_choice, check_nonnegative
+from ._kept_norms import KeptNorms
 
 
 class AdamWN(NormctlOptimizer):
@@ -64,9 +66,11 @@ class AdamWN(NormctlOptimizer):
             fused AdamW kernel; ``foreach=True`` selects the ``torch._foreach_*`` path and
             ``foreach=False`` the per-tensor reference loop. Default (both ``None``): fused where
             torch has the kernel (CPU and CUDA floating point; l2 decay), foreach otherwise. On
-            CUDA float32 tensor-scope groups with ``control_at="pre_step"``, fused means one
-            multi-tensor Triton kernel (when Triton is installed) that applies Eq. 3 and Adam in
-            one pass and keeps ‖θ‖ for the next step. All paths are tested equal to the reference.
+            float32 groups with ``control_at="pre_step"``, fused means one kernel that applies
+            Eq. 3 and Adam in one pass and keeps ‖θ‖ for the next step: C++/OpenMP on the CPU
+            (any scope; built once per machine, see :mod:`normctl.optim._one_pass_cpu`), Triton on
+            CUDA (tensor scope, when Triton is installed). All paths are tested equal to the
+            reference.
         skip_nonfinite: if any gradient holds NaN/Inf, skip the whole step leaving params and
             state untouched and count it in ``group["skipped_steps"]``. Off by default, where
             (as in torch) non-finite gradients flow into the moments and weights.
@@ -124,6 +128,7 @@ class AdamWN(NormctlOptimizer):
         )
         super().__init__(params, defaults)
         self._kept_norms: dict[int, _one_pass.KeptNorms] = {}  # per group, for the one-pass CUDA kernel
+        self._cpu_norms = KeptNorms()  # per tensor, left by the one-pass CPU kernel
 
     # -- construction -------------------------------------------------------------------------
 
@@ -157,10 +162,18 @@ class AdamWN(NormctlOptimizer):
 
         fusable = [self._fusable(b.group, b) for b in batches]
         one_pass = [fused and _one_pass.eligible(b.params, b.group) for b, fused in zip(batches, fusable)]
-        # one-pass groups measure (or keep) their norms inside their own step
+        one_pass_cpu = [
+            fused and not cuda and _one_pass_cpu.eligible(b.params, b.states, b.group)
+            for b, fused, cuda in zip(batches, fusable, one_pass)
+        ]
+        # CUDA one-pass groups measure (or keep) their norms inside their own step
         pre_step_plans = [None if single else plan for plan, single in zip(plans, one_pass)]
-        pre_step = control.control_factors(batches, pre_step_plans, self.param_groups, phase="pre_step")
-        for batch, factors, step_plan, fused, single in zip(batches, pre_step, plans, fusable, one_pass):
+        pre_step = control.control_factors(
+            batches, pre_step_plans, self.param_groups, phase="pre_step", tensor_norms=self._cpu_norms.tensor_norms
+        )
+        for batch, factors, step_plan, fused, single, cpu_single in zip(
+            batches, pre_step, plans, fusable, one_pass, one_pass_cpu
+        ):
             group = batch.group
             if single:
                 assert step_plan is not None
@@ -168,6 +181,12 @@ class AdamWN(NormctlOptimizer):
                 _one_pass.adamwn_step_(
                     batch.params, batch.grads, batch.states, group, step_plan.rate, step_plan.target, kept
                 )
+                continue
+            if cpu_single:
+                norm_sq = _one_pass_cpu.adamwn_step_(
+                    batch.params, batch.grads, batch.states, group, _factor_vector(factors, len(batch.params))
+                )
+                self._cpu_norms.keep(batch.params, norm_sq)
                 continue
             if fused:  # decay or Eq. 3 folded into the fused kernel's λ
                 if group["control"]:
@@ -186,3 +205,12 @@ class AdamWN(NormctlOptimizer):
             adam_update(batch.params, batch.grads, batch.states, group, foreach=foreach)
         control.apply_control(batches, plans, self.param_groups, phase="post_step")
         control.advance(self.param_groups)
+
+
+def _factor_vector(factors: list[Tensor] | float | None, count: int) -> Tensor:
+    """Eq. 3's factors as the float64 vector the CPU kernel takes (None: no control this step)."""
+    if factors is None:
+        return torch.ones(count, dtype=torch.float64)
+    if isinstance(factors, float):
+        return torch.full((count,), factors, dtype=torch.float64)
+    return torch.stack(factors).double()

@@ -1,0 +1,137 @@
+"""AdamWN's step as one pass over memory on the CPU: a C++/OpenMP kernel built at first use.
+
+Torch's fused AdamW reads and writes every element once; Eq. 3 needs ‖θ‖ of every tensor
+before the step, which costs a second read of the weights, and a per-tensor decay costs one
+fused call per tensor. The kernel (``csrc/adamwn_one_pass.cpp``) instead multiplies θ by its
+tensor's factor, applies Adam's step as torch's fused AdamW does, and adds up θ_new² while it
+stores θ_new: the norms of the next step come out of this one (:mod:`._kept_norms`).
+
+``torch.utils.cpp_extension`` compiles it once per machine into torch's extension cache
+(about half a minute; a C++ compiler with OpenMP, and ninja — the system's or
+``pip install ninja``). ``make install`` builds it ahead of time
+(:func:`prepare`). Where the build fails, or with
+``NORMCTL_NO_EXTENSION=1``, AdamWN keeps torch's fused AdamW plus a norm pass.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+SOURCE = Path(__file__).parent / "csrc" / "adamwn_one_pass.cpp"
+_state: dict[str, Any] = {"extension": None, "failed": False}
+
+
+def _build_flags() -> tuple[str, list[str]]:
+    """The extension's name and compiler flags for this CPU. Vector instructions follow torch's
+    own dispatch level, and the name carries it, so a shared cache never hands one machine's
+    AVX2 build to a CPU without AVX2. ``-fno-math-errno`` lets sqrt vectorise."""
+    capability = torch.backends.cpu.get_cpu_capability()
+    flags = ["-O3", "-fopenmp", "-fno-math-errno"]
+    if capability in ("AVX2", "AVX512"):
+        flags += ["-mavx2", "-mfma"]
+    return f"normctl_adamwn_one_pass_{capability.lower()}", flags
+
+
+def kernel() -> Any | None:
+    """The compiled extension, or None where it cannot be had (warned once)."""
+    if _state["extension"] is None and not _state["failed"]:
+        if os.environ.get("NORMCTL_NO_EXTENSION"):
+            _state["failed"] = True
+            return None
+        name, flags = _build_flags()
+        try:
+            from torch.utils import cpp_extension
+
+            if not _is_built(cpp_extension, name):
+                print("normctl: building AdamWN's one-pass CPU kernel (once per machine) ...", file=sys.stderr)
+            path = os.environ.get("PATH", "")
+            # pip's ninja sits beside this interpreter, which need not be on PATH
+            os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), path])
+            try:
+                _state["extension"] = cpp_extension.load(
+                    name=name, sources=[str(SOURCE)], extra_cflags=flags, extra_ldflags=["-fopenmp"], verbose=False
+                )
+            finally:
+                os.environ["PATH"] = path
+        except Exception as error:  # no compiler, no ninja, a read-only cache: fall back
+            _state["failed"] = True
+            warnings.warn(
+                f"normctl: AdamWN's one-pass CPU kernel could not be built ({type(error).__name__}: {error}); "
+                "AdamWN uses torch's fused AdamW plus a norm pass. NORMCTL_NO_EXTENSION=1 skips the attempt.",
+                stacklevel=2,
+            )
+    return _state["extension"]
+
+
+def _is_built(cpp_extension: Any, name: str) -> bool:
+    try:
+        directory = Path(cpp_extension._get_build_directory(name, verbose=False))
+    except Exception:
+        return False
+    return any(directory.glob(f"{name}*.so"))
+
+
+def eligible(params: Sequence[Tensor], states: Sequence[dict], group: dict) -> bool:
+    """Whether a batch can take the kernel: controlled before the step, plain contiguous float32
+    CPU tensors (no DTensor or other subclass) with Adam state alike, and the kernel at hand."""
+    if not (params and group["control"] and group["control_at"] == "pre_step"):
+        return False
+    for p, s in zip(params, states):
+        if type(p) not in (torch.Tensor, torch.nn.Parameter):
+            return False
+        if not all(_is_plain_float32_cpu(t) for t in (p, s.get("exp_avg"), s.get("exp_avg_sq"))):
+            return False
+    return kernel() is not None
+
+
+def _is_plain_float32_cpu(tensor: Any) -> bool:
+    return (
+        isinstance(tensor, Tensor)
+        and tensor.device.type == "cpu"
+        and tensor.dtype == torch.float32
+        and tensor.is_contiguous()
+    )
+
+
+def adamwn_step_(params: list[Tensor], grads: list[Tensor], states: list[dict], group: dict, factors: Tensor) -> Tensor:
+    """θ_i ← f_i·θ_i then Adam's step, for every tensor in one pass; returns ‖θ_i‖² after it
+    (float64). ``factors`` holds f_i (float64, one per tensor)."""
+    steps = [s["step"] for s in states]
+    torch._foreach_add_(steps, 1)
+    step = torch.stack(steps).double()
+    beta1, beta2 = group["betas"]
+    lr = float(group["lr"])
+    extension = kernel()
+    assert extension is not None, "eligible() checked that the kernel is available"
+    return extension.adamwn_step(
+        params,
+        [g if g.is_contiguous() else g.contiguous() for g in grads],
+        [s["exp_avg"] for s in states],
+        [s["exp_avg_sq"] for s in states],
+        factors,
+        lr / (1 - beta1**step),
+        (1 - beta2**step).sqrt(),
+        beta1,
+        beta2,
+        group["eps"],
+    )
+
+
+def prepare() -> bool:
+    """Build the kernel now (``make install`` does) and say whether AdamWN will use it."""
+    ready = kernel() is not None
+    print(
+        "normctl: AdamWN's one-pass CPU kernel is ready"
+        if ready
+        else "normctl: no one-pass CPU kernel; AdamWN uses torch's fused AdamW plus a norm pass",
+        file=sys.stderr,
+    )
+    return ready
