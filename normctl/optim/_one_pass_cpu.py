@@ -4,7 +4,8 @@ Torch's fused AdamW reads and writes every element once; Eq. 3 needs ‖θ‖ of
 before the step, which costs a second read of the weights, and a per-tensor decay costs one
 fused call per tensor. The kernel (``csrc/adamwn_one_pass.cpp``) instead multiplies θ by its
 tensor's factor, applies Adam's step as torch's fused AdamW does, and adds up θ_new² while it
-stores θ_new: the norms of the next step come out of this one (:mod:`._kept_norms`).
+stores θ_new: the norms of the next step come out of this one (:mod:`._kept_norms`). float32 and
+bfloat16 weights (bfloat16 computed in float32 and rounded on store, as torch's fused AdamW).
 
 ``torch.utils.cpp_extension`` compiles it once per machine into torch's extension cache
 (about half a minute; a C++ compiler with OpenMP, and ninja — the system's or
@@ -26,6 +27,7 @@ import torch
 from torch import Tensor
 
 SOURCE = Path(__file__).parent / "csrc" / "adamwn_one_pass.cpp"
+KERNEL_DTYPES = (torch.float32, torch.bfloat16)  # bfloat16 computed in float32, as torch's fused AdamW
 _state: dict[str, Any] = {"extension": None, "failed": False}
 
 
@@ -80,24 +82,25 @@ def _is_built(cpp_extension: Any, name: str) -> bool:
 
 
 def eligible(params: Sequence[Tensor], states: Sequence[dict], group: dict) -> bool:
-    """Whether a batch can take the kernel: controlled before the step, plain contiguous float32
-    CPU tensors (no DTensor or other subclass) with Adam state alike, and the kernel at hand."""
+    """Whether a batch can take the kernel: controlled before the step, plain contiguous CPU
+    tensors (no DTensor or other subclass) of one dtype, float32 or bfloat16, with Adam state
+    alike, and the kernel at hand."""
     if not (params and group["control"] and group["control_at"] == "pre_step"):
+        return False
+    dtype = params[0].dtype
+    if dtype not in KERNEL_DTYPES:
         return False
     for p, s in zip(params, states):
         if type(p) not in (torch.Tensor, torch.nn.Parameter):
             return False
-        if not all(_is_plain_float32_cpu(t) for t in (p, s.get("exp_avg"), s.get("exp_avg_sq"))):
+        if not all(_is_contiguous_cpu(t, dtype) for t in (p, s.get("exp_avg"), s.get("exp_avg_sq"))):
             return False
     return kernel() is not None
 
 
-def _is_plain_float32_cpu(tensor: Any) -> bool:
+def _is_contiguous_cpu(tensor: Any, dtype: torch.dtype) -> bool:
     return (
-        isinstance(tensor, Tensor)
-        and tensor.device.type == "cpu"
-        and tensor.dtype == torch.float32
-        and tensor.is_contiguous()
+        isinstance(tensor, Tensor) and tensor.device.type == "cpu" and tensor.dtype == dtype and tensor.is_contiguous()
     )
 
 

@@ -66,10 +66,10 @@ class AdamWN(NormctlOptimizer):
             fused AdamW kernel; ``foreach=True`` selects the ``torch._foreach_*`` path and
             ``foreach=False`` the per-tensor reference loop. Default (both ``None``): fused where
             torch has the kernel (CPU and CUDA floating point; l2 decay), foreach otherwise. On
-            float32 groups with ``control_at="pre_step"``, fused means one kernel that applies
+            float32 or bfloat16 groups with ``control_at="pre_step"``, fused means one kernel that applies
             Eq. 3 and Adam in one pass and keeps ‖θ‖ for the next step: C++/OpenMP on the CPU
             (any scope; built once per machine, see :mod:`normctl.optim._one_pass_cpu`), Triton on
-            CUDA (tensor scope, when Triton is installed). All paths are tested equal to the
+            CUDA (float32, tensor scope, when Triton is installed). All paths are tested equal to the
             reference.
         skip_nonfinite: if any gradient holds NaN/Inf, skip the whole step leaving params and
             state untouched and count it in ``group["skipped_steps"]``. Off by default, where

@@ -1,8 +1,10 @@
 // AdamWN's step on the CPU in one pass over memory (see normctl/optim/_one_pass_cpu.py).
 //
-// For every float32 tensor i, element by element: θ ← f_i·θ (Eq. 3 before the step), then
-// Adam's moment update and bias-corrected step as torch's fused AdamW writes them, and
-// θ_new² added up while θ_new is stored, so the next step starts with ‖θ_i‖ known.
+// For every tensor i, element by element: θ ← f_i·θ (Eq. 3 before the step), then Adam's
+// moment update and bias-corrected step as torch's fused AdamW writes them, and θ_new² added
+// up while θ_new is stored, so the next step starts with ‖θ_i‖ known. float32 and bfloat16
+// tensors (weights, gradients and moments of one dtype); bfloat16 is computed in float32 and
+// rounded to nearest even on store, as torch's fused AdamW does.
 //
 // The work is cut into fixed chunks of CHUNK elements across all tensors and shared by one
 // OpenMP region on torch's own thread pool (torch's libgomp is the one loaded). Each chunk's
@@ -15,6 +17,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <vector>
 
 namespace {
@@ -28,21 +31,80 @@ struct Chunk {
   int64_t end;
 };
 
+// Storage ↔ float32, written with plain integer ops so that the compiler vectorises them.
+inline float to_float(float x) { return x; }
+inline float to_float(uint16_t bits) {
+  const uint32_t wide = static_cast<uint32_t>(bits) << 16;
+  float x;
+  std::memcpy(&x, &wide, sizeof x);
+  return x;
+}
+inline void store(float* at, float x) { *at = x; }
+inline void store(uint16_t* at, float x) {
+  uint32_t bits;
+  std::memcpy(&bits, &x, sizeof bits);
+  const uint32_t rounded = (bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16;  // round to nearest even
+  *at = std::isnan(x) ? static_cast<uint16_t>(0x7fc0) : static_cast<uint16_t>(rounded);
+}
+
 template <typename T>
 std::vector<T*> data_pointers(const std::vector<torch::Tensor>& tensors) {
   std::vector<T*> pointers;
   pointers.reserve(tensors.size());
   for (const auto& t : tensors) {
-    pointers.push_back(t.data_ptr<float>());
+    pointers.push_back(reinterpret_cast<T*>(t.data_ptr()));
   }
   return pointers;
 }
 
-void check_float32_contiguous(const std::vector<torch::Tensor>& tensors, const char* name, size_t count) {
+void check_tensors(const std::vector<torch::Tensor>& tensors, const char* name, size_t count, at::ScalarType dtype) {
   TORCH_CHECK(tensors.size() == count, name, ": expected ", count, " tensors, got ", tensors.size());
   for (const auto& t : tensors) {
-    TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == torch::kFloat && t.is_contiguous(),
-                name, ": every tensor must be a contiguous float32 CPU tensor");
+    TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == dtype && t.is_contiguous(), name,
+                ": every tensor must be a contiguous CPU tensor of the weights' dtype");
+  }
+}
+
+template <typename T>
+void step_chunks(const std::vector<Chunk>& chunks, int64_t total, const std::vector<torch::Tensor>& params,
+                 const std::vector<torch::Tensor>& grads, const std::vector<torch::Tensor>& exp_avgs,
+                 const std::vector<torch::Tensor>& exp_avg_sqs, const double* f_all, const double* step_size_all,
+                 const double* bc2_all, double beta1, double beta2, double eps, std::vector<double>& chunk_sums) {
+  const auto param_ptrs = data_pointers<T>(params);
+  const auto grad_ptrs = data_pointers<const T>(grads);
+  const auto exp_avg_ptrs = data_pointers<T>(exp_avgs);
+  const auto exp_avg_sq_ptrs = data_pointers<T>(exp_avg_sqs);
+  const float one_minus_beta1 = static_cast<float>(1.0 - beta1);
+  const float b2 = static_cast<float>(beta2);
+  const float one_minus_beta2 = static_cast<float>(1.0 - beta2);
+  const float epsf = static_cast<float>(eps);
+  const int64_t num_chunks = static_cast<int64_t>(chunks.size());
+
+#pragma omp parallel for schedule(static) num_threads(at::get_num_threads()) if (total >= SERIAL_BELOW)
+  for (int64_t c = 0; c < num_chunks; ++c) {
+    const Chunk chunk = chunks[c];
+    T* __restrict p = param_ptrs[chunk.tensor];
+    const T* __restrict g = grad_ptrs[chunk.tensor];
+    T* __restrict m = exp_avg_ptrs[chunk.tensor];
+    T* __restrict v = exp_avg_sq_ptrs[chunk.tensor];
+    const float f = static_cast<float>(f_all[chunk.tensor]);
+    const float step_size = static_cast<float>(step_size_all[chunk.tensor]);
+    const float bc2 = static_cast<float>(bc2_all[chunk.tensor]);
+    float sum = 0.f;
+#pragma omp simd reduction(+ : sum)
+    for (int64_t j = chunk.begin; j < chunk.end; ++j) {
+      const float gj = to_float(g[j]);
+      const float m_old = to_float(m[j]);
+      const float mj = m_old + one_minus_beta1 * (gj - m_old);  // lerp(m, g, 1 − β1)
+      const float vj = b2 * to_float(v[j]) + one_minus_beta2 * gj * gj;
+      const float pj = to_float(p[j]) * f - step_size * mj / (std::sqrt(vj) / bc2 + epsf);
+      store(p + j, pj);
+      store(m + j, mj);
+      store(v + j, vj);
+      const float stored = to_float(p[j]);  // the norm of the weight as stored
+      sum += stored * stored;
+    }
+    chunk_sums[c] = sum;
   }
 }
 
@@ -55,10 +117,13 @@ torch::Tensor adamwn_step(const std::vector<torch::Tensor>& params, const std::v
                           const torch::Tensor& factors, const torch::Tensor& step_sizes,
                           const torch::Tensor& bias_corrections2_sqrt, double beta1, double beta2, double eps) {
   const size_t n = params.size();
-  check_float32_contiguous(params, "params", n);
-  check_float32_contiguous(grads, "grads", n);
-  check_float32_contiguous(exp_avgs, "exp_avgs", n);
-  check_float32_contiguous(exp_avg_sqs, "exp_avg_sqs", n);
+  TORCH_CHECK(n > 0, "params: expected at least one tensor");
+  const auto dtype = params[0].scalar_type();
+  TORCH_CHECK(dtype == at::kFloat || dtype == at::kBFloat16, "params: float32 or bfloat16 only, got ", dtype);
+  check_tensors(params, "params", n, dtype);
+  check_tensors(grads, "grads", n, dtype);
+  check_tensors(exp_avgs, "exp_avgs", n, dtype);
+  check_tensors(exp_avg_sqs, "exp_avg_sqs", n, dtype);
   for (const auto* v : {&factors, &step_sizes, &bias_corrections2_sqrt}) {
     TORCH_CHECK(v->scalar_type() == torch::kDouble && v->is_contiguous() && v->numel() == static_cast<int64_t>(n),
                 "per-tensor vectors must be contiguous float64 with one entry per tensor");
@@ -74,52 +139,25 @@ torch::Tensor adamwn_step(const std::vector<torch::Tensor>& params, const std::v
     }
   }
   std::vector<double> chunk_sums(chunks.size(), 0.0);
-  const auto param_ptrs = data_pointers<float>(params);
-  const auto grad_ptrs = data_pointers<const float>(grads);
-  const auto exp_avg_ptrs = data_pointers<float>(exp_avgs);
-  const auto exp_avg_sq_ptrs = data_pointers<float>(exp_avg_sqs);
   const double* f_all = factors.data_ptr<double>();
   const double* step_size_all = step_sizes.data_ptr<double>();
   const double* bc2_all = bias_corrections2_sqrt.data_ptr<double>();
-  const float one_minus_beta1 = static_cast<float>(1.0 - beta1);
-  const float b2 = static_cast<float>(beta2);
-  const float one_minus_beta2 = static_cast<float>(1.0 - beta2);
-  const float epsf = static_cast<float>(eps);
-  const int64_t num_chunks = static_cast<int64_t>(chunks.size());
-
-#pragma omp parallel for schedule(static) num_threads(at::get_num_threads()) if (total >= SERIAL_BELOW)
-  for (int64_t c = 0; c < num_chunks; ++c) {
-    const Chunk chunk = chunks[c];
-    float* __restrict p = param_ptrs[chunk.tensor];
-    const float* __restrict g = grad_ptrs[chunk.tensor];
-    float* __restrict m = exp_avg_ptrs[chunk.tensor];
-    float* __restrict v = exp_avg_sq_ptrs[chunk.tensor];
-    const float f = static_cast<float>(f_all[chunk.tensor]);
-    const float step_size = static_cast<float>(step_size_all[chunk.tensor]);
-    const float bc2 = static_cast<float>(bc2_all[chunk.tensor]);
-    float sum = 0.f;
-#pragma omp simd reduction(+ : sum)
-    for (int64_t j = chunk.begin; j < chunk.end; ++j) {
-      const float gj = g[j];
-      const float mj = m[j] + one_minus_beta1 * (gj - m[j]);  // lerp(m, g, 1 − β1)
-      const float vj = b2 * v[j] + one_minus_beta2 * gj * gj;
-      const float pj = p[j] * f - step_size * mj / (std::sqrt(vj) / bc2 + epsf);
-      p[j] = pj;
-      m[j] = mj;
-      v[j] = vj;
-      sum += pj * pj;
-    }
-    chunk_sums[c] = sum;
+  if (dtype == at::kFloat) {
+    step_chunks<float>(chunks, total, params, grads, exp_avgs, exp_avg_sqs, f_all, step_size_all, bc2_all, beta1,
+                       beta2, eps, chunk_sums);
+  } else {
+    step_chunks<uint16_t>(chunks, total, params, grads, exp_avgs, exp_avg_sqs, f_all, step_size_all, bc2_all, beta1,
+                          beta2, eps, chunk_sums);
   }
 
   auto norm_sq = torch::zeros({static_cast<int64_t>(n)}, torch::kDouble);
   double* out = norm_sq.data_ptr<double>();
-  for (int64_t c = 0; c < num_chunks; ++c) {
+  for (size_t c = 0; c < chunks.size(); ++c) {
     out[chunks[c].tensor] += chunk_sums[c];
   }
   return norm_sq;
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("adamwn_step", &adamwn_step, "AdamWN's step with Eq. 3 and kept norms (float32, CPU)");
+  m.def("adamwn_step", &adamwn_step, "AdamWN's step with Eq. 3 and kept norms (float32 or bfloat16, CPU)");
 }
