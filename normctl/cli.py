@@ -44,6 +44,9 @@ def main(argv: list[str] | None = None) -> int:
     voronoi_repro = commands.add_parser("repro-voronoi", help="seed 003: decay types and ablations, lr picked on val")
     voronoi_repro.add_argument("--out", default="results/repro_voronoi", help="the reproduction's directory")
     voronoi_repro.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
+    voronoi_repro.add_argument(
+        "--scale", default="laptop", help="laptop (decay types, AdamWN, weight decay; ~1.5 h) or paper (SPEC §3's grid)"
+    )
     voronoi_repro.add_argument("--workers", type=int, default=2, help="runs at once (one thread each)")
     voronoi_repro.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     voronoi_repro.add_argument("--steps", type=int, default=None, help="fewer than the original 10 000 steps")
@@ -91,7 +94,9 @@ def main(argv: list[str] | None = None) -> int:
 
         try:
             seeds = [int(s) for s in args.seeds.split(",") if s]
-            run_voronoi_repro(args.out, seeds, workers=args.workers, device=args.device, steps=args.steps)
+            run_voronoi_repro(
+                args.out, seeds, scale=args.scale, workers=args.workers, device=args.device, steps=args.steps
+            )
         except ValueError as error:
             parser.error(str(error))
     elif args.command == "sweep":

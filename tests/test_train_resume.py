@@ -157,7 +157,8 @@ def test_voronoi_reproduction_picks_lr_on_validation_and_runs_the_ablations(tmp_
     from normctl.experiments import repro_voronoi
 
     monkeypatch.setattr(repro_voronoi, "ABLATIONS", {"decay": ["min"], "method": ["adamwn"], "rms": ["true"]})
-    summary = repro_voronoi.run_repro(tmp_path, [0], steps=4, verbose=False)
+    monkeypatch.setitem(repro_voronoi.SCALES, "paper", ("decay", "method", "rms"))
+    summary = repro_voronoi.run_repro(tmp_path, [0], scale="paper", steps=4, verbose=False)
     vals = {
         lr: json.loads((tmp_path / f"lr-{lr}_s0" / "final.json").read_text())["val_acc"]
         for lr in ("2e-3", "3e-3", "5e-3")
@@ -168,6 +169,12 @@ def test_voronoi_reproduction_picks_lr_on_validation_and_runs_the_ablations(tmp_
     assert (config["decay"], config["decay_all"], config["lr"]) == ("min", True, float(summary["chosen_lr"]))
     adamwn = json.loads((tmp_path / "method-adamwn_s0" / "config.json").read_text())
     assert adamwn["target_ratio"] == summary["adamwn_target_ratio"]
+    laptop = repro_voronoi.run_repro(tmp_path, [0], steps=4, verbose=False)  # reuses the finished runs
+    best = summary["chosen_lr"]
+    others = {f"lr {lr}" for lr in ("2e-3", "3e-3", "5e-3") if lr != best}
+    assert set(laptop["variants"]) == {f"baseline (lr {best})", "decay = min", "method = adamwn", *others}
+    with pytest.raises(ValueError, match="scale must be one of"):
+        repro_voronoi.run_repro(tmp_path, [0], scale="huge", verbose=False)
 
 
 @pytest.mark.parametrize(
