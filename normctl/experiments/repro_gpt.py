@@ -20,14 +20,12 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from ..groups import GROUP_FLAGS
 from ..report.runs import load_run
 from .config import RunConfig, with_overrides
 from .rundir import write_report
-from .sweep import sweep_configs, train_runs
+from .sweep import controlled_norm_ratio, sweep_configs, train_runs
 from .train import EVALS
 
-CONTROLLED_GROUPS = [label for label, (control, _, _) in GROUP_FLAGS.items() if control]
 # Byte-level Jane Austen; 1/(2λγ) = 1 667 steps at the peak lr, well inside the run.
 SCALES = {
     "laptop": [  # ≈ 7 steps/s on 2 CPU cores: 9 runs in about an hour
@@ -86,21 +84,6 @@ def run_repro(out: str | Path, seeds: list[int], scale: str = "laptop", *, verbo
     plot_val_loss(out, summary, out / "val_loss.png")
     write_report(out, [name for name, _ in runs], "GPT on Austen: AdamW, AdamC, AdamWN", verbose=verbose)
     return summary
-
-
-def controlled_norm_ratio(run_dir: Path) -> float:
-    """‖θ‖/‖θ₀‖ at the end of a run over the tensors AdamWN controls (the ``normalized`` and
-    ``decay`` groups of ``param_groups``), from the monitor's last per-group record.
-
-    Not the global ratio: the LayerNorm gains (norm √d each, initialised at 1) dominate the
-    global norm of a small GPT, so its ratio says little about the matrices AdamWN controls."""
-    last = load_run(run_dir).records[-1]
-    now = then = 0.0
-    for label in CONTROLLED_GROUPS:
-        norm, ratio = last[f"group/{label}/weight_norm"], last[f"group/{label}/norm_ratio"]
-        now += norm**2
-        then += (norm / ratio) ** 2
-    return math.sqrt(now / then)
 
 
 def summarize(out: Path, names: list[str]) -> dict[str, Any]:

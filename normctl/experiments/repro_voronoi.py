@@ -9,7 +9,8 @@ accuracy (the original picked it on test). The scale-only norms are pure gains (
 normalisation off): with it on, the 2-D inputs lose their radius and accuracy caps near 0.57
 (``results/repro_voronoi_gpu_rms``). Stage 2 trains every ablation of SPEC §3 at that lr,
 one change at a time — activation, init, RMS normalisation, weight decay, betas, decay type,
-width — and a new row: AdamWN (target AdamW's final norm ratio, k = 1e-2). AdamC is left out:
+width — and a new row: AdamWN (target AdamW's final norm ratio over the tensors AdamWN
+controls, k = 1e-2). AdamC is left out:
 at the study's constant learning rate γ_t/γ_max = 1 and AdamC is AdamW exactly.
 ``--scale laptop`` (default) trains the study's headline comparisons — decay types, AdamWN and
 weight decay, 30 runs at the original 10 000 steps × 1024, about 1.5 h on 2 CPU cores —
@@ -31,7 +32,7 @@ from typing import Any
 from ..report.runs import load_run
 from .config import RunConfig, with_overrides
 from .rundir import write_report
-from .sweep import final_metrics, train_runs
+from .sweep import controlled_norm_ratio, final_metrics, train_runs
 
 BASELINE = [
     "task=voronoi",
@@ -87,8 +88,7 @@ def run_repro(
     }
     best = max(by_lr, key=lambda lr: by_lr[lr])
     chosen = with_overrides(base, [f"lr={best}"])
-    ratios = [load_run(out / f"lr-{best}_s{s}").last("global/norm_ratio") for s in seeds]
-    target = round(statistics.mean(r for r in ratios if r is not None), 4)
+    target = round(statistics.mean(controlled_norm_ratio(out / f"lr-{best}_s{s}") for s in seeds), 4)
     if verbose:
         print(f"lr {best} has the best validation accuracy ({by_lr}); AdamW's norm ratio {target}", flush=True)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
+import math
 import os
 import subprocess
 import sys
@@ -16,9 +17,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from ..groups import GROUP_FLAGS
+from ..report.runs import load_run
 from .config import RunConfig, with_overrides
 from .rundir import write_report
 from .train import train
+
+CONTROLLED_GROUPS = [label for label, (control, _, _) in GROUP_FLAGS.items() if control]
 
 
 def parse_grid(entries: list[str]) -> dict[str, list[str]]:
@@ -96,3 +101,18 @@ def _train_in_process(out: Path, name: str, cfg: RunConfig) -> tuple[str, str | 
     done = subprocess.run(command, env=env, capture_output=True, text=True)
     request.unlink(missing_ok=True)
     return name, (done.stderr[-2000:] if done.returncode else None)
+
+
+def controlled_norm_ratio(run_dir: Path) -> float:
+    """‖θ‖/‖θ₀‖ at the end of a run over the tensors AdamWN controls (the ``normalized`` and
+    ``decay`` groups of ``param_groups``), from the monitor's last per-group record.
+
+    Not the global ratio: the norm gains (norm √d each, initialised at 1) weigh heavily in the
+    global norm of a small model, so its ratio says little about the matrices AdamWN controls."""
+    last = load_run(run_dir).records[-1]
+    now = then = 0.0
+    for label in CONTROLLED_GROUPS:
+        norm, ratio = last[f"group/{label}/weight_norm"], last[f"group/{label}/norm_ratio"]
+        now += norm**2
+        then += (norm / ratio) ** 2
+    return math.sqrt(now / then)
