@@ -9,8 +9,8 @@ accuracy (the original picked it on test). The scale-only norms are pure gains (
 normalisation off): with it on, the 2-D inputs lose their radius and accuracy caps near 0.57
 (``results/repro_voronoi_gpu_rms``). Stage 2 trains every ablation of SPEC §3 at that lr,
 one change at a time — activation, init, RMS normalisation, weight decay, betas, decay type,
-width — and a new row: AdamWN (target AdamW's final norm ratio over the tensors AdamWN
-controls, k = 1e-2). AdamC is left out:
+width — and a new row: AdamWN on every tensor, as the decay is (target AdamW's final norm
+ratio over all of them, k = 1e-2). AdamC is left out:
 at the study's constant learning rate γ_t/γ_max = 1 and AdamC is AdamW exactly.
 ``--scale laptop`` (default) trains the study's headline comparisons — decay types, AdamWN and
 weight decay, 30 runs at the original 10 000 steps × 1024, about 1.5 h on 2 CPU cores —

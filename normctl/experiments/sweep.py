@@ -104,14 +104,20 @@ def _train_in_process(out: Path, name: str, cfg: RunConfig) -> tuple[str, str | 
 
 
 def controlled_norm_ratio(run_dir: Path) -> float:
-    """‖θ‖/‖θ₀‖ at the end of a run over the tensors AdamWN controls (the ``normalized`` and
-    ``decay`` groups of ``param_groups``), from the monitor's last per-group record.
+    """‖θ‖/‖θ₀‖ at the end of a run over the tensors AdamW decays and AdamWN controls — the
+    ``normalized`` and ``decay`` groups of ``param_groups``, every group with ``decay_all`` —
+    from the monitor's last per-group record.
 
-    Not the global ratio: the norm gains (norm √d each, initialised at 1) weigh heavily in the
-    global norm of a small model, so its ratio says little about the matrices AdamWN controls."""
+    Not the global ratio where the norm gains are left alone: they (norm √d each, initialised at
+    1) weigh heavily in the global norm of a small model, so its ratio says little about the
+    matrices AdamWN controls."""
+    config = json.loads((run_dir / "config.json").read_text())
     last = load_run(run_dir).records[-1]
+    labels = GROUP_FLAGS if config.get("decay_all") else CONTROLLED_GROUPS
     now = then = 0.0
-    for label in CONTROLLED_GROUPS:
+    for label in labels:
+        if f"group/{label}/weight_norm" not in last:  # a model without such tensors
+            continue
         norm, ratio = last[f"group/{label}/weight_norm"], last[f"group/{label}/norm_ratio"]
         now += norm**2
         then += (norm / ratio) ** 2
