@@ -41,6 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     repro.add_argument("--out", default="results/repro_gpt", help="the reproduction's directory")
     repro.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
     repro.add_argument("--scale", default="laptop", help="laptop (2 CPU cores, ~1 h) or gpu (GPT-2 small's shape)")
+    repro.add_argument("--ablations", action="store_true", help="also AdamWN's rate, target shape, scope, gains")
+    repro.add_argument("--ablation-seeds", default=None, help="seeds of the ablations (default: --seeds)")
     voronoi_repro = commands.add_parser("repro-voronoi", help="seed 003: decay types and ablations, lr picked on val")
     voronoi_repro.add_argument("--out", default="results/repro_voronoi", help="the reproduction's directory")
     voronoi_repro.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
@@ -86,14 +88,15 @@ def main(argv: list[str] | None = None) -> int:
         from .experiments.repro_gpt import run_repro
 
         try:
-            run_repro(args.out, [int(s) for s in args.seeds.split(",") if s], args.scale)
+            ablation_seeds = None if args.ablation_seeds is None else _seeds(args.ablation_seeds)
+            run_repro(args.out, _seeds(args.seeds), args.scale, ablations=args.ablations, ablation_seeds=ablation_seeds)
         except ValueError as error:
             parser.error(str(error))
     elif args.command == "repro-voronoi":
         from .experiments.repro_voronoi import run_repro as run_voronoi_repro
 
         try:
-            seeds = [int(s) for s in args.seeds.split(",") if s]
+            seeds = _seeds(args.seeds)
             run_voronoi_repro(
                 args.out, seeds, scale=args.scale, workers=args.workers, device=args.device, steps=args.steps
             )
@@ -105,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
 
         try:
             base = with_overrides(RunConfig.from_file(args.config) if args.config else RunConfig(), args.set)
-            seeds = [int(s) for s in args.seeds.split(",") if s]
+            seeds = _seeds(args.seeds)
             run_sweep(base, parse_grid(args.grid), seeds, args.out)
         except (ValueError, FileNotFoundError) as error:
             parser.error(str(error))
@@ -118,6 +121,14 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(str(error))
         print(f"wrote {path}")
     return 0
+
+
+def _seeds(text: str) -> list[int]:
+    """``"0,1,2"`` → [0, 1, 2]; a ValueError names the argument otherwise."""
+    try:
+        return [int(s) for s in text.split(",") if s.strip()]
+    except ValueError as error:
+        raise ValueError(f"seeds must be comma-separated integers, got {text!r}") from error
 
 
 def _overrides(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict:

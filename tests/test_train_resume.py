@@ -12,6 +12,7 @@ import torch
 
 from normctl.experiments.config import RunConfig, with_overrides
 from normctl.experiments.train import train
+from normctl.report.runs import load_run
 
 SMALL = [
     "task=gpt",
@@ -37,6 +38,10 @@ def test_overrides_and_validation(tmp_path):
         with_overrides(cfg, ["lr=fast"])
     with pytest.raises(ValueError, match="task must be one of"):
         RunConfig(task="imagenet")
+    with pytest.raises(ValueError, match="scope must be one of"):
+        with_overrides(cfg, ["scope=layer"])
+    with pytest.raises(ValueError, match="target_shape must be one of"):
+        with_overrides(cfg, ["target_shape=cosine"])
     path = tmp_path / "c.json"
     path.write_text(cfg.to_json())
     assert RunConfig.from_file(path) == cfg
@@ -140,7 +145,7 @@ def test_gpt_reproduction_runs_phases_and_summarizes(tmp_path, monkeypatch):
     tiny = ["task=gpt", "n_layer=1", "n_embd=32", "block_size=16", "batch_size=4", "steps=20", "warmup=2"]
     tiny += ["checkpoint_every=10", "monitor_every=5", "eval_every=10", "device=cpu"]
     monkeypatch.setitem(repro_gpt.SCALES, "tiny", tiny)
-    summary = repro_gpt.run_repro(tmp_path, [0, 1], "tiny", verbose=False)
+    summary = repro_gpt.run_repro(tmp_path, [0, 1], "tiny", ablations=True, ablation_seeds=[0], verbose=False)
     methods = summary["methods"]
     assert set(methods) == {"adamw", "adamc", "adamwn"}
     ratios = [json.loads((tmp_path / f"method-adamw_s{s}" / "final.json").read_text()) for s in (0, 1)]
@@ -151,6 +156,65 @@ def test_gpt_reproduction_runs_phases_and_summarizes(tmp_path, monkeypatch):
     assert summary["adamwn_target_ratio"] == pytest.approx(methods["adamw"]["controlled_norm_ratio"]["mean"], abs=1e-4)
     assert methods["adamwn"]["curve_steps"] == [10, 20]
     assert (tmp_path / "summary.json").is_file()
+    # the ablations: one change to the main AdamWN run each, at the same target
+    assert set(summary["ablations"]) == {
+        "adamwn (main)",
+        "rate=1e-3",
+        "rate=1e-1",
+        "rate=1",
+        "target_shape=constant",
+        "target_shape=linear",
+        "scope=global",
+        "control_gains=true",
+    }
+    assert summary["ablations"]["scope=global"]["seeds"] == [0]
+    scoped = json.loads((tmp_path / "scope-global_s0" / "config.json").read_text())
+    assert (scoped["method"], scoped["scope"]) == ("adamwn", "global")
+    assert scoped["target_ratio"] == adamwn_config["target_ratio"]
+
+
+def test_target_shapes_reach_adamw_ratio_as_named():
+    from normctl.experiments.methods import target_schedule
+
+    ramp, constant, linear = (target_schedule(shape, 3.0, 1000) for shape in ("ramp", "constant", "linear"))
+    assert (ramp(0), ramp(25), ramp(50), ramp(999)) == (1.0, 2.0, 3.0, 3.0)  # 5 % ramp, then held
+    assert constant(0) == constant(999) == 3.0
+    assert (linear(0), linear(500), linear(1000)) == (1.0, 2.0, 3.0)
+    with pytest.raises(ValueError, match="target_shape"):
+        target_schedule("cosine", 3.0, 1000)
+
+
+def test_control_gains_puts_layernorm_gains_under_control(tmp_path):
+    """With control_gains AdamWN pulls the LayerNorm gains (norm √d at init) to the target too:
+    at rate 1 and a constant target their norm ratio is the target after training (left alone,
+    Adam moves them by about lr·steps)."""
+    from normctl.experiments.methods import with_gains_controlled
+    from normctl.experiments.train import build_task
+    from normctl.groups import param_groups
+
+    cfg = with_overrides(RunConfig(), ["n_layer=1", "n_embd=32", "block_size=16"])
+    model = build_task(cfg).model
+    groups = with_gains_controlled(model, param_groups(model))
+    names = {id(p): n for n, p in model.named_parameters()}
+    gains = next(g for g in groups if g["name"] == "gains")
+    assert gains["control"]
+    assert sorted(names[id(p)] for p in gains["params"]) == [
+        "transformer.h.0.ln_1.weight",
+        "transformer.h.0.ln_2.weight",
+        "transformer.ln_f.weight",
+    ]
+    rest = next(g for g in groups if g["name"] == "no_decay")
+    assert not rest["control"] and all(names[id(p)].endswith("bias") for p in rest["params"])
+
+    overrides = ["method=adamwn", "target_ratio=0.5", "target_shape=constant", "rate=1", "steps=5", "monitor_every=1"]
+    for control in ("false", "true"):
+        run = tmp_path / control
+        train(with_overrides(cfg, [*overrides, f"control_gains={control}"]), run, verbose=False)
+        ratio = load_run(run).last("group/gains/norm_ratio" if control == "true" else "group/no_decay/norm_ratio")
+        if control == "true":
+            assert ratio == pytest.approx(0.5, rel=1e-2)  # snapped before each step, then one Adam step
+        else:
+            assert ratio > 0.5
 
 
 def test_voronoi_reproduction_picks_lr_on_validation_and_runs_the_ablations(tmp_path, monkeypatch):

@@ -15,6 +15,8 @@ TASKS = ("gpt", "voronoi", "fmnist")
 SCHEDULES = ("cosine", "constant")
 DECAYS = ("l2", "l1", "min")
 CORPORA = ("austen", "kjv", "brown")
+SCOPES = ("tensor", "group", "global")
+TARGET_SHAPES = ("ramp", "constant", "linear")
 
 
 @dataclass(frozen=True)
@@ -31,7 +33,10 @@ class RunConfig:
     betas: str = "0.9,0.999"  # Adam-family β1,β2
     decay: str = "l2"  # decoupled decay type of AdamW/AdamC: "l2", "l1" or "min" (SPEC §3)
     decay_all: bool = False  # decay every parameter (norm gains too), as the Voronoi study does
-    target_ratio: float = 1.0  # their final target r (ramped from 1 over 5 % of steps)
+    target_ratio: float = 1.0  # their final target r (reached as target_shape says)
+    target_shape: str = "ramp"  # r_t: "ramp" 1 → r over 5 % of steps (the paper), "constant" r, "linear" over the run
+    scope: str = "tensor"  # norm-controlled methods: one norm per "tensor", per "group", or "global"
+    control_gains: bool = False  # norm-controlled methods also control the norm layers' gains
     batch_size: int = 16
     seed: int = 0  # model init and data order
     checkpoint_every: int = 100  # steps between atomic checkpoints
@@ -72,6 +77,10 @@ class RunConfig:
             raise ValueError(f"corpus must be one of {CORPORA}, got {self.corpus!r}")
         if self.decay not in DECAYS:
             raise ValueError(f"decay must be one of {DECAYS}, got {self.decay!r}")
+        if self.scope not in SCOPES:
+            raise ValueError(f"scope must be one of {SCOPES}, got {self.scope!r}")
+        if self.target_shape not in TARGET_SHAPES:
+            raise ValueError(f"target_shape must be one of {TARGET_SHAPES}, got {self.target_shape!r}")
         try:
             beta1, beta2 = self.adam_betas
         except ValueError as error:

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from .. import schedules
+from ..groups import is_norm_layer
 from ..registry import available_optimizers, create_optimizer
 
 # Peak learning rates for the base optimizers that do not share Adam's scale.
@@ -37,10 +38,12 @@ def build_method(
     adamw_norm_ratio: float | None = None,
     betas: tuple[float, float] | None = None,
     decay: str = "l2",
+    target_shape: str = "ramp",
+    scope: str = "tensor",
 ) -> torch.optim.Optimizer:
     """``create_optimizer(method)`` over ``groups``. ``lr`` is the Adam-scale learning rate
-    (SGD and SGDC take 100×, Lion 0.1×). Norm-controlled methods ramp their target from 1 to AdamW's
-    measured final norm ratio over the first 5 % of ``steps`` (Loshchilov 2023), then hold it.
+    (SGD and SGDC take 100×, Lion 0.1×). Norm-controlled methods take AdamW's measured final norm
+    ratio as their target, reached as :func:`target_schedule` says, with one norm per ``scope``.
     ``betas`` go to the Adam-family methods; ``decay`` (l2/l1/min) to AdamW and AdamC — AdamW
     with l1/min decay is AdamC with no group marked normalised, i.e. plain decoupled decay."""
     base = method.partition("+")[0]
@@ -48,7 +51,8 @@ def build_method(
     if betas is not None and base in ADAM_FAMILY:
         kwargs["betas"] = betas
     if is_norm_controlled(method):
-        kwargs.update(target=schedules.target_from_adamw(adamw_norm_ratio or 1.0, max(1, steps // 20)), rate=rate)
+        target = target_schedule(target_shape, adamw_norm_ratio or 1.0, steps)
+        kwargs.update(target=target, rate=rate, scope=scope)
     if decay == "l2":
         return create_optimizer(model, method, groups=groups, **kwargs)
     if method not in ("adamw", "adamc"):
@@ -60,6 +64,41 @@ def build_method(
         return create_optimizer(
             model, "adamc", groups=[{**g, "normalized": False} for g in groups], decay=decay, **kwargs
         )
+
+
+def target_schedule(shape: str, ratio: float, steps: int) -> schedules.Schedule:
+    """AdamWN's target r_t for a run of ``steps``: ``"ramp"`` from 1 to ``ratio`` over the first
+    5 % and then held (Loshchilov 2023), ``"constant"`` ``ratio`` from the first step, ``"linear"``
+    from 1 to ``ratio`` over the whole run (the norm grows as AdamW's does, reaching it at the end)."""
+    if shape == "ramp":
+        return schedules.target_from_adamw(ratio, max(1, steps // 20))
+    if shape == "constant":
+        return schedules.constant(ratio)
+    if shape == "linear":
+        return schedules.target_from_adamw(ratio, max(1, steps))
+    raise ValueError(f"target_shape must be 'ramp', 'constant' or 'linear', got {shape!r}")
+
+
+def with_gains_controlled(model: nn.Module, groups: list[dict]) -> list[dict]:
+    """``param_groups`` with the norm layers' gains moved out of ``no_decay`` into a controlled
+    group of their own (``gains``); their biases, initialised at 0, stay uncontrolled."""
+    gain_ids = {
+        id(module.weight)
+        for module in model.modules()
+        if is_norm_layer(module) and isinstance(getattr(module, "weight", None), nn.Parameter)
+    }
+    out = []
+    for group in groups:
+        if group["name"] != "no_decay":
+            out.append(group)
+            continue
+        gains = [p for p in group["params"] if id(p) in gain_ids]
+        rest = [p for p in group["params"] if id(p) not in gain_ids]
+        if gains:
+            out.append({**group, "name": "gains", "params": gains, "control": True})
+        if rest:
+            out.append({**group, "params": rest})
+    return out
 
 
 def adamw_first(methods) -> list[str]:

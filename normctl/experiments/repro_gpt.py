@@ -1,11 +1,14 @@
 """Seeds 001 and 002 on the GPT: AdamW, AdamC (Defazio 2025) and AdamWN (Loshchilov 2023).
 
     normctl repro-gpt --out results/repro_gpt [--seeds 0,1,2] [--scale laptop|gpu]
+                      [--ablations] [--ablation-seeds 0,1,2]
 
 Phase 1 trains AdamW and AdamC; phase 2 trains AdamWN with its target ramped (over the first
 5 % of steps) to AdamW's measured final norm ratio over the tensors AdamWN controls, rate
 k = 1e-2, as the paper sets it. All runs share the model, data, cosine schedule and λ, so
-AdamW is the baseline of both papers.
+AdamW is the baseline of both papers. ``--ablations`` adds the questions seed 001 leaves
+open, one change to AdamWN at a time: the rate k, the target's shape, the scope (one global
+norm instead of one per tensor) and LayerNorm gains controlled too (``ABLATIONS``).
 The command is resumable (finished runs are skipped, unfinished ones resume) and writes
 ``summary.json`` (per-method mean ± std), ``val_loss.png`` (held-out loss over training with
 seed bands) and ``report.html`` (norms, gradient norms, tail blow-up) into ``--out``.
@@ -62,7 +65,23 @@ SCALES = {
 }
 
 
-def run_repro(out: str | Path, seeds: list[int], scale: str = "laptop", *, verbose: bool = True) -> dict[str, Any]:
+ABLATIONS = {  # each against the main AdamWN run (rate 1e-2, 5 % ramp, tensor scope, gains free)
+    "rate": ["1e-3", "1e-1", "1"],
+    "target_shape": ["constant", "linear"],
+    "scope": ["global"],
+    "control_gains": ["true"],
+}
+
+
+def run_repro(
+    out: str | Path,
+    seeds: list[int],
+    scale: str = "laptop",
+    *,
+    ablations: bool = False,
+    ablation_seeds: list[int] | None = None,
+    verbose: bool = True,
+) -> dict[str, Any]:
     if scale not in SCALES:
         raise ValueError(f"scale must be one of {sorted(SCALES)}, got {scale!r}")
     out = Path(out)
@@ -80,21 +99,33 @@ def run_repro(out: str | Path, seeds: list[int], scale: str = "laptop", *, verbo
     summary = summarize(out, [name for name, _ in runs])
     summary["config"] = dataclasses.asdict(base)
     summary["adamwn_target_ratio"] = round(target, 4)
+    if ablations:
+        adamwn = with_overrides(base, ["method=adamwn", f"target_ratio={round(target, 4)}"])
+        third = [
+            run
+            for key, values in ABLATIONS.items()
+            for run in sweep_configs(adamwn, {key: values}, seeds if ablation_seeds is None else ablation_seeds)
+        ]
+        train_runs(third, out, verbose=verbose)
+        variants = summarize(out, [name for name, _ in third], by="label")["methods"]
+        summary["ablations"] = {"adamwn (main)": summary["methods"]["adamwn"], **variants}
+        runs += third
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     plot_val_loss(out, summary, out / "val_loss.png")
     write_report(out, [name for name, _ in runs], "GPT on Austen: AdamW, AdamC, AdamWN", verbose=verbose)
     return summary
 
 
-def summarize(out: Path, names: list[str]) -> dict[str, Any]:
-    """Per method: final held-out loss, norm ratio and tail blow-up (mean ± std over seeds),
-    the held-out curve, and the first step at which AdamW reaches AdamWN's final loss."""
+def summarize(out: Path, names: list[str], by: str = "method") -> dict[str, Any]:
+    """Per method (or other config field ``by``): final held-out loss, norm ratio and tail
+    blow-up (mean ± std over seeds), the held-out curve, and the first step at which AdamW
+    reaches AdamWN's final loss."""
     per_method: dict[str, list[dict[str, Any]]] = {}
     for name in names:
         run = load_run(out / name)
         evals = [json.loads(line) for line in (out / name / EVALS).read_text().splitlines()]
         s = run.summary()
-        method = json.loads((out / name / "config.json").read_text())["method"]
+        method = json.loads((out / name / "config.json").read_text())[by]
         per_method.setdefault(method, []).append(
             {
                 "seed": run.seed,

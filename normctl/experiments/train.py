@@ -29,7 +29,7 @@ from ..groups import param_groups
 from ..monitor import JsonlSink, NormMonitor, read_jsonl
 from . import parallel
 from .config import RunConfig
-from .methods import build_method
+from .methods import build_method, with_gains_controlled
 from .models import GPT, GPTConfig, ResNet
 from .rundir import describe_environment
 from .voronoi import VoronoiModel, VoronoiTask, accuracy
@@ -144,6 +144,8 @@ def train(cfg: RunConfig, run_dir: str | Path, *, verbose: bool = True) -> dict[
     groups = param_groups(net, weight_decay=cfg.weight_decay)
     if cfg.decay_all:  # every tensor decayed (and controlled), gains included
         groups = [{**g, "weight_decay": cfg.weight_decay, "control": True} for g in groups]
+    elif cfg.control_gains:
+        groups = with_gains_controlled(net, groups)
     optimizer = build_method(
         cfg.method,
         net,
@@ -154,6 +156,8 @@ def train(cfg: RunConfig, run_dir: str | Path, *, verbose: bool = True) -> dict[
         adamw_norm_ratio=cfg.target_ratio,
         betas=cfg.adam_betas,
         decay=cfg.decay,
+        target_shape=cfg.target_shape,
+        scope=cfg.scope,
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_multiplier(cfg))
     data_order = torch.Generator().manual_seed(1000 + cfg.seed)
