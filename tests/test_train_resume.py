@@ -168,6 +168,7 @@ def test_gpt_reproduction_runs_phases_and_summarizes(tmp_path, monkeypatch):
         "control_gains=true",
     }
     assert summary["ablations"]["scope=global"]["seeds"] == [0]
+    assert (tmp_path / "ablations.png").is_file()
     scoped = json.loads((tmp_path / "scope-global_s0" / "config.json").read_text())
     assert (scoped["method"], scoped["scope"]) == ("adamwn", "global")
     assert scoped["target_ratio"] == adamwn_config["target_ratio"]

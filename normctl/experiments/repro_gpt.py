@@ -11,7 +11,8 @@ open, one change to AdamWN at a time: the rate k, the target's shape, the scope 
 norm instead of one per tensor) and LayerNorm gains controlled too (``ABLATIONS``).
 The command is resumable (finished runs are skipped, unfinished ones resume) and writes
 ``summary.json`` (per-method mean ± std), ``val_loss.png`` (held-out loss over training with
-seed bands) and ``report.html`` (norms, gradient norms, tail blow-up) into ``--out``.
+seed bands), ``ablations.png`` with ``--ablations`` (final held-out loss per variant) and
+``report.html`` (norms, gradient norms, tail blow-up) into ``--out``.
 """
 
 from __future__ import annotations
@@ -112,6 +113,8 @@ def run_repro(
         runs += third
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     plot_val_loss(out, summary, out / "val_loss.png")
+    if ablations:
+        plot_ablations(summary, out / "ablations.png")
     write_report(out, [name for name, _ in runs], "GPT on Austen: AdamW, AdamC, AdamWN", verbose=verbose)
     return summary
 
@@ -186,6 +189,34 @@ def plot_val_loss(out: Path, summary: dict[str, Any], path: Path) -> Path | None
     ax.set_xlabel("step")
     ax.set_ylabel("held-out loss (nats/byte)")
     ax.set_title(f"{out.name}: mean ± std over seeds")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_ablations(summary: dict[str, Any], path: Path) -> Path | None:
+    """Final held-out loss of every AdamWN variant (mean ± std over its seeds), AdamW's for scale."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    variants = summary["ablations"]
+    names = list(variants)
+    means = [variants[n]["val_loss"]["mean"] for n in names]
+    stds = [variants[n]["val_loss"]["std"] for n in names]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.barh(names, means, xerr=stds, color="tab:green", alpha=0.7)
+    adamw = summary["methods"]["adamw"]["val_loss"]
+    ax.axvline(adamw["mean"], color="tab:blue", linestyle="--", label=f"AdamW {adamw['mean']:.4f}")
+    ax.set_xlim(min(means + [adamw["mean"]]) - 0.05, max(means + [adamw["mean"]]) + 0.05)
+    ax.set_xlabel("held-out loss at the last step (nats/byte)")
+    ax.set_title("AdamWN, one change at a time")
+    ax.invert_yaxis()
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
