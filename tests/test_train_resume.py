@@ -223,7 +223,9 @@ def test_voronoi_reproduction_picks_lr_on_validation_and_runs_the_ablations(tmp_
     from normctl.experiments.sweep import controlled_norm_ratio
     from normctl.report.runs import load_run
 
-    monkeypatch.setattr(repro_voronoi, "ABLATIONS", {"decay": ["min"], "method": ["adamwn"], "rms": ["true"]})
+    monkeypatch.setattr(
+        repro_voronoi, "ABLATIONS", {"decay": ["min"], "method": ["adamwn", "adamwn-global"], "rms": ["true"]}
+    )
     monkeypatch.setitem(repro_voronoi.SCALES, "paper", ("decay", "method", "rms"))
     summary = repro_voronoi.run_repro(tmp_path, [0], scale="paper", steps=4, verbose=False)
     vals = {
@@ -235,7 +237,10 @@ def test_voronoi_reproduction_picks_lr_on_validation_and_runs_the_ablations(tmp_
     config = json.loads((tmp_path / "decay-min_s0" / "config.json").read_text())
     assert (config["decay"], config["decay_all"], config["lr"]) == ("min", True, float(summary["chosen_lr"]))
     adamwn = json.loads((tmp_path / "method-adamwn_s0" / "config.json").read_text())
-    assert adamwn["target_ratio"] == summary["adamwn_target_ratio"]
+    assert (adamwn["target_ratio"], adamwn["scope"]) == (summary["adamwn_target_ratio"], "tensor")
+    adamwn_global = json.loads((tmp_path / "method-adamwn-global_s0" / "config.json").read_text())
+    assert (adamwn_global["method"], adamwn_global["scope"]) == ("adamwn", "global")
+    assert adamwn_global["target_ratio"] == summary["adamwn_target_ratio"]
     baseline = tmp_path / f"lr-{summary['chosen_lr']}_s0"
     # the study decays every tensor, so AdamWN controls every tensor: its target is the global ratio
     assert controlled_norm_ratio(baseline) == pytest.approx(load_run(baseline).last("global/norm_ratio"), rel=1e-5)
@@ -243,7 +248,8 @@ def test_voronoi_reproduction_picks_lr_on_validation_and_runs_the_ablations(tmp_
     laptop = repro_voronoi.run_repro(tmp_path, [0], steps=4, verbose=False)  # reuses the finished runs
     best = summary["chosen_lr"]
     others = {f"lr {lr}" for lr in ("2e-3", "3e-3", "5e-3") if lr != best}
-    assert set(laptop["variants"]) == {f"baseline (lr {best})", "decay = min", "method = adamwn", *others}
+    expected = {f"baseline (lr {best})", "decay = min", "method = adamwn", "method = adamwn-global", *others}
+    assert set(laptop["variants"]) == expected
     with pytest.raises(ValueError, match="scale must be one of"):
         repro_voronoi.run_repro(tmp_path, [0], scale="huge", verbose=False)
 

@@ -9,8 +9,8 @@ accuracy (the original picked it on test). The scale-only norms are pure gains (
 normalisation off): with it on, the 2-D inputs lose their radius and accuracy caps near 0.57
 (``results/repro_voronoi_gpu_rms``). Stage 2 trains every ablation of SPEC §3 at that lr,
 one change at a time — activation, init, RMS normalisation, weight decay, betas, decay type,
-width — and a new row: AdamWN on every tensor, as the decay is (target AdamW's final norm
-ratio over all of them, k = 1e-2). AdamC is left out:
+width — and new rows: AdamWN on every tensor, as the decay is (target AdamW's final norm
+ratio over all of them, k = 1e-2), with one norm per tensor or one global norm. AdamC is left out:
 at the study's constant learning rate γ_t/γ_max = 1 and AdamC is AdamW exactly.
 ``--scale laptop`` (default) trains the study's headline comparisons — decay types, AdamWN and
 weight decay, 30 runs at the original 10 000 steps × 1024, about 1.5 h on 2 CPU cores —
@@ -49,7 +49,7 @@ BASELINE = [
 LEARNING_RATES = ("2e-3", "3e-3", "5e-3")
 ABLATIONS = {  # the study's headline comparisons first: a resumed run finishes them first
     "decay": ["l1", "min"],
-    "method": ["adamwn"],
+    "method": ["adamwn", "adamwn-global"],  # new rows, see NEW_ROWS
     "weight_decay": ["0", "1e-3", "1e-1", "1"],
     # --scale laptop stops here
     "rms": ["true"],
@@ -59,6 +59,9 @@ ABLATIONS = {  # the study's headline comparisons first: a resumed run finishes 
     "hidden": ["256", "1024", "2048"],
 }
 SCALES = {"laptop": ("decay", "method", "weight_decay"), "paper": tuple(ABLATIONS)}
+# AdamWN's target is AdamW's final norm ratio over every tensor (the study decays them all):
+# pulled to it one tensor at a time, or as one global norm that the tensors share freely.
+NEW_ROWS = {"adamwn": ["method=adamwn"], "adamwn-global": ["method=adamwn", "scope=global"]}
 
 
 def run_repro(
@@ -95,7 +98,7 @@ def run_repro(
     stage2 = []
     for key in SCALES[scale]:
         for value in ABLATIONS.get(key, []):
-            extra = [f"{key}={value}"] + (["target_ratio=" + str(target)] if value == "adamwn" else [])
+            extra = [*NEW_ROWS[value], f"target_ratio={target}"] if key == "method" else [f"{key}={value}"]
             stage2 += [(f"{key}-{value}_s{seed}", with_overrides(chosen, [*extra, f"seed={seed}"])) for seed in seeds]
     train_runs(stage2, out, workers=workers, verbose=verbose)
 
