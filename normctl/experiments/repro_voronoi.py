@@ -13,8 +13,8 @@ width — and new rows: AdamWN on every tensor, as the decay is (target AdamW's 
 ratio over all of them, k = 1e-2), with one norm per tensor or one global norm. AdamC is left out:
 at the study's constant learning rate γ_t/γ_max = 1 and AdamC is AdamW exactly.
 ``--scale laptop`` (default) trains the study's headline comparisons — decay types, AdamWN and
-weight decay, 30 runs at the original 10 000 steps × 1024, about 1.5 h on 2 CPU cores —
-``--scale paper`` the whole grid of SPEC §3 (63 runs; the widths 1024 and 2048 cost 4× and
+weight decay, 33 runs at the original 10 000 steps × 1024, about 1.5 h on 2 CPU cores —
+``--scale paper`` the whole grid of SPEC §3 (66 runs; the widths 1024 and 2048 cost 4× and
 16× a baseline run: about 5–6 h on 2 cores, minutes on a GPU with ``--device cuda``).
 ``--workers`` runs that many single-threaded runs at once. Resumable: finished runs are
 skipped, unfinished ones resume. Writes ``summary.json`` (mean ± std over seeds per variant)
