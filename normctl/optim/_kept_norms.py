@@ -17,7 +17,7 @@ from torch import Tensor
 from .. import rules
 
 
-class KeptNorms:
+class KeptTensorNorms:
     def __init__(self) -> None:
         self._entries: dict[Tensor, tuple[int, int, Tensor]] = {}
 

@@ -13,7 +13,7 @@ from . import _control as control
 from . import _one_pass, _one_pass_cpu
 from ._adam import adam_state, adam_update, fused_adamw_
 from ._base import Batch, NormctlOptimizer, check_betas, check_bools, check_choice, check_nonnegative
-from ._kept_norms import KeptNorms
+from ._kept_norms import KeptTensorNorms
 
 
 class AdamWN(NormctlOptimizer):
@@ -128,7 +128,7 @@ class AdamWN(NormctlOptimizer):
         )
         super().__init__(params, defaults)
         self._kept_norms: dict[int, _one_pass.KeptNorms] = {}  # per group, for the one-pass CUDA kernel
-        self._cpu_norms = KeptNorms()  # per tensor, left by the one-pass CPU kernel
+        self._cpu_norms = KeptTensorNorms()  # per tensor, left by the one-pass CPU kernel
 
     # -- construction -------------------------------------------------------------------------
 
