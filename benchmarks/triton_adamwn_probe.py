@@ -5,8 +5,9 @@
 Times AdamWN's one-pass multi-tensor Triton kernel (``normctl/optim/_one_pass.py``: Eq. 3's
 factor, Adam's step and ‖θ_t‖² of the weights it writes, in one pass) launched with nothing
 around it, next to torch's fused AdamW and to ``normctl.AdamWN`` itself (which launches the same
-kernel, plus its per-step bookkeeping in Python). The gap between the last two is the host-side
-cost still to remove.
+kernel, plus its per-step bookkeeping in Python), each scope. Each row also gives the host's
+share: how long ``step()`` takes to return with its kernels queued. The gap between the bare
+kernel and normctl.AdamWN is the host-side cost still to remove.
 
 Prints the kernel's agreement with ``normctl.AdamWN`` (per-tensor reference path) on GPT-2
 shapes after 10 steps, and the median step time against torch's fused AdamW in the same run;
@@ -23,7 +24,7 @@ from common import machine, summary, write_json
 from step_speed import gpt2_small_shapes
 
 from normctl import AdamWN
-from normctl.optim._one_pass import BLOCK, CHUNK, _adamwn_kernel
+from normctl.optim._one_pass import BLOCK, CHUNK, _adamwn_kernel, tl
 
 
 class OnePassAdamWN:
@@ -64,12 +65,15 @@ class OnePassAdamWN:
             self.init_norm,
             self.steps,
             self.norm_sq,
+            self.norm_sq,  # no shared factor: tensor scope
             next_norm_sq,
             self.target,
             self.rate,
             self.lr,
             *self.betas,
             self.eps,
+            SHARED_FACTOR=False,
+            DTYPE=tl.float32,
             CHUNK=CHUNK,
             BLOCK=BLOCK,
         )
@@ -102,16 +106,19 @@ def agreement(shapes, steps: int = 10) -> dict:
 
 
 def time_steps(opt, repeats: int, warmup: int = 3) -> dict:
+    """Step time to completion, and the host's share: the time until ``step()`` returns with
+    its kernels queued (the GPU idle before it, so no wait for earlier work is counted)."""
     for _ in range(warmup):
         opt.step()
     torch.cuda.synchronize()
-    samples = []
+    samples, host = [], []
     for _ in range(repeats):
         start = time.perf_counter()
         opt.step()
+        host.append(time.perf_counter() - start)
         torch.cuda.synchronize()
         samples.append(time.perf_counter() - start)
-    return summary(samples)
+    return {**summary(samples), "host": summary(host)}
 
 
 def main() -> None:
@@ -122,16 +129,18 @@ def main() -> None:
     result = {"agreement": agreement(shapes), "machine": machine(), "chunk": CHUNK, "block": BLOCK}
     print("agreement with normctl.AdamWN after 10 steps:", result["agreement"], flush=True)
     timings = {}
-    for label in ("torch AdamW fused", "one-pass AdamWN (Triton)", "normctl AdamWN tensor (fused path)"):
+    makers = {
+        "torch AdamW fused": lambda p: torch.optim.AdamW(p, lr=1e-3, fused=True),
+        "one-pass AdamWN (Triton)": OnePassAdamWN,
+        "normctl AdamWN tensor": lambda p: AdamWN(p, lr=1e-3, target=1.5),
+        "normctl AdamWN group": lambda p: AdamWN(p, lr=1e-3, target=1.5, scope="group"),
+        "normctl AdamWN global": lambda p: AdamWN(p, lr=1e-3, target=1.5, scope="global"),
+    }
+    for label, make in makers.items():
         params = make_params(shapes)
         for p in params:
             p.grad = torch.randn_like(p).mul_(1e-3)
-        if label == "torch AdamW fused":
-            opt = torch.optim.AdamW(params, lr=1e-3, fused=True)
-        elif label.startswith("one-pass"):
-            opt = OnePassAdamWN(params)
-        else:
-            opt = AdamWN(params, lr=1e-3, target=1.5)
+        opt = make(params)
         timings[label] = time_steps(opt, args.repeats)
         del opt, params
         torch.cuda.empty_cache()
@@ -140,7 +149,7 @@ def main() -> None:
         t["ratio_to_torch_AdamW_fused"] = t["median"] / base
         print(
             f"  {label:<36} {t['median'] * 1e3:7.3f} ms  [{t['min'] * 1e3:.3f}, {t['max'] * 1e3:.3f}]  "
-            f"x{t['ratio_to_torch_AdamW_fused']:.3f}",
+            f"x{t['ratio_to_torch_AdamW_fused']:.3f}  host {t['host']['median'] * 1e3:.3f} ms",
             flush=True,
         )
     result["timings"] = timings

@@ -14,7 +14,7 @@ import math
 import warnings
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor
@@ -135,6 +135,9 @@ class NormctlOptimizer(Optimizer):
                 raise TypeError(f"{flag} must be None, True or False, got {defaults[flag]!r}")
         if defaults.get("foreach") and defaults.get("fused"):
             raise ValueError("foreach and fused cannot both be True")
+        # per group: the tensors last found to suit torch's fused kernels (a walk over every
+        # tensor is a large part of a GPU step's host time; the kernels check again themselves)
+        self._fused_checked: dict[int, tuple[int, ...]] = {}
         super().__init__(params, defaults)
 
     # -- param groups ------------------------------------------------------------------------
@@ -197,13 +200,24 @@ class NormctlOptimizer(Optimizer):
         return collect_batches(self.param_groups, type(self).__name__)
 
     def _attach_state(self, batches: list[Batch]) -> None:
-        """Create missing per-parameter state (called once everything has been validated)."""
+        """Fill each batch's ``states``, creating the missing ones (called once everything
+        else has been validated); :meth:`_check_new_params` may refuse them first."""
+        found = [list(map(self.state.get, batch.params)) for batch in batches]
+        if all(map(all, found)):  # every tensor has its state: the usual step
+            for batch, states in zip(batches, found):
+                batch.states = cast(list[dict], states)
+            return
+        new = [[p for p, s in zip(batch.params, states) if not s] for batch, states in zip(batches, found)]
+        self._check_new_params(batches, new)
         for batch in batches:
             for p in batch.params:
                 state = self.state[p]
                 if not state:
                     self._init_state(p, state, batch.group)
-                batch.states.append(state)
+            batch.states = [self.state[p] for p in batch.params]
+
+    def _check_new_params(self, batches: list[Batch], new: list[list[Tensor]]) -> None:
+        """Refuse tensors that are about to get their first state (``new[i]`` of batch i)."""
 
     def _update(self, batches: list[Batch]) -> None:
         raise NotImplementedError
@@ -212,8 +226,7 @@ class NormctlOptimizer(Optimizer):
     def _use_foreach(group: dict) -> bool:
         return group["foreach"] is not False
 
-    @staticmethod
-    def _use_fused(group: dict, params: list[Tensor]) -> bool:
+    def _use_fused(self, group: dict, params: list[Tensor]) -> bool:
         """``fused=True``: always (error where torch has no kernel); ``None``: when neither path
         was asked for and torch's fused kernels support the tensors; ``False``: never."""
         fused = group.get("fused")
@@ -223,7 +236,11 @@ class NormctlOptimizer(Optimizer):
             return False  # inductor fuses the foreach path itself and cannot trace these kernels
         from ._adam import fused_supported
 
+        tensors = tuple(map(id, params))
+        if self._fused_checked.get(id(group)) == tensors:
+            return True
         if fused_supported(params):
+            self._fused_checked[id(group)] = tensors
             return True
         if fused:
             raise RuntimeError("fused=True needs floating-point CPU or CUDA parameters")
@@ -235,17 +252,15 @@ def collect_batches(param_groups: list[dict], owner: str) -> list[Batch]:
     before anything is touched."""
     batches = []
     for group in param_groups:
-        batch = Batch(group)
-        for p in group["params"]:
-            if p.grad is None:
-                continue
-            if p.grad.is_sparse:
-                raise TypeError(
-                    f"{owner} does not support sparse gradients; use torch.optim.SparseAdam for sparse embeddings"
-                )
-            batch.params.append(p)
-            batch.grads.append(-p.grad if group.get("maximize") else p.grad)
-        batches.append(batch)
+        params = [p for p in group["params"] if p.grad is not None]
+        grads = [p.grad for p in params]
+        if any(g.is_sparse for g in grads):
+            raise TypeError(
+                f"{owner} does not support sparse gradients; use torch.optim.SparseAdam for sparse embeddings"
+            )
+        if group.get("maximize"):
+            grads = [-g for g in grads]
+        batches.append(Batch(group, params, grads))
     return batches
 
 

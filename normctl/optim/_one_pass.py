@@ -4,17 +4,22 @@ Eq. 3 needs ‖θ‖ of every tensor before the step, which costs a full read of
 top of Adam's pass — and torch's fused AdamW takes one weight decay per call, so a
 per-tensor factor costs one kernel launch per tensor. This kernel instead:
 
-1. reads θ, g, m, v once per element and multiplies θ by its tensor's factor
-   f_i = 1 − k·(1 − τ_i/‖θ_i‖), computed in the kernel from device vectors (no host sync);
-2. applies Adam's step exactly as torch's fused AdamW does and writes θ, m, v;
+1. reads θ, g, m, v once per element and multiplies θ by its tensor's factor: for tensor
+   scope f_i = 1 − k·(1 − τ_i/‖θ_i‖), computed in the kernel from device vectors (no host
+   sync); for group and global scope the one factor of the scope, given as a device scalar;
+2. applies Adam's step exactly as torch's fused AdamW does and writes θ, m, v (float32, or
+   bfloat16 computed in float32 and rounded on store, as torch does);
 3. adds Σ θ_new² of its block into the tensor's entry of a norm vector, so the next step
    starts with ‖θ_i‖ already known and needs no separate norm pass.
 
-The kept norms are trusted only while the weights are the kernel's own output: each tensor's
-version counter (bumped by every in-place torch op, e.g. ``load_state_dict``) and storage are
-recorded after the step, and any change makes the next step measure the norms afresh.
+What stays valid between steps is checked once per step in a single walk over the tensors
+(:func:`_layout`): each weight's version counter (bumped by every in-place torch op, e.g.
+``load_state_dict``) and the storage of the weight and its moments. While they are unchanged
+the device tables and the kept norms are reused; any change rebuilds the tables, checks the
+tensors again and measures the norms afresh. The kernel writes through raw pointers, so its
+own writes leave the version counters as they were.
 
-Used by :class:`normctl.AdamWN` for CUDA float32 tensor-scope groups with control before the
+Used by :class:`normctl.AdamWN` for CUDA float32/bfloat16 groups with control before the
 step, when Triton is installed; every other case takes the fused/foreach/reference paths.
 """
 
@@ -22,7 +27,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 from torch import Tensor
@@ -37,6 +41,7 @@ except ImportError:  # pragma: no cover - CPU-only installs
 
 CHUNK = 16384  # elements per program: one atomic add per 16k elements
 BLOCK = 1024
+KERNEL_DTYPES = (torch.float32, torch.bfloat16)
 
 
 def available(device_type: str = "cuda") -> bool:
@@ -58,6 +63,7 @@ if triton is not None:
         target_base,
         steps,
         norm_sq,
+        shared_factor,
         next_norm_sq,
         target_scale,
         rate,
@@ -65,6 +71,8 @@ if triton is not None:
         beta1,
         beta2,
         eps,
+        SHARED_FACTOR: tl.constexpr,
+        DTYPE: tl.constexpr,
         CHUNK: tl.constexpr,
         BLOCK: tl.constexpr,
     ):
@@ -72,14 +80,17 @@ if triton is not None:
         t = tl.load(block_tensor + pid)
         start = tl.load(block_start + pid)
         n = tl.load(numels + t)
-        p_ptr = tl.load(param_ptrs + t).to(tl.pointer_type(tl.float32))
-        g_ptr = tl.load(grad_ptrs + t).to(tl.pointer_type(tl.float32))
-        m_ptr = tl.load(exp_avg_ptrs + t).to(tl.pointer_type(tl.float32))
-        v_ptr = tl.load(exp_avg_sq_ptrs + t).to(tl.pointer_type(tl.float32))
-        # Eq. 3's factor f = 1 − k·(1 − τ/‖θ‖); a zero, tiny or non-finite norm leaves θ as is
-        ratio = target_scale * tl.load(target_base + t) / tl.sqrt(tl.load(norm_sq + t))
-        ratio = tl.where(tl.abs(ratio) < 3.0e38, ratio, 1.0)  # false for inf and NaN
-        f = 1.0 - rate * (1.0 - ratio)
+        p_ptr = tl.load(param_ptrs + t).to(tl.pointer_type(DTYPE))
+        g_ptr = tl.load(grad_ptrs + t).to(tl.pointer_type(DTYPE))
+        m_ptr = tl.load(exp_avg_ptrs + t).to(tl.pointer_type(DTYPE))
+        v_ptr = tl.load(exp_avg_sq_ptrs + t).to(tl.pointer_type(DTYPE))
+        if SHARED_FACTOR:  # group/global scope: one factor, computed before the launch
+            f = tl.load(shared_factor)
+        else:
+            # Eq. 3's factor f = 1 − k·(1 − τ/‖θ‖); a zero, tiny or non-finite norm leaves θ as is
+            ratio = target_scale * tl.load(target_base + t) / tl.sqrt(tl.load(norm_sq + t))
+            ratio = tl.where(tl.abs(ratio) < 3.0e38, ratio, 1.0)  # false for inf and NaN
+            f = 1.0 - rate * (1.0 - ratio)
         # Adam's bias corrections at this tensor's step count
         step = tl.load(steps + t)
         step_size = lr / (1.0 - tl.exp(step * tl.log(beta1)))
@@ -88,55 +99,87 @@ if triton is not None:
         for i in range(0, CHUNK, BLOCK):
             offs = start + i + tl.arange(0, BLOCK)
             mask = offs < n
-            p = tl.load(p_ptr + offs, mask=mask, other=0.0)
-            g = tl.load(g_ptr + offs, mask=mask, other=0.0)
-            m = tl.load(m_ptr + offs, mask=mask, other=0.0)
-            v = tl.load(v_ptr + offs, mask=mask, other=0.0)
+            p = tl.load(p_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+            g = tl.load(g_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+            m = tl.load(m_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+            v = tl.load(v_ptr + offs, mask=mask, other=0.0).to(tl.float32)
             p = p * f  # Eq. 3 on the pre-step weight
             m = m + (1.0 - beta1) * (g - m)  # m ← lerp(m, g, 1 − β1)
             v = beta2 * v + (1.0 - beta2) * g * g
             p = p - step_size * m / (tl.sqrt(v) / bias_correction2_sqrt + eps)
+            p = p.to(DTYPE)  # ‖θ‖² below is of the weight as stored
             tl.store(p_ptr + offs, p, mask=mask)
-            tl.store(m_ptr + offs, m, mask=mask)
-            tl.store(v_ptr + offs, v, mask=mask)
+            tl.store(m_ptr + offs, m.to(DTYPE), mask=mask)
+            tl.store(v_ptr + offs, v.to(DTYPE), mask=mask)
+            p = p.to(tl.float32)
             acc += tl.where(mask, p * p, 0.0)
         tl.atomic_add(next_norm_sq + t, tl.sum(acc, axis=0))
 
 
 @dataclass
-class KeptNorms:
-    """What the one-pass step keeps between steps for one param group: ‖θ_i‖² as the kernel
-    left the tensors (and how to tell they still are), and device tables that stay valid
-    while the same tensors are stepped."""
+class KeptTables:
+    """What the one-pass step keeps between steps for one param group: the layout it was
+    built for, the device tables valid for that layout, and ‖θ_i‖² as the kernel left the
+    weights."""
 
+    layout: list[tuple[int, ...]] = field(default_factory=list)
+    tables: tuple[Tensor, ...] = ()
+    steps: list[Tensor] = field(default_factory=list)  # the state's step counters
+    grad_pointers: list[int | None] = field(default_factory=list)
+    grad_table: Tensor | None = None
     norm_sq: Tensor | None = None
     spare: Tensor | None = None  # the buffer the next step accumulates into
-    versions: tuple[tuple[int, int], ...] = ()
-    tables: dict[Any, tuple[Tensor, ...]] = field(default_factory=dict)
-    grad_table: tuple[tuple[int, ...], Tensor | None] = ((), None)
 
 
-def eligible(params: Sequence[Tensor], group: dict) -> bool:
-    if not (
-        params
-        and group["control"]
-        and group["scope"] == "tensor"
-        and group["control_at"] == "pre_step"
-        and all(type(p) in (torch.Tensor, torch.nn.Parameter) for p in params)  # no DTensor or other subclass
-    ):
+def group_qualifies(group: dict, first_param: Tensor) -> bool:
+    """The O(1) part of the test, from the group's settings and its first tensor: Eq. 3
+    before the step, on a CUDA device where Triton runs."""
+    return group["control"] and group["control_at"] == "pre_step" and available(first_param.device.type)
+
+
+def eligible(params: Sequence[Tensor], states: Sequence[dict]) -> bool:
+    """Plain contiguous tensors (no DTensor or other subclass) of one device and one kernel
+    dtype, with Adam's moments alike."""
+    device, dtype = params[0].device, params[0].dtype
+    if dtype not in KERNEL_DTYPES:
         return False
-    device = params[0].device
-    return all(
-        p.device == device and p.dtype == torch.float32 and p.is_contiguous() and p.numel() for p in params
-    ) and available(device.type)
+    for p, s in zip(params, states):
+        if type(p) not in (torch.Tensor, torch.nn.Parameter):
+            return False
+        for t in (p, s.get("exp_avg"), s.get("exp_avg_sq")):
+            if not (isinstance(t, Tensor) and t.device == device and t.dtype == dtype and t.is_contiguous()):
+                return False
+    return True
 
 
-def _versions(params: Sequence[Tensor]) -> tuple[tuple[int, int], ...]:
-    return tuple((p._version, p.data_ptr()) for p in params)
+def _layout(params: Sequence[Tensor], states: Sequence[dict]) -> list[tuple[int, ...]]:
+    """Per tensor: the weight's version counter and the storage of weight, moments and step."""
+    return [
+        (p._version, p.data_ptr(), s["exp_avg"].data_ptr(), s["exp_avg_sq"].data_ptr(), s["step"].data_ptr())
+        for p, s in zip(params, states)
+    ]
 
 
 def _pointer_table(pointers: Sequence[int], device: torch.device) -> Tensor:
     return torch.tensor(pointers, dtype=torch.int64).to(device)
+
+
+def _build_tables(params: list[Tensor], states: list[dict], group: dict) -> tuple[Tensor, ...]:
+    """Pointers, block layout, τ's base (‖θ_0‖ per tensor) and the step counts, on the device."""
+    device = params[0].device
+    blocks = [(i, start) for i, p in enumerate(params) for start in range(0, p.numel(), CHUNK)]
+    relative = group["relative_target"] and group["scope"] == "tensor"
+    bases = [s["init_norm"].to(device) for s in states] if relative else [torch.ones((), device=device)] * len(params)
+    return (
+        _pointer_table([p.data_ptr() for p in params], device),
+        _pointer_table([s["exp_avg"].data_ptr() for s in states], device),
+        _pointer_table([s["exp_avg_sq"].data_ptr() for s in states], device),
+        torch.tensor([p.numel() for p in params], dtype=torch.int64, device=device),
+        torch.tensor([i for i, _ in blocks], dtype=torch.int32, device=device),
+        torch.tensor([s for _, s in blocks], dtype=torch.int64, device=device),
+        torch.stack(bases).float(),
+        torch.stack([s["step"].to(device) for s in states]).float(),
+    )
 
 
 def adamwn_step_(
@@ -144,53 +187,48 @@ def adamwn_step_(
     grads: list[Tensor],
     states: list[dict],
     group: dict,
-    rate: float,
-    target: float,
-    kept: KeptNorms,
-) -> None:
-    """One AdamWN step (tensor scope, control before the step) over ``params`` in one kernel."""
-    device = params[0].device
-    grads = [g if g.is_contiguous() else g.contiguous() for g in grads]
-    steps = [s["step"] for s in states]
-    torch._foreach_add_(steps, 1)
-    exp_avgs = [s["exp_avg"] for s in states]
-    exp_avg_sqs = [s["exp_avg_sq"] for s in states]
+    kept: KeptTables,
+    *,
+    rate: float = 0.0,
+    target: float = 0.0,
+    factor: Tensor | None = None,
+) -> Tensor | None:
+    """One AdamWN step over ``params`` in one kernel; returns ‖θ_i‖² after it (float32, one
+    per tensor), or None — having changed nothing — when the tensors do not suit the kernel.
 
-    # Tables valid while the same tensors are stepped (rebuilt when any is replaced, as
-    # load_state_dict does): pointers, block layout, τ's base and the step counts.
-    key = tuple(t.data_ptr() for t in (*params, *exp_avgs, *exp_avg_sqs, *steps))
-    if key in kept.tables:
-        kept.tables[key][-1].add_(1)
-    else:
-        blocks = [(i, start) for i, p in enumerate(params) for start in range(0, p.numel(), CHUNK)]
-        bases = [s["init_norm"] for s in states] if group["relative_target"] else [torch.ones(())] * len(params)
-        kept.tables = {  # one entry: the tables of the tensors this group has now
-            key: (
-                _pointer_table([p.data_ptr() for p in params], device),
-                _pointer_table([m.data_ptr() for m in exp_avgs], device),
-                _pointer_table([v.data_ptr() for v in exp_avg_sqs], device),
-                torch.tensor([p.numel() for p in params], dtype=torch.int64, device=device),
-                torch.tensor([i for i, _ in blocks], dtype=torch.int32, device=device),
-                torch.tensor([s for _, s in blocks], dtype=torch.int64, device=device),
-                torch.stack([b.to(device) for b in bases]).float(),
-                torch.stack(steps).to(device, torch.float32),
-            )
-        }
-    param_table, exp_avg_table, exp_avg_sq_table, numels, block_tensor, block_start, base, step = kept.tables[key]
-    # Autograd usually hands out gradients at the same addresses every step: reuse the table.
-    grad_pointers = tuple(g.data_ptr() for g in grads)
-    if kept.grad_table[0] != grad_pointers:
-        kept.grad_table = (grad_pointers, _pointer_table(grad_pointers, device))
-
-    if kept.norm_sq is None or kept.versions != _versions(params):  # weights changed since
+    Tensor scope passes ``rate`` and ``target`` (k_t and r_t, or τ_t when absolute) and the
+    kernel computes each factor from the kept norms; group and global scope pass the scope's
+    ``factor`` (a 0-d tensor on the device)."""
+    layout = _layout(params, states)
+    if layout != kept.layout:  # new tensors, new storage, or weights changed in place
+        if not eligible(params, states):
+            return None
+        kept.tables = _build_tables(params, states, group)
+        kept.steps = [s["step"] for s in states]
         kept.norm_sq = torch.stack(rules.tensor_norms(params)).float().square()
-    if kept.spare is None or kept.spare.shape != kept.norm_sq.shape:
         kept.spare = torch.empty_like(kept.norm_sq)
-    next_norm_sq = kept.spare.zero_()
+        kept.grad_pointers = []
+    # Autograd usually hands out gradients at the same addresses every step: reuse the table.
+    grad_pointers = [g.data_ptr() if g.is_contiguous() else None for g in grads]
+    if grad_pointers != kept.grad_pointers or None in grad_pointers:
+        if None in grad_pointers:  # contiguous copies, alive until the kernel has read them
+            grads = [g.contiguous() for g in grads]
+        kept.grad_table = _pointer_table([g.data_ptr() for g in grads], params[0].device)
+        kept.grad_pointers = grad_pointers
+
+    param_table, exp_avg_table, exp_avg_sq_table, numels, block_tensor, block_start, base, step = kept.tables
+    torch._foreach_add_(kept.steps, 1)
+    step.add_(1)
+    assert kept.norm_sq is not None and kept.spare is not None
+    norm_sq, next_norm_sq = kept.norm_sq, kept.spare.zero_()
+    kept.norm_sq, kept.spare = next_norm_sq, norm_sq  # what this step writes, the next one reads
+    kept.layout = layout  # the kernel writes through pointers: versions unchanged
+    if not len(block_tensor):  # only empty tensors
+        return next_norm_sq
     beta1, beta2 = group["betas"]
     _adamwn_kernel[(len(block_tensor),)](
         param_table,
-        kept.grad_table[1],
+        kept.grad_table,
         exp_avg_table,
         exp_avg_sq_table,
         numels,
@@ -198,7 +236,8 @@ def adamwn_step_(
         block_start,
         base,
         step,
-        kept.norm_sq,
+        norm_sq,
+        norm_sq if factor is None else factor,
         next_norm_sq,
         target,
         rate,
@@ -206,8 +245,9 @@ def adamwn_step_(
         beta1,
         beta2,
         group["eps"],
+        SHARED_FACTOR=factor is not None,
+        DTYPE=tl.bfloat16 if params[0].dtype == torch.bfloat16 else tl.float32,
         CHUNK=CHUNK,
         BLOCK=BLOCK,
     )
-    kept.spare, kept.norm_sq = kept.norm_sq, next_norm_sq
-    kept.versions = _versions(params)  # the kernel writes through pointers: versions unchanged
+    return next_norm_sq

@@ -67,9 +67,9 @@ class AdamWN(NormctlOptimizer):
             ``foreach=False`` the per-tensor reference loop. Default (both ``None``): fused where
             torch has the kernel (CPU and CUDA floating point; l2 decay), foreach otherwise. On
             float32 or bfloat16 groups with ``control_at="pre_step"``, fused means one kernel that applies
-            Eq. 3 and Adam in one pass and keeps ‖θ‖ for the next step: C++/OpenMP on the CPU
-            (any scope; built once per machine, see :mod:`normctl.optim._one_pass_cpu`), Triton on
-            CUDA (float32, tensor scope, when Triton is installed). All paths are tested equal to the
+            Eq. 3 and Adam in one pass and keeps ‖θ‖ for the next step, for any scope: C++/OpenMP on
+            the CPU (built once per machine, see :mod:`normctl.optim._one_pass_cpu`), Triton on CUDA
+            (when Triton is installed). All paths are tested equal to the
             reference.
         skip_nonfinite: if any gradient holds NaN/Inf, skip the whole step leaving params and
             state untouched and count it in ``group["skipped_steps"]``. Off by default, where
@@ -127,8 +127,8 @@ class AdamWN(NormctlOptimizer):
             skip_nonfinite=skip_nonfinite,
         )
         super().__init__(params, defaults)
-        self._kept_norms: dict[int, _one_pass.KeptNorms] = {}  # per group, for the one-pass CUDA kernel
-        self._cpu_norms = KeptTensorNorms()  # per tensor, left by the one-pass CPU kernel
+        self._kept_tables: dict[int, _one_pass.KeptTables] = {}  # per group, for the one-pass CUDA kernel
+        self._kept_norms = KeptTensorNorms()  # per tensor, as the one-pass kernels left the weights
 
     # -- construction -------------------------------------------------------------------------
 
@@ -152,41 +152,48 @@ class AdamWN(NormctlOptimizer):
         state.update(adam_state(param, fused=self._use_fused(group, [param])))
         control.init_tensor_state(param, state, group)
 
+    def _check_new_params(self, batches: list[Batch], new: list[list[Tensor]]) -> None:
+        control.check_initial_norms(batches, self.state)
+
     # -- the step -----------------------------------------------------------------------------
 
     def _update(self, batches: list[Batch]) -> None:
         plans = [control.plan(b.group) for b in batches]  # validates schedule values first
-        control.check_initial_norms(batches, self.state)
         self._attach_state(batches)
+        if len(self._kept_tables) > len(self.param_groups):  # groups replaced (load_state_dict)
+            current = {id(g) for g in self.param_groups}
+            self._kept_tables = {k: v for k, v in self._kept_tables.items() if k in current}
         control.record_scope_norms(self.param_groups)
 
         fusable = [self._fusable(b.group, b) for b in batches]
-        one_pass = [fused and _one_pass.eligible(b.params, b.group) for b, fused in zip(batches, fusable)]
-        one_pass_cpu = [
+        on_cuda = [fused and _one_pass.group_qualifies(b.group, b.params[0]) for b, fused in zip(batches, fusable)]
+        on_cpu = [
             fused and not cuda and _one_pass_cpu.eligible(b.params, b.states, b.group)
-            for b, fused, cuda in zip(batches, fusable, one_pass)
+            for b, fused, cuda in zip(batches, fusable, on_cuda)
         ]
-        # CUDA one-pass groups measure (or keep) their norms inside their own step
-        pre_step_plans = [None if single else plan for plan, single in zip(plans, one_pass)]
+        # tensor-scope groups on CUDA compute their factors in the kernel, from its kept norms
+        in_kernel = [cuda and b.group["scope"] == "tensor" for b, cuda in zip(batches, on_cuda)]
         pre_step = control.control_factors(
-            batches, pre_step_plans, self.param_groups, phase="pre_step", tensor_norms=self._cpu_norms.tensor_norms
+            batches,
+            [None if inside else plan for plan, inside in zip(plans, in_kernel)],
+            self.param_groups,
+            phase="pre_step",
+            tensor_norms=self._kept_norms.tensor_norms,
         )
-        for batch, factors, step_plan, fused, single, cpu_single in zip(
-            batches, pre_step, plans, fusable, one_pass, one_pass_cpu
+        for batch, factors, step_plan, fused, cuda, cpu, inside in zip(
+            batches, pre_step, plans, fusable, on_cuda, on_cpu, in_kernel
         ):
             group = batch.group
-            if single:
-                assert step_plan is not None
-                kept = self._kept_norms.setdefault(id(group), _one_pass.KeptNorms())
-                _one_pass.adamwn_step_(
-                    batch.params, batch.grads, batch.states, group, step_plan.rate, step_plan.target, kept
-                )
-                continue
-            if cpu_single:
+            if cuda:
+                if self._one_pass_cuda(batch, step_plan, factors, inside):
+                    continue
+                if inside:  # the tensors no longer suit the kernel: factors the usual way
+                    factors = control.control_factors([batch], [step_plan], self.param_groups, phase="pre_step")[0]
+            if cpu:
                 norm_sq = _one_pass_cpu.adamwn_step_(
                     batch.params, batch.grads, batch.states, group, _factor_vector(factors, len(batch.params))
                 )
-                self._cpu_norms.keep(batch.params, norm_sq)
+                self._kept_norms.keep(batch.params, norm_sq)
                 continue
             if fused:  # decay or Eq. 3 folded into the fused kernel's λ
                 if group["control"]:
@@ -205,6 +212,24 @@ class AdamWN(NormctlOptimizer):
             adam_update(batch.params, batch.grads, batch.states, group, foreach=foreach)
         control.apply_control(batches, plans, self.param_groups, phase="post_step")
         control.advance(self.param_groups)
+
+    def _one_pass_cuda(
+        self, batch: Batch, step_plan: control.ControlPlan | None, factors: Any, in_kernel: bool
+    ) -> bool:
+        """The Triton one-pass step; False (nothing done) when the tensors do not suit it."""
+        assert step_plan is not None
+        kept = self._kept_tables.setdefault(id(batch.group), _one_pass.KeptTables())
+        if in_kernel:
+            arguments: dict[str, Any] = dict(rate=step_plan.rate, target=step_plan.target)
+        else:  # group/global scope: one factor for every tensor (or none this step)
+            factor = 1.0 if factors is None else factors if isinstance(factors, float) else factors[0]
+            arguments = dict(factor=torch.as_tensor(factor, dtype=torch.float32, device=batch.params[0].device))
+        norm_sq = _one_pass.adamwn_step_(batch.params, batch.grads, batch.states, batch.group, kept, **arguments)
+        if norm_sq is None:
+            return False
+        if not in_kernel:  # the scope's norm at the next step is read from these
+            self._kept_norms.keep(batch.params, norm_sq)
+        return True
 
 
 def _factor_vector(factors: list[Tensor] | float | None, count: int) -> Tensor:
