@@ -1,6 +1,6 @@
 """Probe: can a one-pass AdamWN step reach torch's fused AdamW on a GPU?
 
-    python benchmarks/triton_adamwn_probe.py [--repeats 50]
+    python benchmarks/triton_adamwn_probe.py [--repeats 50] [--sweep]
 
 Times AdamWN's one-pass multi-tensor Triton kernel (``normctl/optim/_one_pass.py``: Eq. 3's
 factor, Adam's step and ‖θ_t‖² of the weights it writes, in one pass) launched with nothing
@@ -17,6 +17,7 @@ writes results/bench/triton_adamwn_probe.json. Needs CUDA and Triton.
 from __future__ import annotations
 
 import argparse
+import itertools
 import time
 
 import torch
@@ -31,14 +32,26 @@ class OnePassAdamWN:
     """Tensor-scope AdamWN (constant target r, rate k): the kernel launched with nothing
     around it, every table prepared once."""
 
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, target=1.5, rate=1e-2):
+    def __init__(
+        self,
+        params,
+        lr=1e-3,
+        betas=(0.9, 0.999),
+        eps=1e-8,
+        target=1.5,
+        rate=1e-2,
+        chunk=CHUNK,
+        block=BLOCK,
+        num_warps=4,
+    ):
         self.params = list(params)
+        self.chunk, self.block, self.num_warps = chunk, block, num_warps
         self.lr, self.betas, self.eps, self.target, self.rate = lr, betas, eps, target, rate
         self.exp_avg = [torch.zeros_like(p) for p in self.params]
         self.exp_avg_sq = [torch.zeros_like(p) for p in self.params]
         device = self.params[0].device
         self.numels = torch.tensor([p.numel() for p in self.params], device=device)
-        blocks = [(i, start) for i, p in enumerate(self.params) for start in range(0, p.numel(), CHUNK)]
+        blocks = [(i, start) for i, p in enumerate(self.params) for start in range(0, p.numel(), chunk)]
         self.block_tensor = torch.tensor([i for i, _ in blocks], dtype=torch.int32, device=device)
         self.block_start = torch.tensor([s for _, s in blocks], dtype=torch.int64, device=device)
         self.tables = [
@@ -65,17 +78,17 @@ class OnePassAdamWN:
             self.init_norm,
             self.steps,
             self.norm_sq,
-            self.norm_sq,  # no shared factor: tensor scope
             next_norm_sq,
             self.target,
             self.rate,
             self.lr,
             *self.betas,
             self.eps,
-            SHARED_FACTOR=False,
+            ONE_NORM=False,
             DTYPE=tl.float32,
-            CHUNK=CHUNK,
-            BLOCK=BLOCK,
+            CHUNK=self.chunk,
+            BLOCK=self.block,
+            num_warps=self.num_warps,
         )
         self.spare, self.norm_sq = self.norm_sq, next_norm_sq
 
@@ -124,6 +137,7 @@ def time_steps(opt, repeats: int, warmup: int = 3) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=50)
+    parser.add_argument("--sweep", action="store_true", help="also time the bare kernel at other work splits")
     args = parser.parse_args()
     shapes = gpt2_small_shapes()
     result = {"agreement": agreement(shapes), "machine": machine(), "chunk": CHUNK, "block": BLOCK}
@@ -153,6 +167,33 @@ def main() -> None:
             flush=True,
         )
     result["timings"] = timings
+    if args.sweep:  # the bare kernel at other work splits: elements per program, per load, warps
+        base_kernel = timings["one-pass AdamWN (Triton)"]["median"]
+        sweep = []
+        for chunk, block, num_warps in itertools.product((4096, 8192, 16384, 32768), (1024, 2048, 4096), (4, 8)):
+            if block > chunk:
+                continue
+            params = make_params(shapes)
+            for p in params:
+                p.grad = torch.randn_like(p).mul_(1e-3)
+            t = time_steps(OnePassAdamWN(params, chunk=chunk, block=block, num_warps=num_warps), args.repeats)
+            sweep.append(
+                {
+                    "chunk": chunk,
+                    "block": block,
+                    "num_warps": num_warps,
+                    **t,
+                    "ratio_to_torch_AdamW_fused": t["median"] / base,
+                }
+            )
+            print(
+                f"  chunk {chunk:6} block {block:5} warps {num_warps}  {t['median'] * 1e3:7.3f} ms  "
+                f"x{t['median'] / base:.3f}  (x{t['median'] / base_kernel:.3f} of the default split)",
+                flush=True,
+            )
+            del params
+            torch.cuda.empty_cache()
+        result["sweep"] = sweep
     print("  ->", write_json("triton_adamwn_probe", result))
 
 

@@ -228,3 +228,26 @@ def test_kept_norms_are_measured_again_after_load_state_dict():
     model.load_state_dict(saved)
     kept = optimizer._kept_norms.tensor_norms(params)
     assert_same(kept, [torch.linalg.vector_norm(p) for p in params])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("scope", ["group", "global"])
+def test_one_pass_scope_norm_counts_tensors_without_a_gradient(scope, device):
+    """Group/global scope: ‖θ‖ spans every tensor of the scope, also one that has no gradient
+    this step (so the one-pass step's kept norms alone do not cover it)."""
+    results, optimizers = [], []
+    for path in (dict(foreach=False), dict()):
+        params = make_params(torch.float32, shapes=[(5, 3), (4,), (7, 7), (300,)], device=device)
+        optimizer = AdamWN(
+            [{"params": params[:2]}, {"params": params[2:]}], lr=1e-2, target=1.2, rate=0.3, scope=scope, **path
+        )
+        g = torch.Generator().manual_seed(4)
+        for step in range(30):
+            for i, p in enumerate(params):
+                skip = i == 1 and step % 3 == 0 or i == 3 and step % 4 == 1
+                p.grad = None if skip else torch.randn(p.shape, generator=g).to(device)
+            optimizer.step()
+        results.append(params)
+        optimizers.append(optimizer)
+    assert_same(results[0], results[1], exact=False, rtol=1e-5, atol=1e-6)
+    assert_same(state_tensors(optimizers[0]), state_tensors(optimizers[1]), exact=False, rtol=1e-5, atol=1e-6)

@@ -136,11 +136,11 @@ def record_scope_norms(groups: list[dict]) -> None:
     for group in groups:
         if group["control"] and group["scope"] == "group" and group["init_norm"] is None:
             group["init_norm"] = _initial_norm([group], relative=group["relative_target"])
-    global_groups = _global_groups(groups)
-    if global_groups and global_groups[0]["init_norm"] is None:
-        relative = any(g["relative_target"] for g in global_groups)
-        norm = _initial_norm(global_groups, relative=relative)
-        for group in global_groups:
+    scope = global_groups(groups)
+    if scope and scope[0]["init_norm"] is None:
+        relative = any(g["relative_target"] for g in scope)
+        norm = _initial_norm(scope, relative=relative)
+        for group in scope:
             group["init_norm"] = norm
 
 
@@ -172,10 +172,10 @@ def control_factors(
             out.append(_tensor_factors(batch, step_plan, tensor_norms(batch.params, foreach=foreach)))
         else:
             if group["scope"] == "group":
-                norm = _current_norm([group], foreach, tensor_norms)
+                norm = current_norm([group], foreach, tensor_norms)
             else:
                 if global_norm is None:
-                    global_norm = _current_norm(_global_groups(groups), foreach, tensor_norms)
+                    global_norm = current_norm(global_groups(groups), foreach, tensor_norms)
                 norm = global_norm
             factor = rules.norm_control_factor(norm, _target_norm(step_plan, group, group["init_norm"]), step_plan.rate)
             out.append([factor] * len(batch.params))
@@ -203,13 +203,18 @@ def advance(groups: list[dict]) -> None:
         group["schedule_step"] += 1
 
 
-def _global_groups(groups: list[dict]) -> list[dict]:
+def global_groups(groups: list[dict]) -> list[dict]:
     return [g for g in groups if g["control"] and g["scope"] == "global"]
 
 
 def _target_norm(step_plan: ControlPlan, group: dict, init_norm: Tensor | float) -> Tensor | float:
     """τ_t: r_t·‖θ_0‖ for a relative target, the target itself for an absolute one."""
     return step_plan.target * init_norm if group["relative_target"] else step_plan.target
+
+
+def target_norm(step_plan: ControlPlan, group: dict) -> float:
+    """τ_t of a group- or global-scope group (its recorded ‖θ_0‖ times r_t, if relative)."""
+    return float(_target_norm(step_plan, group, group["init_norm"]))
 
 
 def _tensor_factors(batch: Batch, step_plan: ControlPlan, norms: list[Tensor]) -> list[Tensor]:
@@ -225,14 +230,14 @@ def _tensor_factors(batch: Batch, step_plan: ControlPlan, norms: list[Tensor]) -
     return list(rules.norm_control_factor(norms_vector, _target_norm(step_plan, group, init_norms), step_plan.rate))
 
 
-def _current_norm(groups: list[dict], foreach: bool, tensor_norms: TensorNorms = rules.tensor_norms) -> Tensor:
+def current_norm(groups: list[dict], foreach: bool, tensor_norms: TensorNorms = rules.tensor_norms) -> Tensor:
     """One norm over every parameter of ``groups`` (with or without a gradient this step)."""
     params = [p for g in groups for p in g["params"]]
     return rules.combined_norm(tensor_norms(params, foreach=foreach))
 
 
 def _initial_norm(groups: list[dict], *, relative: bool) -> float:
-    norm = float(_current_norm(groups, foreach=True))
+    norm = float(current_norm(groups, foreach=True))
     if relative and norm == 0 and any(p.numel() for g in groups for p in g["params"]):
         raise ValueError(
             "the controlled parameters of a group/global scope have initial norm 0, so "

@@ -4,9 +4,9 @@ Eq. 3 needs ‖θ‖ of every tensor before the step, which costs a full read of
 top of Adam's pass — and torch's fused AdamW takes one weight decay per call, so a
 per-tensor factor costs one kernel launch per tensor. This kernel instead:
 
-1. reads θ, g, m, v once per element and multiplies θ by its tensor's factor: for tensor
-   scope f_i = 1 − k·(1 − τ_i/‖θ_i‖), computed in the kernel from device vectors (no host
-   sync); for group and global scope the one factor of the scope, given as a device scalar;
+1. reads θ, g, m, v once per element and multiplies θ by its tensor's factor
+   f_i = 1 − k·(1 − τ_i/‖θ_i‖), computed in the kernel from device vectors (no host sync);
+   for group and global scope ‖θ‖ is the scope's, a device scalar summed from the same vectors;
 2. applies Adam's step exactly as torch's fused AdamW does and writes θ, m, v (float32, or
    bfloat16 computed in float32 and rounded on store, as torch does);
 3. adds Σ θ_new² of its block into the tensor's entry of a norm vector, so the next step
@@ -63,7 +63,6 @@ if triton is not None:
         target_base,
         steps,
         norm_sq,
-        shared_factor,
         next_norm_sq,
         target_scale,
         rate,
@@ -71,7 +70,7 @@ if triton is not None:
         beta1,
         beta2,
         eps,
-        SHARED_FACTOR: tl.constexpr,
+        ONE_NORM: tl.constexpr,
         DTYPE: tl.constexpr,
         CHUNK: tl.constexpr,
         BLOCK: tl.constexpr,
@@ -84,13 +83,13 @@ if triton is not None:
         g_ptr = tl.load(grad_ptrs + t).to(tl.pointer_type(DTYPE))
         m_ptr = tl.load(exp_avg_ptrs + t).to(tl.pointer_type(DTYPE))
         v_ptr = tl.load(exp_avg_sq_ptrs + t).to(tl.pointer_type(DTYPE))
-        if SHARED_FACTOR:  # group/global scope: one factor, computed before the launch
-            f = tl.load(shared_factor)
-        else:
-            # Eq. 3's factor f = 1 − k·(1 − τ/‖θ‖); a zero, tiny or non-finite norm leaves θ as is
+        # Eq. 3's factor f = 1 − k·(1 − τ/‖θ‖); a zero, tiny or non-finite norm leaves θ as is
+        if ONE_NORM:  # group/global scope: the scope's ‖θ‖² and τ = target_scale
+            ratio = target_scale / tl.sqrt(tl.load(norm_sq))
+        else:  # tensor scope: τ_i = target_scale·base_i
             ratio = target_scale * tl.load(target_base + t) / tl.sqrt(tl.load(norm_sq + t))
-            ratio = tl.where(tl.abs(ratio) < 3.0e38, ratio, 1.0)  # false for inf and NaN
-            f = 1.0 - rate * (1.0 - ratio)
+        ratio = tl.where(tl.abs(ratio) < 3.0e38, ratio, 1.0)  # false for inf and NaN
+        f = 1.0 - rate * (1.0 - ratio)
         # Adam's bias corrections at this tensor's step count
         step = tl.load(steps + t)
         step_size = lr / (1.0 - tl.exp(step * tl.log(beta1)))
@@ -127,6 +126,7 @@ class KeptTables:
     steps: list[Tensor] = field(default_factory=list)  # the state's step counters
     grad_pointers: list[int | None] = field(default_factory=list)
     grad_table: Tensor | None = None
+    grads: list[Tensor] = field(default_factory=list)  # this step's, until the kernel is queued
     norm_sq: Tensor | None = None
     spare: Tensor | None = None  # the buffer the next step accumulates into
 
@@ -182,72 +182,81 @@ def _build_tables(params: list[Tensor], states: list[dict], group: dict) -> tupl
     )
 
 
-def adamwn_step_(
-    params: list[Tensor],
-    grads: list[Tensor],
-    states: list[dict],
-    group: dict,
-    kept: KeptTables,
-    *,
-    rate: float = 0.0,
-    target: float = 0.0,
-    factor: Tensor | None = None,
-) -> Tensor | None:
-    """One AdamWN step over ``params`` in one kernel; returns ‖θ_i‖² after it (float32, one
-    per tensor), or None — having changed nothing — when the tensors do not suit the kernel.
-
-    Tensor scope passes ``rate`` and ``target`` (k_t and r_t, or τ_t when absolute) and the
-    kernel computes each factor from the kept norms; group and global scope pass the scope's
-    ``factor`` (a 0-d tensor on the device)."""
+def prepare(params: list[Tensor], grads: list[Tensor], states: list[dict], group: dict, kept: KeptTables) -> bool:
+    """Make ``kept`` ready for a step over these tensors: reuse its tables and norms while
+    the layout holds, else check the tensors, rebuild and measure the norms. False (nothing
+    changed) when the tensors do not suit the kernel."""
     layout = _layout(params, states)
     if layout != kept.layout:  # new tensors, new storage, or weights changed in place
         if not eligible(params, states):
-            return None
+            return False
         kept.tables = _build_tables(params, states, group)
         kept.steps = [s["step"] for s in states]
         kept.norm_sq = torch.stack(rules.tensor_norms(params)).float().square()
         kept.spare = torch.empty_like(kept.norm_sq)
         kept.grad_pointers = []
+        kept.layout = layout  # the kernel writes through pointers: versions stay as they are
     # Autograd usually hands out gradients at the same addresses every step: reuse the table.
     grad_pointers = [g.data_ptr() if g.is_contiguous() else None for g in grads]
+    kept.grads = grads
     if grad_pointers != kept.grad_pointers or None in grad_pointers:
-        if None in grad_pointers:  # contiguous copies, alive until the kernel has read them
-            grads = [g.contiguous() for g in grads]
-        kept.grad_table = _pointer_table([g.data_ptr() for g in grads], params[0].device)
+        if None in grad_pointers:  # contiguous copies, held until the kernel is queued
+            kept.grads = [g.contiguous() for g in grads]
+        kept.grad_table = _pointer_table([g.data_ptr() for g in kept.grads], params[0].device)
         kept.grad_pointers = grad_pointers
+    return True
 
+
+def kept_norm_sq(kept: KeptTables) -> Tensor:
+    """Σ‖θ_i‖² over the tensors of a prepared step (a 0-d device tensor): its scope's norm²."""
+    assert kept.norm_sq is not None
+    return kept.norm_sq.sum()
+
+
+def launch(
+    kept: KeptTables,
+    group: dict,
+    *,
+    rate: float,
+    target: float,
+    scope_norm_sq: Tensor | None = None,
+) -> Tensor:
+    """One AdamWN step over the prepared tensors in one kernel; returns ‖θ_i‖² after it
+    (float32, one per tensor).
+
+    ``rate`` is k_t. Tensor scope passes ``target`` as r_t (or τ_t when absolute) and the
+    kernel reads each ‖θ_i‖ from the kept norms; group and global scope pass τ_t itself and
+    the scope's ``scope_norm_sq``."""
     param_table, exp_avg_table, exp_avg_sq_table, numels, block_tensor, block_start, base, step = kept.tables
     torch._foreach_add_(kept.steps, 1)
     step.add_(1)
     assert kept.norm_sq is not None and kept.spare is not None
     norm_sq, next_norm_sq = kept.norm_sq, kept.spare.zero_()
     kept.norm_sq, kept.spare = next_norm_sq, norm_sq  # what this step writes, the next one reads
-    kept.layout = layout  # the kernel writes through pointers: versions unchanged
-    if not len(block_tensor):  # only empty tensors
-        return next_norm_sq
-    beta1, beta2 = group["betas"]
-    _adamwn_kernel[(len(block_tensor),)](
-        param_table,
-        kept.grad_table,
-        exp_avg_table,
-        exp_avg_sq_table,
-        numels,
-        block_tensor,
-        block_start,
-        base,
-        step,
-        norm_sq,
-        norm_sq if factor is None else factor,
-        next_norm_sq,
-        target,
-        rate,
-        group["lr"],
-        beta1,
-        beta2,
-        group["eps"],
-        SHARED_FACTOR=factor is not None,
-        DTYPE=tl.bfloat16 if params[0].dtype == torch.bfloat16 else tl.float32,
-        CHUNK=CHUNK,
-        BLOCK=BLOCK,
-    )
+    if len(block_tensor):  # else only empty tensors
+        beta1, beta2 = group["betas"]
+        _adamwn_kernel[(len(block_tensor),)](
+            param_table,
+            kept.grad_table,
+            exp_avg_table,
+            exp_avg_sq_table,
+            numels,
+            block_tensor,
+            block_start,
+            base,
+            step,
+            norm_sq if scope_norm_sq is None else scope_norm_sq,
+            next_norm_sq,
+            target,
+            rate,
+            group["lr"],
+            beta1,
+            beta2,
+            group["eps"],
+            ONE_NORM=scope_norm_sq is not None,
+            DTYPE=tl.bfloat16 if kept.grads[0].dtype == torch.bfloat16 else tl.float32,
+            CHUNK=CHUNK,
+            BLOCK=BLOCK,
+        )
+    kept.grads = []
     return next_norm_sq

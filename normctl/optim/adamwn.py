@@ -166,29 +166,35 @@ class AdamWN(NormctlOptimizer):
         control.record_scope_norms(self.param_groups)
 
         fusable = [self._fusable(b.group, b) for b in batches]
-        on_cuda = [fused and _one_pass.group_qualifies(b.group, b.params[0]) for b, fused in zip(batches, fusable)]
+        # CUDA one-pass groups compute their factors in the kernel, from the norms it kept
+        on_cuda = [
+            fused
+            and _one_pass.group_qualifies(b.group, b.params[0])
+            and _one_pass.prepare(b.params, b.grads, b.states, b.group, self._tables(b.group))
+            for b, fused in zip(batches, fusable)
+        ]
+        scope_norms_sq = self._scope_norms_sq(batches, on_cuda)
         on_cpu = [
             fused and not cuda and _one_pass_cpu.eligible(b.params, b.states, b.group)
             for b, fused, cuda in zip(batches, fusable, on_cuda)
         ]
-        # tensor-scope groups on CUDA compute their factors in the kernel, from its kept norms
-        in_kernel = [cuda and b.group["scope"] == "tensor" for b, cuda in zip(batches, on_cuda)]
         pre_step = control.control_factors(
             batches,
-            [None if inside else plan for plan, inside in zip(plans, in_kernel)],
+            [None if cuda else plan for plan, cuda in zip(plans, on_cuda)],
             self.param_groups,
             phase="pre_step",
             tensor_norms=self._kept_norms.tensor_norms,
         )
-        for batch, factors, step_plan, fused, cuda, cpu, inside in zip(
-            batches, pre_step, plans, fusable, on_cuda, on_cpu, in_kernel
+        for batch, factors, step_plan, fused, cuda, cpu, scope_norm_sq in zip(
+            batches, pre_step, plans, fusable, on_cuda, on_cpu, scope_norms_sq
         ):
             group = batch.group
             if cuda:
-                if self._one_pass_cuda(batch, step_plan, factors, inside):
-                    continue
-                if inside:  # the tensors no longer suit the kernel: factors the usual way
-                    factors = control.control_factors([batch], [step_plan], self.param_groups, phase="pre_step")[0]
+                assert step_plan is not None
+                target = step_plan.target if scope_norm_sq is None else control.target_norm(step_plan, group)
+                tables = self._kept_tables[id(group)]
+                _one_pass.launch(tables, group, rate=step_plan.rate, target=target, scope_norm_sq=scope_norm_sq)
+                continue
             if cpu:
                 norm_sq = _one_pass_cpu.adamwn_step_(
                     batch.params, batch.grads, batch.states, group, _factor_vector(factors, len(batch.params))
@@ -213,23 +219,38 @@ class AdamWN(NormctlOptimizer):
         control.apply_control(batches, plans, self.param_groups, phase="post_step")
         control.advance(self.param_groups)
 
-    def _one_pass_cuda(
-        self, batch: Batch, step_plan: control.ControlPlan | None, factors: Any, in_kernel: bool
-    ) -> bool:
-        """The Triton one-pass step; False (nothing done) when the tensors do not suit it."""
-        assert step_plan is not None
-        kept = self._kept_tables.setdefault(id(batch.group), _one_pass.KeptTables())
-        if in_kernel:
-            arguments: dict[str, Any] = dict(rate=step_plan.rate, target=step_plan.target)
-        else:  # group/global scope: one factor for every tensor (or none this step)
-            factor = 1.0 if factors is None else factors if isinstance(factors, float) else factors[0]
-            arguments = dict(factor=torch.as_tensor(factor, dtype=torch.float32, device=batch.params[0].device))
-        norm_sq = _one_pass.adamwn_step_(batch.params, batch.grads, batch.states, batch.group, kept, **arguments)
-        if norm_sq is None:
-            return False
-        if not in_kernel:  # the scope's norm at the next step is read from these
-            self._kept_norms.keep(batch.params, norm_sq)
-        return True
+    def _tables(self, group: dict) -> _one_pass.KeptTables:
+        return self._kept_tables.setdefault(id(group), _one_pass.KeptTables())
+
+    def _scope_norms_sq(self, batches: list[Batch], on_cuda: list[bool]) -> list[Tensor | None]:
+        """‖θ‖² of the scope of each group/global-scope batch taking the CUDA kernel (None for
+        the others): summed from the kernel's kept per-tensor norms where a group's tensors
+        all step, measured where some have no gradient. Read before any weight is written."""
+        stepped = {id(b.group): (b, cuda) for b, cuda in zip(batches, on_cuda)}
+
+        def group_norm_sq(group: dict) -> Tensor:
+            batch, cuda = stepped.get(id(group), (None, False))
+            if cuda and batch is not None and len(batch.params) == len(group["params"]):
+                return _one_pass.kept_norm_sq(self._kept_tables[id(group)])
+            return control.current_norm([group], foreach=True).square()
+
+        global_norm_sq = None
+        out: list[Tensor | None] = []
+        for batch, cuda in zip(batches, on_cuda):
+            scope = batch.group["scope"]
+            if not cuda or scope == "tensor":
+                out.append(None)
+                continue
+            device = batch.params[0].device
+            if scope == "group":
+                norm_sq = group_norm_sq(batch.group)
+            else:
+                if global_norm_sq is None:
+                    groups = control.global_groups(self.param_groups)
+                    global_norm_sq = torch.stack([group_norm_sq(g).to(device, torch.float32) for g in groups]).sum()
+                norm_sq = global_norm_sq
+            out.append(norm_sq.to(device, torch.float32))
+        return out
 
 
 def _factor_vector(factors: list[Tensor] | float | None, count: int) -> Tensor:
