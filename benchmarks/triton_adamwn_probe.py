@@ -25,7 +25,7 @@ from common import machine, summary, write_json
 from step_speed import gpt2_small_shapes
 
 from normctl import AdamWN
-from normctl.optim._one_pass import BLOCK, CHUNK, _adamwn_kernel, tl
+from normctl.optim._one_pass import BLOCK, CHUNK, NUM_WARPS, _adamwn_kernel, tl
 
 
 class OnePassAdamWN:
@@ -140,7 +140,13 @@ def main() -> None:
     parser.add_argument("--sweep", action="store_true", help="also time the bare kernel at other work splits")
     args = parser.parse_args()
     shapes = gpt2_small_shapes()
-    result = {"agreement": agreement(shapes), "machine": machine(), "chunk": CHUNK, "block": BLOCK}
+    result = {
+        "agreement": agreement(shapes),
+        "machine": machine(),
+        "chunk": CHUNK,
+        "block": BLOCK,
+        "num_warps": NUM_WARPS,
+    }
     print("agreement with normctl.AdamWN after 10 steps:", result["agreement"], flush=True)
     timings = {}
     makers = {
