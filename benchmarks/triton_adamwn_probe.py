@@ -42,7 +42,7 @@ class OnePassAdamWN:
         rate=1e-2,
         chunk=CHUNK,
         block=BLOCK,
-        num_warps=4,
+        num_warps=NUM_WARPS,
     ):
         self.params = list(params)
         self.chunk, self.block, self.num_warps = chunk, block, num_warps
