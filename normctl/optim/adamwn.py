@@ -128,7 +128,7 @@ class AdamWN(NormctlOptimizer):
         )
         super().__init__(params, defaults)
         self._kept_tables: dict[int, _one_pass.KeptTables] = {}  # per group, for the one-pass CUDA kernel
-        self._kept_norms = KeptTensorNorms()  # per tensor, as the one-pass kernels left the weights
+        self._kept_norms = KeptTensorNorms()  # per tensor, as the one-pass CPU kernel left the weights
 
     # -- construction -------------------------------------------------------------------------
 
