@@ -218,6 +218,35 @@ def test_control_gains_puts_layernorm_gains_under_control(tmp_path):
             assert ratio > 0.5
 
 
+def test_gains_by_decay_leaves_the_voronoi_gains_to_adamws_decay(tmp_path):
+    """decay_all decays every tensor; AdamWN controls them all, or with gains_by_decay only the
+    matrices, the gains then shrinking by AdamW's decay: at rate 1, target 0.5 and a large λ the
+    matrices sit at the target and the gains well below it."""
+    base = [
+        "task=voronoi",
+        "hidden=32",
+        "batch_size=64",
+        "schedule=constant",
+        "method=adamwn",
+        "decay_all=true",
+        "weight_decay=20",
+        "lr=1e-2",
+        "target_ratio=0.5",
+        "target_shape=constant",
+        "rate=1",
+        "steps=5",
+        "monitor_every=1",
+    ]
+    ratios = {}
+    for gains_by_decay in ("false", "true"):
+        run = tmp_path / gains_by_decay
+        train(with_overrides(RunConfig(), [*base, f"gains_by_decay={gains_by_decay}"]), run, verbose=False)
+        ratios[gains_by_decay] = {g: load_run(run).last(f"group/{g}/norm_ratio") for g in ("decay", "no_decay")}
+    assert ratios["false"]["no_decay"] == pytest.approx(0.5, rel=5e-2)  # controlled like the matrices
+    assert ratios["true"]["decay"] == pytest.approx(0.5, rel=5e-2)
+    assert ratios["true"]["no_decay"] < 0.45  # (1 − γλ)^5 = 0.8^5 ≈ 0.33, plus Adam's steps
+
+
 def test_voronoi_reproduction_picks_lr_on_validation_and_runs_the_ablations(tmp_path, monkeypatch):
     from normctl.experiments import repro_voronoi
     from normctl.experiments.sweep import controlled_norm_ratio

@@ -37,6 +37,7 @@ class RunConfig:
     target_shape: str = "ramp"  # r_t: "ramp" 1 → r over 5 % of steps (the paper), "constant" r, "linear" over the run
     scope: str = "tensor"  # norm-controlled methods: one norm per "tensor", per "group", or "global"
     control_gains: bool = False  # norm-controlled methods also control the norm layers' gains
+    gains_by_decay: bool = False  # with decay_all: norm-controlled methods decay the gains as AdamW does
     batch_size: int = 16
     seed: int = 0  # model init and data order
     checkpoint_every: int = 100  # steps between atomic checkpoints

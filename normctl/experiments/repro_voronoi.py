@@ -10,11 +10,13 @@ normalisation off): with it on, the 2-D inputs lose their radius and accuracy ca
 (``results/repro_voronoi_gpu_rms``). Stage 2 trains every ablation of SPEC §3 at that lr,
 one change at a time — activation, init, RMS normalisation, weight decay, betas, decay type,
 width — and new rows: AdamWN on every tensor, as the decay is (target AdamW's final norm
-ratio over all of them, k = 1e-2), with one norm per tensor or one global norm. AdamC is left out:
+ratio over all of them, k = 1e-2), with one norm per tensor or one global norm; and AdamWN on
+the matrices alone, the norm gains left to AdamW's decay (target AdamW's ratio over the
+matrices). AdamC is left out:
 at the study's constant learning rate γ_t/γ_max = 1 and AdamC is AdamW exactly.
 ``--scale laptop`` (default) trains the study's headline comparisons — decay types, AdamWN and
-weight decay, 33 runs at the original 10 000 steps × 1024, about 1.5 h on 2 CPU cores —
-``--scale paper`` the whole grid of SPEC §3 (66 runs; the widths 1024 and 2048 cost 4× and
+weight decay, 36 runs at the original 10 000 steps × 1024, about 1.5 h on 2 CPU cores —
+``--scale paper`` the whole grid of SPEC §3 (69 runs; the widths 1024 and 2048 cost 4× and
 16× a baseline run: about 5–6 h on 2 cores, minutes on a GPU with ``--device cuda``).
 ``--workers`` runs that many single-threaded runs at once. Resumable: finished runs are
 skipped, unfinished ones resume. Writes ``summary.json`` (mean ± std over seeds per variant)
@@ -32,7 +34,7 @@ from typing import Any
 from ..report.runs import load_run
 from .config import RunConfig, with_overrides
 from .rundir import write_report
-from .sweep import controlled_norm_ratio, final_metrics, train_runs
+from .sweep import CONTROLLED_GROUPS, controlled_norm_ratio, final_metrics, train_runs
 
 BASELINE = [
     "task=voronoi",
@@ -49,7 +51,7 @@ BASELINE = [
 LEARNING_RATES = ("2e-3", "3e-3", "5e-3")
 ABLATIONS = {  # the study's headline comparisons first: a resumed run finishes them first
     "decay": ["l1", "min"],
-    "method": ["adamwn", "adamwn-global"],  # new rows, see NEW_ROWS
+    "method": ["adamwn", "adamwn-global", "adamwn-matrices"],  # new rows, see NEW_ROWS
     "weight_decay": ["0", "1e-3", "1e-1", "1"],
     # --scale laptop stops here
     "rms": ["true"],
@@ -59,9 +61,14 @@ ABLATIONS = {  # the study's headline comparisons first: a resumed run finishes 
     "hidden": ["256", "1024", "2048"],
 }
 SCALES = {"laptop": ("decay", "method", "weight_decay"), "paper": tuple(ABLATIONS)}
-# AdamWN's target is AdamW's final norm ratio over every tensor (the study decays them all):
-# pulled to it one tensor at a time, or as one global norm that the tensors share freely.
-NEW_ROWS = {"adamwn": ["method=adamwn"], "adamwn-global": ["method=adamwn", "scope=global"]}
+# AdamWN's target is AdamW's final norm ratio over the tensors it controls: every tensor (the
+# study decays them all), pulled to it one tensor at a time or as one global norm the tensors
+# share freely; or the matrices alone, the norm gains left to AdamW's decay as in the baseline.
+NEW_ROWS = {
+    "adamwn": ["method=adamwn"],
+    "adamwn-global": ["method=adamwn", "scope=global"],
+    "adamwn-matrices": ["method=adamwn", "gains_by_decay=true"],
+}
 
 
 def run_repro(
@@ -92,13 +99,22 @@ def run_repro(
     best = max(by_lr, key=lambda lr: by_lr[lr])
     chosen = with_overrides(base, [f"lr={best}"])
     target = round(statistics.mean(controlled_norm_ratio(out / f"lr-{best}_s{s}") for s in seeds), 4)
+    matrices = round(
+        statistics.mean(controlled_norm_ratio(out / f"lr-{best}_s{s}", CONTROLLED_GROUPS) for s in seeds), 4
+    )
+    targets = {"adamwn-matrices": matrices}
     if verbose:
-        print(f"lr {best} has the best validation accuracy ({by_lr}); AdamW's norm ratio {target}", flush=True)
+        print(
+            f"lr {best} has the best validation accuracy ({by_lr}); AdamW's norm ratio {target} "
+            f"({matrices} over the matrices)",
+            flush=True,
+        )
 
     stage2 = []
     for key in SCALES[scale]:
         for value in ABLATIONS.get(key, []):
-            extra = [*NEW_ROWS[value], f"target_ratio={target}"] if key == "method" else [f"{key}={value}"]
+            row_target = targets.get(value, target)
+            extra = [*NEW_ROWS[value], f"target_ratio={row_target}"] if key == "method" else [f"{key}={value}"]
             stage2 += [(f"{key}-{value}_s{seed}", with_overrides(chosen, [*extra, f"seed={seed}"])) for seed in seeds]
     train_runs(stage2, out, workers=workers, verbose=verbose)
 
@@ -112,6 +128,7 @@ def run_repro(
         "lr_by_validation": by_lr,
         "chosen_lr": best,
         "adamwn_target_ratio": target,
+        "adamwn_matrices_target_ratio": matrices,
         "variants": {v: _aggregate(out, names) for v, names in variants.items()},
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))

@@ -103,17 +103,18 @@ def _train_in_process(out: Path, name: str, cfg: RunConfig) -> tuple[str, str | 
     return name, (done.stderr[-2000:] if done.returncode else None)
 
 
-def controlled_norm_ratio(run_dir: Path) -> float:
+def controlled_norm_ratio(run_dir: Path, labels: list[str] | None = None) -> float:
     """‖θ‖/‖θ₀‖ at the end of a run over the tensors AdamW decays and AdamWN controls — the
     ``normalized`` and ``decay`` groups of ``param_groups``, every group with ``decay_all`` —
     from the monitor's last per-group record.
 
     Not the global ratio where the norm gains are left alone: they (norm √d each, initialised at
     1) weigh heavily in the global norm of a small model, so its ratio says little about the
-    matrices AdamWN controls."""
-    config = json.loads((run_dir / "config.json").read_text())
+    matrices AdamWN controls. ``labels`` names the groups instead."""
+    if labels is None:
+        config = json.loads((run_dir / "config.json").read_text())
+        labels = list(GROUP_FLAGS) if config.get("decay_all") else CONTROLLED_GROUPS
     last = load_run(run_dir).records[-1]
-    labels = GROUP_FLAGS if config.get("decay_all") else CONTROLLED_GROUPS
     now = then = 0.0
     for label in labels:
         if f"group/{label}/weight_norm" not in last:  # a model without such tensors

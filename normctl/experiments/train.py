@@ -142,8 +142,11 @@ def train(cfg: RunConfig, run_dir: str | Path, *, verbose: bool = True) -> dict[
     model = parallel.wrap(task.model.to(world.device), cfg.parallel, world)
     net = parallel.unwrap(model)
     groups = param_groups(net, weight_decay=cfg.weight_decay)
-    if cfg.decay_all:  # every tensor decayed (and controlled), gains included
-        groups = [{**g, "weight_decay": cfg.weight_decay, "control": True} for g in groups]
+    if cfg.decay_all:  # every tensor decayed (and controlled, gains too unless left to decay)
+        groups = [
+            {**g, "weight_decay": cfg.weight_decay, "control": not (cfg.gains_by_decay and g["name"] == "no_decay")}
+            for g in groups
+        ]
     elif cfg.control_gains:
         groups = with_gains_controlled(net, groups)
     optimizer = build_method(
