@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from torch import Tensor
 
 from .. import rules
 from ..distributed import local
@@ -151,21 +152,32 @@ class SGDC(NormctlOptimizer):
             weight_decay = 0.0
         momentum = group["momentum"]
         for params, grads, states in buckets(batch.params, batch.grads, batch.states):
+            # the kernel runs on the rank-local data: DTensor has no rule for it
+            sharded = not all(type(p) in (Tensor, torch.nn.Parameter) for p in params)
+            if sharded:
+                params, grads = [local(p) for p in params], [local(g) for g in grads]
+            calls: list[tuple[list[Tensor], list[Tensor], list[Tensor], bool]]
             if momentum == 0:
-                calls = [(list(range(len(params))), False)]
+                calls = [(params, grads, [], False)]
             else:  # tensors without a momentum buffer yet take the kernel's first-step path
-                new = [i for i, s in enumerate(states) if s.get("momentum_buffer") is None]
-                calls = [(new, True), ([i for i in range(len(params)) if i not in set(new)], False)]
+                new = {i for i, s in enumerate(states) if s.get("momentum_buffer") is None}
                 for i in new:
                     states[i]["momentum_buffer"] = torch.empty_like(grads[i])
-            for chosen, first_step in calls:
-                if not chosen:
-                    continue
-                bufs = [] if momentum == 0 else [local(states[i]["momentum_buffer"]) for i in chosen]
-                torch._fused_sgd_(  # on the rank-local data: DTensor has no rule for this kernel
-                    [local(params[i]) for i in chosen],
-                    [local(grads[i]) for i in chosen],
-                    bufs,
+                bufs = [s["momentum_buffer"] for s in states]
+                if sharded:
+                    bufs = [local(b) for b in bufs]
+                calls = [(params, grads, bufs, False)]
+                if new:
+                    calls = [
+                        ([params[i] for i in ids], [grads[i] for i in ids], [bufs[i] for i in ids], first)
+                        for first in (True, False)
+                        if (ids := [i for i in range(len(params)) if (i in new) == first])
+                    ]
+            for chosen_params, chosen_grads, chosen_bufs, first_step in calls:
+                torch._fused_sgd_(
+                    chosen_params,
+                    chosen_grads,
+                    chosen_bufs,
                     weight_decay=weight_decay,
                     momentum=momentum,
                     lr=group["lr"],
