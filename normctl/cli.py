@@ -40,7 +40,11 @@ def main(argv: list[str] | None = None) -> int:
     repro = commands.add_parser("repro-gpt", help="seeds 001/002 on the GPT: AdamW, AdamC, AdamWN over seeds")
     repro.add_argument("--out", default="results/repro_gpt", help="the reproduction's directory")
     repro.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
-    repro.add_argument("--scale", default="laptop", help="laptop (2 CPU cores, ~1 h) or gpu (GPT-2 small's shape)")
+    repro.add_argument(
+        "--scale",
+        default="laptop",
+        help="laptop (2 CPU cores, ~1 h), steady (AdamW vs AdamC at steady state, ~40 min), gpu (GPT-2 small)",
+    )
     repro.add_argument("--ablations", action="store_true", help="also AdamWN's rate, target shape, scope, gains")
     repro.add_argument("--ablation-seeds", default=None, help="seeds of the ablations (default: --seeds)")
     voronoi_repro = commands.add_parser("repro-voronoi", help="seed 003: decay types and ablations, lr picked on val")

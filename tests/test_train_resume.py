@@ -174,6 +174,24 @@ def test_gpt_reproduction_runs_phases_and_summarizes(tmp_path, monkeypatch):
     assert scoped["target_ratio"] == adamwn_config["target_ratio"]
 
 
+def test_steady_scale_trains_adamw_and_adamc_to_a_zero_lr(tmp_path, monkeypatch):
+    """--scale steady: seed 002's setting, AdamW against AdamC only, the cosine down to 0."""
+    from normctl.experiments import repro_gpt
+    from normctl.experiments.train import lr_multiplier
+
+    tiny = ["task=gpt", "n_layer=1", "n_embd=32", "block_size=16", "batch_size=4", "steps=20", "warmup=2"]
+    tiny += ["checkpoint_every=10", "monitor_every=5", "eval_every=10", "device=cpu"]
+    monkeypatch.setitem(repro_gpt.SCALES, "steady", [*tiny, "weight_decay=0.5", "min_lr_ratio=0"])
+    summary = repro_gpt.run_repro(tmp_path, [0], "steady", verbose=False)
+    assert set(summary["methods"]) == {"adamw", "adamc"}
+    cfg = RunConfig(**json.loads((tmp_path / "method-adamc_s0" / "config.json").read_text()))
+    assert (cfg.weight_decay, cfg.min_lr_ratio) == (0.5, 0.0)
+    assert lr_multiplier(cfg)(cfg.steps) == pytest.approx(0.0, abs=1e-12)
+    assert lr_multiplier(RunConfig(steps=20, warmup=2))(20) == pytest.approx(0.1)
+    with pytest.raises(ValueError, match="min_lr_ratio"):
+        RunConfig(min_lr_ratio=1.5)
+
+
 def test_target_shapes_reach_adamw_ratio_as_named():
     from normctl.experiments.methods import target_schedule
 

@@ -26,8 +26,9 @@ class RunConfig:
     method: str = "adamw"  # any normctl.create_optimizer name
     steps: int = 600  # optimizer steps
     lr: float = 3e-3  # peak, Adam scale (SGD 100×, Lion 0.1×)
-    schedule: str = "cosine"  # "cosine" (to 0.1× after warm-up) or "constant"
+    schedule: str = "cosine"  # "cosine" (to min_lr_ratio × the peak after warm-up) or "constant"
     warmup: int = 20  # linear warm-up steps of the cosine schedule
+    min_lr_ratio: float = 0.1  # the cosine schedule's final lr, as a fraction of the peak
     weight_decay: float = 0.1  # λ on the decayed groups of normctl.param_groups
     rate: float = 1e-2  # k of norm-controlled methods
     betas: str = "0.9,0.999"  # Adam-family β1,β2
@@ -90,6 +91,8 @@ class RunConfig:
             raise ValueError(f"betas must be in [0, 1), got {self.betas!r}")
         if self.eval_every < 0:
             raise ValueError(f"eval_every must be >= 0, got {self.eval_every}")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ValueError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
 
     @property
     def adam_betas(self) -> tuple[float, float]:

@@ -1,12 +1,14 @@
 """Seeds 001 and 002 on the GPT: AdamW, AdamC (Defazio 2025) and AdamWN (Loshchilov 2023).
 
-    normctl repro-gpt --out results/repro_gpt [--seeds 0,1,2] [--scale laptop|gpu]
+    normctl repro-gpt --out results/repro_gpt [--seeds 0,1,2] [--scale laptop|steady|gpu]
                       [--ablations] [--ablation-seeds 0,1,2]
 
 Phase 1 trains AdamW and AdamC; phase 2 trains AdamWN with its target ramped (over the first
 5 % of steps) to AdamW's measured final norm ratio over the tensors AdamWN controls, rate
 k = 1e-2, as the paper sets it. All runs share the model, data, cosine schedule and λ, so
-AdamW is the baseline of both papers. ``--ablations`` adds the questions seed 001 leaves
+AdamW is the baseline of both papers. ``--scale steady`` is seed 002's own test: AdamW against
+AdamC at λ = 0.5 with the lr decayed to 0, the layers at steady state for most of the run
+(``results/repro_gpt_steady``). ``--ablations`` adds the questions seed 001 leaves
 open, one change to AdamWN at a time: the rate k, the target's shape, the scope (one global
 norm instead of one per tensor) and LayerNorm gains controlled too (``ABLATIONS``).
 The command is resumable (finished runs are skipped, unfinished ones resume) and writes
@@ -66,6 +68,13 @@ SCALES = {
 }
 
 
+# Seed 002's own setting: the laptop GPT with λ = 0.5 and the cosine schedule down to 0, so that
+# 1/(2λγ) = 333 steps at the peak lr — the layers reach their steady state early and stay in it
+# while the lr falls, the regime in which AdamW's gradient norm rises at the end of training.
+# AdamW and AdamC only: AdamWN has no λ.
+SCALES["steady"] = [*SCALES["laptop"], "weight_decay=0.5", "min_lr_ratio=0"]
+WITHOUT_ADAMWN = ("steady",)
+
 ABLATIONS = {  # each against the main AdamWN run (rate 1e-2, 5 % ramp, tensor scope, gains free)
     "rate": ["1e-3", "1e-1", "1"],
     "target_shape": ["constant", "linear"],
@@ -91,10 +100,12 @@ def run_repro(
     train_runs(first, out, verbose=verbose)
     ratios = [controlled_norm_ratio(out / name) for name, cfg in first if cfg.method == "adamw"]
     target = statistics.mean(ratios)
-    if verbose:
-        print(f"AdamWN target: AdamW's final norm ratio {target:.4f} (mean over {len(ratios)} seeds)", flush=True)
-    second = sweep_configs(dataclasses.replace(base, target_ratio=round(target, 4)), {"method": ["adamwn"]}, seeds)
-    train_runs(second, out, verbose=verbose)
+    second = []
+    if scale not in WITHOUT_ADAMWN:
+        if verbose:
+            print(f"AdamWN target: AdamW's final norm ratio {target:.4f} (mean over {len(ratios)} seeds)", flush=True)
+        second = sweep_configs(dataclasses.replace(base, target_ratio=round(target, 4)), {"method": ["adamwn"]}, seeds)
+        train_runs(second, out, verbose=verbose)
 
     runs = first + second
     summary = summarize(out, [name for name, _ in runs])

@@ -107,7 +107,7 @@ def to_device(pair: tuple[torch.Tensor, torch.Tensor], model: nn.Module) -> tupl
 def lr_multiplier(cfg: RunConfig) -> schedules.Schedule:
     if cfg.schedule == "constant":
         return schedules.constant(1.0)
-    return schedules.cosine(1.0, 0.1, cfg.steps, warmup=min(cfg.warmup, cfg.steps))
+    return schedules.cosine(1.0, cfg.min_lr_ratio, cfg.steps, warmup=min(cfg.warmup, cfg.steps))
 
 
 def _atomic_save(obj: Any, path: Path) -> None:
