@@ -77,3 +77,28 @@ def test_foreach_equals_reference_for_params_and_state(name):
     assert len(s_ref) == len(s_fe) > 0
     assert_same(p_ref, p_fe, exact=False, rtol=1e-12, atol=1e-14)
     assert_same(s_ref, s_fe, exact=False, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_a_deep_copy_steps_on_exactly_as_the_original(name):
+    """copy.deepcopy (as trainers do to keep a best model's optimizer) copies the state and
+    rebuilds the speed caches empty: both copies then take the same steps."""
+    import copy
+
+    def train(params, optimizer, seed):
+        g = torch.Generator().manual_seed(seed)
+        for _ in range(3):
+            for p in params:
+                p.grad = torch.randn(p.shape, generator=g)
+            optimizer.step()
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        params = make_params(torch.float32, shapes=SHAPES)
+        optimizer = CONFIGS[name](params)
+        train(params, optimizer, seed=1)
+        twin_params, twin = copy.deepcopy((params, optimizer))
+        train(params, optimizer, seed=2)
+        train(twin_params, twin, seed=2)
+    assert_same(params, twin_params)
+    assert_same(state_tensors(optimizer), state_tensors(twin))

@@ -135,10 +135,19 @@ class NormctlOptimizer(Optimizer):
                 raise TypeError(f"{flag} must be None, True or False, got {defaults[flag]!r}")
         if defaults.get("foreach") and defaults.get("fused"):
             raise ValueError("foreach and fused cannot both be True")
+        self._init_caches()
+        super().__init__(params, defaults)
+
+    def _init_caches(self) -> None:
+        """What the optimizer remembers between steps to go faster, none of it state: rebuilt
+        empty when the optimizer is unpickled, copied or loads a state dict."""
         # per group: the tensors last found to suit torch's fused kernels (a walk over every
         # tensor is a large part of a GPU step's host time; the kernels check again themselves)
         self._fused_checked: dict[int, tuple[int, ...]] = {}
-        super().__init__(params, defaults)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        self._init_caches()
 
     # -- param groups ------------------------------------------------------------------------
 
@@ -207,8 +216,7 @@ class NormctlOptimizer(Optimizer):
             for batch, states in zip(batches, found):
                 batch.states = cast(list[dict], states)
             return
-        new = [[p for p, s in zip(batch.params, states) if not s] for batch, states in zip(batches, found)]
-        self._check_new_params(batches, new)
+        self._check_new_params(batches)
         for batch in batches:
             for p in batch.params:
                 state = self.state[p]
@@ -216,8 +224,9 @@ class NormctlOptimizer(Optimizer):
                     self._init_state(p, state, batch.group)
             batch.states = [self.state[p] for p in batch.params]
 
-    def _check_new_params(self, batches: list[Batch], new: list[list[Tensor]]) -> None:
-        """Refuse tensors that are about to get their first state (``new[i]`` of batch i)."""
+    def _check_new_params(self, batches: list[Batch]) -> None:
+        """Refuse the tensors of ``batches`` that are about to get their first state (called
+        only on steps where some tensor has none, before any is created)."""
 
     def _update(self, batches: list[Batch]) -> None:
         raise NotImplementedError

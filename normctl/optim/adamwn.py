@@ -127,6 +127,9 @@ class AdamWN(NormctlOptimizer):
             skip_nonfinite=skip_nonfinite,
         )
         super().__init__(params, defaults)
+
+    def _init_caches(self) -> None:
+        super()._init_caches()
         self._kept_tables: dict[int, _one_pass.KeptTables] = {}  # per group, for the one-pass CUDA kernel
         self._kept_norms = KeptTensorNorms()  # per tensor, as the one-pass CPU kernel left the weights
 
@@ -152,7 +155,7 @@ class AdamWN(NormctlOptimizer):
         state.update(adam_state(param, fused=self._use_fused(group, [param])))
         control.init_tensor_state(param, state, group)
 
-    def _check_new_params(self, batches: list[Batch], new: list[list[Tensor]]) -> None:
+    def _check_new_params(self, batches: list[Batch]) -> None:
         control.check_initial_norms(batches, self.state)
 
     # -- the step -----------------------------------------------------------------------------
@@ -160,9 +163,6 @@ class AdamWN(NormctlOptimizer):
     def _update(self, batches: list[Batch]) -> None:
         plans = [control.plan(b.group) for b in batches]  # validates schedule values first
         self._attach_state(batches)
-        if len(self._kept_tables) > len(self.param_groups):  # groups replaced (load_state_dict)
-            current = {id(g) for g in self.param_groups}
-            self._kept_tables = {k: v for k, v in self._kept_tables.items() if k in current}
         control.record_scope_norms(self.param_groups)
 
         fusable = [self._fusable(b.group, b) for b in batches]
