@@ -42,9 +42,12 @@ except ImportError:  # pragma: no cover - CPU-only installs
 # The work split, from benchmarks/triton_adamwn_probe.py --sweep on an H200 (GPT-2 shapes): 32k
 # elements per program (one atomic add each), 1024 per load, 8 warps ran 16 % faster than
 # 16k/1024/4 warps and 0.84x torch's fused AdamW kernel time.
+# bfloat16 loads twice the elements per block, so that each thread still moves 16 bytes per
+# load (not timed yet: the sweep was float32).
 CHUNK = 32768
 BLOCK = 1024
 NUM_WARPS = 8
+BLOCKS = {torch.float32: BLOCK, torch.bfloat16: 2 * BLOCK}
 KERNEL_DTYPES = (torch.float32, torch.bfloat16)
 
 
@@ -260,7 +263,7 @@ def launch(
             ONE_NORM=scope_norm_sq is not None,
             DTYPE=tl.bfloat16 if kept.grads[0].dtype == torch.bfloat16 else tl.float32,
             CHUNK=CHUNK,
-            BLOCK=BLOCK,
+            BLOCK=BLOCKS[kept.grads[0].dtype],
             num_warps=NUM_WARPS,
         )
     kept.grads = []
