@@ -251,3 +251,66 @@ def test_one_pass_scope_norm_counts_tensors_without_a_gradient(scope, device):
         optimizers.append(optimizer)
     assert_same(results[0], results[1], exact=False, rtol=1e-5, atol=1e-6)
     assert_same(state_tensors(optimizers[0]), state_tensors(optimizers[1]), exact=False, rtol=1e-5, atol=1e-6)
+
+
+class FakeKernel:
+    """The Triton kernel's arithmetic in torch, reached through the same pointer tables: lets
+    the CUDA step's bookkeeping (tables, kept norms, scope norms, invalidation) run on the CPU."""
+
+    def __init__(self, optimizer):
+        self.optimizer = optimizer
+
+    def __getitem__(self, grid):
+        return self.launch
+
+    def launch(self, p_ptrs, g_ptrs, m_ptrs, v_ptrs, numels, block_tensor, block_start, base, steps, norm_sq,
+               next_norm_sq, target_scale, rate, lr, beta1, beta2, eps, *, ONE_NORM, **_):  # fmt: skip
+        params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        states = [s for s in self.optimizer.state.values() if s]
+        known = [*params, *[p.grad for p in params if p.grad is not None]]
+        known += [s[key] for s in states for key in ("exp_avg", "exp_avg_sq")]
+        tensors = {t.data_ptr(): t for t in known}  # the kernel finds its tensors by address
+        for t in sorted(set(block_tensor.tolist())):
+            p, g, m, v = (tensors[int(table[t])] for table in (p_ptrs, g_ptrs, m_ptrs, v_ptrs))
+            norm = norm_sq.sqrt() if ONE_NORM else norm_sq[t].sqrt()  # ONE_NORM: a 0-d scope norm²
+            ratio = target_scale / norm if ONE_NORM else target_scale * base[t] / norm
+            ratio = ratio if torch.isfinite(ratio) else torch.ones(())
+            step = steps[t]
+            p.mul_(1 - rate * (1 - ratio))
+            m.lerp_(g, 1 - beta1)
+            v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+            denom = v.sqrt() / (1 - beta2**step).sqrt() + eps
+            p.sub_(lr / (1 - beta1**step) * m / denom)
+            next_norm_sq[t] += p.square().sum()
+
+
+@pytest.mark.parametrize("scope", ["tensor", "group", "global"])
+def test_cuda_step_bookkeeping_with_the_kernel_in_torch(scope, monkeypatch):
+    """The CUDA one-pass step's host side on the CPU: tables built once and rebuilt when a
+    weight changes in place or gets a gradient at a new address, kept norms, scope norms with
+    a tensor that has no gradient — against the reference path."""
+    import types
+
+    monkeypatch.setattr(_one_pass, "available", lambda device_type="cuda": True)
+    monkeypatch.setattr(_one_pass, "tl", types.SimpleNamespace(float32="f32", bfloat16="bf16"), raising=False)
+    monkeypatch.setattr(_one_pass_cpu, "eligible", lambda *a: False)
+    results, optimizers = [], []
+    for path in (dict(foreach=False), dict()):
+        params = make_params(torch.float32, shapes=[(5, 3), (4,), (7, 7), (30,)])
+        groups = [{"params": params[:2]}, {"params": params[2:]}]
+        optimizer = AdamWN(groups, lr=1e-2, target=1.2, rate=0.3, scope=scope, **path)
+        monkeypatch.setattr(_one_pass, "_adamwn_kernel", FakeKernel(optimizer), raising=False)
+        g = torch.Generator().manual_seed(4)
+        for step in range(12):
+            for i, p in enumerate(params):
+                no_grad = scope != "tensor" and i == 3 and step % 4 == 1
+                p.grad = None if no_grad else torch.randn(p.shape, generator=g)
+            optimizer.step()
+            if step == 5:
+                with torch.no_grad():
+                    params[0].mul_(3.0)
+        results.append(params)
+        optimizers.append(optimizer)
+    assert optimizers[1]._kept_tables and not optimizers[0]._kept_tables
+    assert_same(results[0], results[1], exact=False, rtol=1e-5, atol=1e-6)
+    assert_same(state_tensors(optimizers[0]), state_tensors(optimizers[1]), exact=False, rtol=1e-5, atol=1e-6)
