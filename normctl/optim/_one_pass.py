@@ -129,6 +129,7 @@ class KeptTables:
     weights."""
 
     layout: list[tuple[int, ...]] = field(default_factory=list)
+    settings: tuple[str, bool] | None = None
     tables: tuple[Tensor, ...] = ()
     steps: list[Tensor] = field(default_factory=list)  # the state's step counters
     grad_pointers: list[int | None] = field(default_factory=list)
@@ -193,10 +194,13 @@ def prepare(params: list[Tensor], grads: list[Tensor], states: list[dict], group
     """Make ``kept`` ready for a step over these tensors: reuse its tables and norms while
     the layout holds, else check the tensors, rebuild and measure the norms. False (nothing
     changed) when the tensors do not suit the kernel."""
-    layout = _layout(params, states)
-    if layout != kept.layout:  # new tensors, new storage, or weights changed in place
-        if not eligible(params, states):
+    settings = (group["scope"], group["relative_target"])  # what the tables' τ base depends on
+    layout = _layout(params, states) if kept.layout and settings == kept.settings else None
+    if layout is None or layout != kept.layout:  # new tensors or storage, weights changed in place
+        if not eligible(params, states):  # before any data_ptr(): a DTensor has none to give
             return False
+        layout = _layout(params, states)
+        kept.settings = settings
         kept.tables = _build_tables(params, states, group)
         kept.steps = [s["step"] for s in states]
         kept.norm_sq = torch.stack(rules.tensor_norms(params)).float().square()
