@@ -251,3 +251,18 @@ def test_closure_is_evaluated_with_grad_enabled():
         return loss
 
     assert opt.step(closure).item() == pytest.approx(w.detach().square().sum().item(), rel=0.1)
+
+
+def test_target_zero_default_path_is_torch_fused_adamw_within_1e6():
+    """The default path (on float32, the one-pass kernel where it is built) against torch's
+    fused AdamW, 100 steps under a cosine schedule: the same arithmetic, up to float32 rounding."""
+    ref, torch_opt = run(
+        lambda p: torch.optim.AdamW(p, lr=1e-2, weight_decay=0.1, fused=True), scheduler=cosine(), dtype=torch.float32
+    )
+    got, ours = run(
+        lambda p: AdamWN(p, lr=1e-2, target=0.0, rate=0.1, rate_scaling="lr"), scheduler=cosine(), dtype=torch.float32
+    )
+    assert_same(ref, got, exact=False, rtol=1e-6, atol=1e-7)
+    ref_state = [t for s in torch_opt.state.values() for k, t in sorted(s.items())]
+    our_state = [t for s in ours.state.values() for k, t in sorted(s.items()) if k != "init_norm"]
+    assert_same(ref_state, our_state, exact=False, rtol=1e-6, atol=1e-7)
