@@ -137,23 +137,42 @@ def test_one_pass_kernel_equals_reference_and_notices_changed_weights(kw, device
     rescale) must make it measure the norms again."""
     if not (_one_pass.available(device) or (device == "cpu" and _one_pass_cpu.kernel() is not None)):
         pytest.skip(f"no one-pass kernel on {device} here (CUDA needs Triton, the CPU a C++ compiler)")
-    results, optimizers = [], []
+    runs = reference_and_default(
+        lambda params, **path: AdamWN(params, lr=1e-2, **kw, **path),
+        [(5, 3), (4,), (), (7, 7), (40000,)],
+        steps=60,
+        rescale_at=20,
+        device=device,
+    )
+    assert took_one_pass(runs[1][1]) and not took_one_pass(runs[0][1])  # the default took the kernel
+    assert_paths_agree(runs)
+
+
+def reference_and_default(make, shapes, *, steps, rescale_at=None, skip=lambda step, i: False, device="cpu"):
+    """Train the reference path (``foreach=False``) and the default path of ``make(params,
+    **path)`` on the same float32 gradients. ``skip(step, i)`` leaves tensor i without a
+    gradient at that step; after step ``rescale_at`` the first weight is tripled in place.
+    Returns [(params, optimizer)] for the two paths."""
+    runs = []
     for path in (dict(foreach=False), dict()):
-        params = make_params(torch.float32, shapes=[(5, 3), (4,), (), (7, 7), (40000,)], device=device)
-        optimizer = AdamWN(params, lr=1e-2, **kw, **path)
+        params = make_params(torch.float32, shapes=shapes, device=device)
+        optimizer = make(params, **path)
         g = torch.Generator().manual_seed(3)
-        for step in range(60):
-            for p in params:
-                p.grad = torch.randn(p.shape, generator=g).to(device)
+        for step in range(steps):
+            for i, p in enumerate(params):
+                p.grad = None if skip(step, i) else torch.randn(p.shape, generator=g).to(device)
             optimizer.step()
-            if step == 20:
+            if step == rescale_at:
                 with torch.no_grad():
                     params[0].mul_(3.0)
-        results.append(params)
-        optimizers.append(optimizer)
-    assert took_one_pass(optimizers[1]) and not took_one_pass(optimizers[0])  # the default took the kernel
-    assert_same(results[0], results[1], exact=False, rtol=1e-5, atol=1e-6)
-    assert_same(state_tensors(optimizers[0]), state_tensors(optimizers[1]), exact=False, rtol=1e-5, atol=1e-6)
+        runs.append((params, optimizer))
+    return runs
+
+
+def assert_paths_agree(runs):
+    (reference, ref_opt), (default, opt) = runs
+    assert_same(reference, default, exact=False, rtol=1e-5, atol=1e-6)
+    assert_same(state_tensors(ref_opt), state_tensors(opt), exact=False, rtol=1e-5, atol=1e-6)
 
 
 def took_one_pass(optimizer: AdamWN) -> bool:
@@ -235,22 +254,16 @@ def test_kept_norms_are_measured_again_after_load_state_dict():
 def test_one_pass_scope_norm_counts_tensors_without_a_gradient(scope, device):
     """Group/global scope: ‖θ‖ spans every tensor of the scope, also one that has no gradient
     this step (so the one-pass step's kept norms alone do not cover it)."""
-    results, optimizers = [], []
-    for path in (dict(foreach=False), dict()):
-        params = make_params(torch.float32, shapes=[(5, 3), (4,), (7, 7), (300,)], device=device)
-        optimizer = AdamWN(
+    runs = reference_and_default(
+        lambda params, **path: AdamWN(
             [{"params": params[:2]}, {"params": params[2:]}], lr=1e-2, target=1.2, rate=0.3, scope=scope, **path
-        )
-        g = torch.Generator().manual_seed(4)
-        for step in range(30):
-            for i, p in enumerate(params):
-                skip = i == 1 and step % 3 == 0 or i == 3 and step % 4 == 1
-                p.grad = None if skip else torch.randn(p.shape, generator=g).to(device)
-            optimizer.step()
-        results.append(params)
-        optimizers.append(optimizer)
-    assert_same(results[0], results[1], exact=False, rtol=1e-5, atol=1e-6)
-    assert_same(state_tensors(optimizers[0]), state_tensors(optimizers[1]), exact=False, rtol=1e-5, atol=1e-6)
+        ),
+        [(5, 3), (4,), (7, 7), (300,)],
+        steps=30,
+        skip=lambda step, i: i == 1 and step % 3 == 0 or i == 3 and step % 4 == 1,
+        device=device,
+    )
+    assert_paths_agree(runs)
 
 
 class FakeKernel:
@@ -294,23 +307,20 @@ def test_cuda_step_bookkeeping_with_the_kernel_in_torch(scope, monkeypatch):
     monkeypatch.setattr(_one_pass, "available", lambda device_type="cuda": True)
     monkeypatch.setattr(_one_pass, "tl", types.SimpleNamespace(float32="f32", bfloat16="bf16"), raising=False)
     monkeypatch.setattr(_one_pass_cpu, "eligible", lambda *a: False)
-    results, optimizers = [], []
-    for path in (dict(foreach=False), dict()):
-        params = make_params(torch.float32, shapes=[(5, 3), (4,), (7, 7), (30,)])
-        groups = [{"params": params[:2]}, {"params": params[2:]}]
-        optimizer = AdamWN(groups, lr=1e-2, target=1.2, rate=0.3, scope=scope, **path)
+
+    def make(params, **path):
+        optimizer = AdamWN(
+            [{"params": params[:2]}, {"params": params[2:]}], lr=1e-2, target=1.2, rate=0.3, scope=scope, **path
+        )
         monkeypatch.setattr(_one_pass, "_adamwn_kernel", FakeKernel(optimizer), raising=False)
-        g = torch.Generator().manual_seed(4)
-        for step in range(12):
-            for i, p in enumerate(params):
-                no_grad = scope != "tensor" and i == 3 and step % 4 == 1
-                p.grad = None if no_grad else torch.randn(p.shape, generator=g)
-            optimizer.step()
-            if step == 5:
-                with torch.no_grad():
-                    params[0].mul_(3.0)
-        results.append(params)
-        optimizers.append(optimizer)
-    assert optimizers[1]._kept_tables and not optimizers[0]._kept_tables
-    assert_same(results[0], results[1], exact=False, rtol=1e-5, atol=1e-6)
-    assert_same(state_tensors(optimizers[0]), state_tensors(optimizers[1]), exact=False, rtol=1e-5, atol=1e-6)
+        return optimizer
+
+    runs = reference_and_default(
+        make,
+        [(5, 3), (4,), (7, 7), (30,)],
+        steps=12,
+        rescale_at=5,
+        skip=lambda step, i: scope != "tensor" and i == 3 and step % 4 == 1,
+    )
+    assert runs[1][1]._kept_tables and not runs[0][1]._kept_tables
+    assert_paths_agree(runs)
