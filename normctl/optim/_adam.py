@@ -104,6 +104,27 @@ def fused_supported(params: Sequence[Tensor]) -> bool:
     return bool(params) and all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
 
 
+# What the one-pass AdamWN kernels take (CPU and CUDA): bfloat16 computed in float32, as
+# torch's fused AdamW does.
+ONE_PASS_DTYPES = (torch.float32, torch.bfloat16)
+
+
+def suit_one_pass(params: Sequence[Tensor], states: Sequence[dict]) -> bool:
+    """Plain contiguous tensors (no DTensor or other subclass) of one device and one dtype of
+    ``ONE_PASS_DTYPES``, with Adam's moments alike: what a one-pass kernel can walk as flat
+    arrays."""
+    device, dtype = params[0].device, params[0].dtype
+    if dtype not in ONE_PASS_DTYPES:
+        return False
+    for p, s in zip(params, states):
+        if type(p) not in (torch.Tensor, torch.nn.Parameter):
+            return False
+        for t in (p, s.get("exp_avg"), s.get("exp_avg_sq")):
+            if not (isinstance(t, Tensor) and t.device == device and t.dtype == dtype and t.is_contiguous()):
+                return False
+    return True
+
+
 def buckets(*lists: Sequence[Any]) -> list[tuple[list[Any], ...]]:
     """Split parallel lists by (device, dtype) of the first: fused kernels take one of each."""
     if len({(t.device, t.dtype) for t in lists[0]}) <= 1:  # the usual case, without a per-item loop

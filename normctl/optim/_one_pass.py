@@ -32,6 +32,7 @@ import torch
 from torch import Tensor
 
 from .. import rules
+from ._adam import suit_one_pass
 
 try:
     import triton
@@ -48,7 +49,6 @@ CHUNK = 32768
 BLOCK = 1024
 NUM_WARPS = 8
 BLOCKS = {torch.float32: BLOCK, torch.bfloat16: 2 * BLOCK}
-KERNEL_DTYPES = (torch.float32, torch.bfloat16)
 
 
 def available(device_type: str = "cuda") -> bool:
@@ -145,21 +145,6 @@ def group_qualifies(group: dict, first_param: Tensor) -> bool:
     return group["control"] and group["control_at"] == "pre_step" and available(first_param.device.type)
 
 
-def eligible(params: Sequence[Tensor], states: Sequence[dict]) -> bool:
-    """Plain contiguous tensors (no DTensor or other subclass) of one device and one kernel
-    dtype, with Adam's moments alike."""
-    device, dtype = params[0].device, params[0].dtype
-    if dtype not in KERNEL_DTYPES:
-        return False
-    for p, s in zip(params, states):
-        if type(p) not in (torch.Tensor, torch.nn.Parameter):
-            return False
-        for t in (p, s.get("exp_avg"), s.get("exp_avg_sq")):
-            if not (isinstance(t, Tensor) and t.device == device and t.dtype == dtype and t.is_contiguous()):
-                return False
-    return True
-
-
 def _layout(params: Sequence[Tensor], states: Sequence[dict]) -> list[tuple[int, ...]]:
     """Per tensor: the weight's version counter and the storage of weight, moments and step."""
     return [
@@ -197,9 +182,9 @@ def prepare(params: list[Tensor], grads: list[Tensor], states: list[dict], group
     settings = (group["scope"], group["relative_target"])  # what the tables' τ base depends on
     layout = _layout(params, states) if kept.layout and settings == kept.settings else None
     if layout is None or layout != kept.layout:  # new tensors or storage, weights changed in place
-        if not eligible(params, states):  # before any data_ptr(): a DTensor has none to give
+        if not suit_one_pass(params, states):  # before any data_ptr(): a DTensor has none to give
             return False
-        layout = _layout(params, states)
+        layout = layout or _layout(params, states)
         kept.settings = settings
         kept.tables = _build_tables(params, states, group)
         kept.steps = [s["step"] for s in states]

@@ -26,8 +26,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ._adam import suit_one_pass
+
 SOURCE = Path(__file__).parent / "csrc" / "adamwn_one_pass.cpp"
-KERNEL_DTYPES = (torch.float32, torch.bfloat16)  # bfloat16 computed in float32, as torch's fused AdamW
 _state: dict[str, Any] = {"extension": None, "failed": False}
 
 
@@ -82,26 +83,11 @@ def _is_built(cpp_extension: Any, name: str) -> bool:
 
 
 def eligible(params: Sequence[Tensor], states: Sequence[dict], group: dict) -> bool:
-    """Whether a batch can take the kernel: controlled before the step, plain contiguous CPU
-    tensors (no DTensor or other subclass) of one dtype, float32 or bfloat16, with Adam state
-    alike, and the kernel at hand."""
+    """Whether a batch can take the kernel: controlled before the step, CPU tensors that suit
+    a one-pass kernel (:func:`._adam.suit_one_pass`), and the kernel at hand."""
     if not (params and group["control"] and group["control_at"] == "pre_step"):
         return False
-    dtype = params[0].dtype
-    if dtype not in KERNEL_DTYPES:
-        return False
-    for p, s in zip(params, states):
-        if type(p) not in (torch.Tensor, torch.nn.Parameter):
-            return False
-        if not all(_is_contiguous_cpu(t, dtype) for t in (p, s.get("exp_avg"), s.get("exp_avg_sq"))):
-            return False
-    return kernel() is not None
-
-
-def _is_contiguous_cpu(tensor: Any, dtype: torch.dtype) -> bool:
-    return (
-        isinstance(tensor, Tensor) and tensor.device.type == "cpu" and tensor.dtype == dtype and tensor.is_contiguous()
-    )
+    return params[0].device.type == "cpu" and suit_one_pass(params, states) and kernel() is not None
 
 
 def adamwn_step_(params: list[Tensor], grads: list[Tensor], states: list[dict], group: dict, factors: Tensor) -> Tensor:

@@ -167,12 +167,14 @@ class SGDC(NormctlOptimizer):
                 if sharded:
                     bufs = [local(b) for b in bufs]
                 calls = [(params, grads, bufs, False)]
-                if new:
-                    calls = [
-                        ([params[i] for i in ids], [grads[i] for i in ids], [bufs[i] for i in ids], first)
-                        for first in (True, False)
-                        if (ids := [i for i in range(len(params)) if (i in new) == first])
-                    ]
+                if new:  # two calls: the new buffers first, then the others
+                    calls = []
+                    for first in (True, False):
+                        ids = [i for i in range(len(params)) if (i in new) == first]
+                        if ids:
+                            calls.append(
+                                ([params[i] for i in ids], [grads[i] for i in ids], [bufs[i] for i in ids], first)
+                            )
             for chosen_params, chosen_grads, chosen_bufs, first_step in calls:
                 torch._fused_sgd_(
                     chosen_params,
