@@ -3,6 +3,7 @@
 import json
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -11,6 +12,7 @@ import pytest
 import torch
 
 from normctl.experiments.config import RunConfig, with_overrides
+from normctl.experiments.sweep import gains_norm_ratio
 from normctl.experiments.train import train
 from normctl.report.runs import load_run
 
@@ -45,6 +47,15 @@ def test_overrides_and_validation(tmp_path):
     path = tmp_path / "c.json"
     path.write_text(cfg.to_json())
     assert RunConfig.from_file(path) == cfg
+    gains = with_overrides(cfg, ["control_gains=true", "gains_target_ratio=1.5"])
+    assert gains.gains_target_ratio == 1.5
+    assert with_overrides(gains, ["gains_target_ratio=none"]).gains_target_ratio is None
+    with pytest.raises(ValueError, match="gains_target_ratio needs control_gains"):
+        with_overrides(cfg, ["gains_target_ratio=1.5"])
+    with pytest.raises(ValueError, match="gains_target_ratio must be >= 0"):
+        with_overrides(gains, ["gains_target_ratio=-1"])
+    with pytest.raises(ValueError, match="gains_target_ratio must be float"):
+        with_overrides(gains, ["gains_target_ratio=big"])
 
 
 def test_killed_run_resumes_with_identical_metrics(tmp_path):
@@ -155,6 +166,8 @@ def test_gpt_reproduction_runs_phases_and_summarizes(tmp_path, monkeypatch):
     assert adamwn_config["target_ratio"] == summary["adamwn_target_ratio"]
     assert summary["adamwn_target_ratio"] == pytest.approx(methods["adamw"]["controlled_norm_ratio"]["mean"], abs=1e-4)
     assert methods["adamwn"]["curve_steps"] == [10, 20]
+    # the gains' own target is AdamW's final ratio for them
+    own = statistics.mean(gains_norm_ratio(tmp_path / f"method-adamw_s{s}") for s in (0, 1))
     assert (tmp_path / "summary.json").is_file()
     # the ablations: one change to the main AdamWN run each, at the same target
     assert set(summary["ablations"]) == {
@@ -166,6 +179,7 @@ def test_gpt_reproduction_runs_phases_and_summarizes(tmp_path, monkeypatch):
         "target_shape=linear",
         "scope=global",
         "control_gains=true",
+        f"control_gains=true,gains_target_ratio={own:.4f}",
     }
     assert summary["ablations"]["scope=global"]["seeds"] == [0]
     assert (tmp_path / "ablations.png").is_file()
@@ -234,6 +248,14 @@ def test_control_gains_puts_layernorm_gains_under_control(tmp_path):
             assert ratio == pytest.approx(0.5, rel=1e-2)  # snapped before each step, then one Adam step
         else:
             assert ratio > 0.5
+
+    # a target of their own: the gains go to it, the matrices to theirs
+    run = tmp_path / "own"
+    train(with_overrides(cfg, [*overrides, "control_gains=true", "gains_target_ratio=2"]), run, verbose=False)
+    assert load_run(run).last("group/gains/norm_ratio") == pytest.approx(2.0, rel=1e-2)
+    # the matrices are small here: one Adam step after the snap moves their norm by a few %
+    assert load_run(run).last("group/normalized/norm_ratio") == pytest.approx(0.5, rel=0.1)
+    assert gains_norm_ratio(run) == pytest.approx(load_run(run).last("group/gains/norm_ratio"), rel=1e-5)
 
 
 def test_gains_by_decay_leaves_the_voronoi_gains_to_adamws_decay(tmp_path):

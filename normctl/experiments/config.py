@@ -38,6 +38,7 @@ class RunConfig:
     target_shape: str = "ramp"  # r_t: "ramp" 1 → r over 5 % of steps (the paper), "constant" r, "linear" over the run
     scope: str = "tensor"  # norm-controlled methods: one norm per "tensor", per "group", or "global"
     control_gains: bool = False  # norm-controlled methods also control the norm layers' gains
+    gains_target_ratio: float | None = None  # with control_gains: the gains' own r (None: target_ratio)
     gains_by_decay: bool = False  # with decay_all: norm-controlled methods decay the gains as AdamW does
     batch_size: int = 16
     seed: int = 0  # model init and data order
@@ -91,6 +92,11 @@ class RunConfig:
             raise ValueError(f"betas must be in [0, 1), got {self.betas!r}")
         if self.eval_every < 0:
             raise ValueError(f"eval_every must be >= 0, got {self.eval_every}")
+        if self.gains_target_ratio is not None:
+            if not self.control_gains:
+                raise ValueError("gains_target_ratio needs control_gains=true")
+            if not self.gains_target_ratio >= 0:
+                raise ValueError(f"gains_target_ratio must be >= 0, got {self.gains_target_ratio}")
         if not 0 <= self.min_lr_ratio <= 1:
             raise ValueError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
 
@@ -120,6 +126,11 @@ def with_overrides(cfg: RunConfig, assignments: list[str]) -> RunConfig:
         if not sep or key not in types:
             raise ValueError(f"--set expects key=value with key in {sorted(types)}, got {assignment!r}")
         kind = types[key]
+        if type(None) in typing.get_args(kind):  # ``float | None``: "none" clears it
+            if raw.lower() in ("none", "null"):
+                changes[key] = None
+                continue
+            kind = next(arg for arg in typing.get_args(kind) if arg is not type(None))
         if kind is bool:
             if raw.lower() not in ("true", "false", "1", "0"):
                 raise ValueError(f"{key} must be true or false, got {raw!r}")

@@ -79,14 +79,12 @@ def target_schedule(shape: str, ratio: float, steps: int) -> schedules.Schedule:
     raise ValueError(f"target_shape must be 'ramp', 'constant' or 'linear', got {shape!r}")
 
 
-def with_gains_controlled(model: nn.Module, groups: list[dict]) -> list[dict]:
+def with_gains_controlled(model: nn.Module, groups: list[dict], target: schedules.Schedule | None = None) -> list[dict]:
     """``param_groups`` with the norm layers' gains moved out of ``no_decay`` into a controlled
-    group of their own (``gains``); their biases, initialised at 0, stay uncontrolled."""
-    gain_ids = {
-        id(module.weight)
-        for module in model.modules()
-        if is_norm_layer(module) and isinstance(getattr(module, "weight", None), nn.Parameter)
-    }
+    group of their own (``gains``), given its own ``target`` if one is passed; their biases,
+    initialised at 0, stay uncontrolled."""
+    gain_ids = {id(p) for p in norm_gains(model).values()}
+    own = {} if target is None else {"target": target}
     out = []
     for group in groups:
         if group["name"] != "no_decay":
@@ -95,10 +93,19 @@ def with_gains_controlled(model: nn.Module, groups: list[dict]) -> list[dict]:
         gains = [p for p in group["params"] if id(p) in gain_ids]
         rest = [p for p in group["params"] if id(p) not in gain_ids]
         if gains:
-            out.append({**group, "name": "gains", "params": gains, "control": True})
+            out.append({**group, "name": "gains", "params": gains, "control": True, **own})
         if rest:
             out.append({**group, "params": rest})
     return out
+
+
+def norm_gains(model: nn.Module) -> dict[str, nn.Parameter]:
+    """The norm layers' gains (their ``weight``) by parameter name."""
+    return {
+        f"{prefix}.weight" if prefix else "weight": module.weight
+        for prefix, module in model.named_modules()
+        if is_norm_layer(module) and isinstance(getattr(module, "weight", None), nn.Parameter)
+    }
 
 
 def adamw_first(methods) -> list[str]:

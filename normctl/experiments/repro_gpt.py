@@ -10,7 +10,8 @@ AdamW is the baseline of both papers. ``--scale steady`` is seed 002's own test:
 AdamC at λ = 0.5 with the lr decayed to 0, the layers at steady state for most of the run
 (``results/repro_gpt_steady``). ``--ablations`` adds the questions seed 001 leaves
 open, one change to AdamWN at a time: the rate k, the target's shape, the scope (one global
-norm instead of one per tensor) and LayerNorm gains controlled too (``ABLATIONS``).
+norm instead of one per tensor) and LayerNorm gains controlled too (``ABLATIONS``), to the
+matrices' target and to their own (AdamW's final ratio for the gains).
 The command is resumable (finished runs are skipped, unfinished ones resume) and writes
 ``summary.json`` (per-method mean ± std), ``val_loss.png`` (held-out loss over training with
 seed bands), ``ablations.png`` with ``--ablations`` (final held-out loss per variant) and
@@ -29,7 +30,7 @@ from typing import Any
 from ..report.runs import load_run
 from .config import RunConfig, with_overrides
 from .rundir import write_report
-from .sweep import controlled_norm_ratio, sweep_configs, train_runs
+from .sweep import controlled_norm_ratio, gains_norm_ratio, sweep_configs, train_runs
 from .train import EVALS
 
 # Byte-level Jane Austen; 1/(2λγ) = 1 667 steps at the peak lr, well inside the run.
@@ -79,7 +80,7 @@ ABLATIONS = {  # each against the main AdamWN run (rate 1e-2, 5 % ramp, tensor s
     "rate": ["1e-3", "1e-1", "1"],
     "target_shape": ["constant", "linear"],
     "scope": ["global"],
-    "control_gains": ["true"],
+    "control_gains": ["true"],  # to the matrices' target; run_repro adds the gains' own target
 }
 
 
@@ -113,11 +114,12 @@ def run_repro(
     summary["adamwn_target_ratio"] = round(target, 4)
     if ablations:
         adamwn = with_overrides(base, ["method=adamwn", f"target_ratio={round(target, 4)}"])
-        third = [
-            run
-            for key, values in ABLATIONS.items()
-            for run in sweep_configs(adamwn, {key: values}, seeds if ablation_seeds is None else ablation_seeds)
-        ]
+        # The gains controlled to a target of their own: AdamW's final ratio for them.
+        gains = statistics.mean(gains_norm_ratio(out / name) for name, cfg in first if cfg.method == "adamw")
+        variants = [{key: values} for key, values in ABLATIONS.items()]
+        variants.append({"control_gains": ["true"], "gains_target_ratio": [f"{gains:.4f}"]})
+        ablation_seeds = seeds if ablation_seeds is None else ablation_seeds
+        third = [run for grid in variants for run in sweep_configs(adamwn, grid, ablation_seeds)]
         train_runs(third, out, verbose=verbose)
         variants = summarize(out, [name for name, _ in third], by="label")["methods"]
         summary["ablations"] = {"adamwn (main)": summary["methods"]["adamwn"], **variants}

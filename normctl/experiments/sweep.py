@@ -20,8 +20,9 @@ from typing import Any
 from ..groups import GROUP_FLAGS
 from ..report.runs import load_run
 from .config import RunConfig, with_overrides
+from .methods import norm_gains
 from .rundir import write_report
-from .train import train
+from .train import build_task, train
 
 CONTROLLED_GROUPS = [label for label, (control, _, _) in GROUP_FLAGS.items() if control]
 
@@ -114,12 +115,23 @@ def controlled_norm_ratio(run_dir: Path, labels: list[str] | None = None) -> flo
     if labels is None:
         config = json.loads((run_dir / "config.json").read_text())
         labels = list(GROUP_FLAGS) if config.get("decay_all") else CONTROLLED_GROUPS
-    last = load_run(run_dir).records[-1]
+    return _joint_norm_ratio(load_run(run_dir).records[-1], [f"group/{label}" for label in labels])
+
+
+def gains_norm_ratio(run_dir: Path) -> float:
+    """‖g‖/‖g₀‖ at the end of a run over the norm layers' gains together, from the monitor's
+    last per-tensor record — the target that leaves them where the run left them."""
+    model = build_task(RunConfig.from_file(run_dir / "config.json")).model
+    return _joint_norm_ratio(load_run(run_dir).records[-1], [f"tensor/{name}" for name in norm_gains(model)])
+
+
+def _joint_norm_ratio(record: dict[str, Any], prefixes: list[str]) -> float:
+    """The norm ratio of the tensors (or groups) under ``prefixes`` taken as one vector."""
     now = then = 0.0
-    for label in labels:
-        if f"group/{label}/weight_norm" not in last:  # a model without such tensors
+    for prefix in prefixes:
+        if f"{prefix}/weight_norm" not in record:  # a model without such tensors
             continue
-        norm, ratio = last[f"group/{label}/weight_norm"], last[f"group/{label}/norm_ratio"]
+        norm, ratio = record[f"{prefix}/weight_norm"], record[f"{prefix}/norm_ratio"]
         now += norm**2
         then += (norm / ratio) ** 2
     return math.sqrt(now / then)

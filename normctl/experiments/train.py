@@ -29,7 +29,7 @@ from ..groups import param_groups
 from ..monitor import JsonlSink, NormMonitor, read_jsonl
 from . import parallel
 from .config import RunConfig
-from .methods import build_method, with_gains_controlled
+from .methods import build_method, target_schedule, with_gains_controlled
 from .models import GPT, GPTConfig, ResNet
 from .rundir import describe_environment
 from .voronoi import VoronoiModel, VoronoiTask, accuracy
@@ -148,7 +148,10 @@ def train(cfg: RunConfig, run_dir: str | Path, *, verbose: bool = True) -> dict[
             for g in groups
         ]
     elif cfg.control_gains:
-        groups = with_gains_controlled(net, groups)
+        own = cfg.gains_target_ratio
+        groups = with_gains_controlled(
+            net, groups, target=None if own is None else target_schedule(cfg.target_shape, own, cfg.steps)
+        )
     optimizer = build_method(
         cfg.method,
         net,
