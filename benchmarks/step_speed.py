@@ -4,11 +4,12 @@
                                     [--dtype float32|bfloat16] [--device cpu|cuda]
 
 Parameters get fixed random gradients; each optimizer is timed over repeated steps after
-warm-up, in ``--rounds`` passes over the whole list so that a machine's slow minutes fall on
-every optimizer alike (the samples of all rounds are pooled). Prints the median, spread
-(quartiles and min/max) and ratio to torch's fused AdamW (the faster of torch's fused
-and foreach SGD for the SGD family), the bytes of optimizer state (and on CUDA the peak memory a
-step allocates beyond the parameters, gradients and state), and writes
+warm-up, in ``--rounds`` passes over the whole list (each in its own shuffled order, on weights
+shared within the round) so that a machine's slow minutes and the memory's layout fall on every
+optimizer alike. Prints the median and spread (quartiles and min/max) of the pooled samples, the
+ratio to torch's fused AdamW (the faster of torch's fused and foreach SGD for the SGD family) and
+the range of that ratio taken within each round, the bytes of optimizer state (and on CUDA the
+peak memory a step allocates beyond the parameters, gradients and state), and writes
 results/bench/step_speed_<family>[_<dtype>][_cuda].json.
 """
 
@@ -16,6 +17,8 @@ from __future__ import annotations
 
 import argparse
 import gc
+import random
+import statistics
 import time
 import warnings
 
@@ -89,11 +92,16 @@ SGD_FAMILY = {
 }
 
 
-def time_optimizer(make, shapes, dtype, repeats: int, device: str, warmup: int = 2) -> dict:
+def random_params(shapes, dtype, device: str) -> list[torch.Tensor]:
+    """Weights and fixed random gradients of the given shapes."""
     torch.manual_seed(0)
     params = [torch.randn(s, dtype=dtype, device=device).mul_(0.02).requires_grad_() for s in shapes]
     for p in params:
         p.grad = torch.randn_like(p).mul_(1e-3)
+    return params
+
+
+def time_optimizer(make, params: list[torch.Tensor], repeats: int, device: str, warmup: int = 2) -> dict:
     gc.collect()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -126,7 +134,7 @@ def time_optimizer(make, shapes, dtype, repeats: int, device: str, warmup: int =
     result = {"samples": samples, "state_bytes": state_bytes}
     if cuda:  # temporaries a step allocates on top of what stays resident
         result["step_peak_extra_bytes"] = torch.cuda.max_memory_allocated() - resident
-    del opt, params
+    del opt
     gc.collect()
     if cuda:
         torch.cuda.empty_cache()
@@ -134,16 +142,29 @@ def time_optimizer(make, shapes, dtype, repeats: int, device: str, warmup: int =
 
 
 def run_family(name: str, shapes, dtype, repeats: int, rounds: int, device: str) -> dict:
+    """Every optimizer once per round, in a shuffled order, on the round's weights and gradients
+    (allocated once, so that every optimizer of a round meets the same memory). The ratio to the
+    baseline is taken over the pooled samples and, paired, within each round."""
     n = sum(torch.Size(s).numel() for s in shapes)
     print(f"\n{name}: {len(shapes)} tensors, {n / 1e6:.1f}M parameters, {dtype}, {device}", flush=True)
+    makers = {**ADAM_FAMILY, **SGD_FAMILY}
     results: dict[str, dict] = {}
+    round_medians: list[dict[str, float]] = []
     for round_ in range(rounds):
         print(f"  round {round_ + 1}/{rounds}", flush=True)
-        for label, make in {**ADAM_FAMILY, **SGD_FAMILY}.items():
-            result = time_optimizer(make, shapes, dtype, repeats, device)
+        params = random_params(shapes, dtype, device)
+        order = list(makers)
+        random.Random(round_).shuffle(order)
+        medians = {}
+        for label in order:
+            result = time_optimizer(makers[label], params, repeats, device)
+            if "samples" in result:
+                medians[label] = statistics.median(result["samples"])
             pooled = results.setdefault(label, result)
             if pooled is not result and "samples" in result:
                 pooled["samples"] += result["samples"]
+        round_medians.append(medians)
+        del params
     for result in results.values():
         if "samples" in result:
             result["seconds"] = summary(result.pop("samples"))
@@ -163,9 +184,12 @@ def run_family(name: str, shapes, dtype, repeats: int, rounds: int, device: str)
             med = r["seconds"]["median"]
             ratio = med / base["seconds"]["median"] if "seconds" in base else float("nan")
             r["ratio_to_" + baseline.replace(" ", "_")] = ratio
+            paired = [m[label] / m[baseline] for m in round_medians if label in m and baseline in m]
+            r["ratio_by_round"] = paired
             print(
                 f"  {label:<36} {med * 1e3:8.1f} ms  IQR [{r['seconds']['q1'] * 1e3:.1f}, "
-                f"{r['seconds']['q3'] * 1e3:.1f}]  x{ratio:5.2f} vs {baseline}  "
+                f"{r['seconds']['q3'] * 1e3:.1f}]  x{ratio:5.2f} vs {baseline} "
+                f"(rounds {min(paired, default=ratio):.2f}-{max(paired, default=ratio):.2f})  "
                 f"state {r['state_bytes'] / 2**20:.0f} MiB"
                 + (
                     f"  step peak +{r['step_peak_extra_bytes'] / 2**20:.0f} MiB" if "step_peak_extra_bytes" in r else ""

@@ -34,12 +34,17 @@ _state: dict[str, Any] = {"extension": None, "failed": False}
 
 def _build_flags() -> tuple[str, list[str]]:
     """The extension's name and compiler flags for this CPU. Vector instructions follow torch's
-    own dispatch level, and the name carries it, so a shared cache never hands one machine's
-    AVX2 build to a CPU without AVX2. ``-fno-math-errno`` lets sqrt vectorise."""
+    own dispatch level (AVX512 there means F, BW, VL and DQ), and the name carries it, so a
+    shared cache never hands one machine's build to a CPU without its instructions.
+    ``-fno-math-errno`` lets sqrt vectorise. 512-bit vectors matter for bfloat16, where the
+    step's sqrt and division per element weigh as much as the memory traffic: 0.83× torch's
+    fused AdamW against 1.09× with AVX2 (GPT-2 shapes, 2 cores); float32 gains a few %."""
     capability = torch.backends.cpu.get_cpu_capability()
     flags = ["-O3", "-fopenmp", "-fno-math-errno"]
     if capability in ("AVX2", "AVX512"):
         flags += ["-mavx2", "-mfma"]
+    if capability == "AVX512":
+        flags += ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mprefer-vector-width=512"]
     return f"normctl_adamwn_one_pass_{capability.lower()}", flags
 
 
