@@ -3,14 +3,15 @@
     python benchmarks/step_speed.py [--family gpt2|resnet50|both] [--repeats 7] [--rounds 3]
                                     [--dtype float32|bfloat16] [--device cpu|cuda]
 
-Parameters get fixed random gradients; each optimizer is timed over repeated steps after
-warm-up, in ``--rounds`` passes over the whole list (each in its own shuffled order, on weights
-shared within the round) so that a machine's slow minutes and the memory's layout fall on every
-optimizer alike. Prints the median and spread (quartiles and min/max) of the pooled samples, the
-ratio to torch's fused AdamW (the faster of torch's fused and foreach SGD for the SGD family) and
-the range of that ratio taken within each round, the bytes of optimizer state (and on CUDA the
-peak memory a step allocates beyond the parameters, gradients and state), and writes
-results/bench/step_speed_<family>[_<dtype>][_cuda].json.
+Parameters get fixed random gradients. Each optimizer's steps alternate with those of its
+baseline — torch's fused AdamW for the Adam family, torch's fused SGD (foreach where there is no
+fused kernel) for SGD — on the same weights, each with its own state, so that a slow stretch of
+a shared machine falls on both alike; the baseline paired with a second instance of itself
+shows the method's own noise. ``--rounds`` passes over the whole list, each in its own shuffled
+order. Prints the median and quartiles of each optimizer's steps, the ratio of its median to
+the median of the baseline steps paired with it (pooled, and the range over rounds), the bytes
+of optimizer state (and on CUDA the peak memory a step allocates beyond the parameters,
+gradients and state), and writes results/bench/step_speed_<family>[_<dtype>][_cuda].json.
 """
 
 from __future__ import annotations
@@ -92,6 +93,9 @@ SGD_FAMILY = {
 }
 
 
+MAKERS = {**ADAM_FAMILY, **SGD_FAMILY}
+
+
 def random_params(shapes, dtype, device: str) -> list[torch.Tensor]:
     """Weights and fixed random gradients of the given shapes."""
     torch.manual_seed(0)
@@ -101,40 +105,72 @@ def random_params(shapes, dtype, device: str) -> list[torch.Tensor]:
     return params
 
 
-def time_optimizer(make, params: list[torch.Tensor], repeats: int, device: str, warmup: int = 2) -> dict:
-    gc.collect()
+BASELINES = {  # each optimizer's steps alternate with those of torch's one-pass kernel for its rule
+    **{label: ("torch AdamW fused",) for label in ADAM_FAMILY},
+    **{label: ("torch SGD fused", "torch SGD foreach") for label in SGD_FAMILY},  # foreach where unfused
+}
+
+
+def build(make, params: list[torch.Tensor]) -> torch.optim.Optimizer:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        try:
-            opt = make(groups_for(params))
-        except (RuntimeError, ValueError, TypeError) as error:  # e.g. no fused kernel here
-            return {"error": str(error).splitlines()[0]}
-    for _ in range(warmup):
-        opt.step()
+        return make(groups_for(params))
+
+
+def state_bytes(opt) -> int:
     states = [opt.state, *([opt.optimizer.state] if hasattr(opt, "optimizer") else [])]
-    state_bytes = sum(
+    return sum(
         t.numel() * t.element_size()
         for state in states
         for s in state.values()
         for t in s.values()
         if isinstance(t, torch.Tensor)
     )
-    cuda = device == "cuda"
+
+
+def timed_step(opt, cuda: bool) -> float:
+    start = time.perf_counter()
+    opt.step()
     if cuda:
         torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-    resident = torch.cuda.memory_allocated() if cuda else 0
-    samples = []
-    for _ in range(repeats):
-        start = time.perf_counter()
+    return time.perf_counter() - start
+
+
+def time_paired(label: str, params: list[torch.Tensor], repeats: int, device: str, warmup: int = 2) -> dict:
+    """``label``'s steps, each after a step of its baseline (its own state, the same weights), so
+    that a slow stretch of the machine falls on both alike; the baseline is paired with a second
+    instance of itself, which shows the method's own noise."""
+    gc.collect()
+    try:
+        opt = build(MAKERS[label], params)
+    except (RuntimeError, ValueError, TypeError) as error:  # e.g. no fused kernel here
+        return {"error": str(error).splitlines()[0]}
+    for name in BASELINES[label]:
+        try:
+            baseline = build(MAKERS[name], params)
+            break
+        except (RuntimeError, ValueError, TypeError):
+            continue
+    else:
+        return {"error": f"none of the baselines {BASELINES[label]} runs here"}
+    for _ in range(warmup):
+        baseline.step()
         opt.step()
+    cuda = device == "cuda"
+    samples, baseline_samples, peak = [], [], 0
+    for _ in range(repeats):
+        baseline_samples.append(timed_step(baseline, cuda))
         if cuda:
-            torch.cuda.synchronize()
-        samples.append(time.perf_counter() - start)
-    result = {"samples": samples, "state_bytes": state_bytes}
-    if cuda:  # temporaries a step allocates on top of what stays resident
-        result["step_peak_extra_bytes"] = torch.cuda.max_memory_allocated() - resident
-    del opt
+            torch.cuda.reset_peak_memory_stats()
+            resident = torch.cuda.memory_allocated()
+        samples.append(timed_step(opt, cuda))
+        if cuda:  # temporaries the step allocates on top of what stays resident
+            peak = max(peak, torch.cuda.max_memory_allocated() - resident)
+    result = {"baseline": name, "samples": samples, "baseline_samples": baseline_samples}
+    result["state_bytes"] = state_bytes(opt)
+    if cuda:
+        result["step_peak_extra_bytes"] = peak
+    del opt, baseline
     gc.collect()
     if cuda:
         torch.cuda.empty_cache()
@@ -142,61 +178,46 @@ def time_optimizer(make, params: list[torch.Tensor], repeats: int, device: str, 
 
 
 def run_family(name: str, shapes, dtype, repeats: int, rounds: int, device: str) -> dict:
-    """Every optimizer once per round, in a shuffled order, on the round's weights and gradients
-    (allocated once, so that every optimizer of a round meets the same memory). The ratio to the
-    baseline is taken over the pooled samples and, paired, within each round."""
+    """Every optimizer once per round, in a shuffled order, on the round's weights and gradients,
+    its steps alternating with its baseline's. The ratio is the median of its steps over the
+    median of the baseline steps paired with them, pooled over the rounds and within each."""
     n = sum(torch.Size(s).numel() for s in shapes)
     print(f"\n{name}: {len(shapes)} tensors, {n / 1e6:.1f}M parameters, {dtype}, {device}", flush=True)
-    makers = {**ADAM_FAMILY, **SGD_FAMILY}
     results: dict[str, dict] = {}
-    round_medians: list[dict[str, float]] = []
     for round_ in range(rounds):
         print(f"  round {round_ + 1}/{rounds}", flush=True)
         params = random_params(shapes, dtype, device)
-        order = list(makers)
+        order = list(MAKERS)
         random.Random(round_).shuffle(order)
-        medians = {}
         for label in order:
-            result = time_optimizer(makers[label], params, repeats, device)
+            result = time_paired(label, params, repeats, device)
             if "samples" in result:
-                medians[label] = statistics.median(result["samples"])
+                result["ratio_by_round"] = [ratio(result["samples"], result["baseline_samples"])]
             pooled = results.setdefault(label, result)
             if pooled is not result and "samples" in result:
-                pooled["samples"] += result["samples"]
-        round_medians.append(medians)
+                for key in ("samples", "baseline_samples", "ratio_by_round"):
+                    pooled[key] += result[key]
         del params
-    for result in results.values():
-        if "samples" in result:
-            result["seconds"] = summary(result.pop("samples"))
-    for table, candidates in (
-        (ADAM_FAMILY, ["torch AdamW fused"]),
-        (SGD_FAMILY, ["torch SGD foreach", "torch SGD fused"]),
-    ):
-        # the baseline is torch's fastest available implementation of the same rule
-        timed = [c for c in candidates if "seconds" in results[c]] or candidates[:1]
-        baseline = min(timed, key=lambda c: results[c].get("seconds", {}).get("median", float("inf")))
-        base = results[baseline]
-        for label in table:
-            r = results[label]
-            if "error" in r:
-                print(f"  {label:<36} unavailable: {r['error']}", flush=True)
-                continue
-            med = r["seconds"]["median"]
-            ratio = med / base["seconds"]["median"] if "seconds" in base else float("nan")
-            r["ratio_to_" + baseline.replace(" ", "_")] = ratio
-            paired = [m[label] / m[baseline] for m in round_medians if label in m and baseline in m]
-            r["ratio_by_round"] = paired
-            print(
-                f"  {label:<36} {med * 1e3:8.1f} ms  IQR [{r['seconds']['q1'] * 1e3:.1f}, "
-                f"{r['seconds']['q3'] * 1e3:.1f}]  x{ratio:5.2f} vs {baseline} "
-                f"(rounds {min(paired, default=ratio):.2f}-{max(paired, default=ratio):.2f})  "
-                f"state {r['state_bytes'] / 2**20:.0f} MiB"
-                + (
-                    f"  step peak +{r['step_peak_extra_bytes'] / 2**20:.0f} MiB" if "step_peak_extra_bytes" in r else ""
-                ),
-                flush=True,
-            )
+    results = {label: results[label] for label in MAKERS}  # the table's order, not the first round's
+    for label, r in results.items():
+        if "error" in r:
+            print(f"  {label:<36} unavailable: {r['error']}", flush=True)
+            continue
+        r["ratio_to_" + r["baseline"].replace(" ", "_")] = ratio(r["samples"], r["baseline_samples"])
+        r["seconds"], r["baseline_seconds"] = summary(r.pop("samples")), summary(r.pop("baseline_samples"))
+        paired = r["ratio_by_round"]
+        print(
+            f"  {label:<36} {r['seconds']['median'] * 1e3:8.1f} ms  IQR [{r['seconds']['q1'] * 1e3:.1f}, "
+            f"{r['seconds']['q3'] * 1e3:.1f}]  x{r['ratio_to_' + r['baseline'].replace(' ', '_')]:5.2f} vs "
+            f"{r['baseline']} (rounds {min(paired):.2f}-{max(paired):.2f})  state {r['state_bytes'] / 2**20:.0f} MiB"
+            + (f"  step peak +{r['step_peak_extra_bytes'] / 2**20:.0f} MiB" if "step_peak_extra_bytes" in r else ""),
+            flush=True,
+        )
     return {"tensors": len(shapes), "parameters": n, "dtype": str(dtype), "device": device, "results": results}
+
+
+def ratio(samples: list[float], baseline_samples: list[float]) -> float:
+    return statistics.median(samples) / statistics.median(baseline_samples)
 
 
 def main() -> None:

@@ -1,0 +1,23 @@
+"""The benchmark scripts run end to end (on tiny shapes; their timings are not checked here)."""
+
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+
+import step_speed  # noqa: E402
+
+
+def test_step_speed_times_every_optimizer_against_its_paired_baseline(monkeypatch):
+    monkeypatch.setattr(step_speed.gc, "collect", lambda: 0)  # 0.3 s a call with torch loaded
+    shapes = [(8, 4), (4,), (3, 2, 2, 2)]
+    out = step_speed.run_family("tiny", shapes, torch.float32, repeats=2, rounds=2, device="cpu")
+    assert list(out["results"]) == list(step_speed.MAKERS)
+    for label, r in out["results"].items():
+        key = "ratio_to_torch_AdamW_fused" if label in step_speed.ADAM_FAMILY else "ratio_to_torch_SGD_fused"
+        assert r[key] > 0 and len(r["ratio_by_round"]) == 2, label
+        assert r["seconds"]["repeats"] == r["baseline_seconds"]["repeats"] == 4
+    # Adam's two moments per element; SGD's momentum buffer
+    assert out["results"]["AdamWN tensor"]["state_bytes"] >= 2 * 4 * sum(torch.Size(s).numel() for s in shapes)
