@@ -203,12 +203,13 @@ def run_family(name: str, shapes, dtype, repeats: int, rounds: int, device: str)
         if "error" in r:
             print(f"  {label:<36} unavailable: {r['error']}", flush=True)
             continue
-        r["ratio_to_" + r["baseline"].replace(" ", "_")] = ratio(r["samples"], r["baseline_samples"])
+        pooled_ratio = ratio(r["samples"], r["baseline_samples"])
+        r["ratio_to_" + r["baseline"].replace(" ", "_")] = pooled_ratio
         r["seconds"], r["baseline_seconds"] = summary(r.pop("samples")), summary(r.pop("baseline_samples"))
         paired = r["ratio_by_round"]
         print(
             f"  {label:<36} {r['seconds']['median'] * 1e3:8.1f} ms  IQR [{r['seconds']['q1'] * 1e3:.1f}, "
-            f"{r['seconds']['q3'] * 1e3:.1f}]  x{r['ratio_to_' + r['baseline'].replace(' ', '_')]:5.2f} vs "
+            f"{r['seconds']['q3'] * 1e3:.1f}]  x{pooled_ratio:5.2f} vs "
             f"{r['baseline']} (rounds {min(paired):.2f}-{max(paired):.2f})  state {r['state_bytes'] / 2**20:.0f} MiB"
             + (f"  step peak +{r['step_peak_extra_bytes'] / 2**20:.0f} MiB" if "step_peak_extra_bytes" in r else ""),
             flush=True,
