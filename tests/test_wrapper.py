@@ -152,3 +152,76 @@ def test_create_optimizer_names_and_wrapped_decay():
     assert opt.param_groups[0]["target"] == 1.5 and opt.param_groups[0]["lr"] == 3e-4
     with pytest.raises(ValueError, match="unknown optimizer 'adamq'"):
         create_optimizer(model, "adamq")
+
+
+def _train_model(model, optimizer, gen: torch.Generator, steps: int) -> None:
+    for _ in range(steps):
+        model(torch.randn(16, 4, generator=gen)).square().mean().backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda m: NormControl(torch.optim.Adam(m.parameters(), lr=1e-2), target=0.8, rate=0.1),
+        lambda m: NormControl(torch.optim.Adam(m.parameters(), lr=1e-2), target=0.8, rate=0.1, scope="global"),
+        lambda m: CorrectedDecay(torch.optim.AdamW(m.parameters(), lr=1e-2, weight_decay=0.5), normalized=True),
+    ],
+    ids=["normcontrol-tensor", "normcontrol-global", "corrected-decay"],
+)
+@pytest.mark.filterwarnings("ignore:torch.distributed is disabled")
+def test_wrapper_through_distributed_checkpoint(make, tmp_path):
+    """The wrappers' state dicts go through torch.distributed.checkpoint like a torch
+    optimizer's, and taking them (DCP's zero-gradient, lr-0 step) changes nothing."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+    def build(seed):
+        torch.manual_seed(seed)
+        model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.GELU(), torch.nn.Linear(8, 2))
+        return model, make(model)
+
+    model, opt = build(0)
+    gen = torch.Generator().manual_seed(1)
+    _train_model(model, opt, gen, 4)
+    trained = [t.clone() for t in [*model.parameters(), *state_tensors(opt.optimizer), *state_tensors(opt)]]
+    schedule = [g.get("schedule_step") for g in opt.param_groups]
+    model_state, optim_state = get_state_dict(model, opt)
+    get_state_dict(model, opt)  # a second checkpoint in the same run
+    assert_same(trained, [*model.parameters(), *state_tensors(opt.optimizer), *state_tensors(opt)])
+    assert [g.get("schedule_step") for g in opt.param_groups] == schedule
+    assert set(optim_state) == {"state", "param_groups"}  # keyed by parameter name, as for torch's
+    dcp.save({"model": model_state, "optimizer": optim_state}, checkpoint_id=str(tmp_path))
+    data = gen.get_state()
+    _train_model(model, opt, gen, 4)
+
+    resumed, opt2 = build(7)
+    initial = [p.clone() for p in resumed.parameters()]
+    model_state, optim_state = get_state_dict(resumed, opt2)  # creates the state: a step 0 checkpoint
+    assert_same(initial, list(resumed.parameters()))
+    assert all(g.get("schedule_step", 0) == 0 for g in opt2.param_groups)
+    loaded = {"model": model_state, "optimizer": optim_state}
+    dcp.load(loaded, checkpoint_id=str(tmp_path))
+    set_state_dict(resumed, opt2, model_state_dict=loaded["model"], optim_state_dict=loaded["optimizer"])
+    assert opt2.param_groups is opt2.optimizer.param_groups
+    gen.set_state(data)
+    _train_model(resumed, opt2, gen, 4)
+    assert_same(list(model.parameters()), list(resumed.parameters()))
+    assert_same(state_tensors(opt.optimizer), state_tensors(opt2.optimizer))
+    assert_same(state_tensors(opt), state_tensors(opt2))
+
+
+def test_wrapper_state_dict_is_one_optimizer_state_dict():
+    def make(params):
+        return NormControl(torch.optim.Adam(params, lr=1e-2), target=1.5, rate=0.1)
+
+    _, opt = run(make, steps=2, shapes=[(3, 3), (4,)])
+    state = opt.state_dict()
+    assert set(state) == {"state", "param_groups"}
+    assert set(state["state"][0]) == {"step", "exp_avg", "exp_avg_sq", "normctl_init_norm"}
+    assert state["param_groups"][0]["target"] == 1.5 and state["param_groups"][0]["betas"] == (0.9, 0.999)
+    fresh = make(make_params(shapes=[(3, 3), (4,)]))
+    fresh.load_state_dict(state)
+    assert set(fresh.optimizer.state_dict()["state"][0]) == {"step", "exp_avg", "exp_avg_sq"}
+    assert fresh.param_groups[0]["schedule_step"] == 2

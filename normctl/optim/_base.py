@@ -193,7 +193,7 @@ class NormctlOptimizer(Optimizer):
             with torch.enable_grad():
                 loss = closure()
         batches = self._collect()
-        if self._eager_state and not self.state and _is_state_initialisation(batches):
+        if self._eager_state and not self.state and is_state_initialisation(batches):
             self._attach_state(batches)
             return loss
         # One group asking to skip skips the whole step: groups must stay in step together.
@@ -273,7 +273,7 @@ def collect_batches(param_groups: list[dict], owner: str) -> list[Batch]:
     return batches
 
 
-def _is_state_initialisation(batches: list[Batch]) -> bool:
+def is_state_initialisation(batches: list[Batch]) -> bool:
     """A first step with every lr and every gradient 0 is how ``torch.distributed.checkpoint``
     creates optimizer state before loading into it (``get_optimizer_state_dict``). Such a step
     only creates the state: Eq. 3 acts even at lr 0, and must not move the weights or the

@@ -16,7 +16,9 @@ from torch.optim import Optimizer
 
 from ..schedules import Schedule
 from . import _control as control
-from ._base import Batch, check_bools, check_max_lr, collect_batches, corrected_lr_ratio
+from ._base import Batch, check_bools, check_max_lr, collect_batches, corrected_lr_ratio, is_state_initialisation
+
+_OWN_KEY = "normctl_"  # marks the wrapper's own per-tensor state in the shared state dict
 
 
 class _Wrapper(Optimizer):
@@ -24,8 +26,9 @@ class _Wrapper(Optimizer):
 
     The group dicts are the inner optimizer's own, so LR schedulers, ``zero_grad`` and
     ``add_param_group`` act on both; the wrapper's keys sit beside the inner ones. The state
-    dict nests the inner optimizer's under ``"optimizer"`` and the wrapper's own under
-    ``"wrapper"``.
+    dict is one ordinary optimizer state dict — each tensor's entry holds the inner
+    optimizer's state and the wrapper's own under ``normctl_``-prefixed keys — so
+    ``torch.distributed.checkpoint`` saves and reshards it like any torch optimizer's.
     """
 
     _own_group_keys: frozenset[str] = frozenset()
@@ -58,22 +61,52 @@ class _Wrapper(Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
+        """One step of the inner optimizer with the wrapper's rule around it.
+
+        A step with every lr 0 and every gradient exactly 0 only creates missing state and
+        changes nothing else: it is how ``torch.distributed.checkpoint`` makes an optimizer's
+        state before saving or loading it, and it repeats that step whenever the wrapper's own
+        state is empty (always, for :class:`CorrectedDecay`), where a real inner step would
+        decay Adam's moments and advance its step count at every checkpoint.
+        """
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        self._wrapped_step()
+        batches = collect_batches(self.param_groups, type(self).__name__)
+        if is_state_initialisation(batches):
+            if not self.optimizer.state:
+                self.optimizer.step()
+            self._create_state(batches)
+            return loss
+        self._wrapped_step(batches)
         return loss
 
-    def _wrapped_step(self) -> None:
+    def _create_state(self, batches: list[Batch]) -> None:
+        pass
+
+    def _wrapped_step(self, batches: list[Batch]) -> None:
         raise NotImplementedError
 
     def state_dict(self) -> dict[str, Any]:
-        return {"optimizer": self.optimizer.state_dict(), "wrapper": super().state_dict()}
+        inner, own = self.optimizer.state_dict(), super().state_dict()
+        state = {index: dict(entry) for index, entry in inner["state"].items()}
+        for index, entry in own["state"].items():
+            state.setdefault(index, {}).update({_OWN_KEY + key: value for key, value in entry.items()})
+        # the groups are shared, so both optimizers pack the same ones under the same indices
+        return {**inner, "state": state, "param_groups": own["param_groups"]}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.optimizer.load_state_dict(state_dict["optimizer"])
-        super().load_state_dict(state_dict["wrapper"])
+        inner: dict[str, Any] = {**state_dict, "state": {}}
+        own: dict[str, Any] = {"state": {}, "param_groups": state_dict["param_groups"]}
+        for index, entry in state_dict["state"].items():
+            for key, value in entry.items():
+                if key.startswith(_OWN_KEY):
+                    own["state"].setdefault(index, {})[key.removeprefix(_OWN_KEY)] = value
+                else:
+                    inner["state"].setdefault(index, {})[key] = value
+        self.optimizer.load_state_dict(inner)
+        super().load_state_dict(own)
         # Loading gave both optimizers fresh group dicts: share them again, keeping our keys.
         for ours, inner in zip(self.param_groups, self.optimizer.param_groups):
             inner.update({k: v for k, v in ours.items() if k != "params"})
@@ -142,12 +175,14 @@ class NormControl(_Wrapper):
                 stacklevel=4,
             )
 
-    def _wrapped_step(self) -> None:
-        batches = collect_batches(self.param_groups, "NormControl")
-        plans = [control.plan(b.group) for b in batches]
+    def _create_state(self, batches: list[Batch]) -> None:
         control.check_initial_norms(batches, self.state)
         _attach(batches, self.state, control.init_tensor_state)
         control.record_scope_norms(self.param_groups)
+
+    def _wrapped_step(self, batches: list[Batch]) -> None:
+        plans = [control.plan(b.group) for b in batches]
+        self._create_state(batches)
         control.apply_control(batches, plans, self.param_groups, phase="pre_step")
         self.optimizer.step()
         control.apply_control(batches, plans, self.param_groups, phase="post_step")
@@ -186,7 +221,7 @@ class CorrectedDecay(_Wrapper):
     def _init_group(self, group: dict[str, Any]) -> None:
         group.setdefault("construction_lr", group["lr"])
 
-    def _wrapped_step(self) -> None:
+    def _wrapped_step(self, batches: list[Batch]) -> None:
         saved = [g["weight_decay"] for g in self.param_groups]
         try:
             for group in self.param_groups:
