@@ -47,6 +47,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     repro.add_argument("--ablations", action="store_true", help="also AdamWN's rate, target shape, scope, gains")
     repro.add_argument("--ablation-seeds", default=None, help="seeds of the ablations (default: --seeds)")
+    repro.add_argument(
+        "--budgets",
+        default="",
+        help="also AdamW at these multiples of the steps, e.g. 1.5,2: the budget matching AdamWN",
+    )
     voronoi_repro = commands.add_parser("repro-voronoi", help="seed 003: decay types and ablations, lr picked on val")
     voronoi_repro.add_argument("--out", default="results/repro_voronoi", help="the reproduction's directory")
     voronoi_repro.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
@@ -93,7 +98,14 @@ def main(argv: list[str] | None = None) -> int:
 
         try:
             ablation_seeds = None if args.ablation_seeds is None else _seeds(args.ablation_seeds)
-            run_repro(args.out, _seeds(args.seeds), args.scale, ablations=args.ablations, ablation_seeds=ablation_seeds)
+            run_repro(
+                args.out,
+                _seeds(args.seeds),
+                args.scale,
+                ablations=args.ablations,
+                ablation_seeds=ablation_seeds,
+                budgets=_factors(args.budgets),
+            )
         except ValueError as error:
             parser.error(str(error))
     elif args.command == "repro-voronoi":
@@ -133,6 +145,14 @@ def _seeds(text: str) -> list[int]:
         return [int(s) for s in text.split(",") if s.strip()]
     except ValueError as error:
         raise ValueError(f"seeds must be comma-separated integers, got {text!r}") from error
+
+
+def _factors(text: str) -> list[float]:
+    """``"1.5,2"`` → [1.5, 2.0]; a ValueError names the argument otherwise."""
+    try:
+        return [float(s) for s in text.split(",") if s.strip()]
+    except ValueError as error:
+        raise ValueError(f"budgets must be comma-separated numbers, got {text!r}") from error
 
 
 def _overrides(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict:

@@ -52,3 +52,18 @@ def test_demo_runs_end_to_end(capsys):
 def test_cli_rejects_bad_steps():
     with pytest.raises(SystemExit):
         main(["demo", "--steps", "0"])
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--seeds", "0,x"], "seeds must be comma-separated integers"),
+        (["--budgets", "1.5,two"], "budgets must be comma-separated numbers"),
+        (["--budgets", "0.5"], "budgets must be factors > 1"),
+    ],
+)
+def test_cli_repro_gpt_rejects_bad_lists(argv, message, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["repro-gpt", "--out", str(tmp_path / "repro"), *argv])
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "repro").exists()

@@ -156,7 +156,9 @@ def test_gpt_reproduction_runs_phases_and_summarizes(tmp_path, monkeypatch):
     tiny = ["task=gpt", "n_layer=1", "n_embd=32", "block_size=16", "batch_size=4", "steps=20", "warmup=2"]
     tiny += ["checkpoint_every=10", "monitor_every=5", "eval_every=10", "device=cpu"]
     monkeypatch.setitem(repro_gpt.SCALES, "tiny", tiny)
-    summary = repro_gpt.run_repro(tmp_path, [0, 1], "tiny", ablations=True, ablation_seeds=[0], verbose=False)
+    summary = repro_gpt.run_repro(
+        tmp_path, [0, 1], "tiny", ablations=True, ablation_seeds=[0], budgets=[1.5], verbose=False
+    )
     methods = summary["methods"]
     assert set(methods) == {"adamw", "adamc", "adamwn"}
     ratios = [json.loads((tmp_path / f"method-adamw_s{s}" / "final.json").read_text()) for s in (0, 1)]
@@ -186,6 +188,35 @@ def test_gpt_reproduction_runs_phases_and_summarizes(tmp_path, monkeypatch):
     scoped = json.loads((tmp_path / "scope-global_s0" / "config.json").read_text())
     assert (scoped["method"], scoped["scope"]) == ("adamwn", "global")
     assert scoped["target_ratio"] == adamwn_config["target_ratio"]
+    # AdamW at 1.5x the steps, with its own schedule over 30 steps, evaluated at its last step
+    longer = summary["adamw_budgets"][30]
+    assert longer["seeds"] == [0, 1] and longer["curve_steps"] == [10, 20, 30]
+    longer_config = json.loads((tmp_path / "steps-30_s1" / "config.json").read_text())
+    assert (longer_config["method"], longer_config["steps"], longer_config["warmup"]) == ("adamw", 30, 2)
+    points = [(20, methods["adamw"]["val_loss"]["mean"]), (30, longer["val_loss"]["mean"])]
+    assert summary["adamw_steps_to_match_adamwn"] == repro_gpt.steps_to_reach(
+        points, methods["adamwn"]["val_loss"]["mean"]
+    )
+    assert (tmp_path / "budgets.png").is_file()
+
+
+def test_steps_to_reach_interpolates_between_budgets():
+    from normctl.experiments.repro_gpt import steps_to_reach
+
+    points = [(200, 1.1), (100, 1.3), (150, 1.2)]
+    assert steps_to_reach(points, 1.15) == pytest.approx(175)
+    assert steps_to_reach(points, 1.3) == 100
+    assert steps_to_reach(points, 1.05) is None
+
+
+def test_budgets_are_validated(tmp_path):
+    from normctl.experiments import repro_gpt
+
+    with pytest.raises(ValueError, match="budgets must be factors > 1"):
+        repro_gpt.run_repro(tmp_path, [0], budgets=[0.5], verbose=False)
+    with pytest.raises(ValueError, match="does not train"):
+        repro_gpt.run_repro(tmp_path, [0], "steady", budgets=[2], verbose=False)
+    assert not any(tmp_path.iterdir())  # refused before any run starts
 
 
 def test_steady_scale_trains_adamw_and_adamc_to_a_zero_lr(tmp_path, monkeypatch):

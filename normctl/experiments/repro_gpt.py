@@ -1,7 +1,7 @@
 """Seeds 001 and 002 on the GPT: AdamW, AdamC (Defazio 2025) and AdamWN (Loshchilov 2023).
 
     normctl repro-gpt --out results/repro_gpt [--seeds 0,1,2] [--scale laptop|steady|gpu]
-                      [--ablations] [--ablation-seeds 0,1,2]
+                      [--ablations] [--ablation-seeds 0,1,2] [--budgets 1.5,2]
 
 Phase 1 trains AdamW and AdamC; phase 2 trains AdamWN with its target ramped (over the first
 5 % of steps) to AdamW's measured final norm ratio over the tensors AdamWN controls, rate
@@ -15,7 +15,9 @@ matrices' target and to their own (AdamW's final ratio for the gains).
 The command is resumable (finished runs are skipped, unfinished ones resume) and writes
 ``summary.json`` (per-method mean ± std), ``val_loss.png`` (held-out loss over training with
 seed bands), ``ablations.png`` with ``--ablations`` (final held-out loss per variant) and
-``report.html`` (norms, gradient norms, tail blow-up) into ``--out``.
+``report.html`` (norms, gradient norms, tail blow-up) into ``--out``. ``--budgets 1.5,2`` also
+trains AdamW for 1.5× and 2× the steps (each with its own schedule) and reports the budget
+at which AdamW's final loss reaches AdamWN's (``budgets.png``).
 """
 
 from __future__ import annotations
@@ -91,10 +93,16 @@ def run_repro(
     *,
     ablations: bool = False,
     ablation_seeds: list[int] | None = None,
+    budgets: list[float] | None = None,
     verbose: bool = True,
 ) -> dict[str, Any]:
     if scale not in SCALES:
         raise ValueError(f"scale must be one of {sorted(SCALES)}, got {scale!r}")
+    budgets = budgets or []
+    if any(not (math.isfinite(b) and b > 1) for b in budgets):
+        raise ValueError(f"budgets must be factors > 1 of the run's steps, got {budgets}")
+    if budgets and scale in WITHOUT_ADAMWN:
+        raise ValueError(f"budgets compare AdamW with AdamWN, which --scale {scale} does not train")
     out = Path(out)
     base = with_overrides(RunConfig(), SCALES[scale])
     first = sweep_configs(base, {"method": ["adamw", "adamc"]}, seeds)
@@ -124,12 +132,46 @@ def run_repro(
         variants = summarize(out, [name for name, _ in third], by="label")["methods"]
         summary["ablations"] = {"adamwn (main)": summary["methods"]["adamwn"], **variants}
         runs += third
+    if budgets:
+        longer = longer_adamw_runs(base, budgets, seeds)
+        train_runs(longer, out, verbose=verbose)
+        summary["adamw_budgets"] = summarize(out, [name for name, _ in longer], by="steps")["methods"]
+        points = [(base.steps, summary["methods"]["adamw"]["val_loss"]["mean"])]
+        points += [(int(steps), row["val_loss"]["mean"]) for steps, row in summary["adamw_budgets"].items()]
+        matched = steps_to_reach(points, summary["methods"]["adamwn"]["val_loss"]["mean"])
+        summary["adamw_steps_to_match_adamwn"] = matched
+        summary["adamw_budget_to_match_adamwn"] = None if matched is None else round(matched / base.steps, 3)
+        runs += longer
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     plot_val_loss(out, summary, out / "val_loss.png")
     if ablations:
         plot_ablations(summary, out / "ablations.png")
+    if budgets:
+        plot_budgets(summary, base.steps, out / "budgets.png")
     write_report(out, [name for name, _ in runs], "GPT on Austen: AdamW, AdamC, AdamWN", verbose=verbose)
     return summary
+
+
+def longer_adamw_runs(base: RunConfig, budgets: list[float], seeds: list[int]) -> list[tuple[str, RunConfig]]:
+    """AdamW trained for ``budget`` × the steps, each run with its own warm-up and cosine over
+    its length: the paper's measure of AdamWN's gain is the budget AdamW needs to match it
+    (Loshchilov 2023, App. A: AdamW at 2× the iterations reached AdamWN's loss). Step counts
+    are rounded to whole evaluation periods, so that each run is evaluated at its last step."""
+    period = base.eval_every or base.steps
+    steps = [max(1, round(budget * base.steps / period)) * period for budget in budgets]
+    return sweep_configs(with_overrides(base, ["method=adamw"]), {"steps": [str(n) for n in steps]}, seeds)
+
+
+def steps_to_reach(points: list[tuple[int, float]], goal: float) -> float | None:
+    """The step count at which final loss, linear between the measured ``(steps, loss)``
+    budgets, first falls to ``goal``; None if no budget reaches it."""
+    points = sorted(points)
+    if points[0][1] <= goal:
+        return float(points[0][0])
+    for (s0, l0), (s1, l1) in zip(points, points[1:]):
+        if l1 <= goal:
+            return s0 + (s1 - s0) * (l0 - goal) / (l0 - l1)
+    return None
 
 
 def summarize(out: Path, names: list[str], by: str = "method") -> dict[str, Any]:
@@ -230,6 +272,40 @@ def plot_ablations(summary: dict[str, Any], path: Path) -> Path | None:
     ax.set_xlabel("held-out loss at the last step (nats/byte)")
     ax.set_title("AdamWN, one change at a time")
     ax.invert_yaxis()
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_budgets(summary: dict[str, Any], steps: int, path: Path) -> Path | None:
+    """AdamW's final held-out loss against its budget in steps (mean ± std over seeds), with
+    AdamWN's at the base budget."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    rows = {steps: summary["methods"]["adamw"], **{int(n): r for n, r in summary["adamw_budgets"].items()}}
+    budgets = sorted(rows)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.errorbar(
+        budgets,
+        [rows[n]["val_loss"]["mean"] for n in budgets],
+        yerr=[rows[n]["val_loss"]["std"] for n in budgets],
+        marker="o",
+        capsize=3,
+        label="AdamW, run of that length",
+    )
+    adamwn = summary["methods"]["adamwn"]["val_loss"]
+    ax.errorbar([steps], [adamwn["mean"]], yerr=[adamwn["std"]], marker="s", capsize=3, color="tab:green")
+    ax.axhline(adamwn["mean"], color="tab:green", linestyle="--", label=f"AdamWN at {steps} steps")
+    ax.set_xlabel("steps in the run (each with its own cosine schedule)")
+    ax.set_ylabel("held-out loss at the last step (nats/byte)")
+    ax.set_title("The budget AdamW needs to match AdamWN")
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
