@@ -29,6 +29,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from ..report.plots import pyplot_or_none
 from ..report.runs import load_run
 from .config import RunConfig, with_overrides
 from .rundir import write_report
@@ -227,12 +228,8 @@ def _std(values: list[float]) -> float:
 
 
 def plot_val_loss(out: Path, summary: dict[str, Any], path: Path) -> Path | None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot_or_none()
+    if plt is None:
         return None
     fig, ax = plt.subplots(figsize=(6, 4))
     for method, m in summary["methods"].items():
@@ -253,12 +250,8 @@ def plot_val_loss(out: Path, summary: dict[str, Any], path: Path) -> Path | None
 
 def plot_ablations(summary: dict[str, Any], path: Path) -> Path | None:
     """Final held-out loss of every AdamWN variant (mean ± std over its seeds), AdamW's for scale."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot_or_none()
+    if plt is None:
         return None
     variants = summary["ablations"]
     names = list(variants)
@@ -282,12 +275,8 @@ def plot_ablations(summary: dict[str, Any], path: Path) -> Path | None:
 def plot_budgets(summary: dict[str, Any], steps: int, path: Path) -> Path | None:
     """AdamW's final held-out loss against its budget in steps (mean ± std over seeds), with
     AdamWN's at the base budget."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot_or_none()
+    if plt is None:
         return None
     rows = {steps: summary["methods"]["adamw"], **{int(n): r for n, r in summary["adamw_budgets"].items()}}
     budgets = sorted(rows)

@@ -16,6 +16,15 @@ def _pyplot():
     return plt
 
 
+def pyplot_or_none():
+    """``matplotlib.pyplot`` writing to files, or None where matplotlib is not installed (the
+    figures are optional: ``normctl[plots]``)."""
+    try:
+        return _pyplot()
+    except ImportError:
+        return None
+
+
 def ratio_vs_prediction(run: Run, *, max_lines: int = 24):
     """Gradient-to-weight ratio of each decayed tensor against SPEC §2's prediction
     (Defazio 2025, Figures 2–3). Adam-family runs use the A-weighted ratio."""
