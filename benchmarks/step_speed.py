@@ -193,8 +193,10 @@ def run_family(name: str, shapes, dtype, repeats: int, rounds: int, device: str)
             result = time_paired(label, params, repeats, device)
             if "samples" in result:
                 result["ratio_by_round"] = [ratio(result["samples"], result["baseline_samples"])]
-            pooled = results.setdefault(label, result)
-            if pooled is not result and "samples" in result:
+            pooled = results.get(label)
+            if pooled is None or "error" in pooled:  # a round that ran replaces one that could not
+                results[label] = result
+            elif "samples" in result:
                 for key in ("samples", "baseline_samples", "ratio_by_round"):
                     pooled[key] += result[key]
         del params
