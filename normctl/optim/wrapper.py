@@ -73,19 +73,20 @@ class _Wrapper(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        batches = collect_batches(self.param_groups, type(self).__name__)
-        if is_state_initialisation(batches):
-            if not self.optimizer.state:
-                self.optimizer.step()
-            self._create_state(batches)
-            return loss
-        self._wrapped_step(batches)
+        if all(group["lr"] == 0 for group in self.param_groups):  # the cheap test first
+            batches = collect_batches(self.param_groups, type(self).__name__)
+            if is_state_initialisation(batches):
+                if not self.optimizer.state:
+                    self.optimizer.step()
+                self._create_state(batches)
+                return loss
+        self._wrapped_step()
         return loss
 
     def _create_state(self, batches: list[Batch]) -> None:
         pass
 
-    def _wrapped_step(self, batches: list[Batch]) -> None:
+    def _wrapped_step(self) -> None:
         raise NotImplementedError
 
     def state_dict(self) -> dict[str, Any]:
@@ -108,8 +109,8 @@ class _Wrapper(Optimizer):
         self.optimizer.load_state_dict(inner)
         super().load_state_dict(own)
         # Loading gave both optimizers fresh group dicts: share them again, keeping our keys.
-        for ours, inner in zip(self.param_groups, self.optimizer.param_groups):
-            inner.update({k: v for k, v in ours.items() if k != "params"})
+        for ours, theirs in zip(self.param_groups, self.optimizer.param_groups):
+            theirs.update({k: v for k, v in ours.items() if k != "params"})
         self.param_groups = self.optimizer.param_groups
 
     def __repr__(self) -> str:
@@ -180,7 +181,8 @@ class NormControl(_Wrapper):
         _attach(batches, self.state, control.init_tensor_state)
         control.record_scope_norms(self.param_groups)
 
-    def _wrapped_step(self, batches: list[Batch]) -> None:
+    def _wrapped_step(self) -> None:
+        batches = collect_batches(self.param_groups, "NormControl")
         plans = [control.plan(b.group) for b in batches]
         self._create_state(batches)
         control.apply_control(batches, plans, self.param_groups, phase="pre_step")
@@ -221,7 +223,7 @@ class CorrectedDecay(_Wrapper):
     def _init_group(self, group: dict[str, Any]) -> None:
         group.setdefault("construction_lr", group["lr"])
 
-    def _wrapped_step(self, batches: list[Batch]) -> None:
+    def _wrapped_step(self) -> None:
         saved = [g["weight_decay"] for g in self.param_groups]
         try:
             for group in self.param_groups:
