@@ -17,7 +17,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from normctl import SGDC, AdamC, AdamWN, NormControl, NormMonitor, param_groups, schedules
+from normctl import SGDC, AdamC, AdamWN, CorrectedDecay, NormControl, NormMonitor, param_groups, schedules
 from normctl.experiments import parallel
 from normctl.experiments.models import GPT, GPTConfig
 from normctl.monitor import MemorySink
@@ -40,7 +40,10 @@ CASES = {
     "adamc": lambda groups: AdamC(groups, lr=1e-2, weight_decay=0.5),
     "sgdc": lambda groups: SGDC(groups, lr=0.1, momentum=0.9, weight_decay=0.05),
     "sgd+wn": lambda groups: NormControl(torch.optim.SGD(groups, lr=0.1, momentum=0.9), target=0.8, rate=0.05),
+    "adamw+c": lambda groups: CorrectedDecay(torch.optim.AdamW(groups, lr=1e-2, weight_decay=0.5)),
 }
+# saved at step 10 through DCP, resumed on 2 ranks and on 1: normctl's optimizers and wrappers
+CHECKPOINTED = ["adamwn_group_post", "sgd+wn", "adamw+c"]
 
 
 def batches(steps: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -108,22 +111,24 @@ def main(out_path: str) -> None:
             }
 
     # Distributed checkpoint: save at step 10, restore into fresh sharded objects, continue.
-    checkpoint = Path(out_path).with_suffix(".dcp")
-    model = parallel.wrap(fresh_model(), "fsdp", world)
-    optimizer = CASES["adamwn_group_post"](param_groups(model))
-    scheduler = cosine(optimizer)
-    train(model, optimizer, scheduler, data[:10], world)
-    parallel.save_sharded(checkpoint, model, optimizer, {"step": 10, "scheduler": scheduler.state_dict()})
-    train(model, optimizer, scheduler, data[10:], world)
-    uninterrupted = full_params(model)
-    model = parallel.wrap(fresh_model(), "fsdp", world)
-    optimizer = CASES["adamwn_group_post"](param_groups(model))
-    scheduler = cosine(optimizer)
-    meta = parallel.load_sharded(checkpoint, model, optimizer)
-    scheduler.load_state_dict(meta["scheduler"])
-    report["dcp"] = {"meta_step": meta["step"], "schedule_step": optimizer.param_groups[0]["schedule_step"]}
-    train(model, optimizer, scheduler, data[10:], world)
-    report["dcp"]["resume_max_rel_diff"] = max_rel_diff(full_params(model), uninterrupted)
+    report["dcp"] = {}
+    for case in CHECKPOINTED:
+        checkpoint = Path(out_path).with_suffix(f".{case}.dcp")
+        model = parallel.wrap(fresh_model(), "fsdp", world)
+        optimizer = CASES[case](param_groups(model))
+        scheduler = cosine(optimizer)
+        train(model, optimizer, scheduler, data[:10], world)
+        parallel.save_sharded(checkpoint, model, optimizer, {"step": 10, "scheduler": scheduler.state_dict()})
+        train(model, optimizer, scheduler, data[10:], world)
+        uninterrupted = full_params(model)
+        model = parallel.wrap(fresh_model(), "fsdp", world)
+        optimizer = CASES[case](param_groups(model))
+        scheduler = cosine(optimizer)
+        meta = parallel.load_sharded(checkpoint, model, optimizer)
+        scheduler.load_state_dict(meta["scheduler"])
+        result = {"meta_step": meta["step"], "schedule_step": optimizer.param_groups[0].get("schedule_step")}
+        train(model, optimizer, scheduler, data[10:], world)
+        report["dcp"][case] = {**result, "resume_max_rel_diff": max_rel_diff(full_params(model), uninterrupted)}
 
     if world.is_main:
         Path(out_path).write_text(json.dumps(report))
@@ -134,14 +139,16 @@ def resume_single(out_path: str) -> None:
     """One process loads the 2-rank checkpoint (DCP reshards it) and finishes the run."""
     world = parallel.init_world("cpu")
     data = batches(STEPS)
-    reference, _, _ = run("ddp", "adamwn_group_post", parallel.World(), data)
-    model = fresh_model()
-    optimizer = CASES["adamwn_group_post"](param_groups(model))
-    scheduler = cosine(optimizer)
-    meta = parallel.load_sharded(Path(out_path).with_suffix(".dcp"), model, optimizer)
-    scheduler.load_state_dict(meta["scheduler"])
-    train(model, optimizer, scheduler, data[10:], parallel.World())
-    result = {"world_size": world.size, "max_rel_diff": max_rel_diff(full_params(model), full_params(reference))}
+    result: dict = {"world_size": world.size}
+    for case in CHECKPOINTED:
+        reference, _, _ = run("ddp", case, parallel.World(), data)
+        model = fresh_model()
+        optimizer = CASES[case](param_groups(model))
+        scheduler = cosine(optimizer)
+        meta = parallel.load_sharded(Path(out_path).with_suffix(f".{case}.dcp"), model, optimizer)
+        scheduler.load_state_dict(meta["scheduler"])
+        train(model, optimizer, scheduler, data[10:], parallel.World())
+        result[case] = max_rel_diff(full_params(model), full_params(reference))
     Path(out_path).with_suffix(".single.json").write_text(json.dumps(result))
     if dist.is_initialized():
         dist.destroy_process_group()

@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed as dist
+from distributed_parity import CASES as PARITY_CASES
+from distributed_parity import CHECKPOINTED
 from torch import nn
 
 from normctl import AdamC, AdamWN, NormMonitor, param_groups
@@ -43,7 +45,7 @@ def report(tmp_path_factory) -> dict:
     return result
 
 
-CASES = ["adamwn_tensor", "adamwn_global", "adamwn_group_post", "adamc", "sgdc", "sgd+wn"]
+CASES = list(PARITY_CASES)
 
 
 @pytest.mark.parametrize("mode", ["ddp", "fsdp"])
@@ -67,15 +69,19 @@ def test_monitor_reports_full_tensor_values(report, mode):
                     assert got[key] == pytest.approx(value, rel=TOLERANCE, abs=1e-12), (case, key)
 
 
-def test_sharded_checkpoint_resumes_identically(report):
-    assert report["dcp"]["meta_step"] == 10
-    assert report["dcp"]["schedule_step"] == 10  # normctl's own group entries came back
-    assert report["dcp"]["resume_max_rel_diff"] < 1e-12
+@pytest.mark.parametrize("case", CHECKPOINTED)
+def test_sharded_checkpoint_resumes_identically(report, case):
+    result = report["dcp"][case]
+    assert result["meta_step"] == 10
+    if case != "adamw+c":  # normctl's own group entries came back
+        assert result["schedule_step"] == 10
+    assert result["resume_max_rel_diff"] < 1e-12
 
 
-def test_sharded_checkpoint_loads_into_another_world_size(report):
+@pytest.mark.parametrize("case", CHECKPOINTED)
+def test_sharded_checkpoint_loads_into_another_world_size(report, case):
     assert report["single"]["world_size"] == 1
-    assert report["single"]["max_rel_diff"] < TOLERANCE
+    assert report["single"][case] < TOLERANCE
 
 
 def test_checkpoint_state_initialisation_leaves_the_model_alone():
