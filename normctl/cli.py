@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     repro.add_argument(
         "--budgets",
         default="",
-        help="also AdamW at these multiples of the steps, e.g. 1.5,2: the budget matching AdamWN",
+        help="also AdamW at these multiples of the steps, e.g. 1.2,1.5: the budget matching AdamWN",
     )
     voronoi_repro = commands.add_parser("repro-voronoi", help="seed 003: decay types and ablations, lr picked on val")
     voronoi_repro.add_argument("--out", default="results/repro_voronoi", help="the reproduction's directory")

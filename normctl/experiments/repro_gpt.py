@@ -1,7 +1,7 @@
 """Seeds 001 and 002 on the GPT: AdamW, AdamC (Defazio 2025) and AdamWN (Loshchilov 2023).
 
     normctl repro-gpt --out results/repro_gpt [--seeds 0,1,2] [--scale laptop|steady|gpu]
-                      [--ablations] [--ablation-seeds 0,1,2] [--budgets 1.5,2]
+                      [--ablations] [--ablation-seeds 0,1,2] [--budgets 1.2,1.5]
 
 Phase 1 trains AdamW and AdamC; phase 2 trains AdamWN with its target ramped (over the first
 5 % of steps) to AdamW's measured final norm ratio over the tensors AdamWN controls, rate
@@ -15,8 +15,8 @@ matrices' target and to their own (AdamW's final ratio for the gains).
 The command is resumable (finished runs are skipped, unfinished ones resume) and writes
 ``summary.json`` (per-method mean ± std), ``val_loss.png`` (held-out loss over training with
 seed bands), ``ablations.png`` with ``--ablations`` (final held-out loss per variant) and
-``report.html`` (norms, gradient norms, tail blow-up) into ``--out``. ``--budgets 1.5,2`` also
-trains AdamW for 1.5× and 2× the steps (each with its own schedule) and reports the budget
+``report.html`` (norms, gradient norms, tail blow-up) into ``--out``. ``--budgets 1.2,1.5`` also
+trains AdamW for 1.2× and 1.5× the steps (each with its own schedule) and reports the budget
 at which AdamW's final loss reaches AdamWN's (``budgets.png``).
 """
 
