@@ -216,6 +216,13 @@ def test_budgets_are_validated(tmp_path):
         repro_gpt.run_repro(tmp_path, [0], budgets=[0.5], verbose=False)
     with pytest.raises(ValueError, match="does not train"):
         repro_gpt.run_repro(tmp_path, [0], "steady", budgets=[2], verbose=False)
+    with pytest.raises(ValueError, match=r"round to \[2500\] steps"):  # 2 550 steps: not a whole eval period more
+        repro_gpt.run_repro(tmp_path, [0], budgets=[1.02], verbose=False)
+    base = with_overrides(RunConfig(), repro_gpt.SCALES["laptop"])
+    assert [n for n, _ in repro_gpt.longer_adamw_runs(base, [1.5, 1.51, 1.2], [0])] == [
+        "steps-3000_s0",
+        "steps-3750_s0",
+    ]
     assert not any(tmp_path.iterdir())  # refused before any run starts
 
 

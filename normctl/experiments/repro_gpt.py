@@ -106,6 +106,7 @@ def run_repro(
         raise ValueError(f"budgets compare AdamW with AdamWN, which --scale {scale} does not train")
     out = Path(out)
     base = with_overrides(RunConfig(), SCALES[scale])
+    longer = longer_adamw_runs(base, budgets, seeds) if budgets else []  # refused before any training
     first = sweep_configs(base, {"method": ["adamw", "adamc"]}, seeds)
     train_runs(first, out, verbose=verbose)
     ratios = [controlled_norm_ratio(out / name) for name, cfg in first if cfg.method == "adamw"]
@@ -133,8 +134,7 @@ def run_repro(
         variants = summarize(out, [name for name, _ in third], by="label")["methods"]
         summary["ablations"] = {"adamwn (main)": summary["methods"]["adamwn"], **variants}
         runs += third
-    if budgets:
-        longer = longer_adamw_runs(base, budgets, seeds)
+    if longer:
         train_runs(longer, out, verbose=verbose)
         summary["adamw_budgets"] = summarize(out, [name for name, _ in longer], by="steps")["methods"]
         points = [(base.steps, summary["methods"]["adamw"]["val_loss"]["mean"])]
@@ -147,7 +147,7 @@ def run_repro(
     plot_val_loss(out, summary, out / "val_loss.png")
     if ablations:
         plot_ablations(summary, out / "ablations.png")
-    if budgets:
+    if longer:
         plot_budgets(summary, base.steps, out / "budgets.png")
     write_report(out, [name for name, _ in runs], "GPT on Austen: AdamW, AdamC, AdamWN", verbose=verbose)
     return summary
@@ -159,7 +159,12 @@ def longer_adamw_runs(base: RunConfig, budgets: list[float], seeds: list[int]) -
     (Loshchilov 2023, App. A: AdamW at 2× the iterations reached AdamWN's loss). Step counts
     are rounded to whole evaluation periods, so that each run is evaluated at its last step."""
     period = base.eval_every or base.steps
-    steps = [max(1, round(budget * base.steps / period)) * period for budget in budgets]
+    steps = sorted({max(1, round(budget * base.steps / period)) * period for budget in budgets})
+    if steps[0] <= base.steps:
+        raise ValueError(
+            f"budgets {budgets} round to {steps} steps (whole evaluation periods of {period}); "
+            f"each must exceed the run's {base.steps}"
+        )
     return sweep_configs(with_overrides(base, ["method=adamw"]), {"steps": [str(n) for n in steps]}, seeds)
 
 
