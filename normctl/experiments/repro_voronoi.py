@@ -17,7 +17,8 @@ at the study's constant learning rate γ_t/γ_max = 1 and AdamC is AdamW exactly
 ``--scale laptop`` (default) trains the study's headline comparisons — decay types, AdamWN and
 weight decay, 36 runs at the original 10 000 steps × 1024, about 1.5 h on 2 CPU cores —
 ``--scale paper`` the whole grid of SPEC §3 (69 runs; the widths 1024 and 2048 cost 4× and
-16× a baseline run: about 5–6 h on 2 cores, minutes on a GPU with ``--device cuda``).
+16× a baseline run: about 7 h on 2 cores, half of it the three width-2048 runs at ≈ 2 h each
+two at a time; minutes on a GPU with ``--device cuda``).
 ``--workers`` runs that many single-threaded runs at once. Resumable: finished runs are
 skipped, unfinished ones resume. Writes ``summary.json`` (mean ± std over seeds per variant)
 and ``report.html``.
