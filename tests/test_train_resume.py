@@ -197,6 +197,12 @@ def test_gpt_reproduction_runs_phases_and_summarizes(tmp_path, monkeypatch):
     assert summary["adamw_steps_to_match_adamwn"] == repro_gpt.steps_to_reach(
         points, methods["adamwn"]["val_loss"]["mean"]
     )
+    # AdamWN at the longest budget, its target AdamW's norm ratio there
+    longest = json.loads((tmp_path / "method-adamwn_steps-30_s0" / "config.json").read_text())
+    assert (longest["method"], longest["steps"]) == ("adamwn", 30)
+    assert longest["target_ratio"] == pytest.approx(longer["controlled_norm_ratio"]["mean"], abs=1e-4)
+    assert summary["adamwn_longest_budget"]["seeds"] == [0, 1]
+    assert summary["adamwn_longest_budget"]["curve_steps"] == [10, 20, 30]
     assert (tmp_path / "budgets.png").is_file()
 
 

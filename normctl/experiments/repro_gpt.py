@@ -17,7 +17,8 @@ The command is resumable (finished runs are skipped, unfinished ones resume) and
 seed bands), ``ablations.png`` with ``--ablations`` (final held-out loss per variant) and
 ``report.html`` (norms, gradient norms, tail blow-up) into ``--out``. ``--budgets 1.2,1.5`` also
 trains AdamW for 1.2× and 1.5× the steps (each with its own schedule) and reports the budget
-at which AdamW's final loss reaches AdamWN's (``budgets.png``).
+at which AdamW's final loss reaches AdamWN's (``budgets.png``), and AdamWN at the longest
+budget with AdamW's norm ratio there as its target.
 """
 
 from __future__ import annotations
@@ -142,7 +143,10 @@ def run_repro(
         matched = steps_to_reach(points, summary["methods"]["adamwn"]["val_loss"]["mean"])
         summary["adamw_steps_to_match_adamwn"] = matched
         summary["adamw_budget_to_match_adamwn"] = None if matched is None else round(matched / base.steps, 3)
-        runs += longer
+        longest = longest_adamwn_runs(out, base, longer, seeds)
+        train_runs(longest, out, verbose=verbose)
+        summary["adamwn_longest_budget"] = summarize(out, [name for name, _ in longest])["methods"]["adamwn"]
+        runs += longer + longest
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     plot_val_loss(out, summary, out / "val_loss.png")
     if ablations:
@@ -166,6 +170,17 @@ def longer_adamw_runs(base: RunConfig, budgets: list[float], seeds: list[int]) -
             f"each must exceed the run's {base.steps}"
         )
     return sweep_configs(with_overrides(base, ["method=adamw"]), {"steps": [str(n) for n in steps]}, seeds)
+
+
+def longest_adamwn_runs(
+    out: Path, base: RunConfig, longer: list[tuple[str, RunConfig]], seeds: list[int]
+) -> list[tuple[str, RunConfig]]:
+    """AdamWN at the longest budget, its target AdamW's final norm ratio at that budget (the
+    main runs' recipe, scaled up): whether AdamWN's lead holds as the budget grows."""
+    steps = max(cfg.steps for _, cfg in longer)
+    target = statistics.mean(controlled_norm_ratio(out / name) for name, cfg in longer if cfg.steps == steps)
+    adamwn = with_overrides(base, [f"target_ratio={round(target, 4)}"])
+    return sweep_configs(adamwn, {"method": ["adamwn"], "steps": [str(steps)]}, seeds)
 
 
 def steps_to_reach(points: list[tuple[int, float]], goal: float) -> float | None:
@@ -279,7 +294,7 @@ def plot_ablations(summary: dict[str, Any], path: Path) -> Path | None:
 
 def plot_budgets(summary: dict[str, Any], steps: int, path: Path) -> Path | None:
     """AdamW's final held-out loss against its budget in steps (mean ± std over seeds), with
-    AdamWN's at the base budget."""
+    AdamWN's at the base budget and at the longest."""
     plt = pyplot_or_none()
     if plt is None:
         return None
@@ -295,8 +310,18 @@ def plot_budgets(summary: dict[str, Any], steps: int, path: Path) -> Path | None
         label="AdamW, run of that length",
     )
     adamwn = summary["methods"]["adamwn"]["val_loss"]
-    ax.errorbar([steps], [adamwn["mean"]], yerr=[adamwn["std"]], marker="s", capsize=3, color="tab:green")
     ax.axhline(adamwn["mean"], color="tab:green", linestyle="--", label=f"AdamWN at {steps} steps")
+    longest = summary["adamwn_longest_budget"]
+    adamwn_points = [(steps, adamwn), (longest["curve_steps"][-1], longest["val_loss"])]
+    ax.errorbar(
+        [n for n, _ in adamwn_points],
+        [v["mean"] for _, v in adamwn_points],
+        yerr=[v["std"] for _, v in adamwn_points],
+        marker="s",
+        capsize=3,
+        color="tab:green",
+        label="AdamWN, run of that length",
+    )
     ax.set_xlabel("steps in the run (each with its own cosine schedule)")
     ax.set_ylabel("held-out loss at the last step (nats/byte)")
     ax.set_title("The budget AdamW needs to match AdamWN")
