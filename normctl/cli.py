@@ -140,19 +140,22 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _seeds(text: str) -> list[int]:
-    """``"0,1,2"`` → [0, 1, 2]; a ValueError names the argument otherwise."""
-    try:
-        return [int(s) for s in text.split(",") if s.strip()]
-    except ValueError as error:
-        raise ValueError(f"seeds must be comma-separated integers, got {text!r}") from error
+    """``"0,1,2"`` → [0, 1, 2]."""
+    return _comma_separated(text, int, "seeds must be comma-separated integers")
 
 
 def _factors(text: str) -> list[float]:
-    """``"1.5,2"`` → [1.5, 2.0]; a ValueError names the argument otherwise."""
+    """``"1.5,2"`` → [1.5, 2.0]."""
+    return _comma_separated(text, float, "budgets must be comma-separated numbers")
+
+
+def _comma_separated(text: str, convert, requirement: str) -> list:
+    """Each non-empty item of ``text`` through ``convert``; a ValueError saying ``requirement``
+    (which names the argument) otherwise."""
     try:
-        return [float(s) for s in text.split(",") if s.strip()]
+        return [convert(item) for item in text.split(",") if item.strip()]
     except ValueError as error:
-        raise ValueError(f"budgets must be comma-separated numbers, got {text!r}") from error
+        raise ValueError(f"{requirement}, got {text!r}") from error
 
 
 def _overrides(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict:

@@ -85,12 +85,19 @@ def max_rel_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> floa
     return max(float((a[k] - b[k]).norm() / b[k].norm().clamp_min(1e-30)) for k in a)
 
 
-def run(mode: str, case: str, world: parallel.World, data, *, monitored: bool = False):
+def fresh_run(case: str, mode: str, world: parallel.World):
+    """The fresh model (replicated or sharded over ``world``), the case's optimizer over it and
+    its LR schedule."""
     model = parallel.wrap(fresh_model(), mode, world)
     optimizer = CASES[case](param_groups(parallel.unwrap(model)))
+    return model, optimizer, cosine(optimizer)
+
+
+def run(mode: str, case: str, world: parallel.World, data, *, monitored: bool = False):
+    model, optimizer, scheduler = fresh_run(case, mode, world)
     sink = MemorySink()
     monitor = NormMonitor(parallel.unwrap(model), optimizer, every=5, sinks=[sink]) if monitored else None
-    train(model, optimizer, cosine(optimizer), data, world, monitor)
+    train(model, optimizer, scheduler, data, world, monitor)
     return model, optimizer, sink.records
 
 
@@ -114,16 +121,12 @@ def main(out_path: str) -> None:
     report["dcp"] = {}
     for case in CHECKPOINTED:
         checkpoint = Path(out_path).with_suffix(f".{case}.dcp")
-        model = parallel.wrap(fresh_model(), "fsdp", world)
-        optimizer = CASES[case](param_groups(model))
-        scheduler = cosine(optimizer)
+        model, optimizer, scheduler = fresh_run(case, "fsdp", world)
         train(model, optimizer, scheduler, data[:10], world)
         parallel.save_sharded(checkpoint, model, optimizer, {"step": 10, "scheduler": scheduler.state_dict()})
         train(model, optimizer, scheduler, data[10:], world)
         uninterrupted = full_params(model)
-        model = parallel.wrap(fresh_model(), "fsdp", world)
-        optimizer = CASES[case](param_groups(model))
-        scheduler = cosine(optimizer)
+        model, optimizer, scheduler = fresh_run(case, "fsdp", world)
         meta = parallel.load_sharded(checkpoint, model, optimizer)
         scheduler.load_state_dict(meta["scheduler"])
         result = {"meta_step": meta["step"], "schedule_step": optimizer.param_groups[0].get("schedule_step")}
@@ -142,9 +145,7 @@ def resume_single(out_path: str) -> None:
     result: dict = {"world_size": world.size}
     for case in CHECKPOINTED:
         reference, _, _ = run("ddp", case, parallel.World(), data)
-        model = fresh_model()
-        optimizer = CASES[case](param_groups(model))
-        scheduler = cosine(optimizer)
+        model, optimizer, scheduler = fresh_run(case, "ddp", parallel.World())  # one process: plain
         meta = parallel.load_sharded(Path(out_path).with_suffix(f".{case}.dcp"), model, optimizer)
         scheduler.load_state_dict(meta["scheduler"])
         train(model, optimizer, scheduler, data[10:], parallel.World())
