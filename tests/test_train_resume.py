@@ -337,9 +337,11 @@ def test_voronoi_reproduction_picks_lr_on_validation_and_runs_the_ablations(tmp_
     from normctl.report.runs import load_run
 
     monkeypatch.setattr(
-        repro_voronoi, "ABLATIONS", {"decay": ["min"], "method": ["adamwn", "adamwn-global"], "rms": ["true"]}
+        repro_voronoi,
+        "ABLATIONS",
+        {"decay": ["min"], "method": ["adamwn", "adamwn-global"], "schedule": ["cosine-adamc"], "rms": ["true"]},
     )
-    monkeypatch.setitem(repro_voronoi.SCALES, "paper", ("decay", "method", "rms"))
+    monkeypatch.setitem(repro_voronoi.SCALES, "paper", ("decay", "method", "schedule", "rms"))
     summary = repro_voronoi.run_repro(tmp_path, [0], scale="paper", steps=4, verbose=False)
     vals = {
         lr: json.loads((tmp_path / f"lr-{lr}_s0" / "final.json").read_text())["val_acc"]
@@ -354,6 +356,9 @@ def test_voronoi_reproduction_picks_lr_on_validation_and_runs_the_ablations(tmp_
     adamwn_global = json.loads((tmp_path / "method-adamwn-global_s0" / "config.json").read_text())
     assert (adamwn_global["method"], adamwn_global["scope"]) == ("adamwn", "global")
     assert adamwn_global["target_ratio"] == summary["adamwn_target_ratio"]
+    adamc = json.loads((tmp_path / "schedule-cosine-adamc_s0" / "config.json").read_text())
+    assert (adamc["method"], adamc["schedule"], adamc["target_ratio"]) == ("adamc", "cosine", 1.0)
+    assert "schedule = cosine-adamc" in summary["variants"]
     baseline = tmp_path / f"lr-{summary['chosen_lr']}_s0"
     # the study decays every tensor, so AdamWN controls every tensor: its target is the global ratio
     assert controlled_norm_ratio(baseline) == pytest.approx(load_run(baseline).last("global/norm_ratio"), rel=1e-5)

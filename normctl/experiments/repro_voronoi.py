@@ -12,13 +12,15 @@ one change at a time — activation, init, RMS normalisation, weight decay, beta
 width — and new rows: AdamWN on every tensor, as the decay is (target AdamW's final norm
 ratio over all of them, k = 1e-2), with one norm per tensor or one global norm; and AdamWN on
 the matrices alone, the norm gains left to AdamW's decay (target AdamW's ratio over the
-matrices). AdamC is left out:
-at the study's constant learning rate γ_t/γ_max = 1 and AdamC is AdamW exactly.
+matrices). AdamC needs a decaying learning rate — at the study's constant one γ_t/γ_max = 1
+and AdamC is AdamW bit for bit — so it gets a pair of rows under a cosine schedule (warm-up,
+then down to 0.1 of the peak): AdamW and AdamC, which scales the decay of the matrices that
+feed a norm by γ_t/γ_max.
 ``--scale laptop`` (default) trains the study's headline comparisons — decay types, AdamWN and
 weight decay, 36 runs at the original 10 000 steps × 1024, about 1.5 h on 2 CPU cores —
-``--scale paper`` the whole grid of SPEC §3 (69 runs; the widths 1024 and 2048 cost 4× and
-16× a baseline run: about 7 h on 2 cores, half of it the three width-2048 runs at ≈ 2 h each
-two at a time; minutes on a GPU with ``--device cuda``).
+``--scale paper`` the whole grid of SPEC §3 and the cosine pair (75 runs; the widths 1024 and
+2048 cost 4× and 16× a baseline run: about 6 h on 2 cores, a third of it the three width-2048
+runs, ≈ 50 min each; minutes on a GPU with ``--device cuda``).
 ``--workers`` runs that many single-threaded runs at once. Resumable: finished runs are
 skipped, unfinished ones resume. Writes ``summary.json`` (mean ± std over seeds per variant)
 and ``report.html``.
@@ -55,6 +57,7 @@ ABLATIONS = {  # the study's headline comparisons first: a resumed run finishes 
     "method": ["adamwn", "adamwn-global", "adamwn-matrices"],  # new rows, see NEW_ROWS
     "weight_decay": ["0", "1e-3", "1e-1", "1"],
     # --scale laptop stops here
+    "schedule": ["cosine", "cosine-adamc"],  # AdamW, and AdamC (a new row), see NEW_ROWS
     "rms": ["true"],
     "activation": ["swish", "gelu"],
     "init": ["normal"],
@@ -65,10 +68,12 @@ SCALES = {"laptop": ("decay", "method", "weight_decay"), "paper": tuple(ABLATION
 # AdamWN's target is AdamW's final norm ratio over the tensors it controls: every tensor (the
 # study decays them all), pulled to it one tensor at a time or as one global norm the tensors
 # share freely; or the matrices alone, the norm gains left to AdamW's decay as in the baseline.
+# AdamC differs from AdamW only where the learning rate falls, so it is compared under cosine.
 NEW_ROWS = {
     "adamwn": ["method=adamwn"],
     "adamwn-global": ["method=adamwn", "scope=global"],
     "adamwn-matrices": ["method=adamwn", "gains_by_decay=true"],
+    "cosine-adamc": ["schedule=cosine", "method=adamc"],
 }
 
 
@@ -114,8 +119,9 @@ def run_repro(
     stage2 = []
     for key in SCALES[scale]:
         for value in ABLATIONS.get(key, []):
-            row_target = targets.get(value, target)
-            extra = [*NEW_ROWS[value], f"target_ratio={row_target}"] if key == "method" else [f"{key}={value}"]
+            extra = NEW_ROWS.get(value, [f"{key}={value}"])
+            if key == "method":  # AdamWN's rows
+                extra = [*extra, f"target_ratio={targets.get(value, target)}"]
             stage2 += [(f"{key}-{value}_s{seed}", with_overrides(chosen, [*extra, f"seed={seed}"])) for seed in seeds]
     train_runs(stage2, out, workers=workers, verbose=verbose)
 
