@@ -13,12 +13,12 @@ width — and new rows: AdamWN on every tensor, as the decay is (target AdamW's 
 ratio over all of them, k = 1e-2), with one norm per tensor or one global norm; and AdamWN on
 the matrices alone, the norm gains left to AdamW's decay (target AdamW's ratio over the
 matrices). AdamC needs a decaying learning rate — at the study's constant one γ_t/γ_max = 1
-and AdamC is AdamW bit for bit — so it gets a pair of rows under a cosine schedule (warm-up,
-then down to 0.1 of the peak): AdamW and AdamC, which scales the decay of the matrices that
-feed a norm by γ_t/γ_max.
+and AdamC is AdamW bit for bit — so it gets rows under a cosine schedule (warm-up, then down to
+0.1 of the peak), each beside AdamW's, at λ = 1e-2 and 1e-1: AdamC scales the decay of the
+matrices that feed a norm by γ_t/γ_max.
 ``--scale laptop`` (default) trains the study's headline comparisons — decay types, AdamWN and
 weight decay, 36 runs at the original 10 000 steps × 1024, about 1.5 h on 2 CPU cores —
-``--scale paper`` the whole grid of SPEC §3 and the cosine pair (75 runs; the widths 1024 and
+``--scale paper`` the whole grid of SPEC §3 and the cosine pairs (81 runs; the widths 1024 and
 2048 cost 4× and 16× a baseline run: about 6 h on 2 cores, a third of it the three width-2048
 runs, ≈ 50 min each; minutes on a GPU with ``--device cuda``).
 ``--workers`` runs that many single-threaded runs at once. Resumable: finished runs are
@@ -57,7 +57,8 @@ ABLATIONS = {  # the study's headline comparisons first: a resumed run finishes 
     "method": ["adamwn", "adamwn-global", "adamwn-matrices"],  # new rows, see NEW_ROWS
     "weight_decay": ["0", "1e-3", "1e-1", "1"],
     # --scale laptop stops here
-    "schedule": ["cosine", "cosine-adamc"],  # AdamW, and AdamC (a new row), see NEW_ROWS
+    # AdamW and AdamC (a new row) under cosine, at the study's λ and at 1e-1, see NEW_ROWS
+    "schedule": ["cosine", "cosine-adamc", "cosine-wd1e-1", "cosine-adamc-wd1e-1"],
     "rms": ["true"],
     "activation": ["swish", "gelu"],
     "init": ["normal"],
@@ -68,12 +69,16 @@ SCALES = {"laptop": ("decay", "method", "weight_decay"), "paper": tuple(ABLATION
 # AdamWN's target is AdamW's final norm ratio over the tensors it controls: every tensor (the
 # study decays them all), pulled to it one tensor at a time or as one global norm the tensors
 # share freely; or the matrices alone, the norm gains left to AdamW's decay as in the baseline.
-# AdamC differs from AdamW only where the learning rate falls, so it is compared under cosine.
+# AdamC differs from AdamW only where the learning rate falls, so it is compared under cosine;
+# at λ = 1e-2 the decay barely acts in 10 000 steps (1/(λγ) ≈ 33 000), at 1e-1 the weights
+# reach the steady state 1/(2λγ) ≈ 1 700 steps in, where AdamC's correction matters.
 NEW_ROWS = {
     "adamwn": ["method=adamwn"],
     "adamwn-global": ["method=adamwn", "scope=global"],
     "adamwn-matrices": ["method=adamwn", "gains_by_decay=true"],
     "cosine-adamc": ["schedule=cosine", "method=adamc"],
+    "cosine-wd1e-1": ["schedule=cosine", "weight_decay=1e-1"],
+    "cosine-adamc-wd1e-1": ["schedule=cosine", "method=adamc", "weight_decay=1e-1"],
 }
 
 
