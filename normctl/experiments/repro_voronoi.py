@@ -19,8 +19,8 @@ matrices that feed a norm by γ_t/γ_max.
 ``--scale laptop`` (default) trains the study's headline comparisons — decay types, AdamWN and
 weight decay, 36 runs at the original 10 000 steps × 1024, about 1.5 h on 2 CPU cores —
 ``--scale paper`` the whole grid of SPEC §3 and the cosine pairs (81 runs; the widths 1024 and
-2048 cost 4× and 16× a baseline run: about 6 h on 2 cores, a third of it the three width-2048
-runs, ≈ 50 min each; minutes on a GPU with ``--device cuda``).
+2048 cost 4× and 16× a baseline run: about 6.5 h on 2 cores, 2.7 h of it the three width-2048
+runs at ≈ 0.3 s a step; minutes on a GPU with ``--device cuda``).
 ``--workers`` runs that many single-threaded runs at once. Resumable: finished runs are
 skipped, unfinished ones resume. Writes ``summary.json`` (mean ± std over seeds per variant)
 and ``report.html``.
