@@ -56,6 +56,17 @@ def test_overrides_and_validation(tmp_path):
         with_overrides(gains, ["gains_target_ratio=-1"])
     with pytest.raises(ValueError, match="gains_target_ratio must be float"):
         with_overrides(gains, ["gains_target_ratio=big"])
+    for bad, message in (
+        ("hidden=0", "hidden must be >= 1"),
+        ("lr=0", "lr must be > 0"),
+        ("lr=nan", "lr must be > 0"),
+        ("weight_decay=-0.1", "weight_decay must be >= 0"),
+        ("rate=2", r"rate must be in \[0, 1\]"),
+        ("activation=tanh", "activation must be one of"),
+        ("init=xavier", "init must be one of"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            with_overrides(cfg, [bad])
 
 
 def test_killed_run_resumes_with_identical_metrics(tmp_path):
@@ -132,6 +143,23 @@ def test_sweep_runs_the_grid_then_skips_finished_runs(tmp_path, monkeypatch):
     assert calls == [] and again == results
     with pytest.raises(ValueError, match="--grid expects"):
         sweep_module.parse_grid(["method"])
+
+
+def test_runs_in_parallel_processes_finish_and_a_failure_names_its_run(tmp_path, capsys):
+    from normctl.experiments.sweep import train_runs
+
+    tiny = with_overrides(RunConfig(), ["task=voronoi", "steps=3", "hidden=16", "batch_size=32", "schedule=constant"])
+    runs = [(f"run_s{seed}", with_overrides(tiny, [f"seed={seed}"])) for seed in (0, 1)]
+    results = train_runs(runs, tmp_path, workers=2)
+    assert [r["run"] for r in results] == ["run_s0", "run_s1"] and {r["seed"] for r in results} == {0, 1}
+    printed = capsys.readouterr().out
+    assert "run_s0: {" in printed and "run_s1: {" in printed
+    assert not any(tmp_path.glob("*/request.json"))  # the hand-over files are cleaned up
+
+    (tmp_path / "bad_s0").mkdir()
+    (tmp_path / "bad_s0" / "checkpoint.pt").write_bytes(b"not a checkpoint")  # fails in the child
+    with pytest.raises(RuntimeError, match="bad_s0 failed"):
+        train_runs([("bad_s0", tiny)], tmp_path, workers=2, verbose=False)
 
 
 def test_fashion_mnist_sample_and_resnet_task(tmp_path):

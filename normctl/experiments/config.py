@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from .parallel import DEVICES, PARALLEL_MODES
+from .voronoi import ACTIVATIONS as VORONOI_ACTIVATIONS
 
 TASKS = ("gpt", "voronoi", "fmnist")
 SCHEDULES = ("cosine", "constant")
@@ -17,6 +18,20 @@ DECAYS = ("l2", "l1", "min")
 CORPORA = ("austen", "kjv", "brown")
 SCOPES = ("tensor", "group", "global")
 TARGET_SHAPES = ("ramp", "constant", "linear")
+ACTIVATIONS = tuple(VORONOI_ACTIVATIONS)
+INITS = ("uniform", "normal")
+SIZES = (  # counts that must be at least 1
+    "steps",
+    "batch_size",
+    "checkpoint_every",
+    "monitor_every",
+    "block_size",
+    "n_layer",
+    "n_embd",
+    "hidden",
+    "width",
+    "blocks_per_stage",
+)
 
 
 @dataclass(frozen=True)
@@ -73,9 +88,20 @@ class RunConfig:
             raise ValueError(f"device must be one of {DEVICES}, got {self.device!r}")
         if self.parallel not in PARALLEL_MODES:
             raise ValueError(f"parallel must be one of {PARALLEL_MODES}, got {self.parallel!r}")
-        for name in ("steps", "batch_size", "checkpoint_every", "monitor_every"):
+        for name in SIZES:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        for name in ("weight_decay", "target_ratio", "warmup"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not 0 <= self.rate <= 1:
+            raise ValueError(f"rate must be in [0, 1], got {self.rate}")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {ACTIVATIONS}, got {self.activation!r}")
+        if self.init not in INITS:
+            raise ValueError(f"init must be one of {INITS}, got {self.init!r}")
         if self.corpus not in CORPORA:
             raise ValueError(f"corpus must be one of {CORPORA}, got {self.corpus!r}")
         if self.decay not in DECAYS:

@@ -13,7 +13,7 @@ import math
 import os
 import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ from ..groups import GROUP_FLAGS
 from ..report.runs import load_run
 from .config import RunConfig, with_overrides
 from .methods import norm_gains
+from .progress import progress
 from .rundir import write_report
 from .train import build_task, train
 
@@ -79,12 +80,16 @@ def train_runs(
                 print(f"[{i}/{len(todo)}] {name}", flush=True)
             train(cfg, out / name, verbose=verbose)
     else:
-        with ThreadPoolExecutor(workers) as pool:
-            for name, error in pool.map(lambda run: _train_in_process(out, *run), todo):
+        with ThreadPoolExecutor(workers) as pool, progress(len(todo), unit="run", enabled=verbose) as bar:
+            running = [pool.submit(_train_in_process, out, *run) for run in todo]
+            for future in as_completed(running):
+                name, error = future.result()
                 if error:
+                    for waiting in running:
+                        waiting.cancel()  # runs not started yet; those training finish first
                     raise RuntimeError(f"{name} failed:\n{error}")
-                if verbose:
-                    print(f"  {name}: {final_metrics(out, name)}", flush=True)
+                bar.note(f"  {name}: {final_metrics(out, name)}")
+                bar.update(1)
     return [{"run": name, **final_metrics(out, name)} for name, _ in runs]
 
 

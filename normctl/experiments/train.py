@@ -31,6 +31,7 @@ from . import parallel
 from .config import RunConfig
 from .methods import build_method, target_schedule, with_gains_controlled
 from .models import GPT, GPTConfig, ResNet
+from .progress import progress
 from .rundir import describe_environment
 from .voronoi import VoronoiModel, VoronoiTask, accuracy
 
@@ -204,6 +205,7 @@ def train(cfg: RunConfig, run_dir: str | Path, *, verbose: bool = True) -> dict[
     forward = cast(nn.Module, torch.compile(model)) if cfg.compile else model
     began = time.perf_counter()
     model.train()
+    bar = progress(cfg.steps, initial=start, desc=run_dir.name, enabled=verbose)
     for step in range(start, cfg.steps):
         inputs, targets = parallel.local_slice(task.batch(data_order), world)
         loss = task.loss(forward, (inputs.to(world.device), targets.to(world.device)))
@@ -213,6 +215,8 @@ def train(cfg: RunConfig, run_dir: str | Path, *, verbose: bool = True) -> dict[
         monitor.observe(loss=parallel.mean_over_ranks(loss, world))
         scheduler.step()
         done = step + 1
+        # the loss is read only every 50 steps: reading it waits for the device
+        bar.update(1, **({"loss": f"{float(loss.detach()):.4f}"} if done % 50 == 0 and bar.shown else {}))
         if cfg.eval_every and done % cfg.eval_every == 0:
             model.eval()
             evaluation = {"step": done, **task.evaluate(model)}  # every rank: FSDP2's forward is collective
@@ -234,9 +238,9 @@ def train(cfg: RunConfig, run_dir: str | Path, *, verbose: bool = True) -> dict[
                 _atomic_save(
                     {**state, "model": model.state_dict(), "optimizer": optimizer.state_dict()}, run_dir / CHECKPOINT
                 )
-            if verbose:
-                rate = (done - start) / max(time.perf_counter() - began, 1e-9)
-                print(f"step {done}/{cfg.steps}  loss {float(loss.detach()):.4f}  {rate:.1f} steps/s", flush=True)
+            rate = (done - start) / max(time.perf_counter() - began, 1e-9)
+            bar.note(f"step {done}/{cfg.steps}  loss {float(loss.detach()):.4f}  {rate:.1f} steps/s")
+    bar.close()
     monitor.close()
     model.eval()
     final = {
