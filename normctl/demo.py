@@ -19,6 +19,7 @@ from . import schedules
 from .data import byte_tokens, load_text, random_windows, train_val_split
 from .experiments.methods import adamw_first, build_method, check_methods, is_norm_controlled
 from .experiments.models import GPT, GPTConfig
+from .experiments.progress import progress
 from .experiments.rundir import start_run, write_report
 from .groups import param_groups
 from .monitor import NormMonitor
@@ -65,6 +66,7 @@ def train_one(
     val: torch.Tensor,
     adamw_norm_ratio: float | None = None,
     run_dir: Path | None = None,
+    verbose: bool = False,
 ) -> DemoResult:
     torch.manual_seed(cfg.seed)
     model = GPT(GPTConfig(vocab_size=256, block_size=cfg.block_size, n_layer=cfg.n_layer, n_head=4, n_embd=cfg.n_embd))
@@ -82,15 +84,17 @@ def train_one(
     data_order = torch.Generator().manual_seed(cfg.seed)
     start = time.perf_counter()
     model.train()
-    for _ in range(cfg.steps):
-        x, y = random_windows(train, cfg.batch_size, cfg.block_size, data_order)
-        _, loss = model(x, y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = nn.utils.clip_grad_norm_(model.parameters(), float("inf"))  # measure only
-        optimizer.step()
-        monitor.observe(loss=loss)
-        scheduler.step()
+    with progress(cfg.steps, desc=method, enabled=verbose) as bar:
+        for _ in range(cfg.steps):
+            x, y = random_windows(train, cfg.batch_size, cfg.block_size, data_order)
+            _, loss = model(x, y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = nn.utils.clip_grad_norm_(model.parameters(), float("inf"))  # measure only
+            optimizer.step()
+            monitor.observe(loss=loss)
+            scheduler.step()
+            bar.update(1)
     seconds = time.perf_counter() - start
     monitor.close()
     return DemoResult(
@@ -130,7 +134,9 @@ def run_demo(cfg: DemoConfig = DemoConfig(), *, verbose: bool = True) -> list[De
             )
             print(f"training {method} for {cfg.steps} steps{extra} ...", flush=True)
         results.append(
-            train_one(method, cfg, train, val, adamw_norm_ratio=ratio, run_dir=out / method if out else None)
+            train_one(
+                method, cfg, train, val, adamw_norm_ratio=ratio, run_dir=out / method if out else None, verbose=verbose
+            )
         )
     if verbose:
         print(format_results(results))

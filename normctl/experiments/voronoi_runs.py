@@ -19,6 +19,7 @@ from ..groups import param_groups
 from ..monitor import NormMonitor
 from ..rules import combined_norm, tensor_norms
 from .methods import adamw_first, build_method, check_methods, is_norm_controlled
+from .progress import progress
 from .rundir import start_run, write_report
 from .voronoi import VoronoiModel, VoronoiTask, accuracy
 
@@ -48,6 +49,7 @@ def train_method(
     *,
     adamw_norm_ratio: float | None = None,
     run_dir: Path | None = None,
+    verbose: bool = False,
 ) -> dict:
     torch.manual_seed(cfg.seed)
     model = VoronoiModel(task.cfg.dim, cfg.hidden, task.cfg.classes)
@@ -59,7 +61,10 @@ def train_method(
     initial = _controlled_norm(groups)
     data = torch.Generator().manual_seed(1000 + cfg.seed)
     start = time.perf_counter()
-    with NormMonitor(model, optimizer, every=cfg.monitor_every, sinks=sinks) as monitor:
+    with (
+        NormMonitor(model, optimizer, every=cfg.monitor_every, sinks=sinks) as monitor,
+        progress(cfg.steps, desc=method, enabled=verbose) as bar,
+    ):
         for _ in range(cfg.steps):
             x, y = task.batch(cfg.batch_size, data)
             loss = F.cross_entropy(model(x), y)
@@ -67,6 +72,7 @@ def train_method(
             loss.backward()
             optimizer.step()
             monitor.observe(loss=loss)
+            bar.update(1)
     model.eval()
     return {
         "method": method,
@@ -87,7 +93,8 @@ def run_voronoi(cfg: VoronoiRunConfig = VoronoiRunConfig(), *, verbose: bool = T
         if verbose:
             extra = f" (target ratio {ratio or 1.0:.3f})" if is_norm_controlled(method) else ""
             print(f"training {method} for {cfg.steps} steps{extra} ...", flush=True)
-        results.append(train_method(method, cfg, task, adamw_norm_ratio=ratio, run_dir=out / method if out else None))
+        run_dir = out / method if out else None
+        results.append(train_method(method, cfg, task, adamw_norm_ratio=ratio, run_dir=run_dir, verbose=verbose))
     if verbose:
         print(f"{'method':<9} {'val acc':>8} {'test acc':>9} {'‖θ‖/‖θ0‖':>9} {'seconds':>8}")
         for r in results:
