@@ -37,6 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     sweep.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2", help="a swept field")
     sweep.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
     sweep.add_argument("--out", required=True, help="the sweep directory")
+    sweep.add_argument("--workers", type=int, default=1, help="runs at once (one thread each; default 1)")
     repro = commands.add_parser("repro-gpt", help="seeds 001/002 on the GPT: AdamW, AdamC, AdamWN over seeds")
     repro.add_argument("--out", default="results/repro_gpt", help="the reproduction's directory")
     repro.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
@@ -125,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             base = with_overrides(RunConfig.from_file(args.config) if args.config else RunConfig(), args.set)
             seeds = _seeds(args.seeds)
-            run_sweep(base, parse_grid(args.grid), seeds, args.out)
+            run_sweep(base, parse_grid(args.grid), seeds, args.out, workers=args.workers)
         except (ValueError, FileNotFoundError) as error:
             parser.error(str(error))
     elif args.command == "report":

@@ -11,6 +11,7 @@ import time
 import pytest
 import torch
 
+from normctl.cli import main
 from normctl.experiments.config import RunConfig, with_overrides
 from normctl.experiments.sweep import gains_norm_ratio
 from normctl.experiments.train import train
@@ -155,6 +156,12 @@ def test_runs_in_parallel_processes_finish_and_a_failure_names_its_run(tmp_path,
     printed = capsys.readouterr().out
     assert "run_s0: {" in printed and "run_s1: {" in printed
     assert not any(tmp_path.glob("*/request.json"))  # the hand-over files are cleaned up
+
+    with pytest.raises(ValueError, match="workers must be an integer >= 1"):
+        train_runs(runs, tmp_path, workers=0)
+    with pytest.raises(SystemExit):
+        main(["sweep", "--workers", "0", "--out", str(tmp_path / "sweep")])
+    assert "workers must be an integer >= 1" in capsys.readouterr().err
 
     (tmp_path / "bad_s0").mkdir()
     (tmp_path / "bad_s0" / "checkpoint.pt").write_bytes(b"not a checkpoint")  # fails in the child

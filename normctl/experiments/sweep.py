@@ -53,11 +53,17 @@ def sweep_configs(base: RunConfig, grid: dict[str, list[str]], seeds: list[int])
 
 
 def run_sweep(
-    base: RunConfig, grid: dict[str, list[str]], seeds: list[int], out: str | Path, *, verbose: bool = True
+    base: RunConfig,
+    grid: dict[str, list[str]],
+    seeds: list[int],
+    out: str | Path,
+    *,
+    workers: int = 1,
+    verbose: bool = True,
 ) -> list[dict[str, Any]]:
     out = Path(out)
     runs = sweep_configs(base, grid, seeds)
-    results = train_runs(runs, out, verbose=verbose)
+    results = train_runs(runs, out, workers=workers, verbose=verbose)
     (out / "summary.json").write_text(
         json.dumps({"base": dataclasses.asdict(base), "grid": grid, "seeds": seeds, "results": results}, indent=2)
     )
@@ -70,11 +76,15 @@ def train_runs(
 ) -> list[dict[str, Any]]:
     """Train each ``(name, config)`` into ``out/name`` unless it has finished (``final.json``);
     unfinished runs resume from their checkpoints. ``workers > 1`` trains that many at once,
-    each in a single-threaded process. Returns every run's final metrics, in order."""
+    each in a single-threaded process (on a CPU that suits small models; wide ones train as fast
+    one at a time on every core, see ``benchmarks/cpu_parallelism.py``). Returns every run's
+    final metrics, in order."""
+    if not (isinstance(workers, int) and workers >= 1):
+        raise ValueError(f"workers must be an integer >= 1, got {workers!r}")
     todo = [(name, cfg) for name, cfg in runs if not (out / name / "final.json").is_file()]
     if verbose:
         print(f"{len(runs) - len(todo)} of {len(runs)} runs finished; training {len(todo)}", flush=True)
-    if workers <= 1:
+    if workers == 1:
         for i, (name, cfg) in enumerate(todo, 1):
             if verbose:
                 print(f"[{i}/{len(todo)}] {name}", flush=True)
