@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Everything that needs a CUDA GPU, as one command for a machine lent for minutes (about 8 on an
 # H100/H200): the CUDA paths' tests, step_speed on CUDA in float32 and bfloat16, and the
-# Voronoi grid's widest runs (width 2048, 16x a baseline run: hours on 2 CPU cores).
+# Voronoi grid's widest runs (width 2048, 16x a baseline run: about 50 min each on 2 CPU cores)
+# and whatever else of its grid has not run.
 #
 #     OUT=/some/dir bash benchmarks/gpu_checks.sh
 #
