@@ -70,8 +70,8 @@ SCALES = {"laptop": ("decay", "method", "weight_decay"), "paper": tuple(ABLATION
 # study decays them all), pulled to it one tensor at a time or as one global norm the tensors
 # share freely; or the matrices alone, the norm gains left to AdamW's decay as in the baseline.
 # AdamC differs from AdamW only where the learning rate falls, so it is compared under cosine;
-# at λ = 1e-2 the decay barely acts in 10 000 steps (1/(λγ) ≈ 33 000), at 1e-1 the weights
-# reach the steady state 1/(2λγ) ≈ 1 700 steps in, where AdamC's correction matters.
+# at λ = 1e-2 the decay barely acts in 10 000 steps (its time scale 1/(λγ) ≈ 33 000 steps), at
+# 1e-1 it acts well inside the run (1/(λγ) ≈ 3 300).
 NEW_ROWS = {
     "adamwn": ["method=adamwn"],
     "adamwn-global": ["method=adamwn", "scope=global"],
