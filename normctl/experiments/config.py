@@ -11,6 +11,7 @@ from typing import Any
 
 from .parallel import DEVICES, PARALLEL_MODES
 from .voronoi import ACTIVATIONS as VORONOI_ACTIVATIONS
+from .voronoi import INITS
 
 TASKS = ("gpt", "voronoi", "fmnist")
 SCHEDULES = ("cosine", "constant")
@@ -19,7 +20,6 @@ CORPORA = ("austen", "kjv", "brown")
 SCOPES = ("tensor", "group", "global")
 TARGET_SHAPES = ("ramp", "constant", "linear")
 ACTIVATIONS = tuple(VORONOI_ACTIVATIONS)
-INITS = ("uniform", "normal")
 SIZES = (  # counts that must be at least 1
     "steps",
     "batch_size",

@@ -238,8 +238,9 @@ def train(cfg: RunConfig, run_dir: str | Path, *, verbose: bool = True) -> dict[
                 _atomic_save(
                     {**state, "model": model.state_dict(), "optimizer": optimizer.state_dict()}, run_dir / CHECKPOINT
                 )
-            rate = (done - start) / max(time.perf_counter() - began, 1e-9)
-            bar.note(f"step {done}/{cfg.steps}  loss {float(loss.detach()):.4f}  {rate:.1f} steps/s")
+            if verbose:  # reading the loss waits for the device: only where a line is printed
+                rate = (done - start) / max(time.perf_counter() - began, 1e-9)
+                bar.note(f"step {done}/{cfg.steps}  loss {float(loss.detach()):.4f}  {rate:.1f} steps/s")
     bar.close()
     monitor.close()
     model.eval()

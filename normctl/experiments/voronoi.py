@@ -73,6 +73,7 @@ class ScaleNorm(nn.Module):
 
 
 ACTIVATIONS = {"relu": nn.ReLU, "swish": nn.SiLU, "gelu": nn.GELU}
+INITS = ("uniform", "normal")  # PyTorch's default, or N(0, 1/fan_in)
 
 
 class Dense(nn.Module):
@@ -117,7 +118,7 @@ class VoronoiModel(nn.Module):
         super().__init__()
         if activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
-        if init not in ("uniform", "normal"):
+        if init not in INITS:
             raise ValueError(f"init must be 'uniform' (PyTorch default) or 'normal', got {init!r}")
         self.input_scale = input_scale
         self.dense_in = Dense(dim, hidden, hidden, activation=activation, rms=rms)
