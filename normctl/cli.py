@@ -57,7 +57,9 @@ def main(argv: list[str] | None = None) -> int:
     voronoi_repro.add_argument("--out", default="results/repro_voronoi", help="the reproduction's directory")
     voronoi_repro.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
     voronoi_repro.add_argument(
-        "--scale", default="laptop", help="laptop (decay types, AdamWN, weight decay; ~1.5 h) or paper (SPEC §3's grid)"
+        "--scale",
+        default="laptop",
+        help="laptop (lr search, decay types, λ = 0.1; ~1 h) or paper (SPEC §3's grid, AdamWN, AdamC; ~7 h)",
     )
     voronoi_repro.add_argument("--workers", type=int, default=2, help="runs at once (one thread each)")
     voronoi_repro.add_argument("--device", default="cpu", help="cpu, cuda or auto")

@@ -371,12 +371,9 @@ def test_voronoi_reproduction_picks_lr_on_validation_and_runs_the_ablations(tmp_
     from normctl.experiments.sweep import controlled_norm_ratio
     from normctl.report.runs import load_run
 
-    monkeypatch.setattr(
-        repro_voronoi,
-        "ABLATIONS",
-        {"decay": ["min"], "method": ["adamwn", "adamwn-global"], "schedule": ["cosine-adamc"], "rms": ["true"]},
-    )
-    monkeypatch.setitem(repro_voronoi.SCALES, "paper", ("decay", "method", "schedule", "rms"))
+    grid = {"decay": ["min"], "method": ["adamwn", "adamwn-global"], "schedule": ["cosine-adamc"], "rms": ["true"]}
+    monkeypatch.setitem(repro_voronoi.SCALES, "paper", grid)
+    monkeypatch.setitem(repro_voronoi.SCALES, "laptop", {"decay": ["min"], "method": ["adamwn"]})
     summary = repro_voronoi.run_repro(tmp_path, [0], scale="paper", steps=4, verbose=False)
     vals = {
         lr: json.loads((tmp_path / f"lr-{lr}_s0" / "final.json").read_text())["val_acc"]
@@ -401,10 +398,20 @@ def test_voronoi_reproduction_picks_lr_on_validation_and_runs_the_ablations(tmp_
     laptop = repro_voronoi.run_repro(tmp_path, [0], steps=4, verbose=False)  # reuses the finished runs
     best = summary["chosen_lr"]
     others = {f"lr {lr}" for lr in ("2e-3", "3e-3", "5e-3") if lr != best}
-    expected = {f"baseline (lr {best})", "decay = min", "method = adamwn", "method = adamwn-global", *others}
-    assert set(laptop["variants"]) == expected
+    assert set(laptop["variants"]) == {f"baseline (lr {best})", "decay = min", "method = adamwn", *others}
     with pytest.raises(ValueError, match="scale must be one of"):
         repro_voronoi.run_repro(tmp_path, [0], scale="huge", verbose=False)
+
+
+def test_voronoi_laptop_scale_is_part_of_the_paper_grid():
+    # a laptop run's directories are the paper grid's: --scale paper resumes from them
+    from normctl.experiments.repro_voronoi import ABLATIONS, SCALES
+
+    assert SCALES["paper"] is ABLATIONS
+    assert list(ABLATIONS)[: len(SCALES["laptop"])] == list(SCALES["laptop"])
+    for key, values in SCALES["laptop"].items():
+        assert set(values) <= set(ABLATIONS[key])
+        assert ABLATIONS[key][: len(values)] == values  # and the paper grid trains them first
 
 
 @pytest.mark.parametrize(
