@@ -205,43 +205,43 @@ def train(cfg: RunConfig, run_dir: str | Path, *, verbose: bool = True) -> dict[
     forward = cast(nn.Module, torch.compile(model)) if cfg.compile else model
     began = time.perf_counter()
     model.train()
-    bar = progress(cfg.steps, initial=start, desc=run_dir.name, enabled=verbose)
-    for step in range(start, cfg.steps):
-        inputs, targets = parallel.local_slice(task.batch(data_order), world)
-        loss = task.loss(forward, (inputs.to(world.device), targets.to(world.device)))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        monitor.observe(loss=parallel.mean_over_ranks(loss, world))
-        scheduler.step()
-        done = step + 1
-        # the loss is read only every 50 steps: reading it waits for the device
-        bar.update(1, **({"loss": f"{float(loss.detach()):.4f}"} if done % 50 == 0 and bar.shown else {}))
-        if cfg.eval_every and done % cfg.eval_every == 0:
-            model.eval()
-            evaluation = {"step": done, **task.evaluate(model)}  # every rank: FSDP2's forward is collective
-            model.train()
-            if main:
-                with open(run_dir / EVALS, "a") as f:
-                    f.write(json.dumps(evaluation) + "\n")
-        if done % cfg.checkpoint_every == 0 or done == cfg.steps:
-            state = {
-                "config": json.loads(cfg.to_json()),
-                "step": done,
-                "scheduler": scheduler.state_dict(),
-                "data_order": data_order.get_state(),
-                "monitor": monitor.state_dict(),
-            }
-            if world.distributed:
-                parallel.save_sharded(run_dir / SHARDED_CHECKPOINT, model, optimizer, state)
-            else:
-                _atomic_save(
-                    {**state, "model": model.state_dict(), "optimizer": optimizer.state_dict()}, run_dir / CHECKPOINT
-                )
-            if verbose:  # reading the loss waits for the device: only where a line is printed
-                rate = (done - start) / max(time.perf_counter() - began, 1e-9)
-                bar.note(f"step {done}/{cfg.steps}  loss {float(loss.detach()):.4f}  {rate:.1f} steps/s")
-    bar.close()
+    with progress(cfg.steps, initial=start, desc=run_dir.name, enabled=verbose) as bar:
+        for step in range(start, cfg.steps):
+            inputs, targets = parallel.local_slice(task.batch(data_order), world)
+            loss = task.loss(forward, (inputs.to(world.device), targets.to(world.device)))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            monitor.observe(loss=parallel.mean_over_ranks(loss, world))
+            scheduler.step()
+            done = step + 1
+            # the loss is read only every 50 steps: reading it waits for the device
+            bar.update(1, **({"loss": f"{float(loss.detach()):.4f}"} if done % 50 == 0 and bar.shown else {}))
+            if cfg.eval_every and done % cfg.eval_every == 0:
+                model.eval()
+                evaluation = {"step": done, **task.evaluate(model)}  # every rank: FSDP2's forward is collective
+                model.train()
+                if main:
+                    with open(run_dir / EVALS, "a") as f:
+                        f.write(json.dumps(evaluation) + "\n")
+            if done % cfg.checkpoint_every == 0 or done == cfg.steps:
+                state = {
+                    "config": json.loads(cfg.to_json()),
+                    "step": done,
+                    "scheduler": scheduler.state_dict(),
+                    "data_order": data_order.get_state(),
+                    "monitor": monitor.state_dict(),
+                }
+                if world.distributed:
+                    parallel.save_sharded(run_dir / SHARDED_CHECKPOINT, model, optimizer, state)
+                else:
+                    _atomic_save(
+                        {**state, "model": model.state_dict(), "optimizer": optimizer.state_dict()},
+                        run_dir / CHECKPOINT,
+                    )
+                if verbose:  # reading the loss waits for the device: only where a line is printed
+                    rate = (done - start) / max(time.perf_counter() - began, 1e-9)
+                    bar.note(f"step {done}/{cfg.steps}  loss {float(loss.detach()):.4f}  {rate:.1f} steps/s")
     monitor.close()
     model.eval()
     final = {
