@@ -70,6 +70,40 @@ def test_report_has_summary_tables_and_embedded_images(runs, tmp_path):
     assert [row["tensor"] for row in phases] == ["0.weight", "2.weight"]  # the decayed matrices
 
 
+def test_report_groups_runs_by_the_labels_given(runs, tmp_path):
+    # e.g. the variants of an ablation grid, all trained with one method: by method they would pool
+    labels = ["variant a", "variant b", "variant b", "variant a"]
+    page = build_report(runs, tmp_path / "report.html", labels=labels).read_text()
+    methods = re.search(r'<table id="methods">(.*?)</table>', page, re.S).group(1)
+    assert re.findall(r"<tr><td>([^<]*)</td><td>(\d+)</td>", methods) == [("variant a", "2"), ("variant b", "2")]
+    assert "phases-variant a" in page and "phases-adamw" not in page
+    with pytest.raises(ValueError, match="labels must name one group per run: 3 labels for 4 runs"):
+        build_report(runs, tmp_path / "other.html", labels=labels[:3])
+    assert not (tmp_path / "other.html").exists()
+
+
+def test_curves_with_many_groups_put_the_legend_beside_the_axes(runs):
+    import matplotlib.pyplot as plt
+
+    from normctl.report import plots
+
+    many = [load_run(runs[i % len(runs)]) for i in range(12)]
+    for i, run in enumerate(many):
+        run.label = f"group {i}"
+    fig = plots.curves(many, "loss", "training loss")
+    ax = fig.axes[0]
+    assert len(ax.get_lines()) == 12 and len(ax.get_legend().get_texts()) == 12
+    assert ax.get_lines()[0].get_linestyle() != ax.get_lines()[10].get_linestyle()  # the colours came round
+    fig.canvas.draw()
+    legend_box, axes_box = ax.get_legend().get_window_extent(), ax.get_window_extent()
+    assert legend_box.x0 >= axes_box.x1  # beside the curves, not over them
+    few = plots.curves([load_run(r) for r in runs], "loss", "training loss")
+    few.canvas.draw()
+    assert few.axes[0].get_legend().get_window_extent().x1 <= few.axes[0].get_window_extent().x1
+    plt.close(fig)
+    plt.close(few)
+
+
 def test_cli_report_and_missing_run_dir(runs, tmp_path, capsys):
     out = tmp_path / "cli.html"
     assert main(["report", *map(str, runs), "-o", str(out)]) == 0

@@ -146,7 +146,11 @@ def run_repro(
         "variants": {v: _aggregate(out, names) for v, names in variants.items()},
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    write_report(out, [n for n, _ in stage1 + stage2], "Voronoi: decay types and ablations", verbose=verbose)
+    # one group per variant: every run but AdamWN's and AdamC's is AdamW, so the method would pool them
+    variant_of = {name: variant for variant, names in variants.items() for name in names}
+    names = [n for n, _ in stage1 + stage2]
+    title = "Voronoi: decay types and ablations"
+    write_report(out, names, title, labels=[variant_of[n] for n in names], verbose=verbose)
     return summary
 
 

@@ -50,15 +50,18 @@ def _git(args: list[str]) -> str | None:
     return done.stdout.strip()
 
 
-def write_report(out: Path, run_names: list[str], title: str, *, verbose: bool = True) -> Path | None:
-    """``out/report.html`` over ``out/<name>`` for each name (skipped without matplotlib)."""
+def write_report(
+    out: Path, run_names: list[str], title: str, *, labels: list[str] | None = None, verbose: bool = True
+) -> Path | None:
+    """``out/report.html`` over ``out/<name>`` for each name, grouped by ``labels`` where given
+    (skipped without matplotlib)."""
     try:
         from ..report import build_report
     except ImportError:
         if verbose:
             print(f"metrics in {out}/*/metrics.jsonl (install matplotlib for the HTML report)")
         return None
-    path = build_report([out / name for name in run_names], out / "report.html", title=title)
+    path = build_report([out / name for name in run_names], out / "report.html", title=title, labels=labels)
     if verbose:
         print(f"report: {path}")
     return path

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import html
 import io
 import math
@@ -79,11 +80,25 @@ def method_summary(runs: list[Run]) -> list[dict]:
     return rows
 
 
-def build_report(run_dirs: Sequence[str | Path], output: str | Path, *, title: str = "normctl report") -> Path:
-    """Write the HTML report for ``run_dirs`` to ``output`` and return its path."""
+def build_report(
+    run_dirs: Sequence[str | Path],
+    output: str | Path,
+    *,
+    title: str = "normctl report",
+    labels: Sequence[str] | None = None,
+) -> Path:
+    """Write the HTML report for ``run_dirs`` to ``output`` and return its path.
+
+    Runs are grouped (one curve, one summary row) by their config's ``label``, else their
+    method; ``labels``, one per run, groups them otherwise — e.g. by ablation variant, where
+    every variant trains with the same method."""
     if not run_dirs:
         raise ValueError("run_dirs must name at least one run directory")
+    if labels is not None and len(labels) != len(run_dirs):
+        raise ValueError(f"labels must name one group per run: {len(labels)} labels for {len(run_dirs)} runs")
     runs = [load_run(d) for d in run_dirs]
+    if labels is not None:
+        runs = [dataclasses.replace(run, label=label) for run, label in zip(runs, labels)]
     figures = [
         _figure(plots.curves(runs, "loss", "training loss"), "Loss (mean ± std over seeds)"),
         _figure(

@@ -62,23 +62,33 @@ def ratio_vs_prediction(run: Run, *, max_lines: int = 24):
     return fig
 
 
-def _band(ax, steps, mean, std, label):
-    ax.plot(steps, mean, label=label)
+def _band(ax, steps, mean, std, label, linestyle="-"):
+    (line,) = ax.plot(steps, mean, label=label, linestyle=linestyle)
     if any(std):
-        ax.fill_between(steps, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)], alpha=0.2)
+        upper, lower = [m + s for m, s in zip(mean, std)], [m - s for m, s in zip(mean, std)]
+        ax.fill_between(steps, lower, upper, alpha=0.2, color=line.get_color())
+
+
+MANY_GROUPS = 8  # beyond this the legend goes beside the axes, where it hides no curve
+LINESTYLES = ("-", "--", ":", "-.")  # a new style each time the 10 default colours come round
 
 
 def curves(runs: list[Run], key: str, ylabel: str, *, log: bool = False):
     """One line per method (mean over seeds) with a ±1 std band."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6, 3.6))
-    for label, group in by_label(runs).items():
+    groups = by_label(runs)
+    many = len(groups) > MANY_GROUPS
+    fig, ax = plt.subplots(figsize=(9.5, 4.8) if many else (6, 3.6))
+    for i, (label, group) in enumerate(groups.items()):
         steps, mean, std = mean_std(group, key)
         if steps:
             n = f" ({len(group)} seeds)" if len(group) > 1 else ""
-            _band(ax, steps, mean, std, label + n)
+            _band(ax, steps, mean, std, label + n, LINESTYLES[i // 10 % len(LINESTYLES)])
     ax.set(xlabel="step", ylabel=ylabel, yscale="log" if log else "linear")
-    ax.legend()
+    if many:
+        ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    else:
+        ax.legend()
     fig.tight_layout()
     return fig
 
