@@ -74,7 +74,7 @@ LINESTYLES = ("-", "--", ":", "-.")  # a new style each time the 10 default colo
 
 
 def curves(runs: list[Run], key: str, ylabel: str, *, log: bool = False):
-    """One line per method (mean over seeds) with a ±1 std band."""
+    """One line per group of seeds (their label: the method unless set) with a ±1 std band."""
     plt = _pyplot()
     groups = by_label(runs)
     many = len(groups) > MANY_GROUPS
