@@ -9,13 +9,14 @@ cores: its time per step; one run per core: the time per step of one of them div
 number running), repeated, as median [min, max], with the ratio per-core / all-cores (above
 1: one run at a time is faster).
 
-    python benchmarks/cpu_parallelism.py [--widths 512,1024,2048] [--repeats 3] [--out FILE]
+    python benchmarks/cpu_parallelism.py [--widths 512,1024,2048] [--repeats 3]
+
+It writes results/bench/cpu_parallelism.json, as the other benchmarks write theirs.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -23,7 +24,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, summary  # noqa: E402
+from common import machine, summary, write_json  # noqa: E402
 
 
 def time_steps(hidden: int, threads: int, steps: int, warmup: int = 3) -> float:
@@ -66,7 +67,6 @@ def main() -> None:
     parser.add_argument("--widths", default="512,1024,2048")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--steps", type=int, default=0, help="timed steps (default: about 5 s of work per width)")
-    parser.add_argument("--out", type=Path, help="write the measurements as JSON here")
     parser.add_argument("--worker", nargs=3, type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -92,8 +92,7 @@ def main() -> None:
             f"ratio {row['ratio_per_core_over_all_cores']:.2f}",
             flush=True,
         )
-    if args.out:
-        args.out.write_text(json.dumps(results, indent=2))
+    print("  ->", write_json("cpu_parallelism", results))
 
 
 if __name__ == "__main__":
