@@ -70,7 +70,7 @@ def _band(ax, steps, mean, std, label, linestyle="-"):
 
 
 MANY_GROUPS = 8  # beyond this the legend goes beside the axes, where it hides no curve
-LINESTYLES = ("-", "--", ":", "-.")  # a new style each time the 10 default colours come round
+LINESTYLES = ("-", "--", ":", "-.")  # a new style each time the colour cycle comes round
 
 
 def curves(runs: list[Run], key: str, ylabel: str, *, log: bool = False):
@@ -79,11 +79,12 @@ def curves(runs: list[Run], key: str, ylabel: str, *, log: bool = False):
     groups = by_label(runs)
     many = len(groups) > MANY_GROUPS
     fig, ax = plt.subplots(figsize=(9.5, 4.8) if many else (6, 3.6))
+    colours = len(plt.rcParams["axes.prop_cycle"].by_key().get("color", [None]))
     for i, (label, group) in enumerate(groups.items()):
         steps, mean, std = mean_std(group, key)
         if steps:
             n = f" ({len(group)} seeds)" if len(group) > 1 else ""
-            _band(ax, steps, mean, std, label + n, LINESTYLES[i // 10 % len(LINESTYLES)])
+            _band(ax, steps, mean, std, label + n, LINESTYLES[i // colours % len(LINESTYLES)])
     ax.set(xlabel="step", ylabel=ylabel, yscale="log" if log else "linear")
     if many:
         ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
