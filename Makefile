@@ -7,26 +7,26 @@ TORCH_PIN ?= torch==2.13.0
 
 .PHONY: install demo test lint docs data clean
 
-$(BIN)/normctl: pyproject.toml
+$(BIN)/normctl-lab: pyproject.toml lab/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet "$(TORCH_PIN)"
-	$(BIN)/pip install --quiet -e ".[dev]"
+	$(BIN)/pip install --quiet -e ".[dev]" -e "./lab[progress]"
 	$(BIN)/python -c "from normctl.optim import _one_pass_cpu; _one_pass_cpu.prepare()"
 	touch $@
 
-install: $(BIN)/normctl
+install: $(BIN)/normctl-lab
 
 demo: install
-	$(BIN)/normctl demo
+	$(BIN)/normctl-lab demo
 
 test: install
 	$(BIN)/python -m pytest -q
 
 lint: install
-	$(BIN)/ruff check normctl tests benchmarks scripts
-	$(BIN)/ruff format --check normctl tests benchmarks scripts
-	$(BIN)/mypy normctl
+	$(BIN)/ruff check normctl lab tests benchmarks scripts
+	$(BIN)/ruff format --check normctl lab tests benchmarks scripts
+	$(BIN)/mypy normctl lab/normctl_lab
 
 # The full Fashion-MNIST (60k/10k, Debian's dataset-fashion-mnist) for `--set full_data=true`.
 data:

@@ -30,9 +30,8 @@ from common import machine, summary, write_json  # noqa: E402
 def time_steps(hidden: int, threads: int, steps: int, warmup: int = 3) -> float:
     """Seconds per training step (batch 1024, AdamW) of the Voronoi model at this width."""
     import torch
+    from normctl_lab.voronoi import VoronoiModel, VoronoiTask
     from torch.nn import functional as F
-
-    from normctl.experiments.voronoi import VoronoiModel, VoronoiTask
 
     torch.set_num_threads(threads)
     model, task = VoronoiModel(hidden=hidden), VoronoiTask(held_out=1)

@@ -15,9 +15,9 @@ import time
 
 import torch
 from common import machine, summary, write_json
+from normctl_lab.models import GPT, GPTConfig
 
 from normctl import AdamWN, param_groups
-from normctl.experiments.models import GPT, GPTConfig
 from normctl.monitor import MemorySink, NormMonitor
 
 

@@ -1,4 +1,4 @@
-"""Rebuild normctl/data/austen.txt.xz from Debian's r-cran-janeaustenr package, without R.
+"""Rebuild lab/normctl_lab/data/austen.txt.xz from Debian's r-cran-janeaustenr package, without R.
 
     apt-get download r-cran-janeaustenr && dpkg-deb -x r-cran-janeaustenr_*.deb pkg
     python scripts/extract_austen.py pkg/usr/lib/R/site-library/janeaustenr/data/Rdata.rdb
@@ -49,7 +49,7 @@ def character_vector(blob: bytes) -> list[str]:
     return lines
 
 
-def main(rdb: str, out: str = "normctl/data/austen.txt.xz") -> None:
+def main(rdb: str, out: str = "lab/normctl_lab/data/austen.txt.xz") -> None:
     novels = ["\n".join(character_vector(obj)) for obj in rdb_objects(Path(rdb).read_bytes())]
     text = "\n\n".join(novels)
     Path(out).write_bytes(lzma.compress(text.encode("utf-8"), preset=9 | lzma.PRESET_EXTREME))

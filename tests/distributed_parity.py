@@ -15,11 +15,11 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from normctl_lab import parallel
+from normctl_lab.models import GPT, GPTConfig
 from torch import nn
 
 from normctl import SGDC, AdamC, AdamWN, CorrectedDecay, NormControl, NormMonitor, param_groups, schedules
-from normctl.experiments import parallel
-from normctl.experiments.models import GPT, GPTConfig
 from normctl.monitor import MemorySink
 
 STEPS = 20

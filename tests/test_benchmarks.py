@@ -3,6 +3,7 @@
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
@@ -17,7 +18,9 @@ def test_step_speed_times_every_optimizer_against_its_paired_baseline(monkeypatc
     assert list(out["results"]) == list(step_speed.MAKERS)
     for label, r in out["results"].items():
         key = "ratio_to_torch_AdamW_fused" if label in step_speed.ADAM_FAMILY else "ratio_to_torch_SGD_fused"
-        assert r[key] > 0 and len(r["ratio_by_round"]) == 2, label
+        # the ratio is the medians' ratio of the timings stored beside it, one more per round
+        assert r[key] == pytest.approx(r["seconds"]["median"] / r["baseline_seconds"]["median"], rel=1e-12), label
+        assert len(r["ratio_by_round"]) == 2 and all(q > 0 for q in r["ratio_by_round"]), label
         assert r["seconds"]["repeats"] == r["baseline_seconds"]["repeats"] == 4
     # Adam's two moments per element; SGD's momentum buffer
     assert out["results"]["AdamWN tensor"]["state_bytes"] >= 2 * 4 * sum(torch.Size(s).numel() for s in shapes)

@@ -4,10 +4,10 @@ import dataclasses
 
 import pytest
 import torch
+from normctl_lab.cli import main
+from normctl_lab.demo import DemoConfig, run_demo
 
 from normctl import AdamWN, param_groups
-from normctl.cli import main
-from normctl.demo import DemoConfig, run_demo
 
 
 def test_compiled_training_step_matches_eager():
@@ -39,9 +39,13 @@ def test_compiled_training_step_matches_eager():
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
-def test_demo_runs_end_to_end(capsys):
-    cfg = dataclasses.replace(DemoConfig(), steps=6, n_layer=1, n_embd=32, eval_batches=2, warmup=2)
+def test_demo_runs_end_to_end(capsys, tmp_path):
+    out_dir = tmp_path / "demo"
+    cfg = dataclasses.replace(
+        DemoConfig(), steps=6, n_layer=1, n_embd=32, eval_batches=2, warmup=2, out_dir=str(out_dir)
+    )
     results = run_demo(cfg)
+    assert (out_dir / "report.html").is_file() and (out_dir / "adamwn" / "metrics.jsonl").is_file()
     assert [r.method for r in results] == ["adamw", "adamwn", "adamc"]
     for r in results:
         assert all(map(torch.isfinite, map(torch.tensor, (r.val_loss, r.train_loss, r.norm_ratio))))
@@ -49,9 +53,10 @@ def test_demo_runs_end_to_end(capsys):
     assert "target ratio" in out and "val loss" in out
 
 
-def test_cli_rejects_bad_steps():
-    with pytest.raises(SystemExit):
+def test_cli_rejects_bad_steps(capsys):
+    with pytest.raises(SystemExit) as exit_info:
         main(["demo", "--steps", "0"])
+    assert exit_info.value.code == 2 and "--steps must be > 0" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

@@ -16,10 +16,10 @@ import torch
 import torch.distributed as dist
 from distributed_parity import CASES as PARITY_CASES
 from distributed_parity import CHECKPOINTED
+from normctl_lab.models import GPT, GPTConfig
 from torch import nn
 
 from normctl import AdamC, AdamWN, NormMonitor, param_groups
-from normctl.experiments.models import GPT, GPTConfig
 
 pytestmark = pytest.mark.skipif(
     not (dist.is_available() and dist.is_gloo_available()), reason="torch built without gloo"

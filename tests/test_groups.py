@@ -1,10 +1,10 @@
 """param_groups: which tensors are controlled, decayed and normalised, and why."""
 
 import torch
+from normctl_lab.models import GPT, GPTConfig, ResNet
 from torch import nn
 
 from normctl import SGDC, AdamC, AdamWN, format_roles, param_groups, param_roles
-from normctl.experiments.models import GPT, GPTConfig, ResNet
 
 
 def roles_by_name(model, **kw):

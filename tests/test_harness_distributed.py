@@ -1,4 +1,4 @@
-"""``normctl train`` under ``torchrun``: 2 CPU processes give the metrics of one, and a killed
+"""``normctl-lab train`` under ``torchrun``: 2 CPU processes give the metrics of one, and a killed
 FSDP2 run resumes from its distributed checkpoint."""
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ import time
 
 import pytest
 import torch.distributed as dist
+from normctl_lab.config import RunConfig, with_overrides
+from normctl_lab.train import SHARDED_CHECKPOINT, train
 
-from normctl.experiments.config import RunConfig, with_overrides
-from normctl.experiments.train import SHARDED_CHECKPOINT, train
 from normctl.monitor import read_jsonl
 
 pytestmark = pytest.mark.skipif(
@@ -36,7 +36,7 @@ SMALL = [
 
 def torchrun_command(run_dir, assignments: list[str]) -> list[str]:
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-    command += ["-m", "normctl.cli", "train", "--out", str(run_dir)]
+    command += ["-m", "normctl_lab.cli", "train", "--out", str(run_dir)]
     for assignment in assignments:
         command += ["--set", assignment]
     return command

@@ -4,11 +4,11 @@ import math
 
 import pytest
 import torch
+from normctl_lab.models import GPT, GPTConfig
 from torch import nn
 
 import normctl
 from normctl import SGDC, AdamC, AdamWN, param_groups
-from normctl.experiments.models import GPT, GPTConfig
 from normctl.monitor import MemorySink, NormMonitor, predict
 
 
@@ -160,4 +160,12 @@ def test_unobserved_records_are_flushed_and_every_is_validated():
 
 
 def test_monitor_is_exported_at_the_top_level():
-    assert normctl.NormMonitor is NormMonitor
+    assert normctl.NormMonitor is NormMonitor and "NormMonitor" in normctl.__all__
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    sink = normctl.monitor.MemorySink()
+    with normctl.NormMonitor(model, optimizer, every=1, sinks=[sink]) as monitor:
+        model(torch.randn(4, 3)).sum().backward()
+        optimizer.step()
+        monitor.observe(loss=1.0)
+    assert sink.records[0]["step"] == 1 and sink.records[0]["loss"] == 1.0

@@ -4,10 +4,9 @@ import io
 import sys
 
 import pytest
-
-from normctl.experiments.config import RunConfig, with_overrides
-from normctl.experiments.progress import progress
-from normctl.experiments.train import train
+from normctl_lab.config import RunConfig, with_overrides
+from normctl_lab.progress import progress
+from normctl_lab.train import train
 
 pytest.importorskip("tqdm")
 

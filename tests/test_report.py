@@ -65,7 +65,7 @@ def test_report_has_summary_tables_and_embedded_images(runs, tmp_path):
     run = load_run(runs[0])
     summary = run.summary()
     assert summary["method"] == "adamw" and summary["seed"] == 0 and summary["steps"] == 37
-    assert summary["final loss"] == run.records[-1]["loss"]
+    assert summary["last train loss"] == run.records[-1]["loss"]
     phases = run.layer_phases()
     assert [row["tensor"] for row in phases] == ["0.weight", "2.weight"]  # the decayed matrices
 
@@ -83,8 +83,6 @@ def test_report_groups_runs_by_the_labels_given(runs, tmp_path):
 
 
 def test_curves_with_many_groups_put_the_legend_beside_the_axes(runs):
-    import matplotlib.pyplot as plt
-
     from normctl.report import plots
 
     many = [load_run(runs[i % len(runs)]) for i in range(12)]
@@ -100,16 +98,15 @@ def test_curves_with_many_groups_put_the_legend_beside_the_axes(runs):
     few = plots.curves([load_run(r) for r in runs], "loss", "training loss")
     few.canvas.draw()
     assert few.axes[0].get_legend().get_window_extent().x1 <= few.axes[0].get_window_extent().x1
-    plt.close(fig)
-    plt.close(few)
 
 
 def test_cli_report_and_missing_run_dir(runs, tmp_path, capsys):
     out = tmp_path / "cli.html"
     assert main(["report", *map(str, runs), "-o", str(out)]) == 0
     assert out.is_file() and "wrote" in capsys.readouterr().out
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as exit_info:
         main(["report", str(tmp_path / "nope")])
+    assert exit_info.value.code == 2 and "is not a run directory: metrics.jsonl is missing" in capsys.readouterr().err
 
 
 def test_report_renders_in_headless_chromium(runs, tmp_path):
@@ -134,3 +131,74 @@ def test_report_renders_in_headless_chromium(runs, tmp_path):
         timeout=120,
     )
     assert shot.stat().st_size > 20_000  # a rendered page, not a blank one
+
+
+def test_drawing_a_report_leaves_the_users_matplotlib_backend_alone(runs, tmp_path):
+    import matplotlib
+
+    before = matplotlib.get_backend()
+    matplotlib.use("svg")  # as a notebook or a GUI session would have its own
+    try:
+        build_report(runs, tmp_path / "report.html")
+        assert matplotlib.get_backend() == "svg"
+    finally:
+        matplotlib.use(before)
+
+
+# -- damaged or mixed-up run directories ---------------------------------------------------------
+
+
+def copy_run(run: Path, destination: Path) -> Path:
+    shutil.copytree(run, destination)
+    return destination
+
+
+def test_the_report_without_matplotlib_names_the_extra(runs, tmp_path, monkeypatch, capsys):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["report", str(runs[0]), "-o", str(tmp_path / "r.html")])
+    assert exit_info.value.code == 2 and "pip install 'normctl[plots]'" in capsys.readouterr().err
+    assert not (tmp_path / "r.html").exists()
+
+
+@pytest.mark.parametrize("content", [b"", b'{"step": 4, "lo'], ids=["empty", "one torn line"])
+def test_a_metrics_file_without_records_is_an_error(runs, tmp_path, content):
+    run = copy_run(runs[0], tmp_path / "run")
+    (run / "metrics.jsonl").write_bytes(content)
+    with pytest.raises(ValueError, match="holds no records"):
+        load_run(run)
+
+
+def test_a_corrupt_middle_line_is_skipped_with_a_warning_naming_it(runs, tmp_path):
+    run = copy_run(runs[0], tmp_path / "run")
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    lines[2] = lines[2][: len(lines[2]) // 2]
+    (run / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    with pytest.warns(UserWarning, match="line 3 is not valid JSON"):
+        loaded = load_run(run)
+    assert len(loaded.records) == len(lines) - 1
+
+
+def test_two_runs_in_one_metrics_file_are_refused(runs, tmp_path):
+    run = copy_run(runs[0], tmp_path / "run")
+    text = (run / "metrics.jsonl").read_text()
+    (run / "metrics.jsonl").write_text(text + text)  # a second run appended to the first
+    with pytest.raises(ValueError, match=r"step 1 follows step 37; the file holds more than one run"):
+        load_run(run)
+
+
+def test_jsonl_sink_refuses_to_append_a_new_run_and_resumes_only_forward(runs, tmp_path):
+    run = copy_run(runs[0], tmp_path / "run")
+    before = (run / "metrics.jsonl").read_text()
+    with pytest.raises(FileExistsError, match="already holds 10 records .steps 1 to 37.*resume=True"):
+        JsonlSink(run)
+    assert (run / "metrics.jsonl").read_text() == before
+    sink = JsonlSink(run, resume=True)
+    with pytest.raises(ValueError, match="a record for step 37 cannot follow step 37"):
+        sink.write({"step": 37, "loss": 1.0})
+    sink.write({"step": 44, "loss": float("nan")})
+    sink.close()
+    assert json.loads((run / "metrics.jsonl").read_text().splitlines()[-1]) == {"step": 44, "loss": None}

@@ -10,11 +10,11 @@ import time
 
 import pytest
 import torch
+from normctl_lab.cli import main
+from normctl_lab.config import RunConfig, with_overrides
+from normctl_lab.sweep import gains_norm_ratio
+from normctl_lab.train import train
 
-from normctl.cli import main
-from normctl.experiments.config import RunConfig, with_overrides
-from normctl.experiments.sweep import gains_norm_ratio
-from normctl.experiments.train import train
 from normctl.report.runs import load_run
 
 SMALL = [
@@ -75,7 +75,7 @@ def test_killed_run_resumes_with_identical_metrics(tmp_path):
     reference = train(cfg, tmp_path / "uninterrupted", verbose=False)
 
     run_dir = tmp_path / "killed"
-    command = [sys.executable, "-m", "normctl.cli", "train", "--out", str(run_dir)]
+    command = [sys.executable, "-m", "normctl_lab.cli", "train", "--out", str(run_dir)]
     for assignment in SMALL:
         command += ["--set", assignment]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -109,7 +109,7 @@ def test_resume_refuses_a_different_config(tmp_path):
 
 
 def test_checkpoints_from_before_a_new_config_field_still_resume():
-    from normctl.experiments.train import _same_config
+    from normctl_lab.train import _same_config
 
     cfg = with_overrides(RunConfig(), ["steps=3"])
     saved = json.loads(cfg.to_json())
@@ -124,11 +124,23 @@ def test_voronoi_task_trains(tmp_path):
         RunConfig(), ["task=voronoi", "steps=4", "hidden=32", "batch_size=64", "schedule=constant", "method=lion+wn"]
     )
     final = train(cfg, tmp_path, verbose=False)
-    assert 0 <= final["test_acc"] <= 1 and (tmp_path / "metrics.jsonl").is_file()
+    assert final["test_acc"] == evaluate_checkpoint(cfg, tmp_path)["test_acc"]
+    assert (tmp_path / "metrics.jsonl").is_file()
+
+
+def evaluate_checkpoint(cfg, run_dir):
+    """The held-out metrics of the model in the run's last checkpoint, computed afresh."""
+    from normctl_lab import checkpoint
+    from normctl_lab.train import build_task
+
+    task = build_task(cfg)
+    task.model.load_state_dict(checkpoint.load(run_dir / "checkpoint.pt")["model"])
+    task.model.eval()
+    return task.evaluate(task.model)
 
 
 def test_sweep_runs_the_grid_then_skips_finished_runs(tmp_path, monkeypatch):
-    from normctl.experiments import sweep as sweep_module
+    from normctl_lab import sweep as sweep_module
 
     base = with_overrides(
         RunConfig(), ["steps=4", "n_layer=1", "n_embd=32", "block_size=16", "batch_size=2", "monitor_every=2"]
@@ -147,7 +159,7 @@ def test_sweep_runs_the_grid_then_skips_finished_runs(tmp_path, monkeypatch):
 
 
 def test_runs_in_parallel_processes_finish_and_a_failure_names_its_run(tmp_path, capsys):
-    from normctl.experiments.sweep import train_runs
+    from normctl_lab.sweep import train_runs
 
     tiny = with_overrides(RunConfig(), ["task=voronoi", "steps=3", "hidden=16", "batch_size=32", "schedule=constant"])
     runs = [(f"run_s{seed}", with_overrides(tiny, [f"seed={seed}"])) for seed in (0, 1)]
@@ -170,7 +182,7 @@ def test_runs_in_parallel_processes_finish_and_a_failure_names_its_run(tmp_path,
 
 
 def test_fashion_mnist_sample_and_resnet_task(tmp_path):
-    from normctl.data.fashion_mnist import load_fashion_mnist, read_idx
+    from normctl_lab.data.fashion_mnist import load_fashion_mnist, read_idx
 
     images, labels = load_fashion_mnist("train")
     assert images.shape == (2000, 1, 28, 28) and 0 <= images.min() and images.max() <= 1
@@ -182,11 +194,12 @@ def test_fashion_mnist_sample_and_resnet_task(tmp_path):
         RunConfig(), ["task=fmnist", "steps=3", "batch_size=16", "width=4", "method=sgdc", "full_data=false"]
     )
     final = train(cfg, tmp_path, verbose=False)
-    assert 0 <= final["test_acc"] <= 1
+    assert final["test_acc"] == evaluate_checkpoint(cfg, tmp_path)["test_acc"]
+    assert final["test_acc"] * 500 == round(final["test_acc"] * 500)  # a count over the 500 test images
 
 
 def test_gpt_reproduction_runs_phases_and_summarizes(tmp_path, monkeypatch):
-    from normctl.experiments import repro_gpt
+    from normctl_lab import repro_gpt
 
     tiny = ["task=gpt", "n_layer=1", "n_embd=32", "block_size=16", "batch_size=4", "steps=20", "warmup=2"]
     tiny += ["checkpoint_every=10", "monitor_every=5", "eval_every=10", "device=cpu"]
@@ -242,7 +255,7 @@ def test_gpt_reproduction_runs_phases_and_summarizes(tmp_path, monkeypatch):
 
 
 def test_steps_to_reach_interpolates_between_budgets():
-    from normctl.experiments.repro_gpt import steps_to_reach
+    from normctl_lab.repro_gpt import steps_to_reach
 
     points = [(200, 1.1), (100, 1.3), (150, 1.2)]
     assert steps_to_reach(points, 1.15) == pytest.approx(175)
@@ -251,7 +264,7 @@ def test_steps_to_reach_interpolates_between_budgets():
 
 
 def test_budgets_are_validated(tmp_path):
-    from normctl.experiments import repro_gpt
+    from normctl_lab import repro_gpt
 
     with pytest.raises(ValueError, match="budgets must be factors > 1"):
         repro_gpt.run_repro(tmp_path, [0], budgets=[0.5], verbose=False)
@@ -269,8 +282,8 @@ def test_budgets_are_validated(tmp_path):
 
 def test_steady_scale_trains_adamw_and_adamc_to_a_zero_lr(tmp_path, monkeypatch):
     """--scale steady: seed 002's setting, AdamW against AdamC only, the cosine down to 0."""
-    from normctl.experiments import repro_gpt
-    from normctl.experiments.train import lr_multiplier
+    from normctl_lab import repro_gpt
+    from normctl_lab.train import lr_multiplier
 
     tiny = ["task=gpt", "n_layer=1", "n_embd=32", "block_size=16", "batch_size=4", "steps=20", "warmup=2"]
     tiny += ["checkpoint_every=10", "monitor_every=5", "eval_every=10", "device=cpu"]
@@ -286,7 +299,7 @@ def test_steady_scale_trains_adamw_and_adamc_to_a_zero_lr(tmp_path, monkeypatch)
 
 
 def test_target_shapes_reach_adamw_ratio_as_named():
-    from normctl.experiments.methods import target_schedule
+    from normctl_lab.methods import target_schedule
 
     ramp, constant, linear = (target_schedule(shape, 3.0, 1000) for shape in ("ramp", "constant", "linear"))
     assert (ramp(0), ramp(25), ramp(50), ramp(999)) == (1.0, 2.0, 3.0, 3.0)  # 5 % ramp, then held
@@ -300,8 +313,9 @@ def test_control_gains_puts_layernorm_gains_under_control(tmp_path):
     """With control_gains AdamWN pulls the LayerNorm gains (norm √d at init) to the target too:
     at rate 1 and a constant target their norm ratio is the target after training (left alone,
     Adam moves them by about lr·steps)."""
-    from normctl.experiments.methods import with_gains_controlled
-    from normctl.experiments.train import build_task
+    from normctl_lab.methods import with_gains_controlled
+    from normctl_lab.train import build_task
+
     from normctl.groups import param_groups
 
     cfg = with_overrides(RunConfig(), ["n_layer=1", "n_embd=32", "block_size=16"])
@@ -367,8 +381,9 @@ def test_gains_by_decay_leaves_the_voronoi_gains_to_adamws_decay(tmp_path):
 
 
 def test_voronoi_reproduction_picks_lr_on_validation_and_runs_the_ablations(tmp_path, monkeypatch):
-    from normctl.experiments import repro_voronoi
-    from normctl.experiments.sweep import controlled_norm_ratio
+    from normctl_lab import repro_voronoi
+    from normctl_lab.sweep import controlled_norm_ratio
+
     from normctl.report.runs import load_run
 
     grid = {"decay": ["min"], "method": ["adamwn", "adamwn-global"], "schedule": ["cosine-adamc"], "rms": ["true"]}
@@ -405,7 +420,7 @@ def test_voronoi_reproduction_picks_lr_on_validation_and_runs_the_ablations(tmp_
 
 def test_voronoi_laptop_scale_is_part_of_the_paper_grid():
     # a laptop run's directories are the paper grid's: --scale paper resumes from them
-    from normctl.experiments.repro_voronoi import ABLATIONS, SCALES
+    from normctl_lab.repro_voronoi import ABLATIONS, SCALES
 
     assert SCALES["paper"] is ABLATIONS
     assert list(ABLATIONS)[: len(SCALES["laptop"])] == list(SCALES["laptop"])
@@ -418,7 +433,7 @@ def test_voronoi_laptop_scale_is_part_of_the_paper_grid():
     "corpus,start,size", [("kjv", "In the beginning God created", 4_137_914), ("brown", "The Fulton County", 5_967_797)]
 )
 def test_embedded_corpora_are_whole_and_train(tmp_path, corpus, start, size):
-    from normctl.data import load_text
+    from normctl_lab.data import load_text
 
     text = load_text(corpus)
     assert text.startswith(start) and len(text) == size

@@ -15,21 +15,21 @@ def w():
 @pytest.mark.parametrize(
     "kwargs,error,match",
     [
-        (dict(lr=-1.0), ValueError, "lr must be >= 0"),
-        (dict(eps=-1e-8), ValueError, "eps must be >= 0"),
+        (dict(lr=-1.0), ValueError, "lr must be a finite number >= 0"),
+        (dict(eps=-1e-8), ValueError, "eps must be a finite number >= 0"),
         (dict(betas=(1.0, 0.999)), ValueError, r"betas\[0\] must be in \[0, 1\)"),
         (dict(betas=(0.9, -0.1)), ValueError, r"betas\[1\] must be in \[0, 1\)"),
         (dict(betas=0.9), ValueError, "betas must be a pair"),
         (dict(rate=1.5), ValueError, r"rate must be in \[0, 1\]"),
-        (dict(rate=-0.1, rate_scaling="lr"), ValueError, "rate must be >= 0"),
-        (dict(target=-1.0), ValueError, "target must be >= 0"),
+        (dict(rate=-0.1, rate_scaling="lr"), ValueError, "rate must be a finite number >= 0"),
+        (dict(target=-1.0), ValueError, "target must be a finite number >= 0"),
         (dict(target="big"), TypeError, "target must be a float or a callable"),
         (dict(scope="layer"), ValueError, "scope must be one of"),
         (dict(rate_scaling="wd"), ValueError, "rate_scaling must be one of"),
         (dict(control_at="later"), ValueError, "control_at must be one of"),
         (dict(decay="l3"), ValueError, "decay must be one of"),
-        (dict(weight_decay=-0.1), ValueError, "weight_decay must be >= 0"),
-        (dict(max_lr=0.0), ValueError, "max_lr must be None or a number > 0"),
+        (dict(weight_decay=-0.1), ValueError, "weight_decay must be a finite number >= 0"),
+        (dict(max_lr=0.0), ValueError, "max_lr must be None or a finite number > 0"),
         (dict(control=1), TypeError, "control must be a bool"),
         (dict(lr=float("nan")), ValueError, "lr must not be NaN"),
         (dict(foreach="yes"), TypeError, "foreach must be None, True or False"),
@@ -44,13 +44,13 @@ def test_adamwn_rejects(kwargs, error, match):
 @pytest.mark.parametrize(
     "cls,kwargs,match",
     [
-        (AdamC, dict(weight_decay=-1.0), "weight_decay must be >= 0"),
-        (AdamC, dict(max_lr=-0.1), "max_lr must be None or a number > 0"),
+        (AdamC, dict(weight_decay=-1.0), "weight_decay must be a finite number >= 0"),
+        (AdamC, dict(max_lr=-0.1), "max_lr must be None or a finite number > 0"),
         (AdamC, dict(decay="l0"), "decay must be one of"),
         (AdamC, dict(betas=(0.9, 1.0)), r"betas\[1\]"),
         (SGDC, dict(momentum=1.5), r"momentum must be in \[0, 1\]"),
         (SGDC, dict(dampening=-1.0), r"dampening must be in \[0, 1\]"),
-        (SGDC, dict(lr=-0.1), "lr must be >= 0"),
+        (SGDC, dict(lr=-0.1), "lr must be a finite number >= 0"),
     ],
 )
 def test_corrected_decay_optimizers_reject(cls, kwargs, match):
@@ -70,7 +70,7 @@ def test_group_values_are_validated_too():
     with pytest.raises(ValueError, match="rate must be in"):
         AdamWN([{"params": w(), "rate": 2.0}])
     opt = AdamWN(w())
-    with pytest.raises(ValueError, match="target must be >= 0"):
+    with pytest.raises(ValueError, match="target must be a finite number >= 0"):
         opt.add_param_group({"params": [torch.ones(2, requires_grad=True)], "target": -2.0})
     assert len(opt.param_groups) == 1
 

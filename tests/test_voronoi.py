@@ -4,11 +4,10 @@ import json
 
 import pytest
 import torch
-
-from normctl.cli import main
-from normctl.demo import DemoConfig, run_demo
-from normctl.experiments.voronoi import VoronoiModel, VoronoiTask, accuracy
-from normctl.experiments.voronoi_runs import VoronoiRunConfig, run_voronoi
+from normctl_lab.cli import main
+from normctl_lab.demo import DemoConfig, run_demo
+from normctl_lab.voronoi import VoronoiModel, VoronoiTask, accuracy
+from normctl_lab.voronoi_runs import VoronoiRunConfig, run_voronoi
 
 
 def test_task_follows_the_labelling_rule_and_is_fixed_by_its_seed():
@@ -42,7 +41,7 @@ def test_model_has_no_biases_and_the_described_layout():
     assert 0.0 <= accuracy(model, VoronoiTask(held_out=100).val) <= 1.0
 
 
-def test_wrapped_methods_run_on_voronoi_and_gpt(tmp_path):
+def test_wrapped_methods_run_on_voronoi_and_gpt(tmp_path, capsys):
     methods = ("adamw", "adam+wn", "sgd+wn", "lion+wn")
     results = run_voronoi(
         VoronoiRunConfig(
@@ -59,5 +58,6 @@ def test_wrapped_methods_run_on_voronoi_and_gpt(tmp_path):
         verbose=False,
     )
     assert [r.method for r in gpt] == list(methods)
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as exit_info:
         main(["voronoi", "--methods", "adamw,nope", "--steps", "1"])
+    assert exit_info.value.code == 2 and "unknown methods ['nope']" in capsys.readouterr().err

@@ -11,6 +11,7 @@ import csv
 import gzip
 import json
 import math
+import warnings
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -42,19 +43,34 @@ class MemorySink:
 
 
 class JsonlSink:
-    """One JSON object per line in ``RUN_DIR/metrics.jsonl`` (appends, so resumed runs continue)."""
+    """One JSON object per line in ``RUN_DIR/metrics.jsonl``.
 
-    def __init__(self, run_dir: str | Path) -> None:
+    A file that already holds records is refused: two runs appended to one file read as one run
+    whose steps jump back. ``resume=True`` continues such a file (a resumed run), and every
+    record must then come after the file's last step."""
+
+    def __init__(self, run_dir: str | Path, *, resume: bool = False) -> None:
         self.path = Path(run_dir) / METRICS_JSONL
+        existing = read_jsonl(self.path) if self.path.is_file() else []
+        if existing and not resume:
+            raise FileExistsError(
+                f"{self.path} already holds {len(existing)} records (steps {existing[0]['step']} to "
+                f"{existing[-1]['step']}); log into another directory, or pass resume=True to continue it"
+            )
+        self._last_step = existing[-1]["step"] if existing else None
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._file = self.path.open("a", encoding="utf-8")
 
     def write(self, record: dict[str, Any]) -> None:
+        step = record["step"]
+        if self._last_step is not None and step <= self._last_step:
+            raise ValueError(f"{self.path}: a record for step {step} cannot follow step {self._last_step}")
         clean = {
             k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()
         }  # strict JSON has no NaN/Infinity
         self._file.write(json.dumps(clean) + "\n")
         self._file.flush()
+        self._last_step = step
 
     def close(self) -> None:
         self._file.close()
@@ -103,14 +119,17 @@ class TensorBoardSink:
 
 
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
-    """The records of a ``metrics.jsonl`` file, or of its gzipped ``.gz`` form (a torn last
-    line from a killed run is skipped)."""
+    """The records of a ``metrics.jsonl`` file, or of its gzipped ``.gz`` form. A torn last line
+    (a run killed mid-write) is skipped quietly; a line anywhere else that does not parse is
+    skipped with a warning naming its line number."""
     path = Path(path)
     raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    lines = raw.decode("utf-8", errors="replace").splitlines()
     records = []
-    for line in raw.decode("utf-8").splitlines():
+    for number, line in enumerate(lines, 1):
         try:
             records.append(json.loads(line))
         except json.JSONDecodeError:
-            continue
+            if number < len(lines):
+                warnings.warn(f"{path}: line {number} is not valid JSON and was skipped", stacklevel=2)
     return records

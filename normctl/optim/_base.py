@@ -40,14 +40,16 @@ SHARED_GROUP_KEYS = frozenset(
         "max_lr",
         "construction_lr",
         "skipped_steps",
+        "base_momentum",  # OneCycleLR and CyclicLR with cycle_momentum
+        "max_momentum",
     }
 )
 
 
 def check_nonnegative(name: str, value: Any) -> None:
     _check_real(name, value)
-    if not value >= 0:
-        raise ValueError(f"{name} must be >= 0, got {value}")
+    if not (value >= 0 and math.isfinite(value)):
+        raise ValueError(f"{name} must be a finite number >= 0, got {value}")
 
 
 def check_unit_interval(name: str, value: Any, *, closed_right: bool = True) -> None:
@@ -78,8 +80,18 @@ def check_bools(group: Mapping[str, Any], *names: str) -> None:
 
 
 def check_max_lr(max_lr: Any) -> None:
-    if max_lr is not None and not (is_real(max_lr) and max_lr > 0):
-        raise ValueError(f"max_lr must be None or a number > 0, got {max_lr!r}")
+    if max_lr is not None and not (is_real(max_lr) and 0 < max_lr < math.inf):
+        raise ValueError(f"max_lr must be None or a finite number > 0, got {max_lr!r}")
+
+
+def check_peak_lr_known(group: Mapping[str, Any], needed: bool, why: str) -> None:
+    """A group whose rule divides by γ_max (``why`` says which rule) cannot take it from an lr of 0
+    at construction (a hand-written warm-up from 0): it needs ``max_lr``."""
+    if needed and group["lr"] == 0 and group.get("max_lr") is None and not group.get("initial_lr"):
+        raise ValueError(
+            f"lr is 0 at construction, so γ_max, which {why} divides by, cannot be read from it: "
+            "pass max_lr= the peak lr of your schedule"
+        )
 
 
 def is_real(value: Any) -> bool:
@@ -174,6 +186,16 @@ class NormctlOptimizer(Optimizer):
         group.setdefault("skipped_steps", 0)
         self._init_group(group)
 
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """torch's ``load_state_dict``, after checking that ``state_dict`` is this optimizer's
+        (:func:`._state_check.check_state_dict`): a refusal changes nothing."""
+        from ._state_check import check_state_dict
+
+        allowed = SHARED_GROUP_KEYS | set(self.defaults) | self._own_group_keys
+        check_state_dict(self, state_dict, required=set(self.defaults), allowed=allowed)
+        super().load_state_dict(state_dict)
+        keep_saved_dtypes(self, state_dict, KEPT_DTYPE_KEYS)
+
     def _validate_group(self, group: dict[str, Any]) -> None:
         raise NotImplementedError
 
@@ -216,6 +238,12 @@ class NormctlOptimizer(Optimizer):
             for batch, states in zip(batches, found):
                 batch.states = cast(list[dict], states)
             return
+        meta = [tuple(p.shape) for b in batches for p in b.params if p.is_meta]
+        if meta:
+            raise ValueError(
+                f"{type(self).__name__} cannot step meta-device parameters (shapes {meta[:3]}…), which hold no "
+                "values: materialise them first (model.to_empty(device=...) and initialise the weights)"
+            )
         self._check_new_params(batches)
         for batch in batches:
             for p in batch.params:
@@ -254,6 +282,24 @@ class NormctlOptimizer(Optimizer):
         if fused:
             raise RuntimeError("fused=True needs floating-point CPU or CUDA parameters")
         return False
+
+
+# State that torch's load_state_dict would cast to the parameter's dtype but that must keep its
+# own: ‖θ_0‖ is measured in float32 for bfloat16 weights, and rounding it to bfloat16 on a
+# resume would move every later target.
+KEPT_DTYPE_KEYS = ("init_norm",)
+
+
+def keep_saved_dtypes(optimizer: Optimizer, state_dict: dict[str, Any], keys: Iterable[str]) -> None:
+    """After torch's ``load_state_dict``: put back ``keys`` of each tensor's state as saved
+    (on the parameter's device), undoing the cast to the parameter's dtype."""
+    keys = tuple(keys)
+    for saved, group in zip(state_dict["param_groups"], optimizer.param_groups):
+        for index, param in zip(saved["params"], group["params"]):
+            entry = state_dict["state"].get(index, {})
+            for key in keys:
+                if isinstance(entry.get(key), Tensor):
+                    optimizer.state[param][key] = entry[key].to(param.device, copy=True)
 
 
 def collect_batches(param_groups: list[dict], owner: str) -> list[Batch]:

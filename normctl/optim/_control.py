@@ -24,6 +24,7 @@ from ._base import (
     check_choice,
     check_max_lr,
     check_nonnegative,
+    check_peak_lr_known,
     check_unit_interval,
     is_real,
     peak_lr,
@@ -62,6 +63,7 @@ def validate_control_group(group: Mapping[str, Any]) -> None:
     check_choice("control_at", group["control_at"], CONTROL_AT)
     check_bools(group, "control", "relative_target")
     check_max_lr(group["max_lr"])
+    check_peak_lr_known(group, group["control"] and group["rate_scaling"] == "lr_ratio", 'rate_scaling="lr_ratio"')
     as_schedule(group["target"], "target")
     as_schedule(group["rate"], "rate")
     if is_real(group["target"]):
@@ -187,6 +189,21 @@ def apply_control(batches: list[Batch], plans: list[ControlPlan | None], groups:
     for batch, factors in zip(batches, control_factors(batches, plans, groups, phase=phase)):
         if factors is not None:
             scale_(batch.params, factors, foreach=batch.group.get("foreach") is not False)
+            scale_idle_(batch, factors)
+
+
+def scale_idle_(batch: Batch, factors: list[Tensor] | float) -> None:
+    """Group and global scope: the tensors of the group with no gradient this step are part of
+    the norm Eq. 3 acts on, so they take the scope's factor too (``rate=1`` post-step is then an
+    exact retraction). Tensor scope, and target 0 (AdamW's decay, which torch applies only to
+    tensors with a gradient), leave them alone."""
+    group = batch.group
+    if group["scope"] == "tensor" or isinstance(factors, float) or len(batch.params) == len(group["params"]):
+        return
+    stepped = {id(p) for p in batch.params}
+    idle = [p for p in group["params"] if id(p) not in stepped]
+    if idle:
+        scale_(idle, [factors[0]] * len(idle), foreach=group.get("foreach") is not False)
 
 
 def as_weight_decay(factors: list[Tensor] | float, lr: float) -> list[float] | float:

@@ -14,6 +14,7 @@ from ._base import (
     check_choice,
     check_max_lr,
     check_nonnegative,
+    check_peak_lr_known,
     corrected_lr_ratio,
     warn_if_nothing_normalized,
 )
@@ -118,3 +119,4 @@ def check_corrected_decay_keys(group: dict[str, Any]) -> None:
     check_max_lr(group["max_lr"])
     check_choice("decay", group["decay"], rules.DECAY_KINDS)
     check_bools(group, "normalized", "maximize")
+    check_peak_lr_known(group, group["normalized"], "the corrected decay γ_t/γ_max·λ")

@@ -133,6 +133,14 @@ class AdamWN(NormctlOptimizer):
         self._kept_tables: dict[int, _one_pass.KeptTables] = {}  # per group, for the one-pass CUDA kernel
         self._kept_norms = KeptTensorNorms()  # per tensor, as the one-pass CPU kernel left the weights
 
+    def state_dict(self) -> dict[str, Any]:
+        """torch's state dict. Saving marks a point a run may resume from, and a resumed run has
+        no kept norms (it measures ‖θ‖ at its next step), so the kept norms are dropped here too:
+        the run that goes on and the run resumed from this state take bit-identical steps."""
+        self._kept_norms.clear()
+        self._kept_tables.clear()
+        return super().state_dict()
+
     # -- construction -------------------------------------------------------------------------
 
     def _validate_group(self, group: dict[str, Any]) -> None:
@@ -189,9 +197,14 @@ class AdamWN(NormctlOptimizer):
             batches, pre_step, plans, fusable, on_cuda, on_cpu, scope_norms_sq
         ):
             group = batch.group
+            if factors is not None:
+                control.scale_idle_(batch, factors)
             if cuda:
                 assert step_plan is not None
                 target = step_plan.target if scope_norm_sq is None else control.target_norm(step_plan, group)
+                if scope_norm_sq is not None and step_plan.rate > 0:  # the kernel scales only what it steps
+                    factor = rules.norm_control_factor(scope_norm_sq.sqrt(), target, step_plan.rate)
+                    control.scale_idle_(batch, [factor])
                 tables = self._kept_tables[id(group)]
                 _one_pass.launch(tables, group, rate=step_plan.rate, target=target, scope_norm_sq=scope_norm_sq)
                 continue

@@ -16,7 +16,18 @@ from torch.optim import Optimizer
 
 from ..schedules import Schedule
 from . import _control as control
-from ._base import Batch, check_bools, check_max_lr, collect_batches, corrected_lr_ratio, is_state_initialisation
+from ._base import (
+    KEPT_DTYPE_KEYS,
+    SHARED_GROUP_KEYS,
+    Batch,
+    check_bools,
+    check_max_lr,
+    check_peak_lr_known,
+    collect_batches,
+    corrected_lr_ratio,
+    is_state_initialisation,
+    keep_saved_dtypes,
+)
 
 _OWN_KEY = "normctl_"  # marks the wrapper's own per-tensor state in the shared state dict
 
@@ -43,6 +54,7 @@ class _Wrapper(Optimizer):
         self.param_groups = optimizer.param_groups
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
+        self._check_keys(param_group)
         self._validate_group({**self.defaults, **param_group})  # before either optimizer changes
         if not self._adding_inner:
             self.optimizer.add_param_group(param_group)
@@ -52,6 +64,17 @@ class _Wrapper(Optimizer):
         if self._adding_inner:
             super().add_param_group(param_group)
         self._init_group(param_group)
+
+    def _check_keys(self, param_group: dict[str, Any]) -> None:
+        """A misspelt key (``contol=False``) would be kept by the inner optimizer and ignored by
+        both: refuse keys that neither optimizer, a scheduler nor ``param_groups`` defines."""
+        allowed = SHARED_GROUP_KEYS | set(self.optimizer.defaults) | set(self.defaults) | self._own_group_keys
+        unknown = sorted(set(param_group) - allowed)
+        if unknown:
+            raise ValueError(
+                f"{type(self).__name__}({type(self.optimizer).__name__}): unknown param-group key(s) {unknown}; "
+                f"accepted keys are {sorted(allowed - {'params'})}"
+            )
 
     def _validate_group(self, group: dict[str, Any]) -> None:
         pass
@@ -98,7 +121,15 @@ class _Wrapper(Optimizer):
         return {**inner, "state": state, "param_groups": own["param_groups"]}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        inner: dict[str, Any] = {**state_dict, "state": {}}
+        from ._state_check import check_state_dict
+
+        allowed = SHARED_GROUP_KEYS | set(self.optimizer.defaults) | set(self.defaults) | self._own_group_keys
+        required = set(self.optimizer.defaults) | set(self.defaults)
+        check_state_dict(self, state_dict, required=required, allowed=allowed)
+        # the inner optimizer gets its own keys only (a normctl optimizer inside refuses foreign ones)
+        ours_only = (set(self.defaults) | self._own_group_keys) - set(self.optimizer.defaults) - SHARED_GROUP_KEYS
+        inner_groups = [{k: v for k, v in g.items() if k not in ours_only} for g in state_dict["param_groups"]]
+        inner: dict[str, Any] = {**state_dict, "state": {}, "param_groups": inner_groups}
         own: dict[str, Any] = {"state": {}, "param_groups": state_dict["param_groups"]}
         for index, entry in state_dict["state"].items():
             for key, value in entry.items():
@@ -108,6 +139,7 @@ class _Wrapper(Optimizer):
                     inner["state"].setdefault(index, {})[key] = value
         self.optimizer.load_state_dict(inner)
         super().load_state_dict(own)
+        keep_saved_dtypes(self, own, KEPT_DTYPE_KEYS)
         # Loading gave both optimizers fresh group dicts: share them again, keeping our keys.
         for ours, theirs in zip(self.param_groups, self.optimizer.param_groups):
             theirs.update({k: v for k, v in ours.items() if k != "params"})
@@ -219,6 +251,7 @@ class CorrectedDecay(_Wrapper):
     def _validate_group(self, group: dict[str, Any]) -> None:
         check_max_lr(group["max_lr"])
         check_bools(group, "normalized")
+        check_peak_lr_known(group, group["normalized"], "the corrected decay γ_t/γ_max·λ")
 
     def _init_group(self, group: dict[str, Any]) -> None:
         group.setdefault("construction_lr", group["lr"])

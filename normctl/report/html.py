@@ -25,9 +25,6 @@ figure { display: inline-block; margin: 0.5em; vertical-align: top; } img { max-
 def _png(fig) -> str:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=85)
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
@@ -69,12 +66,13 @@ def _mean_pm_std(values: list[float]) -> str:
 def method_summary(runs: list[Run]) -> list[dict]:
     rows = []
     for label, group in by_label(runs).items():
-        summaries = [r.summary() for r in group]
+        # a diverged run's last finite values describe nothing: it is counted, not averaged
+        summaries = [r.summary() for r in group if not r.status.startswith("diverged")]
         rows.append(
-            {"method": label, "seeds": len(group)}
+            {"method": label, "seeds": len(group), "diverged": len(group) - len(summaries)}
             | {
                 key: _mean_pm_std([s[key] for s in summaries])
-                for key in ("final loss", "final norm ratio", "tail blow-up")
+                for key in ("last train loss", "final norm ratio", "tail blow-up")
             }
         )
     return rows

@@ -7,29 +7,30 @@ import math
 from .runs import Run, by_label, mean_std
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only; never needs a display
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def pyplot_or_none():
-    """``matplotlib.pyplot`` writing to files, or None where matplotlib is not installed (the
-    figures are optional: ``normctl[plots]``)."""
+def new_figure(rows: int = 1, cols: int = 1, **kwargs):
+    """A matplotlib ``Figure`` and its axes, made without pyplot: it draws to files through the
+    Agg canvas and never switches the backend of the user's session (a notebook keeps its own).
+    Raises ImportError naming the extra where matplotlib is missing."""
     try:
-        return _pyplot()
+        from matplotlib.figure import Figure
+    except ImportError as error:
+        raise ImportError("the report's figures need matplotlib: pip install 'normctl[plots]'") from error
+    fig = Figure(figsize=kwargs.pop("figsize", None))
+    return fig, fig.subplots(rows, cols, **kwargs)
+
+
+def have_matplotlib() -> bool:
+    try:
+        import matplotlib  # noqa: F401
     except ImportError:
-        return None
+        return False
+    return True
 
 
 def ratio_vs_prediction(run: Run, *, max_lines: int = 24):
     """Gradient-to-weight ratio of each decayed tensor against SPEC §2's prediction
     (Defazio 2025, Figures 2–3). Adam-family runs use the A-weighted ratio."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6, 3.6))
+    fig, ax = new_figure(figsize=(6, 3.6))
     preds = [k for k in run.keys("tensor", "pred_ratio") if run.series(k)[0]]  # decayed tensors
     drawn_predictions = set()
     for key in preds[:max_lines]:
@@ -75,11 +76,12 @@ LINESTYLES = ("-", "--", ":", "-.")  # a new style each time the colour cycle co
 
 def curves(runs: list[Run], key: str, ylabel: str, *, log: bool = False):
     """One line per group of seeds (their label: the method unless set) with a ±1 std band."""
-    plt = _pyplot()
     groups = by_label(runs)
     many = len(groups) > MANY_GROUPS
-    fig, ax = plt.subplots(figsize=(9.5, 4.8) if many else (6, 3.6))
-    colours = len(plt.rcParams["axes.prop_cycle"].by_key().get("color", [None]))
+    fig, ax = new_figure(figsize=(9.5, 4.8) if many else (6, 3.6))
+    import matplotlib
+
+    colours = len(matplotlib.rcParams["axes.prop_cycle"].by_key().get("color", [None]))
     for i, (label, group) in enumerate(groups.items()):
         steps, mean, std = mean_std(group, key)
         if steps:
@@ -96,12 +98,11 @@ def curves(runs: list[Run], key: str, ylabel: str, *, log: bool = False):
 
 def weight_values(run: Run, *, max_panels: int = 8):
     """Min / mean / max weight value over training for each weight matrix (Yu 2022's plots)."""
-    plt = _pyplot()
     names = [k[len("tensor/") : -len("/weight_min")] for k in run.keys("tensor", "weight_min")]
     matrices = [n for n in names if not n.endswith("bias")][:max_panels] or names[:max_panels]
     cols = min(4, max(1, len(matrices)))
     rows = max(1, math.ceil(len(matrices) / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.4 * rows), squeeze=False)
+    fig, axes = new_figure(rows, cols, figsize=(3.2 * cols, 2.4 * rows), squeeze=False)
     for ax, name in zip(axes.flat, matrices):
         steps, lo = run.series(f"tensor/{name}/weight_min")
         _, mean = run.series(f"tensor/{name}/weight_mean")

@@ -19,6 +19,15 @@ class Run:
     label: str  # the method, shared by the seeds of one configuration
     seed: int | None
     records: list[dict[str, Any]] = field(repr=False)
+    final: dict[str, Any] = field(default_factory=dict, repr=False)  # final.json, where the run wrote one
+
+    @property
+    def status(self) -> str:
+        """ "finished", "diverged at step N" or "unfinished" (no final.json: running, killed, or
+        logged by a script that writes none)."""
+        if self.final.get("status") == "diverged":
+            return f"diverged at step {self.final.get('diverged_at_step')}"
+        return "finished" if self.final else "unfinished"
 
     def series(self, key: str) -> tuple[list[int], list[float]]:
         pairs = [
@@ -45,8 +54,9 @@ class Run:
             "run": self.path.name,
             "method": self.label,
             "seed": self.seed,
+            "status": self.status,
             "steps": self.records[-1]["step"] if self.records else 0,
-            "final loss": self.last("loss"),
+            "last train loss": self.last("loss"),
             "final norm ratio": self.last("global/norm_ratio"),
             "tail blow-up": tail_blowup_score(grad),
         }
@@ -84,10 +94,23 @@ def load_run(path: str | Path) -> Run:
         metrics = path / (METRICS_JSONL + ".gz")  # as packed for committing (scripts/pack_results.py)
     if not metrics.is_file():
         raise FileNotFoundError(f"{path} is not a run directory: {METRICS_JSONL} is missing")
-    config = json.loads((path / "config.json").read_text()) if (path / "config.json").is_file() else {}
+    records = read_jsonl(metrics)
+    if not records:
+        raise ValueError(f"{metrics} holds no records: the run logged nothing, or the file is damaged")
+    for before, after in zip(records, records[1:]):
+        if after["step"] <= before["step"]:
+            raise ValueError(
+                f"{metrics}: step {after['step']} follows step {before['step']}; the file holds more than one "
+                "run (two runs logged into one directory?)"
+            )
+    config = _json_or_empty(path / "config.json")
     label = str(config.get("label") or config.get("method") or path.name)
     seed = config.get("seed")
-    return Run(path, label, int(seed) if seed is not None else None, read_jsonl(metrics))
+    return Run(path, label, int(seed) if seed is not None else None, records, _json_or_empty(path / "final.json"))
+
+
+def _json_or_empty(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def by_label(runs: list[Run]) -> dict[str, list[Run]]:

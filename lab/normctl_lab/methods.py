@@ -8,9 +8,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from .. import schedules
-from ..groups import is_norm_layer
-from ..registry import available_optimizers, create_optimizer
+from normctl import schedules
+from normctl.groups import is_norm_layer
+from normctl.registry import available_optimizers, create_optimizer
 
 # Peak learning rates for the base optimizers that do not share Adam's scale.
 BASE_LR_SCALE = {"sgd": 100.0, "sgdc": 100.0, "lion": 0.1}

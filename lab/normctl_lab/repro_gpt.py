@@ -1,6 +1,6 @@
 """Seeds 001 and 002 on the GPT: AdamW, AdamC (Defazio 2025) and AdamWN (Loshchilov 2023).
 
-    normctl repro-gpt --out results/repro_gpt [--seeds 0,1,2] [--scale laptop|steady|gpu]
+    normctl-lab repro-gpt --out results/repro_gpt [--seeds 0,1,2] [--scale laptop|steady|gpu]
                       [--ablations] [--ablation-seeds 0,1,2] [--budgets 1.2,1.5]
 
 Phase 1 trains AdamW and AdamC; phase 2 trains AdamWN with its target ramped (over the first
@@ -30,8 +30,9 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from ..report.plots import pyplot_or_none
-from ..report.runs import load_run
+from normctl.report.plots import have_matplotlib, new_figure
+from normctl.report.runs import load_run
+
 from .config import RunConfig, with_overrides
 from .rundir import write_report
 from .sweep import controlled_norm_ratio, gains_norm_ratio, sweep_configs, train_runs
@@ -248,10 +249,9 @@ def _std(values: list[float]) -> float:
 
 
 def plot_val_loss(out: Path, summary: dict[str, Any], path: Path) -> Path | None:
-    plt = pyplot_or_none()
-    if plt is None:
+    if not have_matplotlib():
         return None
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = new_figure(figsize=(6, 4))
     for method, m in summary["methods"].items():
         mean, std = m["curve_mean"], m["curve_std"]
         ax.plot(m["curve_steps"], mean, label=method)
@@ -264,20 +264,18 @@ def plot_val_loss(out: Path, summary: dict[str, Any], path: Path) -> Path | None
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
     return path
 
 
 def plot_ablations(summary: dict[str, Any], path: Path) -> Path | None:
     """Final held-out loss of every AdamWN variant (mean ± std over its seeds), AdamW's for scale."""
-    plt = pyplot_or_none()
-    if plt is None:
+    if not have_matplotlib():
         return None
     variants = summary["ablations"]
     names = list(variants)
     means = [variants[n]["val_loss"]["mean"] for n in names]
     stds = [variants[n]["val_loss"]["std"] for n in names]
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = new_figure(figsize=(7, 4))
     ax.barh(names, means, xerr=stds, color="tab:green", alpha=0.7)
     adamw = summary["methods"]["adamw"]["val_loss"]
     ax.axvline(adamw["mean"], color="tab:blue", linestyle="--", label=f"AdamW {adamw['mean']:.4f}")
@@ -288,19 +286,17 @@ def plot_ablations(summary: dict[str, Any], path: Path) -> Path | None:
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
     return path
 
 
 def plot_budgets(summary: dict[str, Any], steps: int, path: Path) -> Path | None:
     """AdamW's final held-out loss against its budget in steps (mean ± std over seeds), with
     AdamWN's at the base budget and at the longest."""
-    plt = pyplot_or_none()
-    if plt is None:
+    if not have_matplotlib():
         return None
     rows = {steps: summary["methods"]["adamw"], **{int(n): r for n, r in summary["adamw_budgets"].items()}}
     budgets = sorted(rows)
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = new_figure(figsize=(6, 4))
     ax.errorbar(
         budgets,
         [rows[n]["val_loss"]["mean"] for n in budgets],
@@ -328,5 +324,4 @@ def plot_budgets(summary: dict[str, Any], steps: int, path: Path) -> Path | None
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
     return path

@@ -15,6 +15,7 @@ from .voronoi import INITS
 
 TASKS = ("gpt", "voronoi", "fmnist")
 SCHEDULES = ("cosine", "constant")
+ON_NONFINITE = ("stop", "skip")
 DECAYS = ("l2", "l1", "min")
 CORPORA = ("austen", "kjv", "brown")
 SCOPES = ("tensor", "group", "global")
@@ -60,6 +61,7 @@ class RunConfig:
     checkpoint_every: int = 100  # steps between atomic checkpoints
     monitor_every: int = 10  # NormMonitor interval
     eval_every: int = 0  # steps between held-out evaluations written to evals.jsonl (0: only at the end)
+    on_nonfinite: str = "stop"  # a NaN/Inf loss: "stop" the run (final.json says diverged) or "skip" the step
     # GPT
     corpus: str = "austen"  # the embedded English text: "austen", "kjv" or "brown" (byte-level)
     block_size: int = 64
@@ -116,6 +118,8 @@ class RunConfig:
             raise ValueError(f"betas must be two numbers 'b1,b2', got {self.betas!r}") from error
         if not (0 <= beta1 < 1 and 0 <= beta2 < 1):
             raise ValueError(f"betas must be in [0, 1), got {self.betas!r}")
+        if self.on_nonfinite not in ON_NONFINITE:
+            raise ValueError(f"on_nonfinite must be one of {ON_NONFINITE}, got {self.on_nonfinite!r}")
         if self.eval_every < 0:
             raise ValueError(f"eval_every must be >= 0, got {self.eval_every}")
         if self.gains_target_ratio is not None:

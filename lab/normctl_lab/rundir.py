@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..monitor import JsonlSink
+from normctl.monitor import JsonlSink
 
 
 def start_run(run_dir: Path | None, config: dict[str, Any]) -> list[JsonlSink]:
@@ -55,8 +55,10 @@ def write_report(
 ) -> Path | None:
     """``out/report.html`` over ``out/<name>`` for each name, grouped by ``labels`` where given
     (skipped without matplotlib)."""
+    from normctl.report import build_report
+
     try:
-        from ..report import build_report
+        import matplotlib  # noqa: F401  (the report's figures)
     except ImportError:
         if verbose:
             print(f"metrics in {out}/*/metrics.jsonl (install matplotlib for the HTML report)")

@@ -1,6 +1,6 @@
 """Seed 003, the decay-type study on the Voronoi model (SPEC §3), with AdamWN and AdamC added.
 
-    normctl repro-voronoi --out results/repro_voronoi [--seeds 0,1,2] [--scale laptop|paper]
+    normctl-lab repro-voronoi --out results/repro_voronoi [--seeds 0,1,2] [--scale laptop|paper]
                           [--workers 2] [--device cpu]
 
 Stage 1 trains the baseline (AdamW, λ = 1e-2 on every parameter, batch 1024, 10 000 steps,
@@ -36,7 +36,8 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from ..report.runs import load_run
+from normctl.report.runs import load_run
+
 from .config import RunConfig, with_overrides
 from .rundir import write_report
 from .sweep import CONTROLLED_GROUPS, controlled_norm_ratio, final_metrics, train_runs

@@ -5,7 +5,7 @@ The harness is the only user; the optimizers and the monitor need nothing of thi
 
 Launch (one machine, N processes; CPU runs use gloo, CUDA runs NCCL)::
 
-    torchrun --standalone --nproc_per_node=N -m normctl.cli train CONFIG --set parallel=fsdp
+    torchrun --standalone --nproc_per_node=N -m normctl_lab.cli train CONFIG --set parallel=fsdp
 
 Several machines: the same command on each with ``--nnodes=M --node_rank=i
 --rdzv_backend=c10d --rdzv_endpoint=HOST:PORT`` in place of ``--standalone``.
@@ -62,6 +62,13 @@ def init_world(device: str = "auto") -> World:
         dist.init_process_group("nccl" if use_cuda else "gloo")
     target = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
     return World(rank=dist.get_rank(), size=dist.get_world_size(), device=target)
+
+
+def close_world(world: World) -> None:
+    """Leave the process group: left to interpreter shutdown, gloo's teardown can abort a worker
+    ("terminate called without an active exception") after the run has finished."""
+    if world.distributed and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def wrap(model: nn.Module, mode: str, world: World) -> nn.Module:

@@ -1,4 +1,4 @@
-"""``normctl sweep``: a grid of configs × seeds, one run directory each, plus a report.
+"""``normctl-lab sweep``: a grid of configs × seeds, one run directory each, plus a report.
 
 Finished runs (with ``final.json``) are skipped and unfinished ones resume from their
 checkpoint, so a sweep that was interrupted is continued by running the same command again.
@@ -17,8 +17,9 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
-from ..groups import GROUP_FLAGS
-from ..report.runs import load_run
+from normctl.groups import GROUP_FLAGS
+from normctl.report.runs import load_run
+
 from .config import RunConfig, with_overrides
 from .methods import norm_gains
 from .progress import progress
@@ -67,7 +68,7 @@ def run_sweep(
     (out / "summary.json").write_text(
         json.dumps({"base": dataclasses.asdict(base), "grid": grid, "seeds": seeds, "results": results}, indent=2)
     )
-    write_report(out, [name for name, _ in runs], f"normctl sweep {out.name}", verbose=verbose)
+    write_report(out, [name for name, _ in runs], f"normctl-lab sweep {out.name}", verbose=verbose)
     return results
 
 
@@ -113,10 +114,11 @@ def _train_in_process(out: Path, name: str, cfg: RunConfig) -> tuple[str, str | 
     request = run_dir / "request.json"  # the config handed to the child; train writes config.json
     request.write_text(cfg.to_json())
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "normctl.cli", "train", str(request), "--out", str(run_dir)]
+    command = [sys.executable, "-m", "normctl_lab.cli", "train", str(request), "--out", str(run_dir)]
     done = subprocess.run(command, env=env, capture_output=True, text=True)
     request.unlink(missing_ok=True)
-    return name, (done.stderr[-2000:] if done.returncode else None)
+    finished = (run_dir / "final.json").is_file()  # a diverged run exits non-zero but has finished
+    return name, (done.stderr[-2000:] if done.returncode and not finished else None)
 
 
 def controlled_norm_ratio(run_dir: Path, labels: list[str] | None = None) -> float:

@@ -1,4 +1,4 @@
-"""``normctl voronoi``: optimizers compared on the Voronoi task (SPEC §3) with the monitor on.
+"""``normctl-lab voronoi``: optimizers compared on the Voronoi task (SPEC §3) with the monitor on.
 
 Constant learning rate and batch 1024 as in Yu (2022); the decayed/controlled groups come from
 ``normctl.param_groups`` (norm gains are not decayed here, unlike the original study, which
@@ -15,9 +15,10 @@ from pathlib import Path
 import torch
 from torch.nn import functional as F
 
-from ..groups import param_groups
-from ..monitor import NormMonitor
-from ..rules import combined_norm, tensor_norms
+from normctl.groups import param_groups
+from normctl.monitor import NormMonitor
+from normctl.rules import combined_norm, tensor_norms
+
 from .methods import adamw_first, build_method, check_methods, is_norm_controlled
 from .progress import progress
 from .rundir import start_run, write_report
@@ -104,5 +105,5 @@ def run_voronoi(cfg: VoronoiRunConfig = VoronoiRunConfig(), *, verbose: bool = T
             )
     if out is not None:
         (out / "summary.json").write_text(json.dumps({"config": asdict(cfg), "results": results}, indent=2))
-        write_report(out, [r["method"] for r in results], "normctl voronoi", verbose=verbose)
+        write_report(out, [r["method"] for r in results], "normctl-lab voronoi", verbose=verbose)
     return results

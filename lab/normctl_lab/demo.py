@@ -1,4 +1,4 @@
-"""``normctl demo``: AdamW vs AdamWN vs AdamC on a small GPT trained on Jane Austen.
+"""``normctl-lab demo``: AdamW vs AdamWN vs AdamC on a small GPT trained on Jane Austen.
 
 Follows the recipe of Loshchilov (2023): train AdamW first, measure the norm ratio its
 decayed weights end at, then schedule AdamWN's target to that ratio (linear ramp over the
@@ -15,15 +15,16 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import schedules
+from normctl import schedules
+from normctl.groups import param_groups
+from normctl.monitor import NormMonitor
+from normctl.rules import combined_norm, tensor_norms
+
 from .data import byte_tokens, load_text, random_windows, train_val_split
-from .experiments.methods import adamw_first, build_method, check_methods, is_norm_controlled
-from .experiments.models import GPT, GPTConfig
-from .experiments.progress import progress
-from .experiments.rundir import start_run, write_report
-from .groups import param_groups
-from .monitor import NormMonitor
-from .rules import combined_norm, tensor_norms
+from .methods import adamw_first, build_method, check_methods, is_norm_controlled
+from .models import GPT, GPTConfig
+from .progress import progress
+from .rundir import start_run, write_report
 
 
 @dataclass(frozen=True)
@@ -141,7 +142,7 @@ def run_demo(cfg: DemoConfig = DemoConfig(), *, verbose: bool = True) -> list[De
     if verbose:
         print(format_results(results))
     if out is not None:
-        write_report(out, [r.method for r in results], "normctl demo", verbose=verbose)
+        write_report(out, [r.method for r in results], "normctl-lab demo", verbose=verbose)
     return results
 
 

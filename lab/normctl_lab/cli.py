@@ -1,0 +1,206 @@
+"""The ``normctl-lab`` command line: the demo, training runs, sweeps and the papers' reproductions.
+
+Each command is one small function that receives the parsed arguments; ``main`` only builds
+the parser and turns a ``ValueError`` (bad input, named by the code that found it) into
+argparse's usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+
+
+def demo(args: argparse.Namespace) -> None:
+    from .demo import DemoConfig, run_demo
+
+    run_demo(dataclasses.replace(DemoConfig(), **_overrides(args)))
+
+
+def voronoi(args: argparse.Namespace) -> None:
+    from .voronoi_runs import VoronoiRunConfig, run_voronoi
+
+    run_voronoi(dataclasses.replace(VoronoiRunConfig(), **_overrides(args)))
+
+
+def train(args: argparse.Namespace) -> int:
+    from .config import RunConfig, with_overrides
+    from .train import strict_json
+    from .train import train as train_run
+
+    cfg = with_overrides(RunConfig.from_file(args.config) if args.config else RunConfig(), args.set)
+    final = train_run(cfg, args.out, restart=args.restart)
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, one line for the run
+        print(strict_json(final))
+    return EXIT_DIVERGED if final["status"] == "diverged" else 0
+
+
+def sweep(args: argparse.Namespace) -> None:
+    from .config import RunConfig, with_overrides
+    from .sweep import parse_grid, run_sweep
+
+    base = with_overrides(RunConfig.from_file(args.config) if args.config else RunConfig(), args.set)
+    run_sweep(base, parse_grid(args.grid), _seeds(args.seeds), args.out, workers=args.workers)
+
+
+def repro_gpt(args: argparse.Namespace) -> None:
+    from .repro_gpt import run_repro
+
+    ablation_seeds = None if args.ablation_seeds is None else _seeds(args.ablation_seeds)
+    run_repro(
+        args.out,
+        _seeds(args.seeds),
+        args.scale,
+        ablations=args.ablations,
+        ablation_seeds=ablation_seeds,
+        budgets=_factors(args.budgets),
+    )
+
+
+def repro_voronoi(args: argparse.Namespace) -> None:
+    from .repro_voronoi import run_repro
+
+    run_repro(
+        args.out, _seeds(args.seeds), scale=args.scale, workers=args.workers, device=args.device, steps=args.steps
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="normctl-lab", description="Experiments with normctl: the demo, runs, sweeps and reproductions."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    p = commands.add_parser("demo", help="AdamW vs AdamWN vs AdamC on a small GPT (a few minutes on CPU)")
+    _add_small_run_arguments(p)
+    p.set_defaults(handler=demo)
+
+    p = commands.add_parser("voronoi", help="optimizers compared on the Voronoi task of Yu (2022)")
+    _add_small_run_arguments(p)
+    p.set_defaults(handler=voronoi)
+
+    p = commands.add_parser("train", help="one run of a config into a run directory (resumable)")
+    _add_config_arguments(p)
+    p.add_argument("--out", required=True, help="the run directory")
+    p.add_argument(
+        "--restart", action="store_true", help="train from step 0, deleting the directory's metrics and checkpoints"
+    )
+    p.set_defaults(handler=train)
+
+    p = commands.add_parser("sweep", help="a grid of configs x seeds (skips finished runs, resumes others)")
+    _add_config_arguments(p)
+    p.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2", help="a swept field")
+    p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
+    p.add_argument("--out", required=True, help="the sweep directory")
+    p.add_argument("--workers", type=int, default=1, help="runs at once (one thread each; default 1)")
+    p.set_defaults(handler=sweep)
+
+    p = commands.add_parser(
+        "repro-gpt", help="Loshchilov (2023) and Defazio (2025) on the GPT: AdamW, AdamC, AdamWN over seeds"
+    )
+    p.add_argument("--out", default="results/repro_gpt", help="the reproduction's directory")
+    p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
+    p.add_argument(
+        "--scale",
+        default="laptop",
+        help="laptop (2 CPU cores, ~1 h), steady (AdamW vs AdamC at steady state, ~40 min), gpu (GPT-2 small)",
+    )
+    p.add_argument("--ablations", action="store_true", help="also AdamWN's rate, target shape, scope, gains")
+    p.add_argument("--ablation-seeds", default=None, help="seeds of the ablations (default: --seeds)")
+    p.add_argument(
+        "--budgets",
+        default="",
+        help="also AdamW at these multiples of the steps, e.g. 1.2,1.5: the budget matching AdamWN",
+    )
+    p.set_defaults(handler=repro_gpt)
+
+    p = commands.add_parser(
+        "repro-voronoi", help="Yu (2022): decay types and ablations on the Voronoi task, lr picked on validation"
+    )
+    p.add_argument("--out", default="results/repro_voronoi", help="the reproduction's directory")
+    p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
+    p.add_argument(
+        "--scale",
+        default="laptop",
+        help="laptop (lr search, decay types, λ = 0.1; ~1 h) or paper (the study's whole grid, AdamWN, AdamC; ~7 h)",
+    )
+    p.add_argument("--workers", type=int, default=2, help="runs at once (one thread each)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    p.add_argument("--steps", type=int, default=None, help="fewer than the original 10 000 steps")
+    p.set_defaults(handler=repro_voronoi)
+    return parser
+
+
+EXIT_DIVERGED = 3  # a training run stopped on a non-finite loss (final.json says so)
+EXIT_INTERRUPTED = 130  # Ctrl-C, as a shell reports SIGINT
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .checkpoint import CheckpointError
+    from .lock import RunDirectoryBusy
+    from .train import RunInterrupted
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.handler(args) or 0
+    except (ValueError, FileNotFoundError) as error:  # bad input: usage and the message
+        parser.error(str(error))
+    except (CheckpointError, RunDirectoryBusy) as error:  # the directory's state: the message alone
+        print(f"normctl-lab {args.command}: {error}", file=sys.stderr)
+        return 1
+    except (RunInterrupted, KeyboardInterrupt) as error:
+        print(f"normctl-lab {args.command}: {error or 'interrupted'}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def _add_small_run_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--steps", type=int, default=None, help="optimizer steps per method")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument(
+        "--methods",
+        default=None,
+        help="comma-separated optimizer names, e.g. adamw,adamwn,adamc,sgd+wn,lion+wn "
+        "(see normctl.available_optimizers())",
+    )
+    p.add_argument("--out", default=None, help="directory for run directories and report.html")
+
+
+def _add_config_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", nargs="?", help="a JSON file of RunConfig fields (defaults if omitted)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a field")
+
+
+def _seeds(text: str) -> list[int]:
+    """``"0,1,2"`` → [0, 1, 2]."""
+    return _comma_separated(text, int, "seeds must be comma-separated integers")
+
+
+def _factors(text: str) -> list[float]:
+    """``"1.5,2"`` → [1.5, 2.0]."""
+    return _comma_separated(text, float, "budgets must be comma-separated numbers")
+
+
+def _comma_separated(text: str, convert, requirement: str) -> list:
+    """Each non-empty item of ``text`` through ``convert``; a ValueError saying ``requirement``
+    (which names the argument) otherwise."""
+    try:
+        return [convert(item) for item in text.split(",") if item.strip()]
+    except ValueError as error:
+        raise ValueError(f"{requirement}, got {text!r}") from error
+
+
+def _overrides(args: argparse.Namespace) -> dict:
+    """Config fields set on the command line (--steps, --seed, --out, --methods)."""
+    overrides = {k: v for k, v in (("steps", args.steps), ("seed", args.seed), ("out_dir", args.out)) if v is not None}
+    if args.methods:
+        overrides["methods"] = tuple(m.strip() for m in args.methods.split(",") if m.strip())
+    if overrides.get("steps", 1) <= 0:
+        raise ValueError("--steps must be > 0")
+    return overrides
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,358 @@
+"""``normctl-lab train``: one run of a config into a run directory, resumable after ``kill -9``.
+
+The run directory holds ``config.json``, ``metrics.jsonl`` (the monitor's records),
+``evals.jsonl`` (held-out metrics every ``eval_every`` steps), ``environment.json``,
+``checkpoint.pt`` (model, optimizer, scheduler, data order and monitor state, replaced
+atomically every ``checkpoint_every`` steps) and, at the end, ``final.json``. Starting a run
+whose directory has a checkpoint resumes from it: records logged after the checkpoint by the
+killed process are dropped, so the metrics continue exactly as an uninterrupted run's would.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, cast
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from normctl import schedules
+from normctl.groups import param_groups
+from normctl.monitor import JsonlSink, NormMonitor, read_jsonl
+
+from . import checkpoint as checkpoints
+from . import parallel
+from .config import RunConfig
+from .data import byte_tokens, load_text, random_windows, train_val_split
+from .data.fashion_mnist import load_fashion_mnist
+from .lock import RunLock
+from .methods import build_method, target_schedule, with_gains_controlled
+from .models import GPT, GPTConfig, ResNet
+from .progress import progress
+from .rundir import describe_environment
+from .voronoi import VoronoiModel, VoronoiTask, accuracy
+
+CHECKPOINT = "checkpoint.pt"
+EVALS = "evals.jsonl"  # held-out metrics every eval_every steps
+SHARDED_CHECKPOINT = "checkpoint.dcp"  # a torch.distributed.checkpoint directory (several processes)
+
+
+@dataclass
+class Task:
+    model: nn.Module
+    batch: Callable[[torch.Generator], tuple[torch.Tensor, torch.Tensor]]  # a fresh training batch
+    loss: Callable[[nn.Module, tuple[torch.Tensor, torch.Tensor]], torch.Tensor]
+    evaluate: Callable[[nn.Module], dict[str, float]]
+
+
+def build_task(cfg: RunConfig) -> Task:
+    torch.manual_seed(cfg.seed)
+    if cfg.task == "gpt":
+        train, val = train_val_split(byte_tokens(load_text(cfg.corpus)))
+        model: nn.Module = GPT(
+            GPTConfig(vocab_size=256, block_size=cfg.block_size, n_layer=cfg.n_layer, n_head=4, n_embd=cfg.n_embd)
+        )
+
+        @torch.no_grad()
+        def evaluate(m: nn.Module) -> dict[str, float]:
+            g = torch.Generator().manual_seed(1234)  # the same held-out windows for every run
+            windows = (random_windows(val, cfg.batch_size, cfg.block_size, g) for _ in range(16))
+            losses = [m(*to_device(w, m))[1] for w in windows]
+            return {"val_loss": float(torch.stack(losses).mean())}
+
+        return Task(
+            model, lambda g: random_windows(train, cfg.batch_size, cfg.block_size, g), lambda m, b: m(*b)[1], evaluate
+        )
+    if cfg.task == "fmnist":
+        return _fashion_mnist_task(cfg)
+    task = VoronoiTask()
+    model = VoronoiModel(
+        task.cfg.dim, cfg.hidden, task.cfg.classes, activation=cfg.activation, rms=cfg.rms, init=cfg.init
+    )
+    return Task(
+        model,
+        lambda g: task.batch(cfg.batch_size, g),
+        lambda m, b: F.cross_entropy(m(b[0]), b[1]),
+        lambda m: {"val_acc": accuracy(m, to_device(task.val, m)), "test_acc": accuracy(m, to_device(task.test, m))},
+    )
+
+
+def _fashion_mnist_task(cfg: RunConfig) -> Task:
+    images, labels = load_fashion_mnist("train", full=cfg.full_data)
+    test_images, test_labels = load_fashion_mnist("test", full=cfg.full_data)
+    model = ResNet(num_classes=10, in_channels=1, width=cfg.width, blocks_per_stage=cfg.blocks_per_stage)
+
+    def batch(g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        index = torch.randint(len(images), (cfg.batch_size,), generator=g)
+        return images[index], labels[index]
+
+    @torch.no_grad()
+    def evaluate(m: nn.Module) -> dict[str, float]:
+        images, labels = to_device((test_images, test_labels), m)
+        correct = sum(
+            int((m(images[i : i + 500]).argmax(1) == labels[i : i + 500]).sum()) for i in range(0, len(images), 500)
+        )
+        return {"test_acc": correct / len(test_images)}
+
+    return Task(model, batch, lambda m, b: F.cross_entropy(m(b[0]), b[1]), evaluate)
+
+
+def to_device(pair: tuple[torch.Tensor, torch.Tensor], model: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    device = next(model.parameters()).device
+    return pair[0].to(device), pair[1].to(device)
+
+
+def lr_multiplier(cfg: RunConfig) -> schedules.Schedule:
+    if cfg.schedule == "constant":
+        return schedules.constant(1.0)
+    return schedules.cosine(1.0, cfg.min_lr_ratio, cfg.steps, warmup=min(cfg.warmup, cfg.steps))
+
+
+def _truncate_metrics(path: Path, last_step: int) -> None:
+    if not path.is_file():
+        return
+    kept = [r for r in read_jsonl(path) if r["step"] <= last_step]
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
+    tmp.replace(path)
+
+
+class RunInterrupted(Exception):
+    """Ctrl-C during a run; the message says where it stopped and how to resume."""
+
+
+def train(cfg: RunConfig, run_dir: str | Path, *, verbose: bool = True, restart: bool = False) -> dict[str, Any]:
+    """Train ``cfg`` into ``run_dir`` (resuming from its checkpoint) and return the final metrics.
+
+    One process writes a run directory at a time (:class:`~normctl_lab.lock.RunLock`). A
+    directory holding metrics but no checkpoint is refused unless ``restart`` (which deletes
+    what the earlier run wrote). A non-finite loss stops the run (``on_nonfinite="stop"``: the
+    returned and written final record says ``"status": "diverged"``) or skips that step
+    (``"skip"``). Ctrl-C raises :class:`RunInterrupted` naming the last checkpoint.
+
+    Launched by ``torchrun`` with several processes, every process draws the same global
+    batch and trains on its slice; the model is replicated (``parallel="ddp"``) or sharded
+    (``"fsdp"``), checkpoints go through ``torch.distributed.checkpoint`` and rank 0 writes
+    the run directory. The metrics are those of a single process with the same config.
+    """
+    world = parallel.init_world(cfg.device)
+    try:
+        run_dir = Path(run_dir)
+        lock = RunLock(run_dir) if world.is_main else contextlib.nullcontext()
+        with lock:
+            return _train(cfg, run_dir, world, verbose=verbose and world.is_main, restart=restart)
+    finally:
+        parallel.close_world(world)
+
+
+def _train(cfg: RunConfig, run_dir: Path, world: parallel.World, *, verbose: bool, restart: bool) -> dict[str, Any]:
+    main = world.is_main
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if restart and main:
+        _clear_run(run_dir)
+    task = build_task(cfg)  # the same seed on every rank: the same initial weights
+    model = parallel.wrap(task.model.to(world.device), cfg.parallel, world)
+    net = parallel.unwrap(model)
+    optimizer = _build_optimizer(cfg, net)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_multiplier(cfg))
+    data_order = torch.Generator().manual_seed(1000 + cfg.seed)
+
+    start = 0
+    checkpoint = _find_checkpoint(run_dir, world)
+    if checkpoint is not None:
+        if world.distributed:
+            state = parallel.load_sharded(checkpoint, model, optimizer)
+        else:
+            state = checkpoints.load(checkpoint)
+        if not _same_config(state["config"], cfg):
+            raise ValueError(f"{run_dir} holds a checkpoint of a different config; use another directory")
+        if not world.distributed:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        data_order.set_state(state["data_order"])
+        start = state["step"]
+        if main:
+            _truncate_metrics(run_dir / "metrics.jsonl", start)
+            _truncate_metrics(run_dir / EVALS, start)
+        if verbose:
+            print(f"resuming {run_dir} at step {start}/{cfg.steps}", flush=True)
+    elif main:
+        _refuse_orphaned_metrics(run_dir)
+        (run_dir / "config.json").write_text(cfg.to_json())
+    # Created after the load: torch.distributed.checkpoint may take an optimizer step to
+    # create state (at lr 0, zero gradients), which the monitor would otherwise record.
+    monitor = NormMonitor(net, optimizer, every=cfg.monitor_every)
+    if checkpoint is not None:
+        monitor.load_state_dict(state["monitor"])
+    if main:
+        environment = describe_environment(device=str(world.device), world_size=world.size, parallel=cfg.parallel)
+        (run_dir / "environment.json").write_text(json.dumps(environment, indent=2))
+        monitor.sinks.append(JsonlSink(run_dir, resume=checkpoint is not None))
+
+    forward = cast(nn.Module, torch.compile(model)) if cfg.compile else model
+    began = time.perf_counter()
+    model.train()
+    saved_at, done, skipped, diverged_at = start, start, 0, None
+    try:
+        with progress(cfg.steps, initial=start, desc=run_dir.name, enabled=verbose) as bar:
+            for step in range(start, cfg.steps):
+                inputs, targets = parallel.local_slice(task.batch(data_order), world)
+                loss = task.loss(forward, (inputs.to(world.device), targets.to(world.device)))
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                mean_loss = parallel.mean_over_ranks(loss.detach(), world)
+                # one host read a step: the decision must come before the step can spread NaN into the weights
+                if not math.isfinite(float(mean_loss)):
+                    if cfg.on_nonfinite == "stop":
+                        diverged_at = step + 1
+                        break
+                    skipped += 1
+                    optimizer.zero_grad(set_to_none=True)
+                else:
+                    optimizer.step()
+                    monitor.observe(loss=mean_loss)
+                scheduler.step()
+                done = step + 1
+                # the loss is read only every 50 steps: reading it waits for the device
+                bar.update(1, **({"loss": f"{float(loss.detach()):.4f}"} if done % 50 == 0 and bar.shown else {}))
+                if cfg.eval_every and done % cfg.eval_every == 0:
+                    model.eval()
+                    evaluation = {"step": done, **task.evaluate(model)}  # every rank: FSDP2's forward is collective
+                    model.train()
+                    if main:
+                        with open(run_dir / EVALS, "a") as f:
+                            f.write(strict_json(evaluation) + "\n")
+                if done % cfg.checkpoint_every == 0 or done == cfg.steps:
+                    _save_checkpoint(cfg, run_dir, world, model, optimizer, scheduler, data_order, monitor, done)
+                    saved_at = done
+                    if verbose:  # reading the loss waits for the device: only where a line is printed
+                        rate = (done - start) / max(time.perf_counter() - began, 1e-9)
+                        bar.note(f"step {done}/{cfg.steps}  loss {float(loss.detach()):.4f}  {rate:.1f} steps/s")
+    except KeyboardInterrupt:
+        raise RunInterrupted(
+            f"interrupted at step {done} of {cfg.steps}; the last checkpoint is at step {saved_at}: "
+            "run the same command to resume from it"
+        ) from None
+    finally:
+        monitor.close()
+    final: dict[str, Any] = {"label": cfg.label or cfg.method, "method": cfg.method, "seed": cfg.seed}
+    if diverged_at is not None:
+        final |= {"status": "diverged", "steps": cfg.steps, "diverged_at_step": diverged_at}
+        if verbose:
+            print(f"{run_dir}: the loss is not finite at step {diverged_at}; the run stopped", flush=True)
+    else:
+        model.eval()
+        final |= {"status": "finished", "steps": cfg.steps, "skipped_steps": skipped}
+        final |= task.evaluate(model)  # every rank runs it: FSDP2's forward is collective
+    if main:
+        (run_dir / "final.json").write_text(strict_json(final, indent=2))
+    return final
+
+
+def _build_optimizer(cfg: RunConfig, net: nn.Module) -> torch.optim.Optimizer:
+    groups = param_groups(net, weight_decay=cfg.weight_decay)
+    if cfg.decay_all:  # every tensor decayed (and controlled, gains too unless left to decay)
+        groups = [
+            {**g, "weight_decay": cfg.weight_decay, "control": not (cfg.gains_by_decay and g["name"] == "no_decay")}
+            for g in groups
+        ]
+    elif cfg.control_gains:
+        own = cfg.gains_target_ratio
+        groups = with_gains_controlled(
+            net, groups, target=None if own is None else target_schedule(cfg.target_shape, own, cfg.steps)
+        )
+    return build_method(
+        cfg.method,
+        net,
+        groups,
+        lr=cfg.lr,
+        steps=cfg.steps,
+        rate=cfg.rate,
+        adamw_norm_ratio=cfg.target_ratio,
+        betas=cfg.adam_betas,
+        decay=cfg.decay,
+        target_shape=cfg.target_shape,
+        scope=cfg.scope,
+    )
+
+
+def _save_checkpoint(cfg, run_dir, world, model, optimizer, scheduler, data_order, monitor, done: int) -> None:
+    state = {
+        "config": json.loads(cfg.to_json()),
+        "step": done,
+        "scheduler": scheduler.state_dict(),
+        "data_order": data_order.get_state(),
+        "monitor": monitor.state_dict(),
+    }
+    if world.distributed:
+        parallel.save_sharded(run_dir / SHARDED_CHECKPOINT, model, optimizer, state)
+    else:
+        checkpoints.save(
+            {**state, "model": model.state_dict(), "optimizer": optimizer.state_dict()}, run_dir / CHECKPOINT
+        )
+
+
+RUN_FILES = ("metrics.jsonl", EVALS, "final.json", CHECKPOINT, CHECKPOINT + ".prev")
+
+
+def _refuse_orphaned_metrics(run_dir: Path) -> None:
+    """A directory with an earlier run's records but no checkpoint to continue them: starting
+    over would delete them, so only ``restart`` may."""
+    left = [name for name in RUN_FILES if (run_dir / name).is_file()]
+    if left:
+        raise ValueError(
+            f"{run_dir} holds {', '.join(left)} of an earlier run but no checkpoint to resume from; "
+            "pass --restart to train it again from step 0 (deleting them), or train into another directory"
+        )
+
+
+def _clear_run(run_dir: Path) -> None:
+    for name in RUN_FILES:
+        (run_dir / name).unlink(missing_ok=True)
+    for name in (SHARDED_CHECKPOINT, SHARDED_CHECKPOINT + ".old"):
+        shutil.rmtree(run_dir / name, ignore_errors=True)
+
+
+def strict_json(obj: Any, **kwargs: Any) -> str:
+    """JSON without NaN or Infinity (which strict parsers reject): non-finite floats become null."""
+
+    def finite(value: Any) -> Any:
+        if isinstance(value, float) and not math.isfinite(value):
+            return None
+        if isinstance(value, dict):
+            return {k: finite(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [finite(v) for v in value]
+        return value
+
+    return json.dumps(finite(obj), allow_nan=False, **kwargs)
+
+
+def _same_config(saved: dict[str, Any], cfg: RunConfig) -> bool:
+    """``cfg`` is the checkpoint's config; fields added to RunConfig since the checkpoint was
+    written count as equal when they hold their defaults (an upgrade does not orphan a run)."""
+    current, defaults = json.loads(cfg.to_json()), json.loads(RunConfig().to_json())
+    return all(current.get(k) == v for k, v in saved.items()) and all(
+        current[k] == defaults[k] for k in current.keys() - saved.keys()
+    )
+
+
+def _find_checkpoint(run_dir: Path, world: parallel.World) -> Path | None:
+    """The checkpoint to resume from: ``checkpoint.pt`` for one process, the DCP directory
+    (or, after a kill between its two renames, the previous one) for several."""
+    if not world.distributed:
+        path = run_dir / CHECKPOINT
+        return path if path.is_file() else None
+    for path in (run_dir / SHARDED_CHECKPOINT, run_dir / (SHARDED_CHECKPOINT + ".old")):
+        if (path / "meta.pt").is_file():
+            return path
+    return None
