@@ -3,6 +3,7 @@
 * :class:`AdamWN` — Adam with weight norm control (Loshchilov 2023).
 * :class:`AdamC`, :class:`SGDC` — corrected weight decay (Defazio 2025).
 * :class:`NormControl`, :class:`CorrectedDecay` — the same for any torch optimizer.
+* :class:`AutoTarget` — ``target="auto"``: AdamWN's target measured by the run itself.
 * :func:`param_groups` — which weights are controlled, decayed and normalised, and why.
 * :func:`create_optimizer` — any of them by name (``"adamwn"``, ``"lion+wn"``, ``"adamw+c"`` …).
 * :mod:`normctl.schedules` — target, rate and learning-rate schedules.
@@ -12,7 +13,7 @@
 from . import schedules
 from .groups import format_roles, param_groups, param_roles
 from .monitor import NormMonitor
-from .optim import SGDC, AdamC, AdamWN, CorrectedDecay, Lion, NormControl
+from .optim import SGDC, AdamC, AdamWN, AutoTarget, CorrectedDecay, Lion, NormControl
 from .registry import available_optimizers, create_optimizer
 
 __all__ = [
@@ -22,6 +23,7 @@ __all__ = [
     "Lion",
     "NormControl",
     "CorrectedDecay",
+    "AutoTarget",
     "schedules",
     "param_groups",
     "param_roles",

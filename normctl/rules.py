@@ -17,6 +17,7 @@ Functions named ``*_`` modify their tensor arguments in place; the others return
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from collections.abc import Sequence
 from typing import Literal
@@ -105,6 +106,19 @@ def norm_control_factor(norm: Tensor, target_norm: Tensor | float, rate: float) 
     ratio = target_norm / norm
     ratio = torch.where(torch.isfinite(ratio), ratio, torch.ones_like(ratio))
     return 1 - rate * (1 - ratio)
+
+
+def adamw_equilibrium_norm(update_norm_sq: float, lr: float, weight_decay: float) -> float:
+    """‖θ*‖, the norm at which AdamW's decay removes as much as its updates add.
+
+    One AdamW step is θ ← (1 − γλ)·θ − γ·u, so ‖θ‖² ← (1 − γλ)²‖θ‖² − 2γ(1 − γλ)⟨θ, u⟩ + γ²‖u‖².
+    Once the norm has settled the update is on average orthogonal to the weight (⟨θ, u⟩ ≈ 0), and
+    ‖θ‖² stops changing where (1 − (1 − γλ)²)·‖θ‖² = γ²‖u‖²::
+
+        ‖θ*‖ = sqrt(γ·‖u‖² / (λ·(2 − γλ)))  ≈  sqrt(γ / (2λ))·‖u‖
+
+    ``update_norm_sq`` is ‖u‖² (the update per unit of lr), ``lr`` γ, ``weight_decay`` λ."""
+    return math.sqrt(lr * update_norm_sq / (weight_decay * (2 - lr * weight_decay)))
 
 
 def control_rate(rate: float, scaling: str, lr: float, max_lr: float) -> float:

@@ -19,7 +19,17 @@ from normctl_lab import parallel
 from normctl_lab.models import GPT, GPTConfig
 from torch import nn
 
-from normctl import SGDC, AdamC, AdamWN, CorrectedDecay, NormControl, NormMonitor, param_groups, schedules
+from normctl import (
+    SGDC,
+    AdamC,
+    AdamWN,
+    AutoTarget,
+    CorrectedDecay,
+    NormControl,
+    NormMonitor,
+    param_groups,
+    schedules,
+)
 from normctl.monitor import MemorySink
 
 STEPS = 20
@@ -41,9 +51,14 @@ CASES = {
     "sgdc": lambda groups: SGDC(groups, lr=0.1, momentum=0.9, weight_decay=0.05),
     "sgd+wn": lambda groups: NormControl(torch.optim.SGD(groups, lr=0.1, momentum=0.9), target=0.8, rate=0.05),
     "adamw+c": lambda groups: CorrectedDecay(torch.optim.AdamW(groups, lr=1e-2, weight_decay=0.5)),
+    # target="auto": measured over steps 1-12 (the checkpoint at step 10 falls inside), then held
+    "adamwn_auto": lambda groups: AdamWN(groups, lr=1e-2, target=AutoTarget(steps=12), rate=0.2),
+    "adamwn_auto_global": lambda groups: AdamWN(
+        groups, lr=1e-2, target=AutoTarget(rule="inflection", interval=3, ema=0.5), rate=0.2, scope="global"
+    ),
 }
 # saved at step 10 through DCP, resumed on 2 ranks and on 1: normctl's optimizers and wrappers
-CHECKPOINTED = ["adamwn_group_post", "sgd+wn", "adamw+c"]
+CHECKPOINTED = ["adamwn_group_post", "sgd+wn", "adamw+c", "adamwn_auto"]
 
 
 def batches(steps: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -85,6 +100,17 @@ def max_rel_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> floa
     return max(float((a[k] - b[k]).norm() / b[k].norm().clamp_min(1e-30)) for k in a)
 
 
+def auto_targets(optimizer) -> list[float]:
+    """The targets ``target="auto"`` chose: per tensor, then per group/global scope."""
+    tensor_scope = [
+        p for g in optimizer.param_groups if g.get("control") and g.get("scope") == "tensor" for p in g["params"]
+    ]
+    per_tensor = [
+        float(optimizer.state[p]["auto_target"]) for p in tensor_scope if "auto_target" in optimizer.state.get(p, {})
+    ]
+    return per_tensor + [g["auto_target"] for g in optimizer.param_groups if g.get("auto_target") is not None]
+
+
 def fresh_run(case: str, mode: str, world: parallel.World):
     """The fresh model (replicated or sharded over ``world``), the case's optimizer over it and
     its LR schedule."""
@@ -107,14 +133,18 @@ def main(out_path: str) -> None:
     single = parallel.World()
     report: dict = {"world_size": world.size, "cases": {}}
     for case in CASES:
-        reference, _, ref_records = run("ddp", case, single, data, monitored=True)
+        reference, ref_optimizer, ref_records = run("ddp", case, single, data, monitored=True)
         ref = full_params(reference)
         for mode in parallel.PARALLEL_MODES:
-            model, _, records = run(mode, case, world, data, monitored=True)
+            model, optimizer, records = run(mode, case, world, data, monitored=True)
+            every_rank: list = [None] * world.size
+            dist.all_gather_object(every_rank, auto_targets(optimizer))
             report["cases"][f"{mode}/{case}"] = {
                 "max_rel_diff": max_rel_diff(full_params(model), ref),
                 "monitor": records,
                 "reference_monitor": ref_records,
+                "auto_targets": every_rank,
+                "reference_auto_targets": auto_targets(ref_optimizer),
             }
 
     # Distributed checkpoint: save at step 10, restore into fresh sharded objects, continue.

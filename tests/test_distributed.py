@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -53,6 +54,17 @@ CASES = list(PARITY_CASES)
 def test_two_processes_match_one(report, mode, case):
     assert report["world_size"] == 2
     assert report["cases"][f"{mode}/{case}"]["max_rel_diff"] < TOLERANCE
+
+
+@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
+@pytest.mark.parametrize("case", [c for c in CASES if "auto" in c])
+def test_an_automatic_target_is_the_same_on_every_rank_and_as_on_one(report, mode, case):
+    result = report["cases"][f"{mode}/{case}"]
+    first, second = result["auto_targets"]
+    reference = result["reference_auto_targets"]
+    assert reference and all(math.isfinite(t) for t in reference)  # every target was chosen within the run
+    assert first == second  # bit for bit on both ranks
+    assert first == pytest.approx(reference, rel=1e-9)
 
 
 @pytest.mark.parametrize("mode", ["ddp", "fsdp"])

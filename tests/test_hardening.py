@@ -272,3 +272,77 @@ def test_a_bfloat16_state_keeps_its_float32_initial_norms_through_a_load():
         (state,) = destination.state.values()
         (original,) = source.state.values()
         assert state[key].dtype == torch.float32 and torch.equal(state[key], original[key])
+
+
+# -- zero-initialised tensors under a relative target ----------------------------------------------
+
+
+def zero_init_model():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.LayerNorm(16), nn.Linear(16, 4))
+    nn.init.zeros_(model[0].bias)  # LayerNorm's shift and the last bias start at 0 too: zero it all
+    nn.init.zeros_(model[2].bias)
+    return model
+
+
+@pytest.mark.parametrize(
+    "path", [dict(), dict(fused=False), dict(foreach=True)], ids=["default", "reference", "foreach"]
+)
+@pytest.mark.parametrize("weight_decay", [0.0, 0.1])
+def test_zero_initialised_tensors_are_left_to_adam_or_adamw(path, weight_decay):
+    model, twin = zero_init_model(), zero_init_model()
+    optimizer = normctl.AdamWN(model.parameters(), lr=1e-2, target=1.5, rate=0.1, weight_decay=weight_decay, **path)
+    reference = torch.optim.AdamW(twin.parameters(), lr=1e-2, weight_decay=weight_decay, foreach=False)
+    zero = [i for i, p in enumerate(twin.parameters()) if not p.detach().any()]
+    gradients = torch.Generator().manual_seed(1)
+    with pytest.warns(UserWarning, match=r"3 tensor\(s\) start at norm 0.*left uncontrolled"):
+        for _ in range(20):  # the same gradients for both, whatever the other tensors do
+            for p, q in zip(model.parameters(), twin.parameters()):
+                p.grad = torch.randn(p.shape, generator=gradients)
+                q.grad = p.grad.clone()
+            optimizer.step()
+            reference.step()
+    params, twins = list(model.parameters()), list(twin.parameters())
+    for i in zero:  # Adam's step with AdamW's decay of weight_decay, not a decay toward r·0
+        torch.testing.assert_close(params[i], twins[i], rtol=1e-5, atol=1e-6)
+        assert params[i].detach().any()
+    for i, (p, q) in enumerate(zip(params, twins)):
+        if i not in zero:  # the others are controlled: not AdamW
+            assert not torch.allclose(p, q)
+
+
+def test_target_zero_never_needs_the_initial_norm():
+    model = zero_init_model()
+    optimizer = normctl.AdamWN(model.parameters(), lr=1e-2, target=0.0, rate=0.01)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "starts at norm 0" warning: AdamW's decay does not use ‖θ_0‖
+        for _ in range(3):
+            optimizer.zero_grad()
+            model(torch.randn(4, 8)).sum().backward()
+            optimizer.step()
+
+
+@pytest.mark.parametrize("scope", ["group", "global"])
+def test_a_scope_that_starts_at_norm_zero_is_left_uncontrolled(scope):
+    p = nn.Parameter(torch.zeros(4, 4))
+    optimizer = normctl.AdamWN([p], lr=1e-2, target=2.0, rate=0.5, scope=scope)
+    with pytest.warns(UserWarning, match="starts at norm 0.*left uncontrolled"):
+        p.grad = torch.ones_like(p)
+        optimizer.step()
+    assert torch.allclose(p, torch.full_like(p, -1e-2))  # Adam's first step, nothing else
+
+
+def test_norm_control_wrapper_takes_model_parameters_with_zero_tensors():
+    model, twin = zero_init_model(), zero_init_model()
+    optimizer = normctl.NormControl(torch.optim.Adam(model.parameters(), lr=1e-2), target=1.5, rate=0.1)
+    reference = torch.optim.Adam(twin.parameters(), lr=1e-2)
+    gradients = torch.Generator().manual_seed(1)
+    with pytest.warns(UserWarning, match="start at norm 0"):
+        for _ in range(5):
+            for p, q in zip(model.parameters(), twin.parameters()):
+                p.grad = torch.randn(p.shape, generator=gradients)
+                q.grad = p.grad.clone()
+            optimizer.step()
+            reference.step()
+    torch.testing.assert_close(model[0].bias, twin[0].bias)  # plain Adam
+    assert not torch.allclose(model[0].weight, twin[0].weight)  # controlled

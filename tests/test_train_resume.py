@@ -15,6 +15,7 @@ from normctl_lab.config import RunConfig, with_overrides
 from normctl_lab.sweep import gains_norm_ratio
 from normctl_lab.train import train
 
+import normctl
 from normctl.report.runs import load_run
 
 SMALL = [
@@ -440,3 +441,64 @@ def test_embedded_corpora_are_whole_and_train(tmp_path, corpus, start, size):
     assert "/nn" not in text and "Ge1:1" not in text  # tags and verse references stripped
     cfg = with_overrides(RunConfig(), [f"corpus={corpus}", "steps=3", "n_layer=1", "n_embd=32", "block_size=16"])
     assert train(cfg, tmp_path / corpus, verbose=False)["val_loss"] < 6.0  # below ln(256) ≈ 5.55 + slack
+
+
+def test_target_ratio_auto_measures_the_target_in_the_run(tmp_path):
+    from normctl_lab import checkpoint
+
+    assert with_overrides(RunConfig(), ["target_ratio=auto"]).auto_target == "equilibrium"
+    assert with_overrides(RunConfig(), ["target_ratio=auto:inflection"]).auto_target == "inflection"
+    with pytest.raises(ValueError, match="auto_target must be one of"):
+        with_overrides(RunConfig(), ["target_ratio=auto:guess"])
+    cfg = with_overrides(
+        RunConfig(),
+        ["steps=6", "n_layer=1", "n_embd=32", "block_size=16", "batch_size=4", "method=adamwn", "target_ratio=auto"]
+        + ["auto_steps=3", "auto_decay=0.2"],
+    )
+    assert cfg.auto == normctl.AutoTarget(rule="equilibrium", weight_decay=0.2, steps=3, interval=100)
+    train(cfg, tmp_path, verbose=False)
+    state = checkpoint.load(tmp_path / "checkpoint.pt")["optimizer"]["state"]
+    taus = [float(s["auto_target"]) for s in state.values() if "auto_target" in s]
+    assert taus and all(t > 0 for t in taus)
+
+
+def test_gpt_init_torch_keeps_pytorchs_default_initialisation():
+    from normctl_lab.models import GPT, GPTConfig
+
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(n_layer=1, n_embd=64, init="torch"))
+    assert 0.9 < model.transformer.wpe.weight.std().item() < 1.1  # N(0, 1) embeddings
+    assert 0.9 < model.lm_head.weight.std().item() < 1.1  # the tied token embedding too
+    assert model.transformer.h[0].attn.c_attn.bias.abs().max() > 0  # Linear's own uniform bias
+    gpt2 = GPT(GPTConfig(n_layer=1, n_embd=64))
+    assert gpt2.lm_head.weight.std().item() == pytest.approx(0.02, rel=0.1)
+
+
+def test_paired_differences_and_their_t_interval():
+    from normctl_lab.paired import paired_difference
+
+    result = paired_difference({0: 1.0, 1: 2.0, 2: 4.0, 5: 9.0}, {0: 0.5, 1: 1.0, 2: 2.5})
+    assert result["seeds"] == [0, 1, 2] and result["differences"] == [0.5, 1.0, 1.5]
+    half = 4.303 * 0.5 / 3**0.5  # t(0.975, 2) · std / √n
+    assert result["mean"] == 1.0 and result["ci95"] == pytest.approx([1.0 - half, 1.0 + half])
+    assert paired_difference({3: 1.0}, {3: 0.25})["ci95"] is None
+    with pytest.raises(ValueError, match="share no seed"):
+        paired_difference({0: 1.0}, {1: 1.0})
+
+
+def test_auto_target_comparison_runs_end_to_end(tmp_path):
+    from normctl_lab import repro_auto
+
+    tiny = ["task=gpt", "n_layer=1", "n_embd=32", "block_size=16", "batch_size=4", "steps=8", "checkpoint_every=4"]
+    tiny += ["monitor_every=2", "eval_every=4", "auto_steps=2", "auto_interval=2"]
+    summary = repro_auto.run_repro(tmp_path, [0, 1], inits=("torch",), workers=1, base_overrides=tiny, verbose=False)
+    rows = summary["inits"]["torch"]["methods"]
+    assert set(rows) == {"method=adamw", "method=adamwn", "auto_target=equilibrium", "auto_target=inflection"}
+    auto = rows["auto_target=equilibrium"]
+    assert auto["minus_adamw"]["seeds"] == [0, 1] and len(auto["minus_adamwn"]["differences"]) == 2
+    by_seed = auto["val_loss_by_seed"]
+    adamw = rows["method=adamw"]["val_loss_by_seed"]
+    assert auto["minus_adamw"]["differences"] == [by_seed[s] - adamw[s] for s in (0, 1)]
+    assert (tmp_path / "summary.json").is_file() and (tmp_path / "torch" / "report.html").is_file()
+    with pytest.raises(ValueError, match="inits must be some of"):
+        repro_auto.run_repro(tmp_path, [0], inits=("xavier",))

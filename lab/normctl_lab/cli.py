@@ -67,6 +67,13 @@ def repro_voronoi(args: argparse.Namespace) -> None:
     )
 
 
+def repro_auto(args: argparse.Namespace) -> None:
+    from .repro_auto import run_repro
+
+    inits = tuple(i.strip() for i in args.inits.split(",") if i.strip())
+    run_repro(args.out, _seeds(args.seeds), inits=inits, workers=args.workers)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="normctl-lab", description="Experiments with normctl: the demo, runs, sweeps and reproductions."
@@ -130,6 +137,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     p.add_argument("--steps", type=int, default=None, help="fewer than the original 10 000 steps")
     p.set_defaults(handler=repro_voronoi)
+
+    p = commands.add_parser(
+        "repro-auto", help="AdamWN with target='auto' against AdamW and the AdamW-measured target, on the GPT"
+    )
+    p.add_argument("--out", default="results/auto_target", help="the comparison's directory")
+    p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
+    p.add_argument("--inits", default="gpt2,torch", help="the GPT's initialisations: gpt2 (nanoGPT), torch (defaults)")
+    p.add_argument("--workers", type=int, default=2, help="runs at once (one thread each)")
+    p.set_defaults(handler=repro_auto)
     return parser
 
 

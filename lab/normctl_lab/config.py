@@ -16,6 +16,7 @@ from .voronoi import INITS
 TASKS = ("gpt", "voronoi", "fmnist")
 SCHEDULES = ("cosine", "constant")
 ON_NONFINITE = ("stop", "skip")
+AUTO_RULES = ("", "equilibrium", "inflection")
 DECAYS = ("l2", "l1", "min")
 CORPORA = ("austen", "kjv", "brown")
 SCOPES = ("tensor", "group", "global")
@@ -50,7 +51,13 @@ class RunConfig:
     betas: str = "0.9,0.999"  # Adam-family β1,β2
     decay: str = "l2"  # decoupled decay type of AdamW/AdamC: "l2", "l1" or "min" (SPEC §3)
     decay_all: bool = False  # decay every parameter (norm gains too), as the Voronoi study does
-    target_ratio: float = 1.0  # their final target r (reached as target_shape says)
+    target_ratio: float = (
+        1.0  # their final target r (reached as target_shape says); `--set target_ratio=auto` sets auto_target
+    )
+    auto_target: str = ""  # "" (target_ratio), "equilibrium" or "inflection": the target measured in the run itself
+    auto_decay: float = 0.1  # auto_target=equilibrium: the AdamW λ whose steady-state norm is targeted
+    auto_steps: int = 200  # auto_target=equilibrium: the measuring window (AdamW with auto_decay meanwhile)
+    auto_interval: int = 100  # auto_target=inflection: steps between growth measurements
     target_shape: str = "ramp"  # r_t: "ramp" 1 → r over 5 % of steps (the paper), "constant" r, "linear" over the run
     scope: str = "tensor"  # norm-controlled methods: one norm per "tensor", per "group", or "global"
     control_gains: bool = False  # norm-controlled methods also control the norm layers' gains
@@ -67,6 +74,7 @@ class RunConfig:
     block_size: int = 64
     n_layer: int = 2
     n_embd: int = 96
+    gpt_init: str = "gpt2"  # "gpt2" (nanoGPT's N(0, 0.02)) or "torch" (PyTorch's defaults: N(0, 1) embeddings)
     # Voronoi
     hidden: int = 512
     activation: str = "relu"  # "relu", "swish" or "gelu"
@@ -118,6 +126,12 @@ class RunConfig:
             raise ValueError(f"betas must be two numbers 'b1,b2', got {self.betas!r}") from error
         if not (0 <= beta1 < 1 and 0 <= beta2 < 1):
             raise ValueError(f"betas must be in [0, 1), got {self.betas!r}")
+        if self.auto_target not in AUTO_RULES:
+            raise ValueError(f"auto_target must be one of {AUTO_RULES}, got {self.auto_target!r}")
+        if self.auto_target and not (self.auto_decay > 0 and self.auto_steps >= 1 and self.auto_interval >= 1):
+            raise ValueError("auto_decay must be > 0, auto_steps and auto_interval >= 1")
+        if self.gpt_init not in ("gpt2", "torch"):
+            raise ValueError(f"gpt_init must be 'gpt2' or 'torch', got {self.gpt_init!r}")
         if self.on_nonfinite not in ON_NONFINITE:
             raise ValueError(f"on_nonfinite must be one of {ON_NONFINITE}, got {self.on_nonfinite!r}")
         if self.eval_every < 0:
@@ -129,6 +143,17 @@ class RunConfig:
                 raise ValueError(f"gains_target_ratio must be >= 0, got {self.gains_target_ratio}")
         if not 0 <= self.min_lr_ratio <= 1:
             raise ValueError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+
+    @property
+    def auto(self):
+        """The :class:`normctl.AutoTarget` this config asks for, or None."""
+        if not self.auto_target:
+            return None
+        from normctl import AutoTarget
+
+        return AutoTarget(
+            rule=self.auto_target, weight_decay=self.auto_decay, steps=self.auto_steps, interval=self.auto_interval
+        )
 
     @property
     def adam_betas(self) -> tuple[float, float]:
@@ -153,6 +178,8 @@ def with_overrides(cfg: RunConfig, assignments: list[str]) -> RunConfig:
     changes: dict[str, Any] = {}
     for assignment in assignments:
         key, sep, raw = assignment.partition("=")
+        if key == "target_ratio" and raw.startswith("auto"):  # target_ratio=auto[:inflection]
+            key, raw = "auto_target", raw.partition(":")[2] or "equilibrium"
         if not sep or key not in types:
             raise ValueError(f"--set expects key=value with key in {sorted(types)}, got {assignment!r}")
         kind = types[key]

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from normctl import schedules
+from normctl import AutoTarget, schedules
 from normctl.groups import is_norm_layer
 from normctl.registry import available_optimizers, create_optimizer
 
@@ -40,18 +40,20 @@ def build_method(
     decay: str = "l2",
     target_shape: str = "ramp",
     scope: str = "tensor",
+    auto: AutoTarget | None = None,
 ) -> torch.optim.Optimizer:
     """``create_optimizer(method)`` over ``groups``. ``lr`` is the Adam-scale learning rate
     (SGD and SGDC take 100×, Lion 0.1×). Norm-controlled methods take AdamW's measured final norm
     ratio as their target, reached as :func:`target_schedule` says, with one norm per ``scope``.
     ``betas`` go to the Adam-family methods; ``decay`` (l2/l1/min) to AdamW and AdamC — AdamW
-    with l1/min decay is AdamC with no group marked normalised, i.e. plain decoupled decay."""
+    with l1/min decay is AdamC with no group marked normalised, i.e. plain decoupled decay. ``auto``
+    replaces the AdamW-measured target by one the run measures itself."""
     base = method.partition("+")[0]
     kwargs: dict[str, Any] = {"lr": lr * BASE_LR_SCALE.get(base, 1.0)}
     if betas is not None and base in ADAM_FAMILY:
         kwargs["betas"] = betas
     if is_norm_controlled(method):
-        target = target_schedule(target_shape, adamw_norm_ratio or 1.0, steps)
+        target = auto or target_schedule(target_shape, adamw_norm_ratio or 1.0, steps)
         kwargs.update(target=target, rate=rate, scope=scope)
     if decay == "l2":
         return create_optimizer(model, method, groups=groups, **kwargs)

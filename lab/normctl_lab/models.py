@@ -19,6 +19,9 @@ class GPTConfig:
     n_embd: int = 128  # width of the residual stream
     dropout: float = 0.0
     tie_weights: bool = True  # share the token embedding with the output layer (GPT-2)
+    # "gpt2": N(0, 0.02) weights, scaled residual projections, zero biases (nanoGPT);
+    # "torch": each module's PyTorch default (N(0, 1) embeddings, Kaiming-uniform linear layers)
+    init: str = "gpt2"
 
 
 class CausalSelfAttention(nn.Module):
@@ -86,6 +89,11 @@ class GPT(nn.Module):
         self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
         if cfg.tie_weights:
             self.transformer.wte.weight = self.lm_head.weight  # type: ignore[union-attr]
+        if cfg.init == "torch":  # the tied matrix starts as the embedding it is: N(0, 1)
+            nn.init.normal_(self.lm_head.weight)
+            return
+        if cfg.init != "gpt2":
+            raise ValueError(f"init must be 'gpt2' or 'torch', got {cfg.init!r}")
         self.apply(self._init_weights)
         for name, p in self.named_parameters():  # GPT-2: scaled init of residual projections
             if name.endswith("c_proj.weight"):

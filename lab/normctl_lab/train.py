@@ -58,7 +58,14 @@ def build_task(cfg: RunConfig) -> Task:
     if cfg.task == "gpt":
         train, val = train_val_split(byte_tokens(load_text(cfg.corpus)))
         model: nn.Module = GPT(
-            GPTConfig(vocab_size=256, block_size=cfg.block_size, n_layer=cfg.n_layer, n_head=4, n_embd=cfg.n_embd)
+            GPTConfig(
+                vocab_size=256,
+                block_size=cfg.block_size,
+                n_layer=cfg.n_layer,
+                n_head=4,
+                n_embd=cfg.n_embd,
+                init=cfg.gpt_init,
+            )
         )
 
         @torch.no_grad()
@@ -282,6 +289,7 @@ def _build_optimizer(cfg: RunConfig, net: nn.Module) -> torch.optim.Optimizer:
         decay=cfg.decay,
         target_shape=cfg.target_shape,
         scope=cfg.scope,
+        auto=cfg.auto,
     )
 
 

@@ -31,6 +31,7 @@ from torch import Tensor
 
 from ..distributed import local, reduce_across_shards
 from ..optim import SGDC, AdamC, AdamWN
+from ..optim._auto_target import as_auto_target
 from ..optim._base import peak_lr
 from ..rules import tensor_norms
 from ..schedules import as_schedule
@@ -94,6 +95,11 @@ def adamwn_target_norms(optimizer: AdamWN, group: dict, params: Sequence[Tensor]
     """τ for each tensor of a controlled AdamWN group, at the target of the last step taken."""
     if not group["control"] or group["schedule_step"] == 0:
         return [None] * len(params)
+    if as_auto_target(group["target"]) is not None:  # measured in the run: None until chosen
+        if group["scope"] != "tensor":
+            return [group.get("auto_target")] * len(params)
+        taus = [float(optimizer.state[p]["auto_target"]) if p in optimizer.state else math.nan for p in params]
+        return [None if math.isnan(tau) else tau for tau in taus]
     target = as_schedule(group["target"], "target")(group["schedule_step"] - 1)
     if not group["relative_target"]:
         return [target] * len(params)

@@ -1,5 +1,6 @@
 """normctl's optimizers: one file each, sharing the Adam step and the input checks."""
 
+from ._auto_target import AutoTarget
 from ._base import peak_lr
 from .adamc import AdamC
 from .adamwn import AdamWN
@@ -7,4 +8,4 @@ from .lion import Lion
 from .sgdc import SGDC
 from .wrapper import CorrectedDecay, NormControl
 
-__all__ = ["AdamWN", "AdamC", "SGDC", "Lion", "NormControl", "CorrectedDecay", "peak_lr"]
+__all__ = ["AdamWN", "AdamC", "SGDC", "Lion", "NormControl", "CorrectedDecay", "AutoTarget", "peak_lr"]

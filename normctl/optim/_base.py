@@ -287,7 +287,15 @@ class NormctlOptimizer(Optimizer):
 # State that torch's load_state_dict would cast to the parameter's dtype but that must keep its
 # own: ‖θ_0‖ is measured in float32 for bfloat16 weights, and rounding it to bfloat16 on a
 # resume would move every later target.
-KEPT_DTYPE_KEYS = ("init_norm",)
+KEPT_DTYPE_KEYS = (
+    "init_norm",
+    "auto_target",
+    "auto_update_sq",
+    "auto_updates",
+    "auto_norm_sq",
+    "auto_last",
+    "auto_growth",
+)
 
 
 def keep_saved_dtypes(optimizer: Optimizer, state_dict: dict[str, Any], keys: Iterable[str]) -> None:

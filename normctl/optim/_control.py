@@ -9,6 +9,7 @@ Group keys: ``target``, ``rate``, ``rate_scaling``, ``scope``, ``relative_target
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -18,6 +19,8 @@ from torch import Tensor
 
 from .. import distributed, rules
 from ..schedules import as_schedule
+from . import _auto_target as auto_target
+from ._auto_target import AutoTarget, as_auto_target
 from ._base import (
     Batch,
     check_bools,
@@ -42,7 +45,7 @@ CONTROL_DEFAULTS = dict(
     control=True,
     max_lr=None,
 )
-CONTROL_GROUP_KEYS = frozenset({"schedule_step", "init_norm"})
+CONTROL_GROUP_KEYS = frozenset({"schedule_step", "init_norm", "auto_target"})
 
 
 class TensorNorms(Protocol):
@@ -64,7 +67,8 @@ def validate_control_group(group: Mapping[str, Any]) -> None:
     check_bools(group, "control", "relative_target")
     check_max_lr(group["max_lr"])
     check_peak_lr_known(group, group["control"] and group["rate_scaling"] == "lr_ratio", 'rate_scaling="lr_ratio"')
-    as_schedule(group["target"], "target")
+    if as_auto_target(group["target"]) is None:
+        as_schedule(group["target"], "target")
     as_schedule(group["rate"], "rate")
     if is_real(group["target"]):
         check_nonnegative("target", group["target"])
@@ -98,7 +102,8 @@ def plan(group: dict) -> ControlPlan | None:
         return None
     t = group["schedule_step"]
     rate = as_schedule(group["rate"], "rate")(t)
-    target = as_schedule(group["target"], "target")(t)
+    auto = as_auto_target(group["target"])
+    target = auto.multiple if auto is not None else as_schedule(group["target"], "target")(t)
     k = rules.control_rate(rate, group["rate_scaling"], group["lr"], peak_lr(group))
     if not (is_real(k) and 0 <= k <= 1):
         raise ValueError(
@@ -109,28 +114,46 @@ def plan(group: dict) -> ControlPlan | None:
     return ControlPlan(rate=k, target=target)
 
 
-def check_initial_norms(batches: list[Batch], state: Mapping[Tensor, dict]) -> None:
-    """Refuse a relative target on a zero-norm tensor before any state is created."""
-    for batch in batches:
+def warn_zero_initial_norms(batches: list[Batch], state: Mapping[Tensor, dict], owner: str) -> None:
+    """Say once which tensors about to get their first state start at norm 0 under a relative
+    target (zero-initialised biases and norm shifts, from ``model.parameters()``): r·‖θ_0‖ = 0
+    would decay them to 0 forever, so they are left uncontrolled (:func:`uncontrolled_factor`)."""
+    zero = []
+    for g, batch in enumerate(batches):
         group = batch.group
         if not (group["control"] and group["relative_target"] and group["scope"] == "tensor"):
             continue
-        fresh = [(i, p) for i, p in enumerate(batch.params) if "init_norm" not in state.get(p, {}) and p.numel() > 0]
-        norms = rules.tensor_norms([p for _, p in fresh]) if fresh else []
-        for (i, p), norm in zip(fresh, norms):
+        if (is_real(group["target"]) and group["target"] == 0) or as_auto_target(group["target"]) is not None:
+            continue  # AdamW's decay, or a target measured in the run: ‖θ_0‖ plays no part
+        fresh = [p for p in batch.params if "init_norm" not in state.get(p, {}) and p.numel() > 0]
+        norms = rules.tensor_norms(fresh) if fresh else []
+        names = group.get("param_names")
+        for p, norm in zip(fresh, norms):
             if norm == 0:
-                raise ValueError(
-                    f"parameter {i} of a controlled group (shape {tuple(p.shape)}) has "
-                    "initial norm 0, so its relative target r·‖θ_0‖ is 0. Exclude it "
-                    "('control': False, as normctl.param_groups does for zero-initialised "
-                    "biases), or give that group relative_target=False and an absolute target."
-                )
+                where = next(j for j, q in enumerate(group["params"]) if q is p)
+                zero.append(names[where] if names else f"group {g} tensor {where} {tuple(p.shape)}")
+    if zero:
+        shown = ", ".join(zero[:8]) + (f" and {len(zero) - 8} more" if len(zero) > 8 else "")
+        warnings.warn(
+            f"{owner}: {len(zero)} tensor(s) start at norm 0 ({shown}); a relative target r·‖θ_0‖ would decay "
+            "them to 0, so they are left uncontrolled (Adam's step, and the group's weight_decay as AdamW "
+            "decay if set). normctl.param_groups(model) puts such tensors in an uncontrolled group for you.",
+            stacklevel=5,
+        )
+
+
+def uncontrolled_factor(group: dict) -> float:
+    """What a controlled group's tensor with ‖θ_0‖ = 0 gets instead of Eq. 3: AdamW's decay
+    θ ← (1 − γλ)·θ with the group's ``weight_decay`` (1: plain Adam)."""
+    return 1.0 - group["lr"] * group["weight_decay"]
 
 
 def init_tensor_state(param: Tensor, state: dict, group: dict) -> None:
-    """Record ‖θ_0‖ of a tensor-scope controlled parameter at its first step."""
+    """Record ‖θ_0‖ of a tensor-scope controlled parameter at its first step (and create the
+    measurements of an automatic target)."""
     if group["control"] and group["scope"] == "tensor" and "init_norm" not in state:
         state["init_norm"] = rules.tensor_norms([param], foreach=False)[0]
+    auto_target.init_tensor_state(param, state, group)
 
 
 def record_scope_norms(groups: list[dict]) -> None:
@@ -168,7 +191,10 @@ def control_factors(
             out.append(None)
             continue
         foreach = group.get("foreach") is not False
-        if step_plan.target == 0:  # plain decoupled decay: a Python float, exactly as torch
+        auto = as_auto_target(group["target"])
+        if auto is not None:
+            out.append(_auto_factors(batch, step_plan, auto, groups, tensor_norms, foreach))
+        elif step_plan.target == 0:  # plain decoupled decay: a Python float, exactly as torch
             out.append(1 - step_plan.rate)
         elif group["scope"] == "tensor":
             out.append(_tensor_factors(batch, step_plan, tensor_norms(batch.params, foreach=foreach)))
@@ -179,9 +205,34 @@ def control_factors(
                 if global_norm is None:
                     global_norm = current_norm(global_groups(groups), foreach, tensor_norms)
                 norm = global_norm
+            if group["relative_target"] and group["init_norm"] == 0:  # warned when it was recorded
+                out.append(uncontrolled_factor(group))
+                continue
             factor = rules.norm_control_factor(norm, _target_norm(step_plan, group, group["init_norm"]), step_plan.rate)
             out.append([factor] * len(batch.params))
     return out
+
+
+def _auto_factors(
+    batch: Batch, step_plan: ControlPlan, auto: AutoTarget, groups: list[dict], tensor_norms: TensorNorms, foreach: bool
+) -> list[Tensor] | float:
+    """Eq. 3 toward the measured target; while it is measured, the rule's own step (AdamW's decay
+    for the equilibrium rule, nothing for the inflection rule)."""
+    group, measuring = batch.group, auto_target.measuring_factor(auto, batch.group)
+    if group["scope"] != "tensor":
+        tau = group.get("auto_target")
+        if tau is None:
+            return measuring
+        scope = [group] if group["scope"] == "group" else global_groups(groups)
+        return [rules.norm_control_factor(current_norm(scope, foreach, tensor_norms), tau, step_plan.rate)] * len(
+            batch.params
+        )
+    taus = torch.stack([s["auto_target"] for s in batch.states])
+    if bool(taus.isnan().all()):
+        return measuring
+    norms = torch.stack(tensor_norms(batch.params, foreach=foreach))
+    factors = rules.norm_control_factor(norms, taus.to(norms), step_plan.rate)
+    return list(torch.where(taus.isnan(), torch.tensor(measuring, dtype=factors.dtype), factors))
 
 
 def apply_control(batches: list[Batch], plans: list[ControlPlan | None], groups: list[dict], *, phase: str) -> None:
@@ -240,11 +291,16 @@ def _tensor_factors(batch: Batch, step_plan: ControlPlan, norms: list[Tensor]) -
     if len({n.device for n in norms}) > 1:  # tensors spread over devices (model parallel)
         return [
             rules.norm_control_factor(n, _target_norm(step_plan, group, s["init_norm"]), step_plan.rate)
+            if not (group["relative_target"] and s["init_norm"] == 0)
+            else torch.tensor(uncontrolled_factor(group), device=n.device)
             for n, s in zip(norms, batch.states)
         ]
     norms_vector = torch.stack(norms)
-    init_norms = torch.stack([s["init_norm"] for s in batch.states]).to(norms_vector) if group["relative_target"] else 1
-    return list(rules.norm_control_factor(norms_vector, _target_norm(step_plan, group, init_norms), step_plan.rate))
+    if not group["relative_target"]:
+        return list(rules.norm_control_factor(norms_vector, step_plan.target, step_plan.rate))
+    init_norms = torch.stack([s["init_norm"] for s in batch.states]).to(norms_vector)
+    factors = rules.norm_control_factor(norms_vector, step_plan.target * init_norms, step_plan.rate)
+    return list(torch.where(init_norms == 0, uncontrolled_factor(group), factors))
 
 
 def current_norm(groups: list[dict], foreach: bool, tensor_norms: TensorNorms = rules.tensor_norms) -> Tensor:
@@ -256,9 +312,11 @@ def current_norm(groups: list[dict], foreach: bool, tensor_norms: TensorNorms = 
 def _initial_norm(groups: list[dict], *, relative: bool) -> float:
     norm = float(current_norm(groups, foreach=True))
     if relative and norm == 0 and any(p.numel() for g in groups for p in g["params"]):
-        raise ValueError(
-            "the controlled parameters of a group/global scope have initial norm 0, so "
-            "the relative target r·‖θ_0‖ is 0. Use relative_target=False with an absolute target."
+        warnings.warn(
+            f"a {groups[0]['scope']}-scope set of controlled tensors starts at norm 0, so its relative target "
+            "r·‖θ_0‖ would be 0: it is left uncontrolled (Adam's step, and weight_decay as AdamW decay if set). "
+            "Give it relative_target=False and an absolute target to control it.",
+            stacklevel=6,
         )
     return norm
 

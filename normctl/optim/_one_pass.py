@@ -33,6 +33,7 @@ from torch import Tensor
 
 from .. import rules
 from ._adam import suit_one_pass
+from ._auto_target import as_auto_target
 
 try:
     import triton
@@ -137,12 +138,19 @@ class KeptTables:
     grads: list[Tensor] = field(default_factory=list)  # this step's, until the kernel is queued
     norm_sq: Tensor | None = None
     spare: Tensor | None = None  # the buffer the next step accumulates into
+    # the tensors last refused because one has ‖θ_0‖ = 0 (the kernel would decay it; fixed at the first step)
+    refused: tuple[int, ...] = ()
 
 
 def group_qualifies(group: dict, first_param: Tensor) -> bool:
     """The O(1) part of the test, from the group's settings and its first tensor: Eq. 3
     before the step, on a CUDA device where Triton runs."""
-    return group["control"] and group["control_at"] == "pre_step" and available(first_param.device.type)
+    return (
+        group["control"]
+        and group["control_at"] == "pre_step"
+        and as_auto_target(group["target"]) is None  # a measured target has no τ base in the tables
+        and available(first_param.device.type)
+    )
 
 
 def _layout(params: Sequence[Tensor], states: Sequence[dict]) -> list[tuple[int, ...]]:
@@ -180,12 +188,19 @@ def prepare(params: list[Tensor], grads: list[Tensor], states: list[dict], group
     the layout holds, else check the tensors, rebuild and measure the norms. False (nothing
     changed) when the tensors do not suit the kernel."""
     settings = (group["scope"], group["relative_target"])  # what the tables' τ base depends on
+    if kept.refused and kept.refused == tuple(map(id, params)) and settings == kept.settings:
+        return False
     layout = _layout(params, states) if kept.layout and settings == kept.settings else None
     if layout is None or layout != kept.layout:  # new tensors or storage, weights changed in place
         if not suit_one_pass(params, states):  # before any data_ptr(): a DTensor has none to give
             return False
         layout = layout or _layout(params, states)
         kept.settings = settings
+        # a relative target leaves tensors with ‖θ_0‖ = 0 uncontrolled; the kernel has no such case
+        if group["relative_target"] and group["scope"] == "tensor":
+            if bool(torch.stack([s["init_norm"] for s in states]).eq(0).any()):
+                kept.refused = tuple(map(id, params))
+                return False
         kept.tables = _build_tables(params, states, group)
         kept.steps = [s["step"] for s in states]
         kept.norm_sq = torch.stack(rules.tensor_norms(params)).float().square()

@@ -9,9 +9,11 @@ from torch import Tensor
 
 from .. import rules
 from ..schedules import Schedule
+from . import _auto_target as auto_target
 from . import _control as control
 from . import _one_pass, _one_pass_cpu
 from ._adam import adam_state, adam_update, fused_adamw_
+from ._auto_target import AutoTarget
 from ._base import Batch, NormctlOptimizer, check_betas, check_bools, check_choice, check_nonnegative
 from ._kept_norms import KeptTensorNorms
 
@@ -42,7 +44,10 @@ class AdamWN(NormctlOptimizer):
         target: r_t, the wanted ratio ‖θ_t‖/‖θ_0‖ (dimensionless, >= 0): a float or a schedule
             ``step -> float`` from :mod:`normctl.schedules`. With ``relative_target=False`` it is
             the norm τ_t itself, in the units of the parameters (needed for tensors initialised
-            at zero, whose relative target would always be 0).
+            at zero, whose relative target would always be 0). ``"auto"`` (or an
+            :class:`normctl.AutoTarget`) measures τ in the run itself, with no prior AdamW run:
+            by default the norm AdamW with λ = 0.1 would settle at, measured over the first 200
+            steps, during which the optimizer is that AdamW.
         rate: k_t, the fraction of the distance to the target closed per step, in [0, 1]; a float
             or a schedule. 1 snaps the norm onto the target; the paper uses 1e-2.
         rate_scaling: how k_t relates to the learning rate (the three forms of line 13):
@@ -79,8 +84,12 @@ class AdamWN(NormctlOptimizer):
     (‖θ_0‖, 0-d) for tensor scope; group and global scopes keep ``init_norm`` in the param
     group. The schedule position is the group's ``schedule_step``. All of it is checkpointed.
 
-    Raises ``ValueError`` at the first step if a relative target is asked of a tensor (or
-    group) whose initial norm is 0: r·0 would silently decay it to 0 forever.
+    Takes ``model.parameters()`` like any torch optimizer: under a relative target, a tensor (or
+    a group/global scope) whose initial norm is 0 — zero-initialised biases, norm shifts — would
+    be decayed to r·0 = 0 forever, so it is left uncontrolled (Adam's step, and AdamW's decay of
+    the group's ``weight_decay`` if set), with one warning naming it. ``normctl.param_groups``
+    puts such tensors in an uncontrolled group to begin with. ``target=0`` (AdamW) never needs
+    ‖θ_0‖.
     """
 
     _own_group_keys = control.CONTROL_GROUP_KEYS
@@ -92,7 +101,7 @@ class AdamWN(NormctlOptimizer):
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
         *,
-        target: float | Schedule = 1.0,
+        target: float | Schedule | str | AutoTarget = 1.0,
         rate: float | Schedule = 1e-2,
         rate_scaling: str = "none",
         scope: str = "tensor",
@@ -164,7 +173,7 @@ class AdamWN(NormctlOptimizer):
         control.init_tensor_state(param, state, group)
 
     def _check_new_params(self, batches: list[Batch]) -> None:
-        control.check_initial_norms(batches, self.state)
+        control.warn_zero_initial_norms(batches, self.state, type(self).__name__)
 
     # -- the step -----------------------------------------------------------------------------
 
@@ -172,6 +181,7 @@ class AdamWN(NormctlOptimizer):
         plans = [control.plan(b.group) for b in batches]  # validates schedule values first
         self._attach_state(batches)
         control.record_scope_norms(self.param_groups)
+        before = auto_target.snapshot(batches)  # θ_{t−1}, where an automatic target measures u
 
         fusable = [self._fusable(b.group, b) for b in batches]
         # CUDA one-pass groups compute their factors in the kernel, from the norms it kept
@@ -230,6 +240,7 @@ class AdamWN(NormctlOptimizer):
                 )
             adam_update(batch.params, batch.grads, batch.states, group, foreach=foreach)
         control.apply_control(batches, plans, self.param_groups, phase="post_step")
+        auto_target.observe(batches, before, self.param_groups)
         control.advance(self.param_groups)
 
     def _tables(self, group: dict) -> _one_pass.KeptTables:

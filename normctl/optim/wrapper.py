@@ -15,7 +15,9 @@ import torch
 from torch.optim import Optimizer
 
 from ..schedules import Schedule
+from . import _auto_target as auto_target
 from . import _control as control
+from ._auto_target import AutoTarget
 from ._base import (
     KEPT_DTYPE_KEYS,
     SHARED_GROUP_KEYS,
@@ -173,7 +175,7 @@ class NormControl(_Wrapper):
         self,
         optimizer: Optimizer,
         *,
-        target: float | Schedule = 1.0,
+        target: float | Schedule | str | AutoTarget = 1.0,
         rate: float | Schedule = 1e-2,
         rate_scaling: str = "none",
         scope: str = "tensor",
@@ -209,7 +211,7 @@ class NormControl(_Wrapper):
             )
 
     def _create_state(self, batches: list[Batch]) -> None:
-        control.check_initial_norms(batches, self.state)
+        control.warn_zero_initial_norms(batches, self.state, type(self).__name__)
         _attach(batches, self.state, control.init_tensor_state)
         control.record_scope_norms(self.param_groups)
 
@@ -217,9 +219,11 @@ class NormControl(_Wrapper):
         batches = collect_batches(self.param_groups, "NormControl")
         plans = [control.plan(b.group) for b in batches]
         self._create_state(batches)
+        before = auto_target.snapshot(batches)  # θ_{t−1}, where an automatic target measures u
         control.apply_control(batches, plans, self.param_groups, phase="pre_step")
         self.optimizer.step()
         control.apply_control(batches, plans, self.param_groups, phase="post_step")
+        auto_target.observe(batches, before, self.param_groups)
         control.advance(self.param_groups)
 
 

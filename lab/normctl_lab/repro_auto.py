@@ -1,0 +1,92 @@
+"""``normctl-lab repro-auto``: AdamWN with ``target="auto"`` against AdamW and against AdamWN with
+its target read off a finished AdamW run (the recipe of Loshchilov 2023).
+
+    normctl-lab repro-auto --out results/auto_target [--seeds 0,1,2] [--inits gpt2,torch]
+
+The laptop GPT of ``repro-gpt`` (2 500 steps, lr 3e-3, cosine, AdamW λ = 0.1), once with nanoGPT's
+initialisation (N(0, 0.02): AdamW's norms grow) and once with PyTorch's defaults (N(0, 1)
+embeddings: AdamW shrinks them). Per initialisation: AdamW over the seeds; AdamWN with its target
+AdamW's mean final norm ratio over the tensors it controls; AdamWN with ``target="auto"`` by each
+rule (λ_ref = AdamW's λ). Each row: the held-out loss at the last step, mean ± std, and paired
+per-seed differences against AdamW and against the measured-target AdamWN with a 95 % t interval.
+Every method runs at the one setting shared with ``repro-gpt``: no method's knobs are tuned here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import statistics
+from pathlib import Path
+from typing import Any
+
+from .config import RunConfig, with_overrides
+from .paired import mean_std, paired_difference
+from .repro_gpt import SCALES
+from .rundir import write_report
+from .sweep import controlled_norm_ratio, final_metrics, sweep_configs, train_runs
+
+INITS = ("gpt2", "torch")
+RULES = ("equilibrium", "inflection")
+ADAMW, MEASURED = "method=adamw", "method=adamwn"
+
+
+def run_repro(
+    out: str | Path,
+    seeds: list[int],
+    *,
+    inits: tuple[str, ...] = INITS,
+    workers: int = 2,
+    base_overrides: list[str] | None = None,
+    verbose: bool = True,
+) -> dict[str, Any]:
+    unknown = sorted(set(inits) - set(INITS))
+    if unknown or not inits:
+        raise ValueError(f"inits must be some of {INITS}, got {list(inits)}")
+    out = Path(out)
+    summary: dict[str, Any] = {"seeds": seeds, "inits": {}}
+    for init in inits:
+        directory = out / init
+        base = with_overrides(RunConfig(), [*(base_overrides or SCALES["laptop"]), f"gpt_init={init}"])
+        adamw = sweep_configs(base, {"method": ["adamw"]}, seeds)
+        train_runs(adamw, directory, workers=workers, verbose=verbose)
+        ratio = round(statistics.mean(controlled_norm_ratio(directory / name) for name, _ in adamw), 4)
+        if verbose:
+            print(f"{init}: AdamWN's measured target is AdamW's final norm ratio {ratio}", flush=True)
+        adamwn = dataclasses.replace(base, method="adamwn", target_ratio=ratio)
+        others = sweep_configs(adamwn, {"method": ["adamwn"]}, seeds)
+        others += sweep_configs(adamwn, {"auto_target": list(RULES)}, seeds)
+        train_runs(others, directory, workers=workers, verbose=verbose)
+        runs = adamw + others
+        summary["inits"][init] = {
+            "config": dataclasses.asdict(base),
+            "adamw_norm_ratio": ratio,
+            "methods": compare(directory, [name for name, _ in runs]),
+        }
+        write_report(directory, [name for name, _ in runs], f"target='auto' on the GPT ({init} init)", verbose=verbose)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def compare(directory: Path, names: list[str]) -> dict[str, Any]:
+    """Per label: held-out loss and controlled norm ratio per seed, mean ± std, and paired
+    differences in held-out loss against AdamW and against the measured-target AdamWN."""
+    losses: dict[str, dict[int, float]] = {}
+    ratios: dict[str, dict[int, float]] = {}
+    for name in names:
+        final = final_metrics(directory, name)
+        label, seed = final["label"], final["seed"]
+        losses.setdefault(label, {})[seed] = final["val_loss"]
+        ratios.setdefault(label, {})[seed] = controlled_norm_ratio(directory / name)
+    rows: dict[str, Any] = {}
+    for label, per_seed in losses.items():
+        row = {
+            "val_loss_by_seed": per_seed,
+            "val_loss": mean_std(list(per_seed.values())),
+            "controlled_norm_ratio": mean_std(list(ratios[label].values())),
+        }
+        for reference in (ADAMW, MEASURED):
+            if label != reference and reference in losses:
+                row[f"minus_{reference.split('=')[1]}"] = paired_difference(per_seed, losses[reference])
+        rows[label] = row
+    return rows

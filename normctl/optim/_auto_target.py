@@ -1,0 +1,208 @@
+"""``target="auto"``: the target norm measured by the run itself, with no prior AdamW run.
+
+Two rules (derivations in ``docs/math.md``), each a frozen :class:`AutoTarget`:
+
+* ``"equilibrium"`` — the norm AdamW would settle at. For the first ``steps`` steps the
+  optimizer *is* AdamW with decay λ_ref (Eq. 3 with target 0 at rate γ_t·λ_ref), and it measures
+  the update per unit of lr, u_t = (f_t·θ_{t−1} − θ_t)/γ_t. Then it targets AdamW's steady
+  state, where the decay removes what the updates add::
+
+      τ = sqrt(γ_max·‖u‖² / (λ_ref·(2 − γ_max·λ_ref))) ≈ sqrt(γ_max / (2·λ_ref))·‖u‖
+
+  with ‖u‖² averaged over the window. It follows the weights wherever AdamW would take them:
+  up for small initialisations, down for N(0, 1) embeddings.
+* ``"inflection"`` — the rule of CPR (Franke et al. 2023): train without decay, keep an EMA of
+  ‖θ‖², and every ``interval`` steps compare its growth over the last interval with the one
+  before; at the first slow-down (after three intervals), hold the norm reached.
+
+Either way the target is one number per tensor (``scope="tensor"``) or per scope, stored in the
+optimizer state (``state["auto_target"]``, ``group["auto_target"]``; NaN / None while measuring),
+checkpointed with it, and from then on Eq. 3 pulls the norm to it at rate k.
+
+The functions read and write only the groups and the per-tensor state they are given, so
+AdamWN and NormControl share them (as they share :mod:`._control`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .. import rules
+from ._base import Batch, peak_lr
+
+RULES = ("equilibrium", "inflection")
+
+
+@dataclass(frozen=True)
+class AutoTarget:
+    """How ``target="auto"`` measures its target. ``AdamWN(..., target="auto")`` is
+    ``AutoTarget()``; pass an instance to change a knob.
+
+    Args:
+        rule: ``"equilibrium"`` (AdamW's steady-state norm) or ``"inflection"`` (CPR's rule).
+        weight_decay: λ_ref, the AdamW decay whose equilibrium is targeted, and which runs while
+            the equilibrium rule measures (the λ you would give AdamW).
+        steps: the equilibrium rule's measuring window, in steps.
+        interval: the inflection rule's steps between two growth measurements.
+        ema: the inflection rule's per-step decay of its ‖θ‖² average (CPR's 0.9).
+        multiple: the target is this multiple of the measured norm.
+    """
+
+    rule: str = "equilibrium"
+    weight_decay: float = 0.1
+    steps: int = 200
+    interval: int = 100
+    ema: float = 0.9
+    multiple: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.rule not in RULES:
+            raise ValueError(f"AutoTarget rule must be one of {RULES}, got {self.rule!r}")
+        if not (isinstance(self.weight_decay, (int, float)) and 0 < self.weight_decay < math.inf):
+            raise ValueError(f"AutoTarget weight_decay must be a finite number > 0, got {self.weight_decay!r}")
+        for name in ("steps", "interval"):
+            value = getattr(self, name)
+            if not (isinstance(value, int) and value >= 1):
+                raise ValueError(f"AutoTarget {name} must be an integer >= 1, got {value!r}")
+        if not 0 <= self.ema < 1:
+            raise ValueError(f"AutoTarget ema must be in [0, 1), got {self.ema!r}")
+        if not 0 < self.multiple < math.inf:
+            raise ValueError(f"AutoTarget multiple must be a finite number > 0, got {self.multiple!r}")
+
+
+def as_auto_target(target: Any) -> AutoTarget | None:
+    """The :class:`AutoTarget` a ``target`` argument asks for (``"auto"`` or an instance), else None."""
+    if isinstance(target, AutoTarget):
+        return target
+    if isinstance(target, str):
+        if target != "auto":
+            raise ValueError(f"target must be a number >= 0, a schedule, 'auto' or an AutoTarget, got {target!r}")
+        return AutoTarget()
+    return None
+
+
+def measuring_factor(auto: AutoTarget, group: dict) -> float:
+    """What Eq. 3 is replaced by while the target is measured: AdamW's decay (equilibrium) or
+    nothing (inflection, as CPR before its bound is set)."""
+    return 1.0 - group["lr"] * auto.weight_decay if auto.rule == "equilibrium" else 1.0
+
+
+def init_tensor_state(param: Tensor, state: dict, group: dict) -> None:
+    if group["control"] and "auto_target" not in state and as_auto_target(group["target"]) is not None:
+        dtype, device = rules.norm_dtype(param), param.device
+
+        def scalar(value: float) -> Tensor:
+            return torch.full((), value, dtype=dtype, device=device)
+
+        state.update(
+            auto_target=scalar(math.nan),  # τ of this tensor (tensor scope), NaN until set
+            auto_update_sq=scalar(0.0),  # equilibrium: Σ ‖u_t‖² over the window
+            auto_updates=scalar(0.0),  # … over this many steps
+            auto_norm_sq=scalar(0.0),  # inflection: EMA of ‖θ‖²
+            auto_last=scalar(0.0),  # … its value at the last interval
+            auto_growth=scalar(math.nan),  # … its growth over the last interval
+        )
+
+
+def snapshot(batches: list[Batch]) -> list[list[Tensor] | None]:
+    """θ before the step, for the equilibrium rule's u = (f·θ_{t−1} − θ_t)/γ (None elsewhere)."""
+    out: list[list[Tensor] | None] = []
+    for batch in batches:
+        auto = _auto(batch.group)
+        wanted = auto is not None and auto.rule == "equilibrium" and batch.group["schedule_step"] < auto.steps
+        out.append([p.detach().clone() for p in batch.params] if wanted else None)
+    return out
+
+
+def observe(batches: list[Batch], before: list[list[Tensor] | None], groups: list[dict]) -> None:
+    """After the step, before the schedule advances: accumulate what each rule measures and set
+    the targets whose measurement is complete."""
+    for batch, previous in zip(batches, before):
+        auto, lr = _auto(batch.group), batch.group["lr"]
+        if auto is None or not batch.params:
+            continue
+        if previous is not None and lr > 0:
+            factor = measuring_factor(auto, batch.group)
+            updates = [(factor * old - new.detach()) / lr for old, new in zip(previous, batch.params)]
+            for state, norm in zip(batch.states, rules.tensor_norms(updates)):
+                state["auto_update_sq"] += norm.float().square().to(state["auto_update_sq"].device)
+                state["auto_updates"] += 1
+        if auto.rule == "inflection":
+            _follow_norms(batch, auto)
+    for params, states, auto, group, store in _undecided_units(batches, groups):
+        step = group["schedule_step"] + 1  # the step just taken
+        if auto.rule == "equilibrium":
+            if step >= auto.steps:
+                update_sq = sum(float(s["auto_update_sq"]) / max(float(s["auto_updates"]), 1.0) for s in states)
+                store(auto.multiple * rules.adamw_equilibrium_norm(update_sq, peak_lr(group), auto.weight_decay))
+        elif step % auto.interval == 0:
+            _compare_growth(params, states, auto, store)
+
+
+def _follow_norms(batch: Batch, auto: AutoTarget) -> None:
+    """The inflection rule's EMA of ‖θ‖² (per tensor: sums of them give a scope's)."""
+    for state, norm in zip(batch.states, rules.tensor_norms(batch.params)):
+        norm_sq = norm.float().square().to(state["auto_norm_sq"].device)
+        if batch.group["schedule_step"] == 0:
+            state["auto_norm_sq"].copy_(norm_sq)
+        else:
+            state["auto_norm_sq"].mul_(auto.ema).add_(norm_sq, alpha=1 - auto.ema)
+
+
+def _compare_growth(params: list[Tensor], states: list[dict], auto: AutoTarget, store) -> None:
+    """Every ``interval`` steps: the growth of the ‖θ‖² average since the last interval; the
+    first interval that grows less than the one before is the inflection: hold ‖θ‖ there."""
+    ema = sum(float(s["auto_norm_sq"]) for s in states)
+    last = sum(float(s["auto_last"]) for s in states)
+    previous = sum(float(s["auto_growth"]) for s in states)  # NaN until two intervals have passed
+    if last > 0:
+        growth = ema - last
+        if previous > growth:
+            store(auto.multiple * float(rules.combined_norm(rules.tensor_norms(params))))
+        for s in states:
+            s["auto_growth"].fill_(float(s["auto_norm_sq"]) - float(s["auto_last"]))
+    for s in states:
+        s["auto_last"].copy_(s["auto_norm_sq"])
+
+
+def _undecided_units(batches: list[Batch], groups: list[dict]) -> list[tuple]:
+    """What each target is measured over and still waits for: a tensor (tensor scope), a group,
+    or every global-scope group together — as (params, states, rule, group, store)."""
+    units: list[tuple] = []
+    global_params: list[Tensor] = []
+    global_states: list[dict] = []
+    for batch in batches:
+        group, auto = batch.group, _auto(batch.group)
+        if auto is None or not batch.params:
+            continue
+        if group["scope"] == "tensor":
+            for p, s in zip(batch.params, batch.states):
+                if bool(s["auto_target"].isnan()):
+                    units.append(([p], [s], auto, group, lambda tau, s=s: s["auto_target"].fill_(tau)))
+        elif group.get("auto_target") is None:
+            if group["scope"] == "group":
+                units.append((batch.params, batch.states, auto, group, _storer([group])))
+            else:
+                global_params += batch.params
+                global_states += batch.states
+    scope = [g for g in groups if g["control"] and g["scope"] == "global" and _auto(g) is not None]
+    if global_params:
+        units.append((global_params, global_states, _auto(scope[0]), scope[0], _storer(scope)))
+    return units
+
+
+def _storer(scope: list[dict]):
+    def store(tau: float) -> None:
+        for group in scope:
+            group["auto_target"] = float(tau)
+
+    return store
+
+
+def _auto(group: dict) -> AutoTarget | None:
+    return as_auto_target(group["target"]) if group["control"] else None
