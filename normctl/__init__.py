@@ -10,11 +10,17 @@
 * :class:`NormMonitor` — what weight decay and norm control do to a run (``normctl.monitor``).
 """
 
-from . import schedules
-from .groups import format_roles, param_groups, param_roles
-from .monitor import NormMonitor
-from .optim import SGDC, AdamC, AdamWN, AutoTarget, CorrectedDecay, Lion, NormControl
-from .registry import available_optimizers, create_optimizer
+import warnings
+
+with warnings.catch_warnings():  # torch without NumPy warns at import; normctl never needs NumPy
+    warnings.filterwarnings("ignore", message="Failed to initialize NumPy")
+    import torch  # noqa: F401
+
+from . import schedules  # noqa: E402
+from .groups import format_roles, param_groups, param_roles  # noqa: E402
+from .monitor import NormMonitor  # noqa: E402
+from .optim import SGDC, AdamC, AdamWN, AutoTarget, CorrectedDecay, Lion, NormControl  # noqa: E402
+from .registry import available_optimizers, create_optimizer  # noqa: E402
 
 __all__ = [
     "AdamWN",

@@ -39,18 +39,27 @@ def test_compiled_training_step_matches_eager():
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
-def test_demo_runs_end_to_end(capsys, tmp_path):
+def test_demo_runs_every_method_on_every_seed_and_reports_mean_and_std(capsys, tmp_path):
+    from normctl_lab.demo import format_results, what_it_shows
+
     out_dir = tmp_path / "demo"
     cfg = dataclasses.replace(
-        DemoConfig(), steps=6, n_layer=1, n_embd=32, eval_batches=2, warmup=2, out_dir=str(out_dir)
+        DemoConfig(), steps=12, n_layer=1, n_embd=32, eval_batches=2, warmup=2, seeds=(0, 1), out_dir=str(out_dir)
     )
     results = run_demo(cfg)
-    assert (out_dir / "report.html").is_file() and (out_dir / "adamwn" / "metrics.jsonl").is_file()
-    assert [r.method for r in results] == ["adamw", "adamwn", "adamc"]
+    assert (out_dir / "report.html").is_file() and (out_dir / "adamwn_s1" / "metrics.jsonl").is_file()
+    assert [(r.method, r.seed) for r in results] == [(m, s) for s in (0, 1) for m in ("adamw", "adamwn", "adamc")]
     for r in results:
-        assert all(map(torch.isfinite, map(torch.tensor, (r.val_loss, r.train_loss, r.norm_ratio))))
+        assert all(map(torch.isfinite, map(torch.tensor, (r.val_loss, r.train_loss, r.norm_ratio, r.grad_rise))))
+    adamw = {r.seed: r.norm_ratio for r in results if r.method == "adamw"}
     out = capsys.readouterr().out
-    assert "target ratio" in out and "val loss" in out
+    for seed, ratio in adamw.items():  # AdamWN's target is its own seed's AdamW ratio
+        assert f"adamwn, seed {seed}: target ratio AdamW's {ratio:.3f} on this seed" in out
+    table = format_results(results)
+    losses = [r.val_loss for r in results if r.method == "adamc"]
+    mean, std = sum(losses) / 2, abs(losses[0] - losses[1]) / 2**0.5
+    assert f"{mean:.4f} ± {std:.4f}" in table.splitlines()[3]  # AdamC's row
+    assert table in out and what_it_shows(cfg) in out
 
 
 def test_cli_rejects_bad_steps(capsys):

@@ -5,6 +5,7 @@ import json
 import math
 
 import pytest
+import torch
 
 from normctl.monitor import (
     CsvSink,
@@ -14,6 +15,7 @@ from normctl.monitor import (
     detect_phases,
     read_jsonl,
     tail_blowup_score,
+    tail_rise,
 )
 from normctl.monitor.phases import smooth
 
@@ -99,3 +101,18 @@ def test_packed_run_directories_read_like_plain_ones(tmp_path):
     (tmp_path / "metrics.jsonl.gz").write_bytes(gzip.compress(text.encode()))
     run = load_run(tmp_path)
     assert run.records == records and (run.label, run.seed) == ("adamw", 3)
+
+
+def test_tail_rise_is_a_ratio_of_window_means():
+    values = [1.0] * 40 + [2.0] * 20 + [1.0] * 30 + [3.0] * 10  # 100 points
+    assert tail_rise(values) == pytest.approx(3.0 / 2.0)  # the last 10 over points 40-59
+    flat = [1.0 + 0.1 * ((-1) ** i) for i in range(1000)]  # noise around a constant: no rise
+    assert tail_rise(flat) == pytest.approx(1.0, abs=1e-3)
+    assert math.isnan(tail_rise([1.0] * 5))
+
+
+def test_tail_rise_moves_little_with_noise_where_the_blowup_score_does_not():
+    g = torch.Generator().manual_seed(0)
+    noisy = (1 + 0.3 * torch.randn(2000, generator=g)).abs().tolist()  # a constant-lr run: no rise
+    assert tail_rise(noisy) == pytest.approx(1.0, abs=0.05)
+    assert tail_blowup_score(noisy) > tail_rise(noisy)  # a smoothed point over a minimum: above 1 from noise

@@ -54,7 +54,7 @@ def test_wrapped_methods_run_on_voronoi_and_gpt(tmp_path, capsys):
     assert [r["method"] for r in summary["results"]] == list(methods)
     assert (tmp_path / "v" / "lion+wn" / "metrics.jsonl").is_file()
     gpt = run_demo(
-        DemoConfig(steps=3, n_layer=1, n_embd=32, eval_batches=1, warmup=1, methods=methods, out_dir=None),
+        DemoConfig(steps=3, n_layer=1, n_embd=32, eval_batches=1, warmup=1, methods=methods, seeds=(0,), out_dir=None),
         verbose=False,
     )
     assert [r.method for r in gpt] == list(methods)

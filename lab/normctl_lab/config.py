@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import inspect
 import json
+import re
 import typing
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +41,7 @@ SIZES = (  # counts that must be at least 1
 
 @dataclass(frozen=True)
 class RunConfig:
-    task: str = "gpt"  # "gpt" (byte-level Jane Austen), "voronoi" (SPEC §3) or "fmnist" (ResNet)
+    task: str = "gpt"  # "gpt" (byte-level Jane Austen), "voronoi" (Yu 2022) or "fmnist" (ResNet)
     label: str = ""  # what the report groups seeds under (default: the method)
     method: str = "adamw"  # any normctl.create_optimizer name
     steps: int = 600  # optimizer steps
@@ -49,11 +52,9 @@ class RunConfig:
     weight_decay: float = 0.1  # λ on the decayed groups of normctl.param_groups
     rate: float = 1e-2  # k of norm-controlled methods
     betas: str = "0.9,0.999"  # Adam-family β1,β2
-    decay: str = "l2"  # decoupled decay type of AdamW/AdamC: "l2", "l1" or "min" (SPEC §3)
+    decay: str = "l2"  # decoupled decay type of AdamW/AdamC: "l2", "l1" or "min" (Yu 2022)
     decay_all: bool = False  # decay every parameter (norm gains too), as the Voronoi study does
-    target_ratio: float = (
-        1.0  # their final target r (reached as target_shape says); `--set target_ratio=auto` sets auto_target
-    )
+    target_ratio: float = 1.0  # their final target r (as target_shape says); target_ratio=auto: auto_target
     auto_target: str = ""  # "" (target_ratio), "equilibrium" or "inflection": the target measured in the run itself
     auto_decay: float = 0.1  # auto_target=equilibrium: the AdamW λ whose steady-state norm is targeted
     auto_steps: int = 200  # auto_target=equilibrium: the measuring window (AdamW with auto_decay meanwhile)
@@ -63,7 +64,7 @@ class RunConfig:
     control_gains: bool = False  # norm-controlled methods also control the norm layers' gains
     gains_target_ratio: float | None = None  # with control_gains: the gains' own r (None: target_ratio)
     gains_by_decay: bool = False  # with decay_all: norm-controlled methods decay the gains as AdamW does
-    batch_size: int = 16
+    batch_size: int = 16  # examples per step (sequences, points or images)
     seed: int = 0  # model init and data order
     checkpoint_every: int = 100  # steps between atomic checkpoints
     monitor_every: int = 10  # NormMonitor interval
@@ -71,18 +72,18 @@ class RunConfig:
     on_nonfinite: str = "stop"  # a NaN/Inf loss: "stop" the run (final.json says diverged) or "skip" the step
     # GPT
     corpus: str = "austen"  # the embedded English text: "austen", "kjv" or "brown" (byte-level)
-    block_size: int = 64
-    n_layer: int = 2
-    n_embd: int = 96
+    block_size: int = 64  # GPT context, in bytes
+    n_layer: int = 2  # GPT transformer blocks
+    n_embd: int = 96  # GPT width (4 heads)
     gpt_init: str = "gpt2"  # "gpt2" (nanoGPT's N(0, 0.02)) or "torch" (PyTorch's defaults: N(0, 1) embeddings)
     # Voronoi
-    hidden: int = 512
+    hidden: int = 512  # Voronoi model width
     activation: str = "relu"  # "relu", "swish" or "gelu"
     rms: bool = False  # RMS normalisation in the scale-only norms (off: the Voronoi study's baseline)
     init: str = "uniform"  # "uniform" (PyTorch default) or "normal"
     # Fashion-MNIST ResNet
     width: int = 8  # channels of the first stage (16 = ResNet-20)
-    blocks_per_stage: int = 1
+    blocks_per_stage: int = 1  # ResNet residual blocks in each of its 3 stages
     full_data: bool = False  # the full 60k/10k set (make data) instead of the embedded sample
     # Hardware
     device: str = "auto"  # "auto" (CUDA when present), "cpu" or "cuda"
@@ -180,8 +181,12 @@ def with_overrides(cfg: RunConfig, assignments: list[str]) -> RunConfig:
         key, sep, raw = assignment.partition("=")
         if key == "target_ratio" and raw.startswith("auto"):  # target_ratio=auto[:inflection]
             key, raw = "auto_target", raw.partition(":")[2] or "equilibrium"
-        if not sep or key not in types:
-            raise ValueError(f"--set expects key=value with key in {sorted(types)}, got {assignment!r}")
+        if not sep:
+            raise ValueError(f"--set expects key=value, got {assignment!r}")
+        if key not in types:
+            close = difflib.get_close_matches(key, types, n=3)
+            hint = f"did you mean {' or '.join(close)}? " if close else ""
+            raise ValueError(f"unknown config field {key!r}: {hint}(`normctl-lab train --help` lists them all)")
         kind = types[key]
         if type(None) in typing.get_args(kind):  # ``float | None``: "none" clears it
             if raw.lower() in ("none", "null"):
@@ -198,3 +203,19 @@ def with_overrides(cfg: RunConfig, assignments: list[str]) -> RunConfig:
         except ValueError as error:
             raise ValueError(f"{key} must be {kind.__name__}, got {raw!r}") from error
     return dataclasses.replace(cfg, **changes)
+
+
+def field_help() -> str:
+    """Every RunConfig field with its type, default and meaning (the comment beside it in this
+    file), for ``normctl-lab train --help``."""
+    comments = {}
+    for line in inspect.getsource(RunConfig).splitlines():
+        found = re.match(r"\s{4}(\w+): [^=]+=[^#]*#\s*(.*)$", line)
+        if found:
+            comments[found.group(1)] = found.group(2)
+    hints = typing.get_type_hints(RunConfig)
+    lines = ["config fields (--set KEY=VALUE; a JSON file of them as CONFIG):"]
+    for f in dataclasses.fields(RunConfig):
+        kind = getattr(hints[f.name], "__name__", str(hints[f.name]))
+        lines.append(f"  {f.name} ({kind}, default {f.default!r}): {comments.get(f.name, '')}".rstrip(": "))
+    return "\n".join(lines)

@@ -1,4 +1,4 @@
-"""Seeds 001 and 002 on the GPT: AdamW, AdamC (Defazio 2025) and AdamWN (Loshchilov 2023).
+"""Loshchilov (2023) and Defazio (2025) on the GPT: AdamW, AdamC (Defazio 2025) and AdamWN (Loshchilov 2023).
 
     normctl-lab repro-gpt --out results/repro_gpt [--seeds 0,1,2] [--scale laptop|steady|gpu]
                       [--ablations] [--ablation-seeds 0,1,2] [--budgets 1.2,1.5]
@@ -6,9 +6,9 @@
 Phase 1 trains AdamW and AdamC; phase 2 trains AdamWN with its target ramped (over the first
 5 % of steps) to AdamW's measured final norm ratio over the tensors AdamWN controls, rate
 k = 1e-2, as the paper sets it. All runs share the model, data, cosine schedule and λ, so
-AdamW is the baseline of both papers. ``--scale steady`` is seed 002's own test: AdamW against
+AdamW is the baseline of both papers. ``--scale steady`` is the test Defazio (2025) implies: AdamW against
 AdamC at λ = 0.5 with the lr decayed to 0, the layers at steady state for most of the run
-(``results/repro_gpt_steady``). ``--ablations`` adds the questions seed 001 leaves
+(``results/repro_gpt_steady``). ``--ablations`` adds the questions Loshchilov (2023) leaves
 open, one change to AdamWN at a time: the rate k, the target's shape, the scope (one global
 norm instead of one per tensor) and LayerNorm gains controlled too (``ABLATIONS``), to the
 matrices' target and to their own (AdamW's final ratio for the gains).
@@ -74,7 +74,7 @@ SCALES = {
 }
 
 
-# Seed 002's own setting: the laptop GPT with λ = 0.5 and the cosine schedule down to 0, so that
+# The setting Defazio (2025) implies: the laptop GPT with λ = 0.5 and the cosine schedule down to 0, so that
 # 1/(2λγ) = 333 steps at the peak lr — the layers reach their steady state early and stay in it
 # while the lr falls, the regime in which AdamW's gradient norm rises at the end of training.
 # AdamW and AdamC only: AdamWN has no λ.

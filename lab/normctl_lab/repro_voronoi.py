@@ -1,4 +1,4 @@
-"""Seed 003, the decay-type study on the Voronoi model (SPEC §3), with AdamWN and AdamC added.
+"""The decay-type study of Yu (2022) on the Voronoi model, with AdamWN and AdamC added.
 
     normctl-lab repro-voronoi --out results/repro_voronoi [--seeds 0,1,2] [--scale laptop|paper]
                           [--workers 2] [--device cpu]
@@ -7,7 +7,7 @@ Stage 1 trains the baseline (AdamW, λ = 1e-2 on every parameter, batch 1024, 10
 constant lr) at each lr of {2e-3, 3e-3, 5e-3} and picks the lr with the best mean *validation*
 accuracy (the original picked it on test). The scale-only norms are pure gains (RMS
 normalisation off): with it on, the 2-D inputs lose their radius and accuracy caps near 0.57
-(``results/repro_voronoi_gpu_rms``). Stage 2 trains every ablation of SPEC §3 at that lr,
+(``results/repro_voronoi_gpu_rms``). Stage 2 trains every ablation of the study at that lr,
 one change at a time — activation, init, RMS normalisation, weight decay, betas, decay type,
 width — and new rows: AdamWN on every tensor, as the decay is (target AdamW's final norm
 ratio over all of them, k = 1e-2), with one norm per tensor or one global norm; and AdamWN on
@@ -19,7 +19,7 @@ matrices that feed a norm by γ_t/γ_max.
 ``--scale laptop`` (default) trains the lr search and the study's two headline comparisons —
 the decay types and λ = 0.1 against the baseline's 1e-2 — 18 runs at the original 10 000 steps
 × 1024, about 1 h on 2 CPU cores (two runs at a time, ≈ 6.7 min a pair). ``--scale paper``
-adds the rest of SPEC §3's grid, the other weight decays, AdamWN and the cosine pairs with
+adds the rest of the grid of Yu (2022), the other weight decays, AdamWN and the cosine pairs with
 AdamC (81 runs; the widths 1024 and 2048 cost 4× and 16× a baseline run: about 7 h on 2 cores,
 2.5 h of it the three width-2048 runs at ≈ 0.3 s a step; minutes on a GPU with
 ``--device cuda``).

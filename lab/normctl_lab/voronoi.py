@@ -1,4 +1,4 @@
-"""The "Voronoi" 2-D classification environment and model of Yu (2022), SPEC §3.
+"""The "Voronoi" 2-D classification environment and model of Yu (2022).
 
 Environment: points x uniform in [−100, 100]^D; 100–150 centres c_j uniform in the same box,
 each with a class drawn uniformly from C; the label of x is the class of the centre that

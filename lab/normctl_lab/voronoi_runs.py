@@ -1,4 +1,4 @@
-"""``normctl-lab voronoi``: optimizers compared on the Voronoi task (SPEC §3) with the monitor on.
+"""``normctl-lab voronoi``: optimizers compared on the Voronoi task of Yu (2022) with the monitor on.
 
 Constant learning rate and batch 1024 as in Yu (2022); the decayed/controlled groups come from
 ``normctl.param_groups`` (norm gains are not decayed here, unlike the original study, which

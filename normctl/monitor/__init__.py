@@ -1,7 +1,7 @@
 """Diagnostics: what weight decay and norm control do to a run (read-only)."""
 
 from .monitor import NormMonitor
-from .phases import Phases, detect_phases, tail_blowup_score
+from .phases import Phases, detect_phases, tail_blowup_score, tail_rise
 from .sinks import CsvSink, JsonlSink, MemorySink, TensorBoardSink, read_jsonl
 from .stats import Prediction, predict
 
@@ -15,6 +15,7 @@ __all__ = [
     "Phases",
     "detect_phases",
     "tail_blowup_score",
+    "tail_rise",
     "Prediction",
     "predict",
 ]

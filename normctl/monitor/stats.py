@@ -1,6 +1,6 @@
 """Pure functions for the monitor: steady-state predictions and batched tensor statistics.
 
-Predictions (Defazio 2025, §3–4; SPEC §2). For a layer followed by a normalisation the
+Predictions (Defazio 2025, §3–4). For a layer followed by a normalisation the
 gradient is orthogonal to the weight, and decay balances the growth the gradient causes:
 
 * SGD with momentum μ, torch's coupled decay (effective lr γ/(1−μ))::
@@ -39,7 +39,7 @@ from ..schedules import as_schedule
 
 @dataclass(frozen=True)
 class Prediction:
-    """What SPEC §2 predicts for a group at its current learning rate (None: not defined)."""
+    """What Defazio (2025) predicts for a group at its current learning rate (None: not defined)."""
 
     family: str | None  # "sgd", "adam", or None when no decay model applies
     ratio: float | None = None  # ‖g‖/‖θ‖ (SGD) or ‖g‖_{A⁻¹}/‖θ‖_A (Adam family)
@@ -74,7 +74,7 @@ def effective_weight_decay(optimizer: torch.optim.Optimizer, group: dict) -> flo
 
 
 def predict(optimizer: torch.optim.Optimizer, group: dict) -> Prediction:
-    """The steady state SPEC §2 predicts for ``group`` of any torch or normctl optimizer."""
+    """The steady state Defazio (2025) predicts for ``group`` of any torch or normctl optimizer."""
     lr, wd = group.get("lr", 0.0), effective_weight_decay(optimizer, group)
     if isinstance(optimizer, AdamWN):
         if group["control"]:

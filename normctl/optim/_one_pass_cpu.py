@@ -7,15 +7,16 @@ tensor's factor, applies Adam's step as torch's fused AdamW does, and adds up θ
 stores θ_new: the norms of the next step come out of this one (:mod:`._kept_norms`). float32 and
 bfloat16 weights (bfloat16 computed in float32 and rounded on store, as torch's fused AdamW).
 
-``torch.utils.cpp_extension`` compiles it once per machine into torch's extension cache
-(about half a minute; a C++ compiler with OpenMP, and ninja — the system's or
-``pip install ninja``). ``make install`` builds it ahead of time
-(:func:`prepare`). Where the build fails, or with
+``torch.utils.cpp_extension`` compiles it once per environment into torch's extension cache,
+under a name keyed by everything the binary depends on (about a minute; a C++ compiler with
+OpenMP, and ninja — the system's or ``pip install ninja``), and says so on every build.
+``make install`` builds it ahead of time (:func:`prepare`). Where the build fails, or with
 ``NORMCTL_NO_EXTENSION=1``, AdamWN keeps torch's fused AdamW plus a norm pass.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sys
 import warnings
@@ -35,7 +36,10 @@ _state: dict[str, Any] = {"extension": None, "failed": False}
 def _build_flags() -> tuple[str, list[str]]:
     """The extension's name and compiler flags for this CPU. Vector instructions follow torch's
     own dispatch level (AVX512 there means F, BW, VL and DQ), and the name carries it, so a
-    shared cache never hands one machine's build to a CPU without its instructions.
+    shared cache never hands one machine's build to a CPU without its instructions. The name also
+    carries a digest of everything the binary depends on — normctl's and torch's versions and
+    build, the Python version, the flags and the kernel's source — so environments that share
+    torch's extension cache each keep their own build instead of evicting one another's.
     ``-fno-math-errno`` lets sqrt vectorise. 512-bit vectors matter for bfloat16, where the
     step's sqrt and division per element weigh as much as the memory traffic: 0.83× torch's
     fused AdamW against 1.09× with AVX2 (GPT-2 shapes, 2 cores); float32 gains a few %."""
@@ -45,7 +49,11 @@ def _build_flags() -> tuple[str, list[str]]:
         flags += ["-mavx2", "-mfma"]
     if capability == "AVX512":
         flags += ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mprefer-vector-width=512"]
-    return f"normctl_adamwn_one_pass_{capability.lower()}", flags
+    from .. import __version__
+
+    key = [__version__, torch.__version__, str(torch.version.git_version), sys.version, *flags, SOURCE.read_text()]
+    digest = hashlib.sha256("\0".join(key).encode()).hexdigest()[:12]
+    return f"normctl_adamwn_one_pass_{capability.lower()}_{digest}", flags
 
 
 def kernel() -> Any | None:
@@ -59,7 +67,12 @@ def kernel() -> Any | None:
             from torch.utils import cpp_extension
 
             if not _is_built(cpp_extension, name):
-                print("normctl: building AdamWN's one-pass CPU kernel (once per machine) ...", file=sys.stderr)
+                print(
+                    f"normctl: building AdamWN's one-pass CPU kernel {name} (once per environment, "
+                    "about a minute) ...",
+                    file=sys.stderr,
+                    flush=True,
+                )
             path = os.environ.get("PATH", "")
             # pip's ninja sits beside this interpreter, which need not be on PATH
             os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), path])

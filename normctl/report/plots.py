@@ -28,7 +28,7 @@ def have_matplotlib() -> bool:
 
 
 def ratio_vs_prediction(run: Run, *, max_lines: int = 24):
-    """Gradient-to-weight ratio of each decayed tensor against SPEC §2's prediction
+    """Gradient-to-weight ratio of each decayed tensor against the prediction of Defazio (2025)
     (Defazio 2025, Figures 2–3). Adam-family runs use the A-weighted ratio."""
     fig, ax = new_figure(figsize=(6, 3.6))
     preds = [k for k in run.keys("tensor", "pred_ratio") if run.series(k)[0]]  # decayed tensors
