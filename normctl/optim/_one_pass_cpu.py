@@ -68,8 +68,7 @@ def kernel() -> Any | None:
 
             if not _is_built(cpp_extension, name):
                 print(
-                    f"normctl: building AdamWN's one-pass CPU kernel {name} (once per environment, "
-                    "about a minute) ...",
+                    f"normctl: building AdamWN's one-pass CPU kernel {name} (once per environment, about a minute) ...",
                     file=sys.stderr,
                     flush=True,
                 )
