@@ -7,14 +7,10 @@ from normctl import AdamWN, NormControl, create_optimizer
 from normctl.monitor import MemorySink
 
 
-def test_hf_trainer_with_normctl_optimizer_and_monitor(tmp_path):
-    transformers = pytest.importorskip("transformers")
-    pytest.importorskip("accelerate")
-    from normctl.integrations.hf import NormMonitorCallback
-
+def tiny_gpt2(transformers, tmp_path, **arguments):
+    """A freshly initialised 1-layer GPT-2 (nothing downloaded), 16 random sequences and 4 CPU steps."""
     torch.manual_seed(0)
     config = transformers.GPT2Config(vocab_size=64, n_positions=16, n_embd=32, n_layer=1, n_head=2)
-    model = transformers.GPT2LMHeadModel(config)  # random init: nothing is downloaded
     data = [{"input_ids": ids, "labels": ids} for ids in torch.randint(0, 64, (16, 16))]
     args = transformers.TrainingArguments(
         output_dir=str(tmp_path),
@@ -23,8 +19,17 @@ def test_hf_trainer_with_normctl_optimizer_and_monitor(tmp_path):
         report_to=[],
         use_cpu=True,
         save_strategy="no",
-        logging_steps=1,
+        **arguments,
     )
+    return transformers.GPT2LMHeadModel(config), data, args
+
+
+def test_hf_trainer_with_normctl_optimizer_and_monitor(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("accelerate")
+    from normctl.integrations.hf import NormMonitorCallback
+
+    model, data, args = tiny_gpt2(transformers, tmp_path, logging_steps=1)
     sink = MemorySink()
     optimizer = create_optimizer(model, "adamwn", lr=1e-3, target=1.2)
     trainer = transformers.Trainer(
@@ -44,20 +49,9 @@ def test_hf_trainer_builds_adamwn_from_model_parameters_on_a_fresh_gpt2(tmp_path
     ``model.parameters()``, on a freshly initialised GPT-2 (zero biases, LayerNorm shifts at 0)."""
     transformers = pytest.importorskip("transformers")
     pytest.importorskip("accelerate")
-    torch.manual_seed(0)
-    config = transformers.GPT2Config(vocab_size=64, n_positions=16, n_embd=32, n_layer=1, n_head=2)
-    model = transformers.GPT2LMHeadModel(config)
+    model, data, args = tiny_gpt2(transformers, tmp_path)
     zero = [name for name, p in model.named_parameters() if not p.detach().any()]
     assert zero  # the case under test: biases and norm shifts start at 0
-    data = [{"input_ids": ids, "labels": ids} for ids in torch.randint(0, 64, (16, 16))]
-    args = transformers.TrainingArguments(
-        output_dir=str(tmp_path),
-        max_steps=4,
-        per_device_train_batch_size=4,
-        report_to=[],
-        use_cpu=True,
-        save_strategy="no",
-    )
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
     trainer = transformers.Trainer(
         model=model, args=args, train_dataset=data, optimizer_cls_and_kwargs=(AdamWN, {"lr": 1e-3, "target": 1.5})
@@ -69,6 +63,18 @@ def test_hf_trainer_builds_adamwn_from_model_parameters_on_a_fresh_gpt2(tmp_path
     moved = {name for name, p in model.named_parameters() if not torch.equal(p.detach(), before[name])}
     assert set(zero) & moved  # the zero-initialised tensors train (Adam's step), rather than stay at 0
     assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def quiet_trainer(pl, **arguments):
+    """A CPU Lightning Trainer that writes and prints nothing of its own."""
+    return pl.Trainer(
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        **arguments,
+    )
 
 
 def test_lightning_with_normctl_optimizer_and_monitor():
@@ -92,15 +98,7 @@ def test_lightning_with_normctl_optimizer_and_monitor():
     torch.manual_seed(0)
     data = torch.utils.data.TensorDataset(torch.randn(64, 4), torch.randn(64, 1))
     sink = MemorySink()
-    trainer = pl.Trainer(
-        max_steps=6,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[NormMonitorCallback(every=2, sinks=[sink])],
-    )
+    trainer = quiet_trainer(pl, max_steps=6, callbacks=[NormMonitorCallback(every=2, sinks=[sink])])
     module = Regression()
     trainer.fit(module, torch.utils.data.DataLoader(data, batch_size=8))
     assert [r["step"] for r in sink.records] == [1, 3, 5] and all("loss" in r for r in sink.records)
@@ -125,14 +123,7 @@ def test_lightning_with_adamwn_over_self_parameters():
 
     torch.manual_seed(0)
     data = torch.utils.data.TensorDataset(torch.randn(64, 4), torch.randn(64, 1))
-    trainer = pl.Trainer(
-        max_steps=4,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
+    trainer = quiet_trainer(pl, max_steps=4)
     module = Regression()
     with pytest.warns(UserWarning, match="start at norm 0"):
         trainer.fit(module, torch.utils.data.DataLoader(data, batch_size=8))

@@ -90,28 +90,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=None)
     p.set_defaults(handler=voronoi)
 
-    from .config import field_help
-
-    p = commands.add_parser(
-        "train",
-        help="one run of a config into a run directory (resumable)",
-        epilog=field_help(),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    _add_config_arguments(p)
+    p = _config_command(commands, "train", "one run of a config into a run directory (resumable)")
     p.add_argument("--out", required=True, help="the run directory")
     p.add_argument(
         "--restart", action="store_true", help="train from step 0, deleting the directory's metrics and checkpoints"
     )
     p.set_defaults(handler=train)
 
-    p = commands.add_parser(
-        "sweep",
-        help="a grid of configs x seeds (skips finished runs, resumes others)",
-        epilog=field_help(),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    _add_config_arguments(p)
+    p = _config_command(commands, "sweep", "a grid of configs x seeds (skips finished runs, resumes others)")
     p.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2", help="a swept field")
     p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
     p.add_argument("--out", required=True, help="the sweep directory")
@@ -197,9 +183,16 @@ def _add_small_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default=None, help="directory for run directories and report.html")
 
 
-def _add_config_arguments(p: argparse.ArgumentParser) -> None:
+def _config_command(commands, name: str, summary: str) -> argparse.ArgumentParser:
+    """A command that takes a RunConfig (a JSON file and --set overrides); its help lists the fields."""
+    from .config import field_help
+
+    p = commands.add_parser(
+        name, help=summary, epilog=field_help(), formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("config", nargs="?", help="a JSON file of RunConfig fields (defaults if omitted)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a field")
+    return p
 
 
 def _seeds(text: str) -> list[int]:

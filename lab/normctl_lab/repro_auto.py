@@ -48,16 +48,18 @@ def run_repro(
     for init in inits:
         directory = out / init
         base = with_overrides(RunConfig(), [*(base_overrides or SCALES["laptop"]), f"gpt_init={init}"])
+        # AdamW and the automatic targets need no other run: they train together
         adamw = sweep_configs(base, {"method": ["adamw"]}, seeds)
-        train_runs(adamw, directory, workers=workers, verbose=verbose)
+        auto = sweep_configs(dataclasses.replace(base, method="adamwn"), {"auto_target": list(RULES)}, seeds)
+        train_runs(adamw + auto, directory, workers=workers, verbose=verbose)
         ratio = round(statistics.mean(controlled_norm_ratio(directory / name) for name, _ in adamw), 4)
         if verbose:
             print(f"{init}: AdamWN's measured target is AdamW's final norm ratio {ratio}", flush=True)
-        adamwn = dataclasses.replace(base, method="adamwn", target_ratio=ratio)
-        others = sweep_configs(adamwn, {"method": ["adamwn"]}, seeds)
-        others += sweep_configs(adamwn, {"auto_target": list(RULES)}, seeds)
-        train_runs(others, directory, workers=workers, verbose=verbose)
-        runs = adamw + others
+        measured = sweep_configs(
+            dataclasses.replace(base, method="adamwn", target_ratio=ratio), {"method": ["adamwn"]}, seeds
+        )
+        train_runs(measured, directory, workers=workers, verbose=verbose)
+        runs = adamw + measured + auto
         summary["inits"][init] = {
             "config": dataclasses.asdict(base),
             "adamw_norm_ratio": ratio,
