@@ -1,4 +1,4 @@
-"""The ``normctl`` command line: the report over monitored run directories.
+"""The ``normctl`` command line: the report over monitored run directories, and ``doctor``.
 
 Training runs, sweeps, the demo and the reproductions are the lab's (``normctl-lab``, the
 ``lab/`` package of this repository); asked for here, they say where they went.
@@ -20,6 +20,12 @@ def report(args: argparse.Namespace) -> None:
     print(f"wrote {build_report(args.runs, args.output, title=args.title)}")
 
 
+def doctor(args: argparse.Namespace) -> None:
+    from .doctor import report
+
+    print(report())
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="normctl", description="Weight norm control for PyTorch.")
     parser.add_argument("--version", action="version", version=f"normctl {__version__}")
@@ -29,6 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", default="report.html", help="HTML file to write")
     p.add_argument("--title", default="normctl report")
     p.set_defaults(handler=report)
+    p = commands.add_parser("doctor", help="which kernel each optimizer's step takes on this machine, and why")
+    p.set_defaults(handler=doctor)
     return parser
 
 

@@ -73,3 +73,38 @@ def test_every_build_is_announced(monkeypatch, capsys):
     monkeypatch.setattr(cpp_extension, "load", lambda **kwargs: "built")
     assert _one_pass_cpu.kernel() == "built"
     assert "building AdamWN's one-pass CPU kernel normctl_adamwn_one_pass_" in capsys.readouterr().err
+
+
+def test_doctor_names_each_optimizers_path_and_why(capsys):
+    from normctl.cli import main as normctl_main
+
+    assert normctl_main(["doctor"]) == 0
+    out = capsys.readouterr().out
+    assert "torch 2." in out and "one-pass CPU kernel:" in out
+    for line in [line for line in out.splitlines() if line.startswith("AdamWN cpu")]:
+        path, reason = line.split(": ", 1)[1].split(" — ")
+        assert path in {"cpu_one_pass", "torch_fused", "foreach", "reference"} and reason
+    assert "AdamWN cpu float64 tensor: torch_fused" in out  # no one-pass kernel takes float64
+
+
+def test_step_paths_follow_the_settings():
+    import torch
+
+    import normctl
+    from normctl.optim._adamwn_paths import Path
+
+    def path(**kwargs):
+        p = torch.nn.Parameter(torch.randn(4, 4, dtype=torch.float64))
+        p.grad = torch.ones_like(p)
+        optimizer = normctl.AdamWN([dict(params=[p], **kwargs.pop("group", {}))], **{"lr": 1e-3, **kwargs})
+        optimizer.step()
+        (choice,) = optimizer.step_paths()
+        return choice.path
+
+    assert path() is Path.TORCH_FUSED
+    assert path(fused=False) is Path.FOREACH
+    assert path(fused=False, foreach=False) is Path.REFERENCE
+    assert path(foreach=True) is Path.FOREACH
+    assert path(lr=0.0) is Path.FOREACH
+    assert path(group=dict(control=False, weight_decay=0.1, decay="l1")) is Path.FOREACH
+    assert path(group=dict(control=False, weight_decay=0.1)) is Path.TORCH_FUSED

@@ -9,10 +9,12 @@ from torch import Tensor
 
 from .. import rules
 from ..schedules import Schedule
+from . import _adamwn_paths as paths
 from . import _auto_target as auto_target
 from . import _control as control
-from . import _one_pass, _one_pass_cpu
-from ._adam import adam_state, adam_update, fused_adamw_
+from . import _one_pass
+from ._adam import adam_state
+from ._adamwn_paths import Path
 from ._auto_target import AutoTarget
 from ._base import Batch, NormctlOptimizer, check_betas, check_bools, check_choice, check_nonnegative
 from ._kept_norms import KeptTensorNorms
@@ -73,7 +75,7 @@ class AdamWN(NormctlOptimizer):
             torch has the kernel (CPU and CUDA floating point; l2 decay), foreach otherwise. On
             float32 or bfloat16 groups with ``control_at="pre_step"``, fused means one kernel that applies
             Eq. 3 and Adam in one pass and keeps ‖θ‖ for the next step, for any scope: C++/OpenMP on
-            the CPU (built once per machine, see :mod:`normctl.optim._one_pass_cpu`), Triton on CUDA
+            the CPU (built once per environment, see :mod:`normctl.optim._one_pass_cpu`), Triton on CUDA
             (when Triton is installed). All paths are tested equal to the
             reference.
         skip_nonfinite: if any gradient holds NaN/Inf, skip the whole step leaving params and
@@ -164,10 +166,6 @@ class AdamWN(NormctlOptimizer):
     def _init_group(self, group: dict[str, Any]) -> None:
         control.init_control_group(group, self.param_groups, type(self).__name__)
 
-    def _fusable(self, group: dict, batch: Batch) -> bool:
-        # λ = (1 − f)/γ needs γ > 0; l1/min decay has no fused kernel
-        return self._use_fused(group, batch.params) and group["lr"] > 0 and (group["control"] or group["decay"] == "l2")
-
     def _init_state(self, param: Tensor, state: dict, group: dict) -> None:
         state.update(adam_state(param, fused=self._use_fused(group, [param])))
         control.init_tensor_state(param, state, group)
@@ -178,70 +176,41 @@ class AdamWN(NormctlOptimizer):
     # -- the step -----------------------------------------------------------------------------
 
     def _update(self, batches: list[Batch]) -> None:
+        """Plan → state → path → Eq. 3's factors → the path's step → after the step → advance."""
         plans = [control.plan(b.group) for b in batches]  # validates schedule values first
         self._attach_state(batches)
         control.record_scope_norms(self.param_groups)
         before = auto_target.snapshot(batches)  # θ_{t−1}, where an automatic target measures u
-
-        fusable = [self._fusable(b.group, b) for b in batches]
-        # CUDA one-pass groups compute their factors in the kernel, from the norms it kept
-        on_cuda = [
-            fused
-            and _one_pass.group_qualifies(b.group, b.params[0])
-            and _one_pass.prepare(b.params, b.grads, b.states, b.group, self._tables(b.group))
-            for b, fused in zip(batches, fusable)
-        ]
-        scope_norms_sq = self._scope_norms_sq(batches, on_cuda)
-        on_cpu = [
-            fused and not cuda and _one_pass_cpu.eligible(b.params, b.states, b.group)
-            for b, fused, cuda in zip(batches, fusable, on_cuda)
-        ]
+        choices = [self._choose(b) for b in batches]
+        in_kernel = [c.path is Path.CUDA_ONE_PASS for c in choices]  # the CUDA kernel computes its own factors
+        scope_norms_sq = self._scope_norms_sq(batches, in_kernel)
         pre_step = control.control_factors(
             batches,
-            [None if cuda else plan for plan, cuda in zip(plans, on_cuda)],
+            [None if k else plan for plan, k in zip(plans, in_kernel)],
             self.param_groups,
             phase="pre_step",
             tensor_norms=self._kept_norms.tensor_norms,
         )
-        for batch, factors, step_plan, fused, cuda, cpu, scope_norm_sq in zip(
-            batches, pre_step, plans, fusable, on_cuda, on_cpu, scope_norms_sq
-        ):
-            group = batch.group
+        for batch, choice, factors, plan, scope_norm_sq in zip(batches, choices, pre_step, plans, scope_norms_sq):
             if factors is not None:
                 control.scale_idle_(batch, factors)
-            if cuda:
-                assert step_plan is not None
-                target = step_plan.target if scope_norm_sq is None else control.target_norm(step_plan, group)
-                if scope_norm_sq is not None and step_plan.rate > 0:  # the kernel scales only what it steps
-                    factor = rules.norm_control_factor(scope_norm_sq.sqrt(), target, step_plan.rate)
-                    control.scale_idle_(batch, [factor])
-                tables = self._kept_tables[id(group)]
-                _one_pass.launch(tables, group, rate=step_plan.rate, target=target, scope_norm_sq=scope_norm_sq)
-                continue
-            if cpu:
-                norm_sq = _one_pass_cpu.adamwn_step_(
-                    batch.params, batch.grads, batch.states, group, _factor_vector(factors, len(batch.params))
-                )
-                self._kept_norms.keep(batch.params, norm_sq)
-                continue
-            if fused:  # decay or Eq. 3 folded into the fused kernel's λ
-                if group["control"]:
-                    decay = 0.0 if factors is None else control.as_weight_decay(factors, group["lr"])
-                else:
-                    decay = group["weight_decay"]
-                fused_adamw_(batch.params, batch.grads, batch.states, group, weight_decay=decay)
-                continue
-            foreach = self._use_foreach(group)
-            if factors is not None:
-                control.scale_(batch.params, factors, foreach=foreach)
-            if not group["control"]:
-                rules.apply_decoupled_decay_(
-                    batch.params, group["decay"], group["lr"], group["weight_decay"], foreach=foreach
-                )
-            adam_update(batch.params, batch.grads, batch.states, group, foreach=foreach)
+            context = paths.Context(plan, scope_norm_sq, self._kept_tables.get(id(batch.group)))
+            kept_norm_sq = paths.STEPS[choice.path](batch, factors, context)
+            if kept_norm_sq is not None:
+                self._kept_norms.keep(batch.params, kept_norm_sq)
         control.apply_control(batches, plans, self.param_groups, phase="post_step")
         auto_target.observe(batches, before, self.param_groups)
         control.advance(self.param_groups)
+
+    def _choose(self, batch: Batch) -> paths.Choice:
+        fused = self._use_fused(batch.group, batch.params)
+        return paths.choose(batch, fused=fused, tables=lambda: self._tables(batch.group))
+
+    def step_paths(self) -> list[paths.Choice | None]:
+        """Which kernel would take each param group's next step, and why (None: nothing to step)."""
+        from ._base import collect_batches
+
+        return [self._choose(b) if b.params else None for b in collect_batches(self.param_groups, "AdamWN")]
 
     def _tables(self, group: dict) -> _one_pass.KeptTables:
         return self._kept_tables.setdefault(id(group), _one_pass.KeptTables())
@@ -275,12 +244,3 @@ class AdamWN(NormctlOptimizer):
                 norm_sq = global_norm_sq
             out.append(norm_sq.to(device, torch.float32))
         return out
-
-
-def _factor_vector(factors: list[Tensor] | float | None, count: int) -> Tensor:
-    """Eq. 3's factors as the float64 vector the CPU kernel takes (None: no control this step)."""
-    if factors is None:
-        return torch.ones(count, dtype=torch.float64)
-    if isinstance(factors, float):
-        return torch.full((count,), factors, dtype=torch.float64)
-    return torch.stack(factors).double()
