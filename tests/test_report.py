@@ -202,3 +202,18 @@ def test_jsonl_sink_refuses_to_append_a_new_run_and_resumes_only_forward(runs, t
     sink.write({"step": 44, "loss": float("nan")})
     sink.close()
     assert json.loads((run / "metrics.jsonl").read_text().splitlines()[-1]) == {"step": 44, "loss": None}
+
+
+def test_ratio_plot_labels_every_layer_and_each_prediction_once(runs):
+    from normctl.report import plots
+
+    adamc = next(load_run(r) for r in runs if load_run(r).label == "adamc")
+    fig = plots.ratio_vs_prediction(adamc)
+    texts = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    keys = [k for k in adamc.keys("tensor", "pred_ratio") if adamc.series(k)[0]]  # the decayed tensors
+    layers = [k[len("tensor/") : -len("/pred_ratio")] for k in keys]
+    predictions = [t for t in texts if t.startswith("predicted steady state")]
+    assert set(layers) <= set(texts)  # every layer's line is named
+    assert len(predictions) == len(set(predictions)) >= 1  # one label per distinct prediction
+    distinct = {tuple(adamc.series(f"tensor/{name}/pred_ratio")[1]) for name in layers}
+    assert len(predictions) == len(distinct)

@@ -98,7 +98,7 @@ def build_report(
     if labels is not None:
         runs = [dataclasses.replace(run, label=label) for run, label in zip(runs, labels)]
     figures = [
-        _figure(plots.curves(runs, "loss", "training loss"), "Loss (mean ± std over seeds)"),
+        _figure(plots.curves(runs, "loss", "training loss"), "Training loss (mean ± std over seeds)"),
         _figure(
             plots.curves(runs, "global/grad_norm", "global gradient norm", log=True),
             "Global gradient norm — a rise at the end is the tail blow-up",

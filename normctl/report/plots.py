@@ -27,38 +27,37 @@ def have_matplotlib() -> bool:
     return True
 
 
+MANY_GROUPS = 8  # beyond this the legend goes beside the axes, where it hides no curve
+
+
 def ratio_vs_prediction(run: Run, *, max_lines: int = 24):
     """Gradient-to-weight ratio of each decayed tensor against the prediction of Defazio (2025)
     (Defazio 2025, Figures 2–3). Adam-family runs use the A-weighted ratio."""
-    fig, ax = new_figure(figsize=(6, 3.6))
-    preds = [k for k in run.keys("tensor", "pred_ratio") if run.series(k)[0]]  # decayed tensors
-    drawn_predictions = set()
-    for key in preds[:max_lines]:
+    preds = [k for k in run.keys("tensor", "pred_ratio") if run.series(k)[0]][:max_lines]  # decayed tensors
+    fig, ax = new_figure(figsize=(9.5, 4.8) if len(preds) > MANY_GROUPS else (6, 3.6))
+    # one dashed line per distinct prediction (AdamC: the normalised layers' and the others'),
+    # labelled with how many layers it is for
+    predictions: dict[tuple, list[str]] = {}
+    for key in preds:
         name = key[len("tensor/") : -len("/pred_ratio")]
         measured = f"tensor/{name}/adam_grad_weight_ratio"
         if not run.series(measured)[0]:
             measured = f"tensor/{name}/grad_weight_ratio"
-        ax.plot(*run.series(measured), lw=0.8, alpha=0.6)
+        ax.plot(*run.series(measured), lw=0.8, alpha=0.6, label=name)
         steps, values = run.series(key)
-        signature = tuple(values)
-        if signature not in drawn_predictions:
-            drawn_predictions.add(signature)
-            ax.plot(
-                steps,
-                values,
-                color="darkred",
-                lw=2,
-                ls="--",
-                label="predicted steady state" if len(drawn_predictions) == 1 else None,
-            )
+        predictions.setdefault((tuple(steps), tuple(values)), []).append(name)
+    for i, ((steps, values), names) in enumerate(predictions.items()):
+        layers = names[0] if len(names) == 1 else f"{len(names)} layers, {names[0]} …"
+        label = f"predicted steady state ({layers})"
+        ax.plot(steps, values, color="darkred", lw=2, ls=("--", ":", "-.")[i % 3], label=label)
     ax.set(
         yscale="log",
         xlabel="step",
         ylabel="‖g‖/‖θ‖ per layer",
         title=f"{run.label}: gradient-to-weight ratio vs prediction",
     )
-    if drawn_predictions:
-        ax.legend()
+    if preds:
+        _legend(ax, many=len(preds) > MANY_GROUPS)
     fig.tight_layout()
     return fig
 
@@ -70,7 +69,6 @@ def _band(ax, steps, mean, std, label, linestyle="-"):
         ax.fill_between(steps, lower, upper, alpha=0.2, color=line.get_color())
 
 
-MANY_GROUPS = 8  # beyond this the legend goes beside the axes, where it hides no curve
 LINESTYLES = ("-", "--", ":", "-.")  # a new style each time the colour cycle comes round
 
 
@@ -88,12 +86,17 @@ def curves(runs: list[Run], key: str, ylabel: str, *, log: bool = False):
             n = f" ({len(group)} seeds)" if len(group) > 1 else ""
             _band(ax, steps, mean, std, label + n, LINESTYLES[i // colours % len(LINESTYLES)])
     ax.set(xlabel="step", ylabel=ylabel, yscale="log" if log else "linear")
+    _legend(ax, many=many)
+    fig.tight_layout()
+    return fig
+
+
+def _legend(ax, *, many: bool) -> None:
+    """Inside the axes for a few entries, beside them (where it hides no curve) for many."""
     if many:
         ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     else:
-        ax.legend()
-    fig.tight_layout()
-    return fig
+        ax.legend(fontsize=7)
 
 
 def weight_values(run: Run, *, max_panels: int = 8):
