@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # The CPU build of torch on this machine's disk; a plain range would pull a multi-GB CUDA build.
 TORCH_PIN ?= torch==2.13.0
 
-.PHONY: install demo test lint docs data clean
+.PHONY: install demo test lint docs data clean check-results
 
 $(BIN)/normctl-lab: pyproject.toml lab/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,10 @@ lint: install
 data:
 	@test -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz || \
 		{ apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist; }
+
+# Every generated table in the results' Markdown regenerates exactly from its summary.json.
+check-results: install
+	$(BIN)/python scripts/check_results.py
 
 docs: install
 	$(BIN)/mkdocs build --strict

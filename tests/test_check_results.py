@@ -1,0 +1,62 @@
+"""make check-results: generated tables regenerate from their summary.json, an edit fails."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+import check_results  # noqa: E402
+
+SUMMARY = {
+    "seeds": [0, 1],
+    "inits": {
+        "torch": {
+            "adamw_norm_ratio": 0.5123,
+            "methods": {
+                "method=adamw": {
+                    "val_loss": {"mean": 1.25, "std": 0.01, "n": 2},
+                    "controlled_norm_ratio": {"mean": 0.51, "std": 0.02, "n": 2},
+                },
+                "auto_target=equilibrium": {
+                    "val_loss": {"mean": 1.2, "std": 0.02, "n": 2},
+                    "controlled_norm_ratio": {"mean": 0.6, "std": 0.01, "n": 2},
+                    "minus_adamw": {"mean": -0.05, "ci95": [-0.1, 0.0]},
+                },
+            },
+        }
+    },
+}
+
+
+@pytest.fixture
+def tree(tmp_path, monkeypatch):
+    (tmp_path / "results" / "auto").mkdir(parents=True)
+    (tmp_path / "results" / "auto" / "summary.json").write_text(json.dumps(SUMMARY))
+    readme = tmp_path / "results" / "auto" / "README.md"
+    readme.write_text(
+        "intro\n<!-- generated: auto_target_table results/auto/summary.json -->\nstale\n<!-- end generated -->\nend\n"
+    )
+    monkeypatch.setattr(check_results, "ROOT", tmp_path)
+    return readme
+
+
+def test_blocks_are_written_from_the_source_then_checked(tree, capsys):
+    assert check_results.main([]) == 1  # the block does not match its source yet
+    assert check_results.main(["--write"]) == 0
+    text = tree.read_text()
+    assert "| AdamW (λ = 0.1) | 2 | 1.2500 ± 0.0100 | — | — | 0.510 ± 0.020 |" in text
+    assert "-0.0500 [-0.1000, +0.0000]" in text and text.startswith("intro\n") and text.endswith("end\n")
+    assert check_results.main([]) == 0
+
+
+def test_an_edited_number_fails_the_check_naming_the_file(tree, capsys):
+    check_results.main(["--write"])
+    tree.write_text(tree.read_text().replace("1.2500 ± 0.0100", "1.2400 ± 0.0100"))
+    assert check_results.main([]) == 1
+    assert "results/auto/README.md: the auto_target_table block" in capsys.readouterr().err
+
+
+def test_the_repository_regenerates():
+    assert check_results.main([]) == 0
