@@ -42,9 +42,7 @@ def auto_target_table(summary: dict[str, Any]) -> str:
     out = []
     for init, block in summary["inits"].items():
         out.append(f"**{init} initialisation** (AdamW's final norm ratio {block['adamw_norm_ratio']:.4f})\n")
-        out.append(
-            "| method | seeds | held-out loss | − AdamW, per seed [95 % CI] | − measured-target AdamWN [95 % CI] | ‖θ‖/‖θ₀‖ |"
-        )
+        out.append("| method | seeds | held-out loss | − AdamW [95 % CI] | − measured-target AdamWN [95 % CI] | ‖θ‖/‖θ₀‖ |")
         out.append("|---|---|---|---|---|---|")
         for label, row in block["methods"].items():
             loss, ratio = row["val_loss"], row["controlled_norm_ratio"]
