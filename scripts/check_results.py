@@ -42,7 +42,9 @@ def auto_target_table(summary: dict[str, Any]) -> str:
     out = []
     for init, block in summary["inits"].items():
         out.append(f"**{init} initialisation** (AdamW's final norm ratio {block['adamw_norm_ratio']:.4f})\n")
-        out.append("| method | seeds | held-out loss | − AdamW [95 % CI] | − measured-target AdamWN [95 % CI] | ‖θ‖/‖θ₀‖ |")
+        out.append(
+            "| method | seeds | held-out loss | − AdamW [95 % CI] | − measured-target AdamWN [95 % CI] | ‖θ‖/‖θ₀‖ |"
+        )
         out.append("|---|---|---|---|---|---|")
         for label, row in block["methods"].items():
             loss, ratio = row["val_loss"], row["controlled_norm_ratio"]
@@ -57,11 +59,6 @@ def auto_target_table(summary: dict[str, Any]) -> str:
 
 
 RENDERERS: dict[str, Callable[[dict[str, Any]], str]] = {"auto_target_table": auto_target_table}
-
-
-def blocks(text: str):
-    for match in BLOCK.finditer(text):
-        yield match
 
 
 def render(renderer: str, source: str) -> str:
@@ -79,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         for path in sorted(ROOT.glob(pattern)):
             text = path.read_text()
             new = text
-            for match in blocks(text):
+            for match in BLOCK.finditer(text):
                 checked += 1
                 expected = render(match.group(2), match.group(3))
                 if match.group(4) != expected:
