@@ -502,3 +502,24 @@ def test_auto_target_comparison_runs_end_to_end(tmp_path):
     assert (tmp_path / "summary.json").is_file() and (tmp_path / "torch" / "report.html").is_file()
     with pytest.raises(ValueError, match="inits must be some of"):
         repro_auto.run_repro(tmp_path, [0], inits=("xavier",))
+
+
+@pytest.mark.parametrize("method", ["adamcpr", "hyperball"])
+def test_peer_methods_train_through_the_harness(tmp_path, method):
+    from normctl_lab.peers import PEERS
+
+    pytest.importorskip({"adamcpr": "pytorch_cpr", "hyperball": "heavyball"}[method])
+    cfg = with_overrides(
+        RunConfig(),
+        ["steps=12", "n_layer=1", "n_embd=32", "block_size=16", "batch_size=4", "monitor_every=4"]
+        + [f"method={method}", "cpr_kappa_init=warm_start", "cpr_kappa_param=4"],
+    )
+    final = train(cfg, tmp_path, verbose=False)
+    assert final["status"] == "finished" and final["val_loss"] > 0
+    environment = json.loads((tmp_path / "environment.json").read_text())
+    assert PEERS[method] in environment["peers"]  # the package and its version, with the run
+    last = load_run(tmp_path).records[-1]
+    if method == "hyperball":  # every matrix held on the sphere of its initial norm
+        matrices = [k for k in last if k.endswith("/norm_ratio") and k.startswith("tensor/") and "weight" in k]
+        matrices = [k for k in matrices if "ln" not in k]
+        assert matrices and all(last[k] == pytest.approx(1.0, rel=1e-4) for k in matrices)

@@ -59,6 +59,8 @@ class RunConfig:
     auto_decay: float = 0.1  # auto_target=equilibrium: the AdamW λ whose steady-state norm is targeted
     auto_steps: int = 200  # auto_target=equilibrium: the measuring window (AdamW with auto_decay meanwhile)
     auto_interval: int = 100  # auto_target=inflection: steps between growth measurements
+    cpr_kappa_init: str = "inflection_point"  # method=adamcpr: its bound's rule (or warm_start, uniform, dependent)
+    cpr_kappa_param: float = 1000.0  # method=adamcpr: that rule's parameter (warm-start steps, the bound, a factor)
     target_shape: str = "ramp"  # r_t: "ramp" 1 → r over 5 % of steps (the paper), "constant" r, "linear" over the run
     scope: str = "tensor"  # norm-controlled methods: one norm per "tensor", per "group", or "global"
     control_gains: bool = False  # norm-controlled methods also control the norm layers' gains

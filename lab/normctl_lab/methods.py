@@ -12,6 +12,8 @@ from normctl import AutoTarget, schedules
 from normctl.groups import is_norm_layer
 from normctl.registry import available_optimizers, create_optimizer
 
+from .peers import PEERS, build_peer
+
 # Peak learning rates for the base optimizers that do not share Adam's scale.
 BASE_LR_SCALE = {"sgd": 100.0, "sgdc": 100.0, "lion": 0.1}
 ADAM_FAMILY = ("adam", "adamw", "adamwn", "adamc")
@@ -22,9 +24,10 @@ def is_norm_controlled(method: str) -> bool:
 
 
 def check_methods(methods) -> None:
-    unknown = [m for m in methods if m not in available_optimizers()]
+    known = set(available_optimizers()) | set(PEERS)
+    unknown = [m for m in methods if m not in known]
     if unknown:
-        raise ValueError(f"unknown methods {unknown}; available: {sorted(available_optimizers())}")
+        raise ValueError(f"unknown methods {unknown}; available: {sorted(known)}")
 
 
 def build_method(
@@ -41,13 +44,18 @@ def build_method(
     target_shape: str = "ramp",
     scope: str = "tensor",
     auto: AutoTarget | None = None,
+    cpr_kappa_init: str = "inflection_point",
+    cpr_kappa_param: float = 1000.0,
 ) -> torch.optim.Optimizer:
     """``create_optimizer(method)`` over ``groups``. ``lr`` is the Adam-scale learning rate
     (SGD and SGDC take 100×, Lion 0.1×). Norm-controlled methods take AdamW's measured final norm
     ratio as their target, reached as :func:`target_schedule` says, with one norm per ``scope``.
     ``betas`` go to the Adam-family methods; ``decay`` (l2/l1/min) to AdamW and AdamC — AdamW
     with l1/min decay is AdamC with no group marked normalised, i.e. plain decoupled decay. ``auto``
-    replaces the AdamW-measured target by one the run measures itself."""
+    replaces the AdamW-measured target by one the run measures itself. ``adamcpr`` and ``hyperball``
+    are the peers of :mod:`.peers` (``cpr_kappa_*`` are AdamCPR's bound rule and its parameter)."""
+    if method in PEERS:
+        return build_peer(method, groups, lr=lr, betas=betas, kappa_init=cpr_kappa_init, kappa_param=cpr_kappa_param)
     base = method.partition("+")[0]
     kwargs: dict[str, Any] = {"lr": lr * BASE_LR_SCALE.get(base, 1.0)}
     if betas is not None and base in ADAM_FAMILY:

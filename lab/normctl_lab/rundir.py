@@ -11,6 +11,8 @@ from typing import Any
 
 from normctl.monitor import JsonlSink
 
+from .peers import peer_versions
+
 
 def start_run(run_dir: Path | None, config: dict[str, Any]) -> list[JsonlSink]:
     """Create (or restart) ``run_dir`` with its config; return the monitor's sinks."""
@@ -33,6 +35,7 @@ def describe_environment(**extra: Any) -> dict[str, Any]:
         "processor": platform.machine(),
         "cpu_threads": torch.get_num_threads(),
         "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        "peers": peer_versions(),  # pytorch-cpr, heavyball where installed
         "git_revision": _git(["rev-parse", "HEAD"]),
         "git_dirty": bool(_git(["status", "--porcelain", "--untracked-files=no"])),
     }

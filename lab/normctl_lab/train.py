@@ -290,6 +290,8 @@ def _build_optimizer(cfg: RunConfig, net: nn.Module) -> torch.optim.Optimizer:
         target_shape=cfg.target_shape,
         scope=cfg.scope,
         auto=cfg.auto,
+        cpr_kappa_init=cfg.cpr_kappa_init,
+        cpr_kappa_param=cfg.cpr_kappa_param,
     )
 
 

@@ -1,0 +1,69 @@
+"""Peer methods through the same harness and monitor (the lab's ``peers`` extra):
+
+* ``adamcpr`` — constrained parameter regularisation, the ``pytorch-cpr`` package's ``AdamCPR``:
+  Adam with an upper bound on each regularised tensor's ‖θ‖², set during training (by default at
+  the inflection point of its growth; ``cpr_kappa_init`` and ``cpr_kappa_param`` choose another
+  of its rules). Regularised: the groups ``param_groups`` gives a weight decay.
+* ``hyperball`` — a norm held at its initial value: HeavyBall's ``HyperBallAdamW`` (matrices kept on
+  the sphere of their initial norm, 1-D tensors plain Adam), with HeavyBall's ``torch.compile``
+  turned off so that it runs on any CPU.
+
+Each run's ``environment.json`` names the package and its version.
+"""
+
+from __future__ import annotations
+
+from importlib import metadata
+from typing import Any
+
+import torch
+
+PEERS = {"adamcpr": "pytorch-cpr", "hyperball": "heavyball"}
+CPR_KAPPA_INITS = ("inflection_point", "warm_start", "uniform", "dependent")
+
+
+def build_peer(
+    method: str,
+    groups: list[dict],
+    *,
+    lr: float,
+    betas: tuple[float, float] | None,
+    kappa_init: str = "inflection_point",
+    kappa_param: float = 1000.0,
+) -> torch.optim.Optimizer:
+    """The peer optimizer ``method`` over normctl's param groups (their ``params`` and ``weight_decay``)."""
+    betas = betas or (0.9, 0.999)
+    if method == "adamcpr":
+        cpr = _require("pytorch_cpr", method)
+        if kappa_init not in CPR_KAPPA_INITS:
+            raise ValueError(f"cpr_kappa_init must be one of {CPR_KAPPA_INITS}, got {kappa_init!r}")
+        plain = [{"params": g["params"], "weight_decay": g.get("weight_decay", 0.0)} for g in groups]
+        return cpr.AdamCPR(plain, lr=lr, betas=betas, kappa_init_method=kappa_init, kappa_init_param=kappa_param)
+    if method == "hyperball":
+        heavyball = _require("heavyball", method)
+        from heavyball import utils
+
+        utils.compile_mode = None  # eager: HeavyBall compiles its steps by default
+        plain = [{"params": g["params"], "weight_decay": 0.0} for g in groups]
+        return heavyball.HyperBallAdamW(plain, lr=lr, betas=betas, compile_step=False)
+    raise ValueError(f"unknown peer method {method!r}; peers are {sorted(PEERS)}")
+
+
+def peer_versions() -> dict[str, str]:
+    """The installed peer packages and their versions."""
+    versions = {}
+    for package in PEERS.values():
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def _require(module: str, method: str) -> Any:
+    try:
+        return __import__(module)
+    except ImportError as error:
+        raise ImportError(
+            f"method {method!r} needs the {PEERS[method]} package: pip install 'normctl-lab[peers]'"
+        ) from error
