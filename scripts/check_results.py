@@ -38,6 +38,8 @@ def auto_target_table(summary: dict[str, Any]) -> str:
         "method=adamwn": "AdamWN, target AdamW's norm ratio",
         "auto_target=equilibrium": 'AdamWN, `target="auto"` (equilibrium)',
         "auto_target=inflection": 'AdamWN, `AutoTarget(rule="inflection")`',
+        "method=adamcpr": "AdamCPR (pytorch-cpr, inflection-point bound)",
+        "method=hyperball": "HyperBallAdamW (heavyball, norm held at init)",
     }
     out = []
     for init, block in summary["inits"].items():

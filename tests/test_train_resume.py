@@ -491,7 +491,9 @@ def test_auto_target_comparison_runs_end_to_end(tmp_path):
 
     tiny = ["task=gpt", "n_layer=1", "n_embd=32", "block_size=16", "batch_size=4", "steps=8", "checkpoint_every=4"]
     tiny += ["monitor_every=2", "eval_every=4", "auto_steps=2", "auto_interval=2"]
-    summary = repro_auto.run_repro(tmp_path, [0, 1], inits=("torch",), workers=1, base_overrides=tiny, verbose=False)
+    summary = repro_auto.run_repro(
+        tmp_path, [0, 1], inits=("torch",), peer_methods=(), workers=1, base_overrides=tiny, verbose=False
+    )
     rows = summary["inits"]["torch"]["methods"]
     assert set(rows) == {"method=adamw", "method=adamwn", "auto_target=equilibrium", "auto_target=inflection"}
     auto = rows["auto_target=equilibrium"]

@@ -7,8 +7,10 @@ The laptop GPT of ``repro-gpt`` (2 500 steps, lr 3e-3, cosine, AdamW λ = 0.1), 
 initialisation (N(0, 0.02): AdamW's norms grow) and once with PyTorch's defaults (N(0, 1)
 embeddings: AdamW shrinks them). Per initialisation: AdamW over the seeds; AdamWN with its target
 AdamW's mean final norm ratio over the tensors it controls; AdamWN with ``target="auto"`` by each
-rule (λ_ref = AdamW's λ). Each row: the held-out loss at the last step, mean ± std, and paired
-per-seed differences against AdamW and against the measured-target AdamWN with a 95 % t interval.
+rule (λ_ref = AdamW's λ); and the peers: AdamCPR (its inflection-point bound, which needs no prior
+run either) and HeavyBall's HyperBallAdamW (every matrix held at its initial norm). Each row: the
+held-out loss at the last step, mean ± std, and paired per-seed differences against AdamW and
+against the measured-target AdamWN with a 95 % t interval.
 Every method runs at the one setting shared with ``repro-gpt``: no method's knobs are tuned here.
 """
 
@@ -22,6 +24,7 @@ from typing import Any
 
 from .config import RunConfig, with_overrides
 from .paired import mean_std, paired_difference
+from .peers import PEERS
 from .repro_gpt import SCALES
 from .rundir import write_report
 from .sweep import controlled_norm_ratio, final_metrics, sweep_configs, train_runs
@@ -36,6 +39,7 @@ def run_repro(
     seeds: list[int],
     *,
     inits: tuple[str, ...] = INITS,
+    peer_methods: tuple[str, ...] = tuple(PEERS),
     workers: int = 2,
     base_overrides: list[str] | None = None,
     verbose: bool = True,
@@ -48,10 +52,11 @@ def run_repro(
     for init in inits:
         directory = out / init
         base = with_overrides(RunConfig(), [*(base_overrides or SCALES["laptop"]), f"gpt_init={init}"])
-        # AdamW and the automatic targets need no other run: they train together
+        # AdamW, the automatic targets and the peers need no other run: they train together
         adamw = sweep_configs(base, {"method": ["adamw"]}, seeds)
         auto = sweep_configs(dataclasses.replace(base, method="adamwn"), {"auto_target": list(RULES)}, seeds)
-        train_runs(adamw + auto, directory, workers=workers, verbose=verbose)
+        peers = sweep_configs(base, {"method": list(peer_methods)}, seeds) if peer_methods else []
+        train_runs(adamw + auto + peers, directory, workers=workers, verbose=verbose)
         ratio = round(statistics.mean(controlled_norm_ratio(directory / name) for name, _ in adamw), 4)
         if verbose:
             print(f"{init}: AdamWN's measured target is AdamW's final norm ratio {ratio}", flush=True)
@@ -59,7 +64,7 @@ def run_repro(
             dataclasses.replace(base, method="adamwn", target_ratio=ratio), {"method": ["adamwn"]}, seeds
         )
         train_runs(measured, directory, workers=workers, verbose=verbose)
-        runs = adamw + measured + auto
+        runs = adamw + measured + auto + peers
         summary["inits"][init] = {
             "config": dataclasses.asdict(base),
             "adamw_norm_ratio": ratio,
