@@ -172,7 +172,7 @@ def _train(cfg: RunConfig, run_dir: Path, world: parallel.World, *, verbose: boo
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_multiplier(cfg))
     data_order = torch.Generator().manual_seed(1000 + cfg.seed)
 
-    start = 0
+    start, skipped_before = 0, 0
     checkpoint = _find_checkpoint(run_dir, world)
     if checkpoint is not None:
         if world.distributed:
@@ -187,6 +187,7 @@ def _train(cfg: RunConfig, run_dir: Path, world: parallel.World, *, verbose: boo
         scheduler.load_state_dict(state["scheduler"])
         data_order.set_state(state["data_order"])
         start = state["step"]
+        skipped_before = state.get("skipped_steps", 0)
         if main:
             _truncate_metrics(run_dir / "metrics.jsonl", start)
             _truncate_metrics(run_dir / EVALS, start)
@@ -208,7 +209,7 @@ def _train(cfg: RunConfig, run_dir: Path, world: parallel.World, *, verbose: boo
     forward = cast(nn.Module, torch.compile(model)) if cfg.compile else model
     began = time.perf_counter()
     model.train()
-    saved_at, done, skipped, diverged_at = start, start, 0, None
+    saved_at, done, skipped, diverged_at = start, start, skipped_before, None
     try:
         with progress(cfg.steps, initial=start, desc=run_dir.name, enabled=verbose) as bar:
             for step in range(start, cfg.steps):
@@ -239,7 +240,9 @@ def _train(cfg: RunConfig, run_dir: Path, world: parallel.World, *, verbose: boo
                         with open(run_dir / EVALS, "a") as f:
                             f.write(strict_json(evaluation) + "\n")
                 if done % cfg.checkpoint_every == 0 or done == cfg.steps:
-                    _save_checkpoint(cfg, run_dir, world, model, optimizer, scheduler, data_order, monitor, done)
+                    _save_checkpoint(
+                        cfg, run_dir, world, model, optimizer, scheduler, data_order, monitor, done, skipped
+                    )
                     saved_at = done
                     if verbose:  # reading the loss waits for the device: only where a line is printed
                         rate = (done - start) / max(time.perf_counter() - began, 1e-9)
@@ -295,10 +298,11 @@ def _build_optimizer(cfg: RunConfig, net: nn.Module) -> torch.optim.Optimizer:
     )
 
 
-def _save_checkpoint(cfg, run_dir, world, model, optimizer, scheduler, data_order, monitor, done: int) -> None:
+def _save_checkpoint(cfg, run_dir, world, model, optimizer, scheduler, data_order, monitor, done, skipped) -> None:
     state = {
         "config": json.loads(cfg.to_json()),
         "step": done,
+        "skipped_steps": skipped,
         "scheduler": scheduler.state_dict(),
         "data_order": data_order.get_state(),
         "monitor": monitor.state_dict(),

@@ -34,8 +34,11 @@ def check_state_dict(optimizer: Optimizer, state_dict: Any, *, required: Set[str
     for g, (saved, group) in enumerate(zip(saved_groups, optimizer.param_groups)):
         missing, unknown = sorted(required - set(saved)), sorted(set(saved) - allowed)
         if missing or unknown:
-            problem = f"lacks {missing}" if missing else f"has keys {unknown} that {owner} does not use"
-            raise ValueError(f"{owner}: param group {g} of the state dict {problem}: it was saved by another optimizer")
+            if missing:
+                problem = f"lacks {missing}: it was saved by another optimizer (or by a version without these settings)"
+            else:
+                problem = f"has keys {unknown} that {owner} does not use: it was saved by another optimizer"
+            raise ValueError(f"{owner}: param group {g} of the state dict {problem}")
         if len(saved["params"]) != len(group["params"]):
             raise ValueError(
                 f"{owner}: param group {g} of the state dict holds {len(saved['params'])} tensors, "
