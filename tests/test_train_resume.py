@@ -525,3 +525,17 @@ def test_peer_methods_train_through_the_harness(tmp_path, method):
         matrices = [k for k in last if k.endswith("/norm_ratio") and k.startswith("tensor/") and "weight" in k]
         matrices = [k for k in matrices if "ln" not in k]
         assert matrices and all(last[k] == pytest.approx(1.0, rel=1e-4) for k in matrices)
+
+
+def test_auto_target_summaries_accumulate_per_initialisation(tmp_path):
+    from normctl_lab import repro_auto
+
+    tiny = ["task=gpt", "n_layer=1", "n_embd=32", "block_size=16", "batch_size=4", "steps=4", "checkpoint_every=4"]
+    tiny += ["monitor_every=2", "eval_every=4", "auto_steps=2", "auto_interval=2"]
+    run = dict(peer_methods=(), workers=1, base_overrides=tiny, verbose=False)
+    repro_auto.run_repro(tmp_path, [0], inits=("torch",), **run)
+    summary = repro_auto.run_repro(tmp_path, [0], inits=("gpt2",), **run)
+    assert list(summary["inits"]) == ["gpt2", "torch"]  # the earlier one kept, in a fixed order
+    assert json.loads((tmp_path / "summary.json").read_text()) == json.loads(json.dumps(summary))
+    with pytest.raises(ValueError, match="summarises seeds"):
+        repro_auto.run_repro(tmp_path, [0, 1], inits=("gpt2",), **run)

@@ -48,7 +48,12 @@ def run_repro(
     if unknown or not inits:
         raise ValueError(f"inits must be some of {INITS}, got {list(inits)}")
     out = Path(out)
-    summary: dict[str, Any] = {"seeds": seeds, "inits": {}}
+    summary_path = out / "summary.json"
+    # each initialisation is summarised as soon as it is done, beside those an earlier call summarised
+    summary: dict[str, Any] = json.loads(summary_path.read_text()) if summary_path.is_file() else {"inits": {}}
+    if summary.get("seeds", seeds) != seeds:
+        raise ValueError(f"{summary_path} summarises seeds {summary['seeds']}, not {seeds}: use another --out")
+    summary["seeds"] = seeds
     for init in inits:
         directory = out / init
         base = with_overrides(RunConfig(), [*(base_overrides or SCALES["laptop"]), f"gpt_init={init}"])
@@ -70,8 +75,9 @@ def run_repro(
             "adamw_norm_ratio": ratio,
             "methods": compare(directory, [name for name, _ in runs]),
         }
+        summary["inits"] = {i: summary["inits"][i] for i in INITS if i in summary["inits"]}  # a fixed order
+        summary_path.write_text(json.dumps(summary, indent=2))
         write_report(directory, [name for name, _ in runs], f"target='auto' on the GPT ({init} init)", verbose=verbose)
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
 
 
