@@ -539,3 +539,15 @@ def test_auto_target_summaries_accumulate_per_initialisation(tmp_path):
     assert json.loads((tmp_path / "summary.json").read_text()) == json.loads(json.dumps(summary))
     with pytest.raises(ValueError, match="summarises seeds"):
         repro_auto.run_repro(tmp_path, [0, 1], inits=("gpt2",), **run)
+
+
+def test_the_tail_rise_is_stored_with_the_run_at_full_resolution(tmp_path):
+    from normctl.monitor import tail_rise
+
+    cfg = with_overrides(RunConfig(), ["steps=40", "n_layer=1", "n_embd=32", "block_size=16", "batch_size=4"])
+    cfg = with_overrides(cfg, ["monitor_every=2", "method=adamc"])
+    final = train(cfg, tmp_path, verbose=False)
+    records = load_run(tmp_path).records
+    assert set(final["tail_rise"]) >= {"global/grad_norm", "group/normalized/grad_norm"}
+    for key, value in final["tail_rise"].items():
+        assert value == pytest.approx(tail_rise([r.get(key) for r in records]), rel=1e-12)

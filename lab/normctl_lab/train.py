@@ -26,7 +26,7 @@ from torch.nn import functional as F
 
 from normctl import schedules
 from normctl.groups import param_groups
-from normctl.monitor import JsonlSink, NormMonitor, read_jsonl
+from normctl.monitor import JsonlSink, NormMonitor, read_jsonl, tail_rise
 
 from . import checkpoint as checkpoints
 from . import parallel
@@ -264,8 +264,19 @@ def _train(cfg: RunConfig, run_dir: Path, world: parallel.World, *, verbose: boo
         final |= {"status": "finished", "steps": cfg.steps, "skipped_steps": skipped}
         final |= task.evaluate(model)  # every rank runs it: FSDP2's forward is collective
     if main:
+        final["tail_rise"] = tail_rises(read_jsonl(run_dir / "metrics.jsonl"))
         (run_dir / "final.json").write_text(strict_json(final, indent=2))
     return final
+
+
+def tail_rises(records: list[dict[str, Any]]) -> dict[str, float]:
+    """The end-of-run rise (:func:`normctl.monitor.tail_rise`) of the global gradient norm and of
+    each group's, from every record the run wrote: stored in final.json when the run ends, so that
+    thinning the committed curves later never changes the number."""
+    if not records:
+        return {}
+    keys = [k for k in records[-1] if k == "global/grad_norm" or (k.startswith("group/") and k.endswith("/grad_norm"))]
+    return {k: tail_rise([r.get(k) for r in records]) for k in keys}
 
 
 def _build_optimizer(cfg: RunConfig, net: nn.Module) -> torch.optim.Optimizer:
