@@ -36,8 +36,10 @@ SMALL = [
 def test_overrides_and_validation(tmp_path):
     cfg = with_overrides(RunConfig(), ["lr=0.01", "method=sgd+wn", "steps=5"])
     assert (cfg.lr, cfg.method, cfg.steps) == (0.01, "sgd+wn", 5)
-    with pytest.raises(ValueError, match="key=value"):
+    with pytest.raises(ValueError, match="unknown config field 'learning_rate'"):
         with_overrides(cfg, ["learning_rate=1"])
+    with pytest.raises(ValueError, match="--set expects key=value"):
+        with_overrides(cfg, ["lr"])
     with pytest.raises(ValueError, match="lr must be float"):
         with_overrides(cfg, ["lr=fast"])
     with pytest.raises(ValueError, match="task must be one of"):
