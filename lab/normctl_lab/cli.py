@@ -71,7 +71,8 @@ def repro_auto(args: argparse.Namespace) -> None:
     from .repro_auto import run_repro
 
     inits = tuple(i.strip() for i in args.inits.split(",") if i.strip())
-    run_repro(args.out, _seeds(args.seeds), inits=inits, workers=args.workers)
+    peers = tuple(p.strip() for p in args.peers.split(",") if p.strip())
+    run_repro(args.out, _seeds(args.seeds), inits=inits, peer_methods=peers, workers=args.workers)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -144,6 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="results/auto_target", help="the comparison's directory")
     p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
     p.add_argument("--inits", default="gpt2,torch", help="the GPT's initialisations: gpt2 (nanoGPT), torch (defaults)")
+    p.add_argument("--peers", default="adamcpr,hyperball", help="peer methods to train beside them ('' for none)")
     p.add_argument("--workers", type=int, default=2, help="runs at once (one thread each)")
     p.set_defaults(handler=repro_auto)
     return parser

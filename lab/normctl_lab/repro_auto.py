@@ -47,6 +47,8 @@ def run_repro(
     unknown = sorted(set(inits) - set(INITS))
     if unknown or not inits:
         raise ValueError(f"inits must be some of {INITS}, got {list(inits)}")
+    if set(peer_methods) - set(PEERS):
+        raise ValueError(f"peers must be some of {sorted(PEERS)}, got {list(peer_methods)}")
     out = Path(out)
     summary_path = out / "summary.json"
     # each initialisation is summarised as soon as it is done, beside those an earlier call summarised

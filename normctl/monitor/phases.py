@@ -57,7 +57,7 @@ def tail_blowup_score(values: Sequence[float], *, window: int | None = None) -> 
     return smoothed[-1] / floor if floor > 0 else math.inf
 
 
-def tail_rise(values: Sequence[float], *, tail: float = 0.1, middle: tuple[float, float] = (0.4, 0.6)) -> float:
+def tail_rise(values: Sequence[float | None], *, tail: float = 0.1, middle: tuple[float, float] = (0.4, 0.6)) -> float:
     """Mean over the last ``tail`` of the series over the mean over its ``middle`` window.
 
     The end-of-training rise of the gradient norm as a ratio of two means, each over many
@@ -65,10 +65,10 @@ def tail_rise(values: Sequence[float], *, tail: float = 0.1, middle: tuple[float
     smoothed point to a minimum, which sits above 1 from noise alone). 1.0: no rise. Compute it
     from every step's value when a run ends: a thinned series gives another number. NaN for a
     series too short to have both windows."""
-    values = [v for v in values if v is not None and math.isfinite(v)]
-    n = len(values)
-    last = values[n - max(1, round(n * tail)) :]
-    mid = values[round(n * middle[0]) : round(n * middle[1])]
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    n = len(finite)
+    last = finite[n - max(1, round(n * tail)) :]
+    mid = finite[round(n * middle[0]) : round(n * middle[1])]
     if n < 10 or not mid:
         return math.nan
     mid_mean = sum(mid) / len(mid)
