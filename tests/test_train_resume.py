@@ -522,7 +522,13 @@ def test_peer_methods_train_through_the_harness(tmp_path, method):
     assert final["status"] == "finished" and final["val_loss"] > 0
     environment = json.loads((tmp_path / "environment.json").read_text())
     assert PEERS[method] in environment["peers"]  # the package and its version, with the run
+    from normctl_lab.sweep import CONTROLLED_GROUPS, _joint_norm_ratio, _tensor_names, controlled_norm_ratio
+
     last = load_run(tmp_path).records[-1]
+    by_tensor = _joint_norm_ratio(last, [f"tensor/{n}" for n in _tensor_names(tmp_path, CONTROLLED_GROUPS)])
+    assert controlled_norm_ratio(tmp_path) == pytest.approx(by_tensor, rel=1e-12)
+    if method == "hyperball":
+        assert by_tensor == pytest.approx(1.0, rel=1e-4)
     if method == "hyperball":  # every matrix held on the sphere of its initial norm
         matrices = [k for k in last if k.endswith("/norm_ratio") and k.startswith("tensor/") and "weight" in k]
         matrices = [k for k in matrices if "ln" not in k]

@@ -37,16 +37,21 @@ def build_peer(
         cpr = _require("pytorch_cpr", method)
         if kappa_init not in CPR_KAPPA_INITS:
             raise ValueError(f"cpr_kappa_init must be one of {CPR_KAPPA_INITS}, got {kappa_init!r}")
-        plain = [{"params": g["params"], "weight_decay": g.get("weight_decay", 0.0)} for g in groups]
+        plain = [{"params": g["params"], "weight_decay": g.get("weight_decay", 0.0), **_name(g)} for g in groups]
         return cpr.AdamCPR(plain, lr=lr, betas=betas, kappa_init_method=kappa_init, kappa_init_param=kappa_param)
     if method == "hyperball":
         heavyball = _require("heavyball", method)
         from heavyball import utils
 
         utils.compile_mode = None  # eager: HeavyBall compiles its steps by default
-        plain = [{"params": g["params"], "weight_decay": 0.0} for g in groups]
+        plain = [{"params": g["params"], "weight_decay": 0.0, **_name(g)} for g in groups]
         return heavyball.HyperBallAdamW(plain, lr=lr, betas=betas, compile_step=False)
     raise ValueError(f"unknown peer method {method!r}; peers are {sorted(PEERS)}")
+
+
+def _name(group: dict) -> dict:
+    """The group's name, which the monitor labels its records with."""
+    return {"name": group["name"]} if "name" in group else {}
 
 
 def peer_versions() -> dict[str, str]:

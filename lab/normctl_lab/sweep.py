@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
-from normctl.groups import GROUP_FLAGS
+from normctl.groups import GROUP_FLAGS, param_groups
 from normctl.report.runs import load_run
 
 from .config import RunConfig, with_overrides
@@ -132,7 +132,21 @@ def controlled_norm_ratio(run_dir: Path, labels: list[str] | None = None) -> flo
     if labels is None:
         config = json.loads((run_dir / "config.json").read_text())
         labels = list(GROUP_FLAGS) if config.get("decay_all") else CONTROLLED_GROUPS
-    return _joint_norm_ratio(load_run(run_dir).records[-1], [f"group/{label}" for label in labels])
+    record = load_run(run_dir).records[-1]
+    prefixes = [f"group/{label}" for label in labels]
+    if not any(f"{prefix}/weight_norm" in record for prefix in prefixes):
+        # an optimizer whose groups carry no names (the peers): the same tensors, one by one
+        prefixes = [f"tensor/{name}" for name in _tensor_names(run_dir, labels)]
+    return _joint_norm_ratio(record, prefixes)
+
+
+def _tensor_names(run_dir: Path, labels: list[str]) -> list[str]:
+    """The names of the tensors ``param_groups`` puts in the groups ``labels``, for the run's model."""
+    cfg = RunConfig.from_file(run_dir / "config.json")
+    model = build_task(cfg).model
+    names = {id(p): name for name, p in model.named_parameters()}
+    groups = param_groups(model, weight_decay=cfg.weight_decay)
+    return [names[id(p)] for g in groups if g["name"] in labels for p in g["params"]]
 
 
 def gains_norm_ratio(run_dir: Path) -> float:
