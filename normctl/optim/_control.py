@@ -8,9 +8,10 @@ Group keys: ``target``, ``rate``, ``rate_scaling``, ``scope``, ``relative_target
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -183,7 +184,16 @@ def control_factors(
     All norms are read before anything is scaled, so group and global scopes see the
     weights of one moment. ``tensor_norms`` measures them (AdamWN passes the norms its
     one-pass step kept)."""
-    global_norm = None
+    global_norm: list[Tensor] = []  # measured once per call, for every global-scope group
+
+    def scope_norm(group: dict, foreach: bool) -> Tensor:
+        """‖θ‖ of a group- or global-scope group."""
+        if group["scope"] == "group":
+            return current_norm([group], foreach, tensor_norms)
+        if not global_norm:
+            global_norm.append(current_norm(global_groups(groups), foreach, tensor_norms))
+        return global_norm[0]
+
     out: list[list[Tensor] | float | None] = []
     for batch, step_plan in zip(batches, plans):
         group = batch.group
@@ -193,40 +203,38 @@ def control_factors(
         foreach = group.get("foreach") is not False
         auto = as_auto_target(group["target"])
         if auto is not None:
-            out.append(_auto_factors(batch, step_plan, auto, groups, tensor_norms, foreach))
+            measure = functools.partial(scope_norm, group, foreach)
+            out.append(_auto_factors(batch, step_plan, auto, measure, tensor_norms, foreach))
         elif step_plan.target == 0:  # plain decoupled decay: a Python float, exactly as torch
             out.append(1 - step_plan.rate)
         elif group["scope"] == "tensor":
             out.append(_tensor_factors(batch, step_plan, tensor_norms(batch.params, foreach=foreach)))
+        elif group["relative_target"] and group["init_norm"] == 0:  # warned when it was recorded
+            out.append(uncontrolled_factor(group))
         else:
-            if group["scope"] == "group":
-                norm = current_norm([group], foreach, tensor_norms)
-            else:
-                if global_norm is None:
-                    global_norm = current_norm(global_groups(groups), foreach, tensor_norms)
-                norm = global_norm
-            if group["relative_target"] and group["init_norm"] == 0:  # warned when it was recorded
-                out.append(uncontrolled_factor(group))
-                continue
-            factor = rules.norm_control_factor(norm, _target_norm(step_plan, group, group["init_norm"]), step_plan.rate)
+            target = _target_norm(step_plan, group, group["init_norm"])
+            factor = rules.norm_control_factor(scope_norm(group, foreach), target, step_plan.rate)
             out.append([factor] * len(batch.params))
     return out
 
 
 def _auto_factors(
-    batch: Batch, step_plan: ControlPlan, auto: AutoTarget, groups: list[dict], tensor_norms: TensorNorms, foreach: bool
+    batch: Batch,
+    step_plan: ControlPlan,
+    auto: AutoTarget,
+    scope_norm: Callable[[], Tensor],
+    tensor_norms: TensorNorms,
+    foreach: bool,
 ) -> list[Tensor] | float:
     """Eq. 3 toward the measured target; while it is measured, the rule's own step (AdamW's decay
-    for the equilibrium rule, nothing for the inflection rule)."""
+    for the equilibrium rule, nothing for the inflection rule). ``scope_norm`` measures a group-
+    or global-scope group's norm (only once its target is set)."""
     group, measuring = batch.group, auto_target.measuring_factor(auto, batch.group)
     if group["scope"] != "tensor":
         tau = group.get("auto_target")
         if tau is None:
             return measuring
-        scope = [group] if group["scope"] == "group" else global_groups(groups)
-        return [rules.norm_control_factor(current_norm(scope, foreach, tensor_norms), tau, step_plan.rate)] * len(
-            batch.params
-        )
+        return [rules.norm_control_factor(scope_norm(), tau, step_plan.rate)] * len(batch.params)
     taus = torch.stack([s["auto_target"] for s in batch.states])
     if bool(taus.isnan().all()):
         return measuring
