@@ -45,6 +45,24 @@ def sweep(args: argparse.Namespace) -> None:
     run_sweep(base, parse_grid(args.grid), _seeds(args.seeds), args.out, workers=args.workers)
 
 
+def tune(args: argparse.Namespace) -> None:
+    from .config import RunConfig, with_overrides
+    from .tune import run_tune
+
+    base = with_overrides(RunConfig.from_file(args.config) if args.config else RunConfig(), args.set)
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    run_tune(
+        base,
+        methods,
+        args.out,
+        budget=args.budget,
+        seeds=_seeds(args.seeds),
+        search_seed=args.search_seed,
+        reference=args.reference,
+        workers=args.workers,
+    )
+
+
 def repro_gpt(args: argparse.Namespace) -> None:
     from .repro_gpt import run_repro
 
@@ -104,6 +122,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="the sweep directory")
     p.add_argument("--workers", type=int, default=1, help="runs at once (one thread each; default 1)")
     p.set_defaults(handler=sweep)
+
+    p = _config_command(
+        commands, "tune", "each method tuned with the same budget, selected on validation, reported on test"
+    )
+    spaces = "adamw, adamc, sgd, sgdc, adamwn, adamwn-auto, adamcpr, hyperball"
+    p.add_argument("--methods", required=True, help=f"comma-separated, some of {spaces}")
+    p.add_argument("--budget", type=int, default=8, help="configurations searched per method (default 8)")
+    p.add_argument("--seeds", default="0,1,2", help="seeds of the selected configurations (5 on close calls)")
+    p.add_argument("--search-seed", type=int, default=0, help="the seed every searched configuration trains on")
+    p.add_argument("--reference", default=None, help="the method paired differences are taken against (the first)")
+    p.add_argument("--out", required=True, help="the tuning's directory")
+    p.add_argument("--workers", type=int, default=1, help="runs at once (one thread each; default 1)")
+    p.set_defaults(handler=tune)
 
     p = commands.add_parser(
         "repro-gpt", help="Loshchilov (2023) and Defazio (2025) on the GPT: AdamW, AdamC, AdamWN over seeds"

@@ -71,6 +71,7 @@ class RunConfig:
     checkpoint_every: int = 100  # steps between atomic checkpoints
     monitor_every: int = 10  # NormMonitor interval
     eval_every: int = 0  # steps between held-out evaluations written to evals.jsonl (0: only at the end)
+    selection_split: float = 0.0  # the fraction of the training data held out to select knobs on (normctl-lab tune)
     on_nonfinite: str = "stop"  # a NaN/Inf loss: "stop" the run (final.json says diverged) or "skip" the step
     # GPT
     corpus: str = "austen"  # the embedded English text: "austen", "kjv" or "brown" (byte-level)
@@ -144,6 +145,10 @@ class RunConfig:
                 raise ValueError("gains_target_ratio needs control_gains=true")
             if not self.gains_target_ratio >= 0:
                 raise ValueError(f"gains_target_ratio must be >= 0, got {self.gains_target_ratio}")
+        if not 0 <= self.selection_split < 0.5:
+            raise ValueError(f"selection_split must be in [0, 0.5), got {self.selection_split}")
+        if self.selection_split and self.task == "voronoi":
+            raise ValueError("selection_split is for gpt and fmnist: the Voronoi task selects on its own val_acc draw")
         if not 0 <= self.min_lr_ratio <= 1:
             raise ValueError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
 

@@ -13,6 +13,7 @@ Each run's ``environment.json`` names the package and its version.
 
 from __future__ import annotations
 
+import warnings
 from importlib import metadata
 from typing import Any
 
@@ -37,6 +38,8 @@ def build_peer(
         cpr = _require("pytorch_cpr", method)
         if kappa_init not in CPR_KAPPA_INITS:
             raise ValueError(f"cpr_kappa_init must be one of {CPR_KAPPA_INITS}, got {kappa_init!r}")
+        # pytorch-cpr calls a torch function torch deprecated: once per step, nothing the user can act on
+        warnings.filterwarnings("ignore", message=r".*torch\._utils\.is_compiling.*", module="pytorch_cpr")
         plain = [{"params": g["params"], "weight_decay": g.get("weight_decay", 0.0), **_name(g)} for g in groups]
         return cpr.AdamCPR(plain, lr=lr, betas=betas, kappa_init_method=kappa_init, kappa_init_param=kappa_param)
     if method == "hyperball":
@@ -44,6 +47,8 @@ def build_peer(
         from heavyball import utils
 
         utils.compile_mode = None  # eager: HeavyBall compiles its steps by default
+        # a scheduled lr is supported on the multi-tensor path HeavyBall takes here, as its warning says
+        warnings.filterwarnings("ignore", message="Learning rate changed between steps", module="heavyball")
         plain = [{"params": g["params"], "weight_decay": 0.0, **_name(g)} for g in groups]
         return heavyball.HyperBallAdamW(plain, lr=lr, betas=betas, compile_step=False)
     raise ValueError(f"unknown peer method {method!r}; peers are {sorted(PEERS)}")

@@ -57,6 +57,8 @@ def build_task(cfg: RunConfig) -> Task:
     torch.manual_seed(cfg.seed)
     if cfg.task == "gpt":
         train, val = train_val_split(byte_tokens(load_text(cfg.corpus)))
+        # the selection split is the training stream's own tail: val (the corpus's tail) stays unseen
+        train, selection = train_val_split(train, cfg.selection_split) if cfg.selection_split else (train, None)
         model: nn.Module = GPT(
             GPTConfig(
                 vocab_size=256,
@@ -69,11 +71,15 @@ def build_task(cfg: RunConfig) -> Task:
         )
 
         @torch.no_grad()
-        def evaluate(m: nn.Module) -> dict[str, float]:
+        def mean_loss(m: nn.Module, tokens: torch.Tensor, batches: int) -> float:
             g = torch.Generator().manual_seed(1234)  # the same held-out windows for every run
-            windows = (random_windows(val, cfg.batch_size, cfg.block_size, g) for _ in range(16))
-            losses = [m(*to_device(w, m))[1] for w in windows]
-            return {"val_loss": float(torch.stack(losses).mean())}
+            windows = (random_windows(tokens, cfg.batch_size, cfg.block_size, g) for _ in range(batches))
+            return float(torch.stack([m(*to_device(w, m))[1] for w in windows]).mean())
+
+        def evaluate(m: nn.Module) -> dict[str, float]:
+            held_out = {"val_loss": mean_loss(m, val, 16)}
+            # 4× the windows: configurations are told apart by differences near the evaluation's noise
+            return held_out if selection is None else held_out | {"selection_loss": mean_loss(m, selection, 64)}
 
         return Task(
             model, lambda g: random_windows(train, cfg.batch_size, cfg.block_size, g), lambda m, b: m(*b)[1], evaluate
@@ -95,6 +101,9 @@ def build_task(cfg: RunConfig) -> Task:
 def _fashion_mnist_task(cfg: RunConfig) -> Task:
     images, labels = load_fashion_mnist("train", full=cfg.full_data)
     test_images, test_labels = load_fashion_mnist("test", full=cfg.full_data)
+    kept = len(images) - int(len(images) * cfg.selection_split)  # the rest: the selection split
+    selection = images[kept:], labels[kept:]
+    images, labels = images[:kept], labels[:kept]
     model = ResNet(num_classes=10, in_channels=1, width=cfg.width, blocks_per_stage=cfg.blocks_per_stage)
 
     def batch(g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -103,11 +112,10 @@ def _fashion_mnist_task(cfg: RunConfig) -> Task:
 
     @torch.no_grad()
     def evaluate(m: nn.Module) -> dict[str, float]:
-        images, labels = to_device((test_images, test_labels), m)
-        correct = sum(
-            int((m(images[i : i + 500]).argmax(1) == labels[i : i + 500]).sum()) for i in range(0, len(images), 500)
-        )
-        return {"test_acc": correct / len(test_images)}
+        test = {"test_acc": accuracy(m, to_device((test_images, test_labels), m), batch=500)}
+        if not cfg.selection_split:
+            return test
+        return test | {"selection_acc": accuracy(m, to_device(selection, m), batch=500)}
 
     return Task(model, batch, lambda m, b: F.cross_entropy(m(b[0]), b[1]), evaluate)
 

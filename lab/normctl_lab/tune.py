@@ -1,0 +1,316 @@
+"""``normctl-lab tune``: every method gets the same tuning budget over its own knobs, is selected on
+a validation split and reported on a test split that took no part in the selection.
+
+    normctl-lab tune --methods adamw,adamwn,adamcpr --budget 8 --out results/tune_gpt --set steps=600
+
+The protocol, per method:
+
+1. **search** — ``budget`` configurations of the method's knobs (:data:`SEARCH_SPACES`), drawn by
+   a scrambled Sobol sequence over each knob's range (log-uniform where the knob is a scale), so
+   every method gets the same number of tries spread evenly over its own space; each is trained
+   once, on ``search_seed``, and scored on the selection split (GPT: ``selection_loss`` on a tail
+   of the training stream; ResNet: ``selection_acc`` on the last training images; Voronoi: its
+   own ``val_acc`` draw);
+2. **final** — the best configuration trained on every seed and scored on the test split (GPT:
+   ``val_loss``, the corpus's held-out tail; ResNet and Voronoi: ``test_acc``). Where two methods'
+   means lie within two standard deviations of each other with fewer than five seeds, both get
+   seeds up to five (the project's rule for close calls);
+3. **summary** — per method: the search (each configuration and its score), the selection, whether
+   a selected knob sits at the edge of its range (then the range, not the method, decided), the
+   test metric per seed, mean ± std, and paired per-seed differences against the reference
+   method with a 95 % t interval.
+
+Runs resume like every sweep: finished runs are skipped, interrupted ones continue.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import RunConfig, with_overrides
+from .paired import mean_std, paired_difference
+from .sweep import final_metrics, train_runs
+from .train import strict_json
+
+SELECTION_SPLIT = 0.05  # of the training data, for gpt and fmnist
+CLOSE_CALL_SEEDS = 5  # seeds for two methods within 2 std of each other
+
+
+@dataclass(frozen=True)
+class Metrics:
+    select: str  # scored in the search
+    report: str  # scored in the final runs: the test split
+    higher_is_better: bool
+
+
+TASK_METRICS = {
+    "gpt": Metrics("selection_loss", "val_loss", higher_is_better=False),
+    "fmnist": Metrics("selection_acc", "test_acc", higher_is_better=True),
+    "voronoi": Metrics("val_acc", "test_acc", higher_is_better=True),
+}
+
+
+@dataclass(frozen=True)
+class Knob:
+    """A numeric RunConfig field searched over [low, high] (× the base config's ``relative_to``)."""
+
+    field: str
+    low: float
+    high: float
+    log: bool = True
+    relative_to: str = ""  # "lr" or "steps": the range scales with the base config's value
+    integer: bool = False
+
+    def value(self, u: float, base: RunConfig) -> float | int:
+        scale = float(getattr(base, self.relative_to)) if self.relative_to else 1.0
+        low, high = self.low * scale, self.high * scale
+        x = math.exp(math.log(low) + u * math.log(high / low)) if self.log else low + u * (high - low)
+        return max(1, round(x)) if self.integer else float(f"{x:.4g}")  # 4 digits: readable, nothing lost
+
+    def at_edge(self, value: float, base: RunConfig) -> bool:
+        """In the outer 10 % of the range (in its own scale): the best may lie outside."""
+        scale = float(getattr(base, self.relative_to)) if self.relative_to else 1.0
+        low, high = self.low * scale, self.high * scale
+        position = math.log(value / low) / math.log(high / low) if self.log else (value - low) / (high - low)
+        return not 0.1 <= position <= 0.9
+
+
+@dataclass(frozen=True)
+class Choice:
+    """A categorical RunConfig field: one of ``options``."""
+
+    field: str
+    options: tuple[str, ...]
+
+    def value(self, u: float, base: RunConfig) -> str:
+        return self.options[min(int(u * len(self.options)), len(self.options) - 1)]
+
+    def at_edge(self, value: str, base: RunConfig) -> bool:
+        return False
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """A method as the protocol tunes it: fixed fields, then the knobs searched."""
+
+    fixed: dict[str, str]
+    knobs: tuple[Knob | Choice, ...]
+
+
+# lr is the Adam-scale peak (SGD and SGDC train at 100× it, see methods.BASE_LR_SCALE).
+LR = Knob("lr", 0.25, 4.0, relative_to="lr")
+ADAM_DECAY = Knob("weight_decay", 1e-3, 1.0)  # decoupled, multiplied by the lr in the step
+SGD_DECAY = Knob("weight_decay", 1e-5, 1e-2)  # coupled L2: the ImageNet scale (5e-5 – 1e-4) and 100× it
+SEARCH_SPACES = {
+    "adamw": SearchSpace({"method": "adamw"}, (LR, ADAM_DECAY)),
+    "adamc": SearchSpace({"method": "adamc"}, (LR, ADAM_DECAY)),
+    "sgd": SearchSpace({"method": "sgd"}, (LR, SGD_DECAY)),
+    "sgdc": SearchSpace({"method": "sgdc"}, (LR, SGD_DECAY)),
+    "adamwn": SearchSpace({"method": "adamwn"}, (LR, Knob("target_ratio", 0.25, 8.0), Knob("rate", 1e-3, 1e-1))),
+    # the automatic target's knob is the AdamW λ whose steady-state norm it aims for
+    "adamwn-auto": SearchSpace({"method": "adamwn", "auto_target": "equilibrium"}, (LR, Knob("auto_decay", 1e-2, 1.0))),
+    "adamcpr": SearchSpace(
+        {"method": "adamcpr"},
+        (
+            LR,
+            Choice("cpr_kappa_init", ("inflection_point", "warm_start")),
+            # the warm-start rule's steps before the bound is set; unused by the inflection point
+            Knob("cpr_kappa_param", 0.02, 0.3, relative_to="steps", integer=True),
+        ),
+    ),
+    "hyperball": SearchSpace({"method": "hyperball"}, (LR,)),
+}
+
+
+def candidates(space: SearchSpace, base: RunConfig, budget: int, seed: int = 0) -> list[dict[str, Any]]:
+    """``budget`` points of ``space``: the knobs' values at scrambled Sobol points (the same for
+    every call with this ``seed``), each with the space's fixed fields."""
+    if not (isinstance(budget, int) and budget >= 1):
+        raise ValueError(f"budget must be an integer >= 1, got {budget!r}")
+    points = torch.quasirandom.SobolEngine(len(space.knobs), scramble=True, seed=seed).draw(budget, dtype=torch.float64)
+    return [
+        space.fixed | {knob.field: knob.value(float(u), base) for knob, u in zip(space.knobs, point)}
+        for point in points
+    ]
+
+
+def run_tune(
+    base: RunConfig,
+    methods: list[str],
+    out: str | Path,
+    *,
+    budget: int = 8,
+    seeds: list[int] | None = None,
+    search_seed: int = 0,
+    reference: str | None = None,
+    workers: int = 1,
+    verbose: bool = True,
+) -> dict[str, Any]:
+    """The protocol of this module for ``methods`` around ``base``; writes and returns summary.json."""
+    seeds = [0, 1, 2] if seeds is None else seeds
+    unknown = [m for m in methods if m not in SEARCH_SPACES]
+    if unknown or not methods:
+        raise ValueError(f"methods must be some of {sorted(SEARCH_SPACES)}, got {methods}")
+    reference = reference or methods[0]
+    if reference not in methods:
+        raise ValueError(f"reference must be one of the methods {methods}, got {reference!r}")
+    if len(seeds) < 3:
+        raise ValueError(f"seeds must be at least 3 (mean ± std and a paired interval), got {seeds}")
+    metrics = TASK_METRICS[base.task]
+    if base.task != "voronoi" and not base.selection_split:
+        base = dataclasses.replace(base, selection_split=SELECTION_SPLIT)
+    out = Path(out)
+    _check_same_protocol(out, base, methods, budget, search_seed)
+
+    search = {m: _search_runs(base, m, budget, search_seed) for m in methods}
+    if verbose:
+        print(f"search: {budget} configurations × {len(methods)} methods, seed {search_seed}", flush=True)
+    train_runs([run for runs in search.values() for run in runs], out / "search", workers=workers, verbose=verbose)
+    selected = {m: _select(out / "search", m, runs, metrics, base) for m, runs in search.items()}
+
+    final = {m: _final_runs(selected[m]["config"], m, seeds) for m in methods}
+    if verbose:
+        print(f"final: the selected configurations × seeds {seeds}", flush=True)
+    train_runs([run for runs in final.values() for run in runs], out / "final", workers=workers, verbose=verbose)
+    scores = {m: _scores(out / "final", runs, metrics.report) for m, runs in final.items()}
+
+    extra = [s for s in range(max(seeds) + 1, max(seeds) + 1 + CLOSE_CALL_SEEDS - len(seeds))]
+    close = _close_calls(scores) if extra else set()
+    if close:
+        if verbose:
+            print(f"within 2 std of another: {sorted(close)}; seeds {extra} added", flush=True)
+        more = {m: _final_runs(selected[m]["config"], m, extra) for m in sorted(close)}
+        train_runs([run for runs in more.values() for run in runs], out / "final", workers=workers, verbose=verbose)
+        for m, runs in more.items():
+            scores[m] |= _scores(out / "final", runs, metrics.report)
+
+    summary = {
+        "protocol": {
+            "base": dataclasses.asdict(base),
+            "methods": methods,
+            "budget": budget,
+            "search_seed": search_seed,
+            "seeds": seeds,
+            "selected_on": metrics.select,
+            "reported_on": metrics.report,
+            "higher_is_better": metrics.higher_is_better,
+            "reference": reference,
+        },
+        "methods": {
+            m: {
+                **selected[m],
+                f"{metrics.report}_by_seed": scores[m],
+                metrics.report: mean_std(list(scores[m].values())),
+                **({f"minus_{reference}": paired_difference(scores[m], scores[reference])} if m != reference else {}),
+            }
+            for m in methods
+        },
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "summary.json").write_text(strict_json(summary, indent=2))  # a diverged run's NaN: null
+    (out / "protocol.json").write_text(json.dumps(_protocol_key(base, methods, budget, search_seed), indent=2))
+    if verbose:
+        print(summary_table(summary), flush=True)
+    return summary
+
+
+def _search_runs(base: RunConfig, method: str, budget: int, seed: int) -> list[tuple[str, RunConfig]]:
+    return [
+        (f"{method}_c{i}", with_overrides(base, _assignments(point | {"seed": seed, "label": f"{method}_c{i}"})))
+        for i, point in enumerate(candidates(SEARCH_SPACES[method], base, budget))
+    ]
+
+
+def _final_runs(config: dict[str, Any], method: str, seeds: list[int]) -> list[tuple[str, RunConfig]]:
+    return [(f"{method}_s{s}", RunConfig(**(config | {"seed": s, "label": method}))) for s in seeds]
+
+
+def _assignments(fields: dict[str, Any]) -> list[str]:
+    return [f"{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in fields.items()]
+
+
+def _select(
+    directory: Path, method: str, runs: list[tuple[str, RunConfig]], metrics: Metrics, base: RunConfig
+) -> dict[str, Any]:
+    """The search's table and its best configuration. A run that diverged scores worst."""
+    worst = -math.inf if metrics.higher_is_better else math.inf
+    table = []
+    for name, _ in runs:
+        final = final_metrics(directory, name)
+        score = final.get(metrics.select, worst) if final["status"] == "finished" else worst
+        table.append({"run": name, "status": final["status"], metrics.select: score})
+    pick = max if metrics.higher_is_better else min
+    best = pick(range(len(runs)), key=lambda i: table[i][metrics.select])
+    name, cfg = runs[best]
+    knobs = SEARCH_SPACES[method].knobs
+    chosen = {k.field: getattr(cfg, k.field) for k in knobs}
+    for row, (_, c) in zip(table, runs):
+        row |= {k.field: getattr(c, k.field) for k in knobs}
+    return {
+        "search": table,
+        "selected": name,
+        "knobs": chosen,
+        "at_edge": [k.field for k in knobs if k.at_edge(chosen[k.field], base)],
+        "config": dataclasses.asdict(cfg),
+    }
+
+
+def _scores(directory: Path, runs: list[tuple[str, RunConfig]], metric: str) -> dict[int, float]:
+    """The test metric per seed; a diverged run scores NaN, which no mean hides."""
+    out = {}
+    for name, cfg in runs:
+        final = final_metrics(directory, name)
+        out[cfg.seed] = final[metric] if final["status"] == "finished" else math.nan
+    return out
+
+
+def _close_calls(scores: dict[str, dict[int, float]]) -> set[str]:
+    """Methods whose mean lies within two standard deviations (the larger of the pair's) of another's."""
+    stats = {m: (statistics.mean(v.values()), statistics.stdev(v.values())) for m, v in scores.items()}
+    close = set()
+    for a, (mean_a, std_a) in stats.items():
+        for b, (mean_b, std_b) in stats.items():
+            if a < b and abs(mean_a - mean_b) < 2 * max(std_a, std_b):
+                close |= {a, b}
+    return close
+
+
+def _protocol_key(base: RunConfig, methods: list[str], budget: int, search_seed: int) -> dict[str, Any]:
+    return {"base": dataclasses.asdict(base), "budget": budget, "search_seed": search_seed, "methods": methods}
+
+
+def _check_same_protocol(out: Path, base: RunConfig, methods: list[str], budget: int, search_seed: int) -> None:
+    """A directory holds one protocol: another base, budget or search seed would mix two searches."""
+    path = out / "protocol.json"
+    if not path.is_file():
+        return
+    saved = json.loads(path.read_text())
+    new = json.loads(json.dumps(_protocol_key(base, methods, budget, search_seed)))
+    differs = [k for k in ("base", "budget", "search_seed") if saved[k] != new[k]]
+    if differs:
+        raise ValueError(f"{out} holds a tuning with another {', '.join(differs)}: use another --out")
+
+
+def summary_table(summary: dict[str, Any]) -> str:
+    """The summary as a Markdown table: the test metric, the paired difference, the knobs chosen."""
+    protocol = summary["protocol"]
+    metric, reference = protocol["reported_on"], protocol["reference"]
+    lines = [
+        f"| method | {metric} (mean ± std, n) | − {reference} (paired, 95 % CI) | selected knobs |",
+        "|---|---|---|---|",
+    ]
+    for method, row in summary["methods"].items():
+        stats = row[metric]
+        diff = row.get(f"minus_{reference}")
+        paired = "—" if diff is None else f"{diff['mean']:+.4f} [{diff['ci95'][0]:+.4f}, {diff['ci95'][1]:+.4f}]"
+        knobs = ", ".join(f"{k}={v}" + (" (edge)" if k in row["at_edge"] else "") for k, v in row["knobs"].items())
+        lines.append(f"| {method} | {stats['mean']:.4f} ± {stats['std']:.4f} ({stats['n']}) | {paired} | {knobs} |")
+    return "\n".join(lines)

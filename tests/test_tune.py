@@ -1,0 +1,139 @@
+"""The tuning protocol: the same budget per method, selection on validation, report on test."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+pytest.importorskip("normctl_lab")
+
+from normctl_lab import tune  # noqa: E402
+from normctl_lab.config import RunConfig, with_overrides  # noqa: E402
+from normctl_lab.train import build_task  # noqa: E402
+
+TINY_VORONOI = ["task=voronoi", "steps=3", "hidden=16", "batch_size=32", "schedule=constant", "monitor_every=1"]
+
+
+def test_every_method_gets_the_same_number_of_points_inside_its_own_ranges():
+    base = RunConfig(lr=2e-3, steps=1000)
+    for name, space in tune.SEARCH_SPACES.items():
+        points = tune.candidates(space, base, 16)
+        assert len(points) == 16 and points == tune.candidates(space, base, 16)  # the same draws every call
+        for point in points:
+            assert point.items() >= space.fixed.items()
+            for knob in space.knobs:
+                value = point[knob.field]
+                if isinstance(knob, tune.Choice):
+                    assert value in knob.options
+                    continue
+                scale = getattr(base, knob.relative_to) if knob.relative_to else 1.0
+                assert knob.low * scale * 0.999 <= value <= knob.high * scale * 1.001, (name, knob.field, value)
+            with_overrides(base, tune._assignments(point))  # every point is a valid config
+    lrs = sorted(p["lr"] for p in tune.candidates(tune.SEARCH_SPACES["hyperball"], base, 8))
+    # log-uniform and evenly spread: one point in each eighth of the log range
+    positions = [math.log(lr / 5e-4) / math.log(16) for lr in lrs]
+    assert [int(8 * x) for x in positions] == list(range(8))
+    cpr = tune.candidates(tune.SEARCH_SPACES["adamcpr"], base, 16)
+    assert {p["cpr_kappa_init"] for p in cpr} == {"inflection_point", "warm_start"}
+    assert all(isinstance(p["cpr_kappa_param"], int) and 20 <= p["cpr_kappa_param"] <= 300 for p in cpr)
+    with pytest.raises(ValueError, match="budget must be an integer >= 1"):
+        tune.candidates(tune.SEARCH_SPACES["adamw"], base, 0)
+
+
+def test_a_knob_at_the_edge_of_its_range_is_flagged():
+    knob, base = tune.Knob("lr", 0.25, 4.0, relative_to="lr"), RunConfig(lr=1e-3)
+    assert knob.at_edge(2.5e-4, base) and knob.at_edge(3.9e-3, base)
+    assert not knob.at_edge(1e-3, base)
+    linear = tune.Knob("warmup", 0, 100, log=False)
+    assert linear.at_edge(95, base) and not linear.at_edge(50, base)
+
+
+def test_the_selection_split_is_held_out_of_training_and_apart_from_the_test_split():
+    gpt = with_overrides(RunConfig(), ["n_layer=1", "n_embd=32", "block_size=16", "batch_size=4"])
+    plain, split = build_task(gpt), build_task(with_overrides(gpt, ["selection_split=0.05"]))
+    assert set(plain.evaluate(plain.model)) == {"val_loss"}
+    both = split.evaluate(split.model)
+    assert set(both) == {"val_loss", "selection_loss"}
+    assert both["val_loss"] == plain.evaluate(plain.model)["val_loss"]  # the same model (seed) and test windows
+    fmnist = with_overrides(RunConfig(), ["task=fmnist", "width=4", "batch_size=4", "selection_split=0.1"])
+    task = build_task(fmnist)
+    assert set(task.evaluate(task.model)) == {"test_acc", "selection_acc"}
+    # training batches never draw the last 10 % of the training images
+    images = torch.cat([task.batch(torch.Generator().manual_seed(i))[0] for i in range(300)])
+    from normctl_lab.data.fashion_mnist import load_fashion_mnist
+
+    held = load_fashion_mnist("train")[0][1800:]
+    assert not any(bool((image == held).flatten(1).all(1).any()) for image in images[:200])
+    with pytest.raises(ValueError, match="selection_split must be in"):
+        with_overrides(RunConfig(), ["selection_split=0.5"])
+    with pytest.raises(ValueError, match="Voronoi task selects on its own"):
+        with_overrides(RunConfig(), ["task=voronoi", "selection_split=0.1"])
+
+
+def test_tune_selects_on_validation_reports_on_test_and_resumes(tmp_path, monkeypatch):
+    base = with_overrides(RunConfig(), TINY_VORONOI)
+    summary = tune.run_tune(base, ["adamw", "adamwn"], tmp_path, budget=3, verbose=False)
+    assert summary["protocol"]["selected_on"] == "val_acc" and summary["protocol"]["reported_on"] == "test_acc"
+    for method, row in summary["methods"].items():
+        search = row["search"]
+        assert len(search) == 3
+        best = max(search, key=lambda r: r["val_acc"])
+        assert row["selected"] == best["run"]
+        config = json.loads((tmp_path / "search" / best["run"] / "config.json").read_text())
+        for seed, score in row["test_acc_by_seed"].items():
+            final = json.loads((tmp_path / "final" / f"{method}_s{seed}" / "final.json").read_text())
+            assert final["test_acc"] == score
+            trained = json.loads((tmp_path / "final" / f"{method}_s{seed}" / "config.json").read_text())
+            assert trained == config | {"seed": seed, "label": method}  # the selected config, seed by seed
+        assert len(row["test_acc_by_seed"]) in (3, 5)
+    adamwn = summary["methods"]["adamwn"]
+    adamw_scores = summary["methods"]["adamw"]["test_acc_by_seed"]
+    diff = adamwn["minus_adamw"]
+    assert diff["differences"] == [adamwn["test_acc_by_seed"][s] - adamw_scores[s] for s in diff["seeds"]]
+    assert json.loads((tmp_path / "summary.json").read_text()) == json.loads(json.dumps(summary))
+    assert "| adamwn |" in tune.summary_table(summary)
+
+    from normctl_lab import sweep
+
+    calls = []
+    monkeypatch.setattr(sweep, "train", lambda *a, **k: calls.append(a))
+    again = tune.run_tune(base, ["adamw", "adamwn"], tmp_path, budget=3, verbose=False)
+    assert calls == [] and again == summary
+    with pytest.raises(ValueError, match="another budget"):
+        tune.run_tune(base, ["adamw"], tmp_path, budget=4, verbose=False)
+
+
+def test_tune_refuses_what_the_protocol_cannot_report(tmp_path):
+    base = with_overrides(RunConfig(), TINY_VORONOI)
+    with pytest.raises(ValueError, match="methods must be some of"):
+        tune.run_tune(base, ["adamq"], tmp_path)
+    with pytest.raises(ValueError, match="seeds must be at least 3"):
+        tune.run_tune(base, ["adamw"], tmp_path, seeds=[0, 1])
+    with pytest.raises(ValueError, match="reference must be one of"):
+        tune.run_tune(base, ["adamw"], tmp_path, reference="sgd")
+    assert not any(tmp_path.iterdir())  # nothing trained, nothing written
+
+
+def test_close_calls_and_diverged_runs(tmp_path):
+    scores = {"a": {0: 1.0, 1: 1.2, 2: 1.4}, "b": {0: 1.3, 1: 1.5, 2: 1.7}, "c": {0: 9.0, 1: 9.1, 2: 9.2}}
+    assert tune._close_calls(scores) == {"a", "b"}  # |1.2 − 1.5| < 2 × 0.2; c is far from both
+
+    base = with_overrides(RunConfig(), TINY_VORONOI)
+    runs = tune._search_runs(base, "adamw", 2, 0)
+    for (name, _), (status, acc) in zip(runs, [("diverged", None), ("finished", 0.4)]):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "final.json").write_text(json.dumps({"status": status, "val_acc": acc}))
+    selected = tune._select(tmp_path, "adamw", runs, tune.TASK_METRICS["voronoi"], base)
+    assert selected["selected"] == runs[1][0] and selected["search"][0]["val_acc"] == -math.inf
+
+
+def test_the_tune_command_lists_every_search_space(capsys):
+    from normctl_lab.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["tune", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert all(name in text for name in tune.SEARCH_SPACES)
