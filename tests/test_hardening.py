@@ -78,6 +78,35 @@ def test_another_optimizers_state_is_refused():
         fresh.load_state_dict({"model": {}})
 
 
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda ps: normctl.AdamWN(ps, lr=1e-3),
+        lambda ps: normctl.AdamC(ps, lr=1e-3, weight_decay=0.1, normalized=True),
+        lambda ps: normctl.SGDC(ps, lr=1e-1, momentum=0.9, weight_decay=1e-3, normalized=True),
+        lambda ps: normctl.NormControl(torch.optim.Adam(ps, lr=1e-3)),
+        lambda ps: normctl.CorrectedDecay(torch.optim.AdamW(ps, lr=1e-3), normalized=True),
+    ],
+    ids=["AdamWN", "AdamC", "SGDC", "NormControl", "CorrectedDecay"],
+)
+def test_a_copied_optimizer_loads_the_state_saved_before(make):
+    """torch's unpickling adds ``differentiable`` to ``defaults`` but not to the groups (a deepcopy,
+    or a framework that copies the optimizer, as the Hugging Face Trainer's resume does)."""
+    p = nn.Parameter(torch.randn(4, 4))
+    source = make([p])
+    p.grad = torch.randn_like(p)
+    source.step()
+    copied = copy.deepcopy(source)
+    copied.load_state_dict(copy.deepcopy(source.state_dict()))  # as through a file: no shared tensors
+    assert copied.state_dict()["param_groups"] == source.state_dict()["param_groups"]
+    (twin,) = copied.param_groups[0]["params"]
+    for q in (p, twin):
+        q.grad = torch.ones_like(q)
+    source.step()
+    copied.step()  # the copy steps as the original does (a wrapper keeps its inner optimizer)
+    assert torch.equal(p, twin)
+
+
 def test_named_groups_saved_in_another_order_are_refused():
     a, b = nn.Parameter(torch.randn(4, 4)), nn.Parameter(torch.randn(4, 4))
     source = stepped(normctl.AdamWN, [dict(params=[a], name="matrices"), dict(params=[b], name="embeddings")], lr=1e-3)

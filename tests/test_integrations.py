@@ -18,8 +18,7 @@ def tiny_gpt2(transformers, tmp_path, **arguments):
         per_device_train_batch_size=4,
         report_to=[],
         use_cpu=True,
-        save_strategy="no",
-        **arguments,
+        **({"save_strategy": "no"} | arguments),
     )
     return transformers.GPT2LMHeadModel(config), data, args
 
@@ -67,14 +66,8 @@ def test_hf_trainer_builds_adamwn_from_model_parameters_on_a_fresh_gpt2(tmp_path
 
 def quiet_trainer(pl, **arguments):
     """A CPU Lightning Trainer that writes and prints nothing of its own."""
-    return pl.Trainer(
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        **arguments,
-    )
+    quiet = dict(logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    return pl.Trainer(accelerator="cpu", **(quiet | arguments))
 
 
 def test_lightning_with_normctl_optimizer_and_monitor():
@@ -128,3 +121,181 @@ def test_lightning_with_adamwn_over_self_parameters():
     with pytest.warns(UserWarning, match="start at norm 0"):
         trainer.fit(module, torch.utils.data.DataLoader(data, batch_size=8))
     assert module.net[0].bias.detach().any() and all(torch.isfinite(p).all() for p in module.parameters())
+
+
+class LogRecorder:
+    """Stands for a tracker: keeps what the Trainer's on_log hands it."""
+
+    def __init__(self):
+        self.logs = []
+
+    def __getattr__(self, name):  # every other TrainerCallback event: nothing to do
+        if name.startswith("on_"):
+            return lambda *args, **kwargs: None
+        raise AttributeError(name)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        self.logs.append(dict(logs))
+
+
+def test_hf_records_gradient_norms_before_clipping_the_loss_and_reach_the_trackers(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("accelerate")
+    from normctl.integrations import hf
+
+    # max_grad_norm far below the gradient's norm: every step is clipped
+    model, data, args = tiny_gpt2(transformers, tmp_path, logging_steps=1000, max_grad_norm=0.01)
+    sink, tracker = MemorySink(), LogRecorder()
+    trainer = transformers.Trainer(
+        model=model,
+        args=args,
+        train_dataset=data,
+        optimizers=(create_optimizer(model, "adamc", lr=1e-3), None),
+        callbacks=[tracker],
+    )
+    hf.attach(trainer, every=2, sinks=[sink])
+    trainer.train()
+    assert [r["step"] for r in sink.records] == [1, 3]
+    logged = {h["step"]: h for h in trainer.state.log_history if "grad_norm" in h}
+    for record in sink.records:
+        step = record["step"]
+        assert record["loss"] == pytest.approx(logged[step]["loss"])
+        # the Trainer's own pre-clip norm, which the monitor's per-tensor norms now add up to
+        assert record["global/grad_norm"] == pytest.approx(logged[step]["grad_norm"], rel=1e-4)
+        assert record["global/grad_norm"] > 0.1 and record["global/clipped_grad_norm"] == pytest.approx(0.01, rel=1e-3)
+        layers = [k for k in record if k.startswith("tensor/") and k.endswith("/grad_norm")]
+        assert sum(record[k] ** 2 for k in layers) == pytest.approx(record["global/grad_norm"] ** 2, rel=1e-6)
+    tracked = [logs for logs in tracker.logs if "normctl/global/weight_norm" in logs]
+    assert len(tracked) == 2  # the tracker after the callback got the headline
+    assert not any(k.startswith("normctl/tensor/") for k in tracked[0])  # and only the headline
+
+
+def test_hf_resumed_run_records_what_an_uninterrupted_one_does(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("accelerate")
+    from normctl.integrations import hf
+    from normctl.monitor import JsonlSink, read_jsonl
+
+    def run(out, logs, resume=None):
+        model, data, args = tiny_gpt2(
+            transformers, out, logging_steps=1000, save_strategy="steps", save_steps=2, data_seed=0
+        )
+        trainer = transformers.Trainer(
+            model=model, args=args, train_dataset=data, optimizers=(create_optimizer(model, "adamwn", lr=1e-2), None)
+        )
+        hf.attach(trainer, every=1, sinks=[JsonlSink(logs, resume=resume is not None)])
+        trainer.train(resume_from_checkpoint=resume)
+
+    run(tmp_path / "whole", tmp_path / "whole_logs")
+    run(tmp_path / "cut", tmp_path / "cut_logs")
+    assert (tmp_path / "cut" / "checkpoint-2" / hf.CHECKPOINT_FILE).is_file()
+    with pytest.warns(UserWarning, match="2 records after step 2 dropped"):
+        run(tmp_path / "cut", tmp_path / "cut_logs", resume=str(tmp_path / "cut" / "checkpoint-2"))
+    whole, resumed = (
+        read_jsonl(tmp_path / "whole_logs" / "metrics.jsonl"),
+        read_jsonl(tmp_path / "cut_logs" / "metrics.jsonl"),
+    )
+    assert [r["step"] for r in resumed] == [r["step"] for r in whole] == [1, 2, 3, 4]
+    for a, b in zip(whole, resumed):
+        ratios = [k for k in a if k.endswith("/norm_ratio") and a[k] is not None]  # None: initial norm 0
+        assert ratios and all(a[k] == pytest.approx(b[k], rel=1e-5) for k in ratios)
+
+
+def lightning_regression(pl, clip_log):
+    class Regression(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.net = torch.nn.Sequential(
+                torch.nn.Linear(4, 16, bias=False), torch.nn.LayerNorm(16), torch.nn.Linear(16, 1)
+            )
+
+        def training_step(self, batch, batch_idx):
+            x, y = batch
+            return torch.nn.functional.mse_loss(self.net(x), y)
+
+        def on_before_optimizer_step(self, optimizer):  # after backward, before Lightning clips
+            grads = [p.grad for p in self.parameters()]
+            clip_log.append(float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))))
+
+        def configure_optimizers(self):
+            return create_optimizer(self, "adamwn", lr=0.05, target=1.5)
+
+    return Regression()
+
+
+def test_lightning_records_the_steps_own_gradients_before_clipping_and_logs_to_trainer_loggers():
+    pl = pytest.importorskip("lightning.pytorch")
+    from lightning.pytorch.loggers import Logger
+
+    from normctl.integrations.lightning import NormMonitorCallback
+
+    class Recorder(Logger):
+        name, version = "recorder", 0
+        experiment = None
+
+        def __init__(self):
+            super().__init__()
+            self.metrics = []
+
+        def log_metrics(self, metrics, step=None):
+            self.metrics.append((step, dict(metrics)))
+
+        def log_hyperparams(self, params, *args, **kwargs):
+            pass
+
+    torch.manual_seed(0)
+    data = torch.utils.data.TensorDataset(torch.randn(64, 4), torch.randn(64, 1))
+    sink, pre_clip, logger = MemorySink(), [], Recorder()
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        logger=logger,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        max_steps=4,
+        gradient_clip_val=0.01,
+        callbacks=[NormMonitorCallback(every=1, sinks=[sink])],
+    )
+    trainer.fit(lightning_regression(pl, pre_clip), torch.utils.data.DataLoader(data, batch_size=8))
+    assert [r["step"] for r in sink.records] == [1, 2, 3, 4]
+    for record, norm in zip(sink.records, pre_clip):  # this step's gradients, before clipping
+        assert record["global/grad_norm"] == pytest.approx(norm, rel=1e-5) and norm > 0.1
+        assert record["global/clipped_grad_norm"] == pytest.approx(0.01, rel=1e-3)
+    ours = [(step, m) for step, m in logger.metrics if "normctl/global/weight_norm" in m]
+    assert [step for step, _ in ours] == [1, 2, 3, 4]
+    assert not any(k.startswith("normctl/tensor/") for k in ours[0][1])
+
+
+def test_lightning_resumed_run_records_what_an_uninterrupted_one_does(tmp_path):
+    pl = pytest.importorskip("lightning.pytorch")
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from normctl.integrations.lightning import NormMonitorCallback
+
+    data = torch.utils.data.TensorDataset(torch.randn(64, 4), torch.randn(64, 1))
+
+    def fit(max_steps, ckpt_path=None):
+        torch.manual_seed(0)
+        sink = MemorySink()
+        trainer = quiet_trainer(
+            pl,
+            max_steps=max_steps,
+            enable_checkpointing=True,
+            default_root_dir=str(tmp_path),
+            callbacks=[
+                NormMonitorCallback(every=1, sinks=[sink]),
+                ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=2, save_top_k=-1),
+            ],
+        )
+        # two steps an epoch: the checkpoint at step 2 ends an epoch, where Lightning resumes exactly
+        loader = torch.utils.data.DataLoader(data, batch_size=32)
+        trainer.fit(lightning_regression(pl, []), loader, ckpt_path=ckpt_path)
+        return sink.records
+
+    whole = fit(4)
+    checkpoint = next((tmp_path / "ckpt").glob("*step=2.ckpt"))
+    resumed = fit(4, str(checkpoint))
+    assert [r["step"] for r in resumed] == [3, 4]
+    for a, b in zip(whole[2:], resumed):
+        ratios = [k for k in a if k.endswith("/norm_ratio") and a[k] is not None]  # None: initial norm 0
+        assert ratios and all(a[k] == pytest.approx(b[k], rel=1e-5) for k in ratios)

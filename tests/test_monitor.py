@@ -169,3 +169,33 @@ def test_monitor_is_exported_at_the_top_level():
         optimizer.step()
         monitor.observe(loss=1.0)
     assert sink.records[0]["step"] == 1 and sink.records[0]["loss"] == 1.0
+
+
+def test_captured_gradients_are_the_norms_before_clipping():
+    """The order a framework steps in: backward, capture, clip, step (or a closure whose
+    backward runs inside step, after the monitor's hook)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.Linear(8, 1))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sink = MemorySink()
+    monitor = NormMonitor(model, opt, every=1, sinks=[sink])
+    x, y = torch.randn(16, 4), torch.randn(16, 1)
+    pre_clip = []
+
+    def closure():
+        opt.zero_grad()
+        loss = nn.functional.mse_loss(model(x), y)
+        loss.backward()
+        monitor.capture_gradients()
+        pre_clip.append(float(torch.nn.utils.clip_grad_norm_(model.parameters(), 0.01)))
+        return loss
+
+    for _ in range(3):
+        opt.step(closure)
+        monitor.observe()
+    for record, norm in zip(sink.records, pre_clip):
+        assert record["global/grad_norm"] == pytest.approx(norm, rel=1e-5) and norm > 0.1
+        assert record["global/clipped_grad_norm"] == pytest.approx(0.01, rel=1e-4)
+    plain = NormMonitor(model, opt, every=1)  # without a capture: no clipped norm in the record
+    opt.step(closure)
+    assert "global/clipped_grad_norm" not in plain.observe()

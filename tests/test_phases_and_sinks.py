@@ -116,3 +116,64 @@ def test_tail_rise_moves_little_with_noise_where_the_blowup_score_does_not():
     noisy = (1 + 0.3 * torch.randn(2000, generator=g)).abs().tolist()  # a constant-lr run: no rise
     assert tail_rise(noisy) == pytest.approx(1.0, abs=0.05)
     assert tail_blowup_score(noisy) > tail_rise(noisy)  # a smoothed point over a minimum: above 1 from noise
+
+
+def test_tracker_scalars_are_the_headline_of_a_record():
+    from normctl.monitor import select_scalars
+
+    record = {
+        "step": 3,
+        "loss": 2.0,
+        "lr/decay": 1e-3,
+        "tensor/w/grad_norm": 1.0,
+        "layer/net/weight_norm": 2.0,
+        "group/decay/weight_norm": 3.0,
+        "group/decay/pred_ratio": None,
+        "group/decay/weight_linf": 4.0,
+        "global/grad_norm": 5.0,
+        "global/norm_ratio": math.inf,
+    }
+    assert select_scalars(record) == {"group/decay/weight_norm": 3.0, "global/grad_norm": 5.0}
+    assert select_scalars(record, scopes=None, metrics=["grad_norm"], prefix="n/") == {
+        "n/tensor/w/grad_norm": 1.0,
+        "n/global/grad_norm": 5.0,
+    }
+    everything = select_scalars(record, scopes=None, metrics=None)
+    assert set(everything) == {k for k, v in record.items() if "/" in k and k[:3] != "lr/" and v and v < math.inf}
+
+
+def test_tensorboard_sink_writes_the_headline_unless_told_otherwise(tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    record = {"step": 1, "loss": 1.0, "tensor/w/weight_norm": 2.0, "global/weight_norm": 3.0}
+    for directory, kwargs in (("headline", {}), ("all", {"scopes": None, "metrics": None})):
+        sink = TensorBoardSink(tmp_path / directory, **kwargs)
+        sink.write(record)
+        sink.close()
+    tags = {}
+    for directory in ("headline", "all"):
+        events = EventAccumulator(str(tmp_path / directory))
+        events.Reload()
+        tags[directory] = set(events.Tags()["scalars"])
+    assert tags["headline"] == {"loss", "global/weight_norm"}
+    assert tags["all"] == {"loss", "global/weight_norm", "tensor/w/weight_norm"}
+
+
+def test_jsonl_sink_drops_the_records_a_resumed_run_writes_again(tmp_path):
+    sink = JsonlSink(tmp_path)
+    for step in (1, 3, 5, 7):
+        sink.write({"step": step, "loss": float(step)})
+    sink.close()
+    resumed = JsonlSink(tmp_path, resume=True)
+    with pytest.warns(UserWarning, match="2 records after step 4 dropped"):
+        resumed.drop_after(4)
+    resumed.write({"step": 5, "loss": 50.0})
+    resumed.drop_after(5)  # nothing after it: nothing dropped, no warning
+    resumed.close()
+    assert read_jsonl(tmp_path / "metrics.jsonl") == [
+        {"step": 1, "loss": 1.0},
+        {"step": 3, "loss": 3.0},
+        {"step": 5, "loss": 50.0},
+    ]
+    assert not list(tmp_path.glob("*.tmp"))

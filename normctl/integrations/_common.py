@@ -1,14 +1,19 @@
-"""What the framework callbacks share: find the torch optimizer, own one monitor."""
+"""What the framework callbacks share: find the torch optimizer, own one monitor, resume it, and
+pick the scalars the framework's trackers get."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 import torch
 from torch import nn
 
 from ..monitor import NormMonitor
+from ..monitor.scalars import TRACKER_METRICS, TRACKER_SCOPES, select_scalars
 from ..monitor.sinks import Sink
+
+TRACKER_PREFIX = "normctl/"
 
 
 def unwrap_optimizer(optimizer) -> torch.optim.Optimizer:
@@ -21,20 +26,38 @@ def unwrap_optimizer(optimizer) -> torch.optim.Optimizer:
 
 
 class MonitorOwner:
-    """Creates the monitor when training starts and closes it when training ends."""
+    """Creates the monitor when training starts (continuing a saved state on a resume), closes it
+    when training ends, and picks the scalars a record sends to the framework's trackers."""
 
-    def __init__(self, *, every: int = 10, sinks: Iterable[Sink] = ()) -> None:
+    def __init__(
+        self,
+        *,
+        every: int = 10,
+        sinks: Iterable[Sink] = (),
+        tracker_scopes: Iterable[str] | None = TRACKER_SCOPES,
+        tracker_metrics: Iterable[str] | None = TRACKER_METRICS,
+    ) -> None:
         self.every = every
         self.sinks = list(sinks)
+        self.tracker_scopes = None if tracker_scopes is None else tuple(tracker_scopes)
+        self.tracker_metrics = None if tracker_metrics is None else tuple(tracker_metrics)
         self.monitor: NormMonitor | None = None
 
-    def start(self, model: nn.Module, optimizer) -> None:
+    def start(self, model: nn.Module, optimizer, saved: dict[str, Any] | None = None) -> NormMonitor:
+        """The monitor; ``saved`` (its ``state_dict`` from the checkpoint a run resumes from) keeps
+        the step count and the initial norms, which the resumed weights no longer show, and drops
+        the records the sinks hold past that step (the resumed run writes them again)."""
         if self.monitor is None:
             self.monitor = NormMonitor(model, unwrap_optimizer(optimizer), every=self.every, sinks=self.sinks)
+            if saved is not None:
+                self.monitor.load_state_dict(saved)
+                for sink in self.sinks:
+                    if hasattr(sink, "drop_after"):
+                        sink.drop_after(self.monitor.steps)
+        return self.monitor
 
-    def observe(self, loss=None) -> None:
-        if self.monitor is not None:
-            self.monitor.observe(loss=loss)
+    def tracker_scalars(self, record: dict[str, Any]) -> dict[str, float]:
+        return select_scalars(record, self.tracker_scopes, self.tracker_metrics, prefix=TRACKER_PREFIX)
 
     def stop(self) -> None:
         if self.monitor is not None:

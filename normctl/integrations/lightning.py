@@ -9,35 +9,73 @@ Return a normctl optimizer from ``configure_optimizers`` as any other::
             return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     L.Trainer(callbacks=[NormMonitorCallback(every=10, sinks=[JsonlSink("runs/pl")])]).fit(Model())
+
+Lightning runs the backward pass inside ``optimizer.step(closure)``, after the hook the monitor
+measures in, and clips the gradients between the two; the callback takes the gradient norms in
+``on_before_optimizer_step`` instead — after backward, before clipping — and the record keeps the
+norm the optimizer stepped with as ``global/clipped_grad_norm``. The headline scalars
+(:mod:`normctl.monitor.scalars`) go to every logger of the Trainer (``trainer.loggers``:
+TensorBoard, W&B, MLflow, CSV …) prefixed ``normctl/``; the sinks get the whole record. The
+monitor's state is saved in Lightning's checkpoints and continued on a resume.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 try:
     import lightning.pytorch as pl
 except ImportError:  # the standalone package
     import pytorch_lightning as pl  # type: ignore[no-redef]
 
+from ..monitor.scalars import TRACKER_METRICS, TRACKER_SCOPES
 from ._common import MonitorOwner
 
 
 class NormMonitorCallback(pl.Callback):
-    """Monitors the first optimizer of the LightningModule, with the training loss."""
+    """Monitors the first optimizer of the LightningModule, with the training loss.
 
-    def __init__(self, *, every: int = 10, sinks=()) -> None:
+    ``tracker_scopes`` / ``tracker_metrics`` choose what reaches ``trainer.loggers`` (None:
+    everything, one chart per tensor and metric)."""
+
+    def __init__(
+        self,
+        *,
+        every: int = 10,
+        sinks=(),
+        tracker_scopes=TRACKER_SCOPES,
+        tracker_metrics=TRACKER_METRICS,
+    ) -> None:
         super().__init__()
-        self.owner = MonitorOwner(every=every, sinks=sinks)
+        self.owner = MonitorOwner(
+            every=every, sinks=sinks, tracker_scopes=tracker_scopes, tracker_metrics=tracker_metrics
+        )
+        self._saved: dict[str, Any] | None = None
 
     @property
     def monitor(self):
         return self.owner.monitor
 
     def on_train_start(self, trainer, pl_module) -> None:
-        self.owner.start(pl_module, trainer.optimizers[0])
+        self.owner.start(pl_module, trainer.optimizers[0], self._saved)
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        if self.monitor is not None:
+            self.monitor.capture_gradients()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
-        self.owner.observe(loss)
+        record = self.monitor.observe(loss) if self.monitor is not None else None
+        if record is not None and trainer.loggers:
+            scalars = self.owner.tracker_scalars(record)
+            for logger in trainer.loggers:
+                logger.log_metrics(scalars, step=trainer.global_step)
 
     def on_train_end(self, trainer, pl_module) -> None:
         self.owner.stop()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"monitor": self.monitor.state_dict()} if self.monitor is not None else {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._saved = state_dict.get("monitor")

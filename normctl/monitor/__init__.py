@@ -2,6 +2,7 @@
 
 from .monitor import NormMonitor
 from .phases import Phases, detect_phases, tail_blowup_score, tail_rise
+from .scalars import TRACKER_METRICS, TRACKER_SCOPES, select_scalars
 from .sinks import CsvSink, JsonlSink, MemorySink, TensorBoardSink, read_jsonl
 from .stats import Prediction, predict
 
@@ -12,6 +13,9 @@ __all__ = [
     "MemorySink",
     "TensorBoardSink",
     "read_jsonl",
+    "select_scalars",
+    "TRACKER_SCOPES",
+    "TRACKER_METRICS",
     "Phases",
     "detect_phases",
     "tail_blowup_score",

@@ -31,7 +31,9 @@ class NormMonitor:
 
     Keys are ``"<scope>/<name>/<metric>"`` with scope ``tensor`` (each parameter), ``layer``
     (the module that owns it), ``group`` (the optimizer's param group, by its ``name`` key or
-    index) and ``global``; plus ``lr/<group>``, ``loss`` and ``step`` (optimizer steps taken).
+    index) and ``global``; plus ``lr/<group>``, ``loss`` and ``step`` (optimizer steps taken),
+    and ``global/clipped_grad_norm`` where the gradients were taken before clipping
+    (:meth:`capture_gradients`, the framework callbacks).
 
     Metrics per tensor: ``weight_norm``, ``weight_linf``, ``norm_ratio`` (to the norm at
     construction), ``weight_min/mean/max``, ``grad_norm``, ``grad_weight_ratio`` (‖g‖/‖θ‖),
@@ -76,7 +78,8 @@ class NormMonitor:
         with torch.no_grad():
             self._initial = [float(n) for n in tensor_norms([p.detach() for p in self._params])]
         self.steps = 0
-        self._before: tuple[list[Tensor], list[Tensor | None]] | None = None
+        self._before: tuple[list[Tensor], list[Tensor | None] | None] | None = None
+        self._captured: list[Tensor | None] | None = None
         self._pending: dict[str, Any] | None = None
         self._hooks = [
             optimizer.register_step_pre_hook(self._before_step),
@@ -90,11 +93,14 @@ class NormMonitor:
         if self.steps % self.every:
             return
         self._flush()
-        grads = [p.grad for p in self._params]
-        present = [g for g in grads if g is not None]
-        norms = iter(tensor_norms(present))
-        grad_norms = [next(norms) if g is not None else None for g in grads]
+        # a closure's backward runs after this hook: capture_gradients may still come
+        grad_norms = self._grad_norms() if self._captured is None else None
         self._before = ([p.detach().clone() for p in self._params], grad_norms)
+
+    def _grad_norms(self) -> list[Tensor | None]:
+        grads = [p.grad for p in self._params]
+        norms = iter(tensor_norms([g for g in grads if g is not None]))
+        return [next(norms) if g is not None else None for g in grads]
 
     @torch.no_grad()
     def _after_step(self, optimizer, args, kwargs) -> None:
@@ -104,6 +110,22 @@ class NormMonitor:
             self._before = None
 
     # -- public -------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def capture_gradients(self) -> None:
+        """Take the coming step's gradient norms now: call it after backward and before anything
+        clips the gradients or steps through a closure (whose backward runs inside ``step()``,
+        after the hook this monitor measures in). The record then reports these norms as
+        ``grad_norm`` and the global norm the optimizer stepped with as
+        ``global/clipped_grad_norm``. Does nothing on steps that are not measured."""
+        if self.steps % self.every == 0:
+            self._captured = self._grad_norms()
+
+    @property
+    def pending(self) -> dict[str, Any] | None:
+        """The record of the step just measured, not yet written (``observe`` writes it), for a
+        framework integration to complete; None when the last step was not measured."""
+        return self._pending
 
     def observe(self, loss: Tensor | float | None = None, **extra: float) -> dict[str, Any] | None:
         """Attach the loss (and any extra scalars) to the step just measured and write it.
@@ -155,7 +177,10 @@ class NormMonitor:
 
     def _measure(self) -> dict[str, Any]:
         params = [p.detach() for p in self._params]
-        before, grad_norm_t = self._before  # type: ignore[misc]
+        before, at_step = self._before  # type: ignore[misc]
+        captured, self._captured = self._captured, None
+        grad_norm_t = captured if captured is not None else at_step
+        assert grad_norm_t is not None  # taken at the step unless captured
         groups = self.optimizer.param_groups
 
         # Every scalar tensor is queued here and crosses to the host in one transfer.
@@ -179,6 +204,7 @@ class NormMonitor:
         ranges = stats.value_ranges(params) if self.value_ranges else [None] * len(params)
         range_slots = [enqueue(r) if r is not None else None for r in ranges]
         weighted_slots = self._enqueue_weighted_norms(params, enqueue)
+        stepped_slot = enqueue(self._grad_norms()) if captured is not None else []  # those the step used
         values = _to_floats(queue)
 
         def get(slot: int | None) -> float | None:
@@ -230,6 +256,8 @@ class NormMonitor:
             record[f"{scope}/grad_norm"] = g
             record[f"{scope}/grad_weight_ratio"] = stats.ratio(g, w)
             record[f"{scope}/norm_ratio"] = stats.ratio(w, init)
+        if captured is not None:
+            record["global/clipped_grad_norm"] = math.sqrt(sum(v * v for v in get_all(stepped_slot) if v is not None))
         for gi, label in enumerate(self._labels):
             record[f"group/{label}/pred_ratio"] = predictions[gi].ratio
             record[f"group/{label}/pred_linf"] = predictions[gi].linf

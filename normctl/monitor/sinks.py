@@ -12,8 +12,11 @@ import gzip
 import json
 import math
 import warnings
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Protocol
+
+from .scalars import TRACKER_METRICS, TRACKER_SCOPES, select_scalars
 
 METRICS_JSONL = "metrics.jsonl"
 METRICS_CSV = "metrics.csv"
@@ -72,6 +75,25 @@ class JsonlSink:
         self._file.flush()
         self._last_step = step
 
+    def drop_after(self, step: int) -> None:
+        """Remove the records after ``step``, with a warning that counts them: a run resumed from
+        its checkpoint at ``step`` writes those steps again. The file is replaced atomically."""
+        records = read_jsonl(self.path)
+        kept = [r for r in records if r["step"] <= step]
+        if len(kept) == len(records):
+            return
+        warnings.warn(
+            f"{self.path}: {len(records) - len(kept)} records after step {step} dropped: "
+            f"the run resumes from its checkpoint at step {step} and writes them again",
+            stacklevel=2,
+        )
+        self._file.close()
+        temporary = self.path.with_suffix(".jsonl.tmp")
+        temporary.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
+        temporary.replace(self.path)
+        self._file = self.path.open("a", encoding="utf-8")
+        self._last_step = kept[-1]["step"] if kept else None
+
     def close(self) -> None:
         self._file.close()
 
@@ -98,20 +120,34 @@ class CsvSink:
 
 
 class TensorBoardSink:
-    """Scalars to TensorBoard event files (needs the ``tensorboard`` package)."""
+    """Scalars to TensorBoard event files (needs the ``tensorboard`` package).
 
-    def __init__(self, log_dir: str | Path) -> None:
+    By default the headline of :mod:`normctl.monitor.scalars` (global and per-group norms,
+    ratios, predictions) and the loss; ``scopes`` and ``metrics`` choose others (``None``: all,
+    which is one chart per tensor and metric)."""
+
+    def __init__(
+        self,
+        log_dir: str | Path,
+        *,
+        scopes: Iterable[str] | None = TRACKER_SCOPES,
+        metrics: Iterable[str] | None = TRACKER_METRICS,
+    ) -> None:
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError as error:  # pragma: no cover - depends on the environment
             raise ImportError("TensorBoardSink needs tensorboard: pip install 'normctl[tensorboard]'") from error
+        self.scopes = None if scopes is None else tuple(scopes)
+        self.metrics = None if metrics is None else tuple(metrics)
         self._writer = SummaryWriter(log_dir=str(log_dir))
 
     def write(self, record: dict[str, Any]) -> None:
         step = record["step"]
-        for key, value in record.items():
-            if key != "step" and isinstance(value, (int, float)) and value is not None:
-                self._writer.add_scalar(key, value, global_step=step)
+        scalars = select_scalars(record, self.scopes, self.metrics)
+        if isinstance(record.get("loss"), (int, float)):
+            scalars["loss"] = record["loss"]
+        for key, value in scalars.items():
+            self._writer.add_scalar(key, value, global_step=step)
         self._writer.flush()
 
     def close(self) -> None:

@@ -25,6 +25,9 @@ def check_state_dict(optimizer: Optimizer, state_dict: Any, *, required: Set[str
     keys missing, keys outside ``allowed``), groups of other sizes, other labels or another
     order, per-element state of another shape or kind than its tensor."""
     owner = type(optimizer).__name__
+    # only the keys the groups hold now: torch's unpickling (a deepcopy, a framework's copy) adds
+    # ``differentiable`` to ``defaults`` and never to the groups, so saved groups lack it rightly
+    required = required & set.intersection(*(set(group) for group in optimizer.param_groups))
     if not (isinstance(state_dict, dict) and isinstance(state_dict.get("param_groups"), list)):
         raise ValueError(f"{owner}.load_state_dict needs an optimizer state dict with 'state' and 'param_groups'")
     saved_groups, state = state_dict["param_groups"], state_dict.get("state", {})

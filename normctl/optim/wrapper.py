@@ -55,6 +55,11 @@ class _Wrapper(Optimizer):
         self._adding_inner = False
         self.param_groups = optimizer.param_groups
 
+    def __getstate__(self) -> dict[str, Any]:
+        # torch pickles defaults, state and param_groups only; the inner optimizer is half of this
+        # one (its groups are the same dicts, which a deepcopy or pickle keeps shared)
+        return {**super().__getstate__(), "optimizer": self.optimizer, "_adding_inner": False}
+
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         self._check_keys(param_group)
         self._validate_group({**self.defaults, **param_group})  # before either optimizer changes
