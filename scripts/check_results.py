@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-DOCUMENTS = ["REPRODUCTION.md", "results/*/README.md", "docs/guide/*.md"]
+DOCUMENTS = ["REPRODUCTION.md", "results/*/README.md", "results/*/*/README.md", "docs/guide/*.md"]
 BLOCK = re.compile(r"(<!-- generated: (\S+) (\S+) -->\n)(.*?)(<!-- end generated -->)", re.S)
 
 
@@ -60,7 +60,17 @@ def auto_target_table(summary: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
-RENDERERS: dict[str, Callable[[dict[str, Any]], str]] = {"auto_target_table": auto_target_table}
+def tune_table(summary: dict[str, Any]) -> str:
+    """A tuned comparison (``normctl-lab tune``): the table its command prints."""
+    from normctl_lab.tune import summary_table
+
+    return summary_table(summary)
+
+
+RENDERERS: dict[str, Callable[[dict[str, Any]], str]] = {
+    "auto_target_table": auto_target_table,
+    "tune_table": tune_table,
+}
 
 
 def render(renderer: str, source: str) -> str:

@@ -300,17 +300,29 @@ def _check_same_protocol(out: Path, base: RunConfig, methods: list[str], budget:
 
 
 def summary_table(summary: dict[str, Any]) -> str:
-    """The summary as a Markdown table: the test metric, the paired difference, the knobs chosen."""
+    """The summary as a Markdown table: the test metric, the paired difference against the
+    reference, the knobs selected (``(edge)``: at the edge of its range)."""
     protocol = summary["protocol"]
     metric, reference = protocol["reported_on"], protocol["reference"]
     lines = [
-        f"| method | {metric} (mean ± std, n) | − {reference} (paired, 95 % CI) | selected knobs |",
-        "|---|---|---|---|",
+        f"| method | seeds | {metric} (test) | − {reference} [95 % CI] | selected on {protocol['selected_on']} |",
+        "|---|---|---|---|---|",
     ]
     for method, row in summary["methods"].items():
         stats = row[metric]
         diff = row.get(f"minus_{reference}")
-        paired = "—" if diff is None else f"{diff['mean']:+.4f} [{diff['ci95'][0]:+.4f}, {diff['ci95'][1]:+.4f}]"
+        paired = "—" if diff is None else f"{_number(diff['mean'], '+.4f')}{_interval(diff['ci95'])}"
         knobs = ", ".join(f"{k}={v}" + (" (edge)" if k in row["at_edge"] else "") for k, v in row["knobs"].items())
-        lines.append(f"| {method} | {stats['mean']:.4f} ± {stats['std']:.4f} ({stats['n']}) | {paired} | {knobs} |")
+        mean_std = f"{_number(stats['mean'], '.4f')} ± {_number(stats['std'], '.4f')}"
+        lines.append(f"| {method} | {stats['n']} | {mean_std} | {paired} | {knobs} |")
     return "\n".join(lines)
+
+
+def _number(value: float | None, spec: str) -> str:
+    return "diverged" if value is None or not math.isfinite(value) else format(value, spec)
+
+
+def _interval(interval: list[float | None] | None) -> str:
+    if interval is None or any(v is None or not math.isfinite(v) for v in interval):
+        return ""
+    return f" [{interval[0]:+.4f}, {interval[1]:+.4f}]"
