@@ -26,7 +26,7 @@ import warnings
 import torch
 from common import machine, summary, write_json
 
-from normctl import SGDC, AdamC, AdamWN, CorrectedDecay, NormControl
+from normctl import SGDC, AdamC, AdamWN, CorrectedDecay, Lion, NormControl
 from normctl.optim import _one_pass_cpu
 
 
@@ -90,10 +90,17 @@ SGD_FAMILY = {
     "torch SGD fused": lambda g: torch.optim.SGD(g, lr=0.1, momentum=0.9, fused=True),
     "SGDC": lambda g: SGDC(g, lr=0.1, momentum=0.9),
     "SGDC (foreach)": lambda g: SGDC(g, lr=0.1, momentum=0.9, foreach=True),
+    "NormControl(torch SGD fused)": lambda g: NormControl(
+        torch.optim.SGD([{**x, "weight_decay": 0.0} for x in g], lr=0.1, momentum=0.9, fused=True), target=1.5
+    ),
+}
+LION_FAMILY = {
+    "Lion": lambda g: Lion(g, lr=1e-4),
+    "NormControl(Lion)": lambda g: NormControl(Lion([{**x, "weight_decay": 0.0} for x in g], lr=1e-4), target=1.5),
 }
 
 
-MAKERS = {**ADAM_FAMILY, **SGD_FAMILY}
+MAKERS = {**ADAM_FAMILY, **SGD_FAMILY, **LION_FAMILY}
 
 
 def random_params(shapes, dtype, device: str) -> list[torch.Tensor]:
@@ -108,6 +115,7 @@ def random_params(shapes, dtype, device: str) -> list[torch.Tensor]:
 BASELINES = {  # each optimizer's steps alternate with those of torch's one-pass kernel for its rule
     **{label: ("torch AdamW fused",) for label in ADAM_FAMILY},
     **{label: ("torch SGD fused", "torch SGD foreach") for label in SGD_FAMILY},  # foreach where unfused
+    **{label: ("Lion",) for label in LION_FAMILY},  # normctl's Lion: torch has none
 }
 
 
@@ -177,7 +185,7 @@ def time_paired(label: str, params: list[torch.Tensor], repeats: int, device: st
     return result
 
 
-def run_family(name: str, shapes, dtype, repeats: int, rounds: int, device: str) -> dict:
+def run_family(name: str, shapes, dtype, repeats: int, rounds: int, device: str, labels: list[str]) -> dict:
     """Every optimizer once per round, in a shuffled order, on the round's weights and gradients,
     its steps alternating with its baseline's. The ratio is the median of its steps over the
     median of the baseline steps paired with them, pooled over the rounds and within each."""
@@ -187,7 +195,7 @@ def run_family(name: str, shapes, dtype, repeats: int, rounds: int, device: str)
     for round_ in range(rounds):
         print(f"  round {round_ + 1}/{rounds}", flush=True)
         params = random_params(shapes, dtype, device)
-        order = list(MAKERS)
+        order = list(labels)
         random.Random(round_).shuffle(order)
         for label in order:
             result = time_paired(label, params, repeats, device)
@@ -200,7 +208,7 @@ def run_family(name: str, shapes, dtype, repeats: int, rounds: int, device: str)
                 for key in ("samples", "baseline_samples", "ratio_by_round"):
                     pooled[key] += result[key]
         del params
-    results = {label: results[label] for label in MAKERS}  # the table's order, not the first round's
+    results = {label: results[label] for label in labels}  # the table's order, not the first round's
     for label, r in results.items():
         if "error" in r:
             print(f"  {label:<36} unavailable: {r['error']}", flush=True)
@@ -230,11 +238,20 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="passes over all optimizers, samples pooled")
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument(
+        "--only", default="", help="comma-separated parts of names: time those alone (printed, not written)"
+    )
     args = parser.parse_args()
+    parts = [part for part in args.only.split(",") if part]
+    labels = [label for label in MAKERS if not parts or any(part in label for part in parts)]
+    if not labels:
+        parser.error(f"--only {args.only!r} matches none of {list(MAKERS)}")
     dtype = getattr(torch, args.dtype)
     families = {"gpt2": gpt2_small_shapes, "resnet50": resnet50_shapes}
     for family in families if args.family == "both" else [args.family]:
-        result = run_family(family, families[family](), dtype, args.repeats, args.rounds, args.device)
+        result = run_family(family, families[family](), dtype, args.repeats, args.rounds, args.device, labels)
+        if parts:
+            continue
         result["machine"] = machine()
         result["adamwn_one_pass_cpu_kernel"] = _one_pass_cpu.kernel() is not None
         suffix = ("" if args.dtype == "float32" else f"_{args.dtype}") + ("" if args.device == "cpu" else "_cuda")

@@ -225,3 +225,97 @@ def test_wrapper_state_dict_is_one_optimizer_state_dict():
     fresh.load_state_dict(state)
     assert set(fresh.optimizer.state_dict()["state"][0]) == {"step", "exp_avg", "exp_avg_sq"}
     assert fresh.param_groups[0]["schedule_step"] == 2
+
+
+one_pass_kernel = pytest.mark.skipif(
+    __import__("normctl.optim._one_pass_cpu", fromlist=["kernel"]).kernel() is None,
+    reason="the one-pass CPU kernel is not built here",
+)
+
+
+class SubclassedAdam(torch.optim.Adam):
+    """Not torch's own Adam: the wrapper leaves its step to it (the generic path)."""
+
+
+@one_pass_kernel
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("scope", ["tensor", "global"])
+def test_wrapped_torch_adam_takes_adamwns_one_pass_kernel(dtype, scope):
+    kw = dict(target=schedules.linear_ramp(1.0, 1.6, 20), rate=0.1, scope=scope)
+    ref, _ = run(lambda p: AdamWN(p, lr=1e-2, **kw), scheduler=cosine(), dtype=dtype, steps=40)
+    got, opt = run(lambda p: NormControl(torch.optim.Adam(p, lr=1e-2), **kw), scheduler=cosine(), dtype=dtype, steps=40)
+    assert all(torch.equal(a, b) for a, b in zip(ref, got))  # the same kernel, the same factors
+    assert opt._kept_norms._entries  # the kernel's norms served the steps after the first
+    generic, _ = run(lambda p: NormControl(SubclassedAdam(p, lr=1e-2), **kw), scheduler=cosine(), dtype=dtype, steps=40)
+    if dtype == torch.float32:
+        assert all(torch.allclose(a, b, rtol=1e-5, atol=1e-5) for a, b in zip(got, generic))
+    else:  # bfloat16: the three passes round θ in between, the kernel once; both against float64
+        exact, _ = run(lambda p: NormControl(SubclassedAdam(p, lr=1e-2), **kw), scheduler=cosine(), steps=40)
+        error = [float((a.double() - e).abs().max()) if e.numel() else 0.0 for a, e in zip(got, exact)]
+        generic_error = [float((b.double() - e).abs().max()) if e.numel() else 0.0 for b, e in zip(generic, exact)]
+        assert sum(error) < sum(generic_error) and max(error) < 0.05
+    for state in opt.optimizer.state.values():  # torch's own Adam state, as torch would have made it
+        assert set(state) == {"step", "exp_avg", "exp_avg_sq"} and state["step"].dtype == torch.float32
+        assert float(state["step"]) == 40 and state["exp_avg"].dtype == dtype
+
+
+@one_pass_kernel
+def test_wrapped_adam_resumes_bit_identically_and_its_inner_optimizer_steps_on():
+    import copy
+
+    def make(p):
+        return NormControl(torch.optim.Adam(p, lr=1e-2), target=1.3, rate=0.05)
+
+    def train(resume_at=None):
+        params = make_params(torch.float32)
+        opt = make(params)
+        for step in range(30):
+            g = torch.Generator().manual_seed(1000 + step)
+            for p in params:
+                p.grad = torch.randn(p.shape, generator=g, dtype=torch.float64).to(p.dtype)
+            opt.step()
+            if step == resume_at:  # as through a file: a fresh optimizer, no shared tensors
+                saved = copy.deepcopy(opt.state_dict())
+                opt = make(params)
+                opt.load_state_dict(saved)
+        return params, opt
+
+    (whole, _), (resumed, opt) = train(), train(resume_at=14)
+    assert all(torch.equal(a, b) for a, b in zip(whole, resumed))
+    opt.optimizer.step()  # torch's Adam continues from the state the kernel kept
+
+
+@one_pass_kernel
+@pytest.mark.parametrize(
+    "inner",
+    [
+        lambda p: torch.optim.Adam(p, lr=1e-2, amsgrad=True),
+        lambda p: torch.optim.Adam(p, lr=1e-2, maximize=True),
+        lambda p: torch.optim.AdamW(p, lr=1e-2, weight_decay=0.1),
+    ],
+    ids=["amsgrad", "maximize", "weight_decay"],
+)
+def test_wrapped_adam_with_other_settings_steps_through_torch(inner):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "both shrink the weights"
+        opt = NormControl(inner(make_params(torch.float32)), target=1.2)
+    for p in opt.param_groups[0]["params"]:
+        p.grad = torch.ones_like(p)
+    opt.step()
+    assert not opt._kept_norms._entries
+
+
+@one_pass_kernel
+def test_wrapped_adam_steps_uncontrolled_groups_in_the_same_pass():
+    def groups(params):
+        return [
+            {"params": [p for p in params if p.ndim >= 2]},
+            {"params": [p for p in params if p.ndim < 2], "control": False},
+        ]
+
+    ref, _ = run(lambda p: AdamWN(groups(p), lr=1e-2, target=1.4, weight_decay=0.0), dtype=torch.float32, steps=30)
+    got, opt = run(
+        lambda p: NormControl(torch.optim.Adam(groups(p), lr=1e-2), target=1.4), dtype=torch.float32, steps=30
+    )
+    assert all(torch.allclose(a, b, rtol=1e-6, atol=1e-6) for a, b in zip(ref, got))
+    assert all(p in opt._kept_norms._entries for g in opt.param_groups for p in g["params"] if p.numel())

@@ -17,6 +17,9 @@ from torch.optim import Optimizer
 from ..schedules import Schedule
 from . import _auto_target as auto_target
 from . import _control as control
+from . import _one_pass_cpu
+from . import _wrapped_adam as wrapped_adam
+from ._adamwn_paths import factor_vector
 from ._auto_target import AutoTarget
 from ._base import (
     KEPT_DTYPE_KEYS,
@@ -30,6 +33,7 @@ from ._base import (
     is_state_initialisation,
     keep_saved_dtypes,
 )
+from ._kept_norms import KeptTensorNorms
 
 _OWN_KEY = "normctl_"  # marks the wrapper's own per-tensor state in the shared state dict
 
@@ -200,6 +204,7 @@ class NormControl(_Wrapper):
             max_lr=max_lr,
         )
         super().__init__(optimizer, defaults)
+        self._kept_norms = KeptTensorNorms()  # per tensor, as the one-pass kernel left the weights
 
     def _validate_group(self, group: dict[str, Any]) -> None:
         control.validate_control_group(group)
@@ -225,11 +230,46 @@ class NormControl(_Wrapper):
         plans = [control.plan(b.group) for b in batches]
         self._create_state(batches)
         before = auto_target.snapshot(batches)  # θ_{t−1}, where an automatic target measures u
-        control.apply_control(batches, plans, self.param_groups, phase="pre_step")
-        self.optimizer.step()
-        control.apply_control(batches, plans, self.param_groups, phase="post_step")
+        one_pass = wrapped_adam.is_plain_adam(self.optimizer) and wrapped_adam.one_pass_batches(
+            batches, self.optimizer.state
+        )
+        if one_pass:
+            self._one_pass_step(batches, one_pass, plans)
+        else:
+            control.apply_control(batches, plans, self.param_groups, phase="pre_step")
+            self.optimizer.step()
+            control.apply_control(batches, plans, self.param_groups, phase="post_step")
         auto_target.observe(batches, before, self.param_groups)
         control.advance(self.param_groups)
+
+    def _one_pass_step(self, batches: list[Batch], adam_batches: list[Batch], plans: list) -> None:
+        """Around torch's Adam: Eq. 3 and Adam's step in AdamWN's one-pass kernel, on the inner
+        optimizer's state; the norms the kernel measures while writing θ serve the next step."""
+        factors = control.control_factors(
+            batches, plans, self.param_groups, phase="pre_step", tensor_norms=self._kept_norms.tensor_norms
+        )
+        for batch, adam_batch, batch_factors in zip(batches, adam_batches, factors):
+            if not batch.params:
+                continue
+            if batch_factors is not None:
+                control.scale_idle_(batch, batch_factors)
+            norm_sq = _one_pass_cpu.adamwn_step_(
+                adam_batch.params,
+                adam_batch.grads,
+                adam_batch.states,
+                adam_batch.group,
+                factor_vector(batch_factors, len(batch.params)),
+            )
+            self._kept_norms.keep(batch.params, norm_sq)
+
+    def state_dict(self) -> dict[str, Any]:
+        # as AdamWN's: a resumed run measures every norm afresh, so the run that goes on must too
+        self._kept_norms.clear()
+        return super().state_dict()
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        self._kept_norms = KeptTensorNorms()
 
 
 class CorrectedDecay(_Wrapper):
