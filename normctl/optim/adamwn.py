@@ -207,10 +207,20 @@ class AdamWN(NormctlOptimizer):
         return paths.choose(batch, fused=fused, tables=lambda: self._tables(batch.group))
 
     def step_paths(self) -> list[paths.Choice | None]:
-        """Which kernel would take each param group's next step, and why (None: nothing to step)."""
+        """Which kernel would take each param group's next step, and why (None: nothing to step).
+        Read-only: the state a first step would create is made aside, the CUDA kernel's tables too."""
         from ._base import collect_batches
 
-        return [self._choose(b) if b.params else None for b in collect_batches(self.param_groups, "AdamWN")]
+        out: list[paths.Choice | None] = []
+        for batch in collect_batches(self.param_groups, "AdamWN"):
+            for p in batch.params:
+                state = self.state.get(p) or {}
+                if not state:
+                    self._init_state(p, state, batch.group)
+                batch.states.append(state)
+            fused = self._use_fused(batch.group, batch.params)
+            out.append(paths.choose(batch, fused=fused, tables=_one_pass.KeptTables) if batch.params else None)
+        return out
 
     def _tables(self, group: dict) -> _one_pass.KeptTables:
         return self._kept_tables.setdefault(id(group), _one_pass.KeptTables())
