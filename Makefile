@@ -11,7 +11,7 @@ $(BIN)/normctl-lab: pyproject.toml lab/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet "$(TORCH_PIN)"
-	$(BIN)/pip install --quiet -e ".[dev]" -e "./lab[progress,peers]"
+	$(BIN)/pip install --quiet -e ".[dev]" -e "./lab[progress,peers,cluster]"
 	$(BIN)/python -c "from normctl.optim import _one_pass_cpu; _one_pass_cpu.prepare()"
 	touch $@
 

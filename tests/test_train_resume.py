@@ -559,3 +559,29 @@ def test_the_tail_rise_is_stored_with_the_run_at_full_resolution(tmp_path):
     assert set(final["tail_rise"]) >= {"global/grad_norm", "group/normalized/grad_norm"}
     for key, value in final["tail_rise"].items():
         assert value == pytest.approx(tail_rise([r.get(key) for r in records]), rel=1e-12)
+
+
+def test_a_sweep_as_cluster_jobs_trains_each_run_and_resumes(tmp_path, capsys):
+    """submitit's local cluster: one process per job, as Slurm would run them."""
+    pytest.importorskip("submitit")
+    from normctl_lab import cluster, sweep
+
+    base = with_overrides(RunConfig(), ["task=voronoi", "steps=3", "hidden=16", "batch_size=32", "schedule=constant"])
+    grid = {"method": ["adamw", "adamwn"]}
+    options = cluster.parse_options(["cluster=local", "timeout_min=10"])
+    assert options == {"cluster": "local", "timeout_min": 10}
+    results = sweep.run_sweep(base, grid, [0], tmp_path, executor="submitit", executor_options=options)
+    assert sorted(r["label"] for r in results) == ["method=adamw", "method=adamwn"]
+    assert all(r["status"] == "finished" for r in results) and (tmp_path / "submitit").is_dir()
+    assert "submitted 2 jobs" in capsys.readouterr().out
+    again = sweep.run_sweep(base, grid, [0], tmp_path, executor="submitit", executor_options=options)
+    assert again == results and "submitted" not in capsys.readouterr().out  # nothing left to train
+
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "checkpoint.pt").write_bytes(b"not a checkpoint")  # fails inside the job
+    with pytest.raises(RuntimeError, match=r"runs failed:\n  bad \(job"):
+        sweep.train_runs([("bad", base)], tmp_path, executor="submitit", executor_options=options, verbose=False)
+    with pytest.raises(ValueError, match="executor must be one of"):
+        sweep.train_runs([], tmp_path, executor="slurm")
+    with pytest.raises(ValueError, match="--executor-option expects key=value"):
+        cluster.parse_options(["partition"])

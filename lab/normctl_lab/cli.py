@@ -42,7 +42,7 @@ def sweep(args: argparse.Namespace) -> None:
     from .sweep import parse_grid, run_sweep
 
     base = with_overrides(RunConfig.from_file(args.config) if args.config else RunConfig(), args.set)
-    run_sweep(base, parse_grid(args.grid), _seeds(args.seeds), args.out, workers=args.workers)
+    run_sweep(base, parse_grid(args.grid), _seeds(args.seeds), args.out, **_launch(args))
 
 
 def tune(args: argparse.Namespace) -> None:
@@ -59,7 +59,7 @@ def tune(args: argparse.Namespace) -> None:
         seeds=_seeds(args.seeds),
         search_seed=args.search_seed,
         reference=args.reference,
-        workers=args.workers,
+        **_launch(args),
     )
 
 
@@ -121,6 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
     p.add_argument("--out", required=True, help="the sweep directory")
     p.add_argument("--workers", type=int, default=1, help="runs at once (one thread each; default 1)")
+    _add_executor_arguments(p)
     p.set_defaults(handler=sweep)
 
     p = _config_command(
@@ -134,6 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference", default=None, help="the method paired differences are taken against (the first)")
     p.add_argument("--out", required=True, help="the tuning's directory")
     p.add_argument("--workers", type=int, default=1, help="runs at once (one thread each; default 1)")
+    _add_executor_arguments(p)
     p.set_defaults(handler=tune)
 
     p = commands.add_parser(
@@ -226,6 +228,29 @@ def _config_command(commands, name: str, summary: str) -> argparse.ArgumentParse
     p.add_argument("config", nargs="?", help="a JSON file of RunConfig fields (defaults if omitted)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a field")
     return p
+
+
+def _add_executor_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--executor",
+        default="local",
+        choices=["local", "submitit"],
+        help="local: --workers processes here; submitit: one cluster job per run (Slurm, or cluster=local)",
+    )
+    p.add_argument(
+        "--executor-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a submitit parameter, e.g. slurm_partition=gpu, timeout_min=120, cluster=local",
+    )
+
+
+def _launch(args: argparse.Namespace) -> dict:
+    """Where the runs train: --workers, --executor and its options."""
+    from .cluster import parse_options
+
+    return dict(workers=args.workers, executor=args.executor, executor_options=parse_options(args.executor_option))
 
 
 def _seeds(text: str) -> list[int]:

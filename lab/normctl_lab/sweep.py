@@ -20,6 +20,7 @@ from typing import Any
 from normctl.groups import GROUP_FLAGS, param_groups
 from normctl.report.runs import load_run
 
+from .cluster import EXECUTORS, submit_runs
 from .config import RunConfig, with_overrides
 from .methods import norm_gains
 from .progress import progress
@@ -60,11 +61,15 @@ def run_sweep(
     out: str | Path,
     *,
     workers: int = 1,
+    executor: str = "local",
+    executor_options: dict[str, Any] | None = None,
     verbose: bool = True,
 ) -> list[dict[str, Any]]:
     out = Path(out)
     runs = sweep_configs(base, grid, seeds)
-    results = train_runs(runs, out, workers=workers, verbose=verbose)
+    results = train_runs(
+        runs, out, workers=workers, executor=executor, executor_options=executor_options, verbose=verbose
+    )
     (out / "summary.json").write_text(
         json.dumps({"base": dataclasses.asdict(base), "grid": grid, "seeds": seeds, "results": results}, indent=2)
     )
@@ -73,19 +78,31 @@ def run_sweep(
 
 
 def train_runs(
-    runs: list[tuple[str, RunConfig]], out: Path, *, workers: int = 1, verbose: bool = True
+    runs: list[tuple[str, RunConfig]],
+    out: Path,
+    *,
+    workers: int = 1,
+    executor: str = "local",
+    executor_options: dict[str, Any] | None = None,
+    verbose: bool = True,
 ) -> list[dict[str, Any]]:
     """Train each ``(name, config)`` into ``out/name`` unless it has finished (``final.json``);
     unfinished runs resume from their checkpoints. ``workers > 1`` trains that many at once,
     each in a single-threaded process (on a CPU that suits small models; wide ones train as fast
-    one at a time on every core, see ``benchmarks/cpu_parallelism.py``). Returns every run's
-    final metrics, in order."""
+    one at a time on every core, see ``benchmarks/cpu_parallelism.py``); ``executor="submitit"``
+    submits one cluster job per run instead (:mod:`.cluster`). Returns every run's final
+    metrics, in order."""
     if not (isinstance(workers, int) and workers >= 1):
         raise ValueError(f"workers must be an integer >= 1, got {workers!r}")
+    if executor not in EXECUTORS:
+        raise ValueError(f"executor must be one of {EXECUTORS}, got {executor!r}")
     todo = [(name, cfg) for name, cfg in runs if not (out / name / "final.json").is_file()]
     if verbose:
         print(f"{len(runs) - len(todo)} of {len(runs)} runs finished; training {len(todo)}", flush=True)
-    if workers == 1:
+    if executor == "submitit":
+        if todo:
+            submit_runs(todo, out, executor_options or {}, verbose=verbose)
+    elif workers == 1:
         for i, (name, cfg) in enumerate(todo, 1):
             if verbose:
                 print(f"[{i}/{len(todo)}] {name}", flush=True)

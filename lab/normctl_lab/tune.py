@@ -152,9 +152,15 @@ def run_tune(
     search_seed: int = 0,
     reference: str | None = None,
     workers: int = 1,
+    executor: str = "local",
+    executor_options: dict[str, Any] | None = None,
     verbose: bool = True,
 ) -> dict[str, Any]:
-    """The protocol of this module for ``methods`` around ``base``; writes and returns summary.json."""
+    """The protocol of this module for ``methods`` around ``base``; writes and returns summary.json.
+    ``workers``, ``executor`` and ``executor_options`` say where the runs train (:func:`.sweep.train_runs`)."""
+    launch: dict[str, Any] = dict(
+        workers=workers, executor=executor, executor_options=executor_options, verbose=verbose
+    )
     seeds = [0, 1, 2] if seeds is None else seeds
     unknown = [m for m in methods if m not in SEARCH_SPACES]
     if unknown or not methods:
@@ -173,13 +179,13 @@ def run_tune(
     search = {m: _search_runs(base, m, budget, search_seed) for m in methods}
     if verbose:
         print(f"search: {budget} configurations × {len(methods)} methods, seed {search_seed}", flush=True)
-    train_runs([run for runs in search.values() for run in runs], out / "search", workers=workers, verbose=verbose)
+    train_runs([run for runs in search.values() for run in runs], out / "search", **launch)
     selected = {m: _select(out / "search", m, runs, metrics, base) for m, runs in search.items()}
 
     final = {m: _final_runs(selected[m]["config"], m, seeds) for m in methods}
     if verbose:
         print(f"final: the selected configurations × seeds {seeds}", flush=True)
-    train_runs([run for runs in final.values() for run in runs], out / "final", workers=workers, verbose=verbose)
+    train_runs([run for runs in final.values() for run in runs], out / "final", **launch)
     scores = {m: _scores(out / "final", runs, metrics.report) for m, runs in final.items()}
 
     extra = [s for s in range(max(seeds) + 1, max(seeds) + 1 + CLOSE_CALL_SEEDS - len(seeds))]
@@ -188,7 +194,7 @@ def run_tune(
         if verbose:
             print(f"within 2 std of another: {sorted(close)}; seeds {extra} added", flush=True)
         more = {m: _final_runs(selected[m]["config"], m, extra) for m in sorted(close)}
-        train_runs([run for runs in more.values() for run in runs], out / "final", workers=workers, verbose=verbose)
+        train_runs([run for runs in more.values() for run in runs], out / "final", **launch)
         for m, runs in more.items():
             scores[m] |= _scores(out / "final", runs, metrics.report)
 
