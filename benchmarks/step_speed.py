@@ -4,10 +4,10 @@
                                     [--dtype float32|bfloat16] [--device cpu|cuda]
 
 Parameters get fixed random gradients. Each optimizer's steps alternate with those of its
-baseline — torch's fused AdamW for the Adam family, torch's fused SGD (foreach where there is no
-fused kernel) for SGD — on the same weights, each with its own state, so that a slow stretch of
-a shared machine falls on both alike; the baseline paired with a second instance of itself
-shows the method's own noise. ``--rounds`` passes over the whole list, each in its own shuffled
+baseline — torch's fused AdamW for the Adam family, torch's fused SGD (foreach where there is
+no fused kernel) for SGD, normctl's Lion for Lion — each on its own copy of the weights, so
+that a slow stretch of a shared machine falls on both alike; the baseline paired with a second
+instance of itself shows the method's own noise. ``--only`` times some of them alone. ``--rounds`` passes over the whole list, each in its own shuffled
 order. Prints the median and quartiles of each optimizer's steps, the ratio of its median to
 the median of the baseline steps paired with it (pooled, and the range over rounds), the bytes
 of optimizer state (and on CUDA the peak memory a step allocates beyond the parameters,
@@ -144,10 +144,19 @@ def timed_step(opt, cuda: bool) -> float:
     return time.perf_counter() - start
 
 
+def own_copy(params: list[torch.Tensor]) -> list[torch.Tensor]:
+    """The same weights and gradients in other memory: each optimizer of a pair steps its own
+    weights, as in training (a kernel that keeps ‖θ‖ between steps finds them as it left them)."""
+    copies = [p.detach().clone().requires_grad_() for p in params]
+    for copy, p in zip(copies, params):
+        copy.grad = p.grad.clone()
+    return copies
+
+
 def time_paired(label: str, params: list[torch.Tensor], repeats: int, device: str, warmup: int = 2) -> dict:
-    """``label``'s steps, each after a step of its baseline (its own state, the same weights), so
-    that a slow stretch of the machine falls on both alike; the baseline is paired with a second
-    instance of itself, which shows the method's own noise."""
+    """``label``'s steps, each after a step of its baseline (its own weights and state, started
+    from the same values), so that a slow stretch of the machine falls on both alike; the
+    baseline is paired with a second instance of itself, which shows the method's own noise."""
     gc.collect()
     try:
         opt = build(MAKERS[label], params)
@@ -155,7 +164,7 @@ def time_paired(label: str, params: list[torch.Tensor], repeats: int, device: st
         return {"error": str(error).splitlines()[0]}
     for name in BASELINES[label]:
         try:
-            baseline = build(MAKERS[name], params)
+            baseline = build(MAKERS[name], own_copy(params))
             break
         except (RuntimeError, ValueError, TypeError):
             continue

@@ -319,3 +319,38 @@ def test_wrapped_adam_steps_uncontrolled_groups_in_the_same_pass():
     )
     assert all(torch.allclose(a, b, rtol=1e-6, atol=1e-6) for a, b in zip(ref, got))
     assert all(p in opt._kept_norms._entries for g in opt.param_groups for p in g["params"] if p.numel())
+
+
+class SubclassedSGD(torch.optim.SGD):
+    """Not torch's own SGD: the wrapper leaves its step to it (the generic path)."""
+
+
+@one_pass_kernel
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize(
+    "sgd", [dict(momentum=0.9), dict(momentum=0.9, nesterov=True), dict(momentum=0.8, dampening=0.1)]
+)
+def test_wrapped_torch_sgd_takes_the_one_pass_kernel(dtype, sgd):
+    kw = dict(target=schedules.linear_ramp(1.0, 1.6, 20), rate=0.1)
+    got, opt = run(lambda p: NormControl(torch.optim.SGD(p, lr=0.05, **sgd), **kw), dtype=dtype, steps=40)
+    generic, generic_opt = run(lambda p: NormControl(SubclassedSGD(p, lr=0.05, **sgd), **kw), dtype=dtype, steps=40)
+    assert opt._kept_norms._entries and not generic_opt._kept_norms._entries
+    if dtype == torch.float32:
+        assert all(torch.allclose(a, b, rtol=1e-5, atol=1e-5) for a, b in zip(got, generic))
+        for p, q in zip(opt.param_groups[0]["params"], generic_opt.param_groups[0]["params"]):
+            ours, theirs = opt.optimizer.state[p]["momentum_buffer"], generic_opt.optimizer.state[q]["momentum_buffer"]
+            assert ours.dtype == dtype and torch.allclose(ours, theirs, rtol=1e-5, atol=1e-5)
+    else:  # bfloat16: the kernel rounds once per step, the three passes after each
+        exact, _ = run(lambda p: NormControl(SubclassedSGD(p, lr=0.05, **sgd), **kw), steps=40)
+        error = [float((a.double() - e).abs().max()) if e.numel() else 0.0 for a, e in zip(got, exact)]
+        generic_error = [float((b.double() - e).abs().max()) if e.numel() else 0.0 for b, e in zip(generic, exact)]
+        assert sum(error) <= 1.1 * sum(generic_error)
+
+
+@one_pass_kernel
+def test_wrapped_sgd_without_momentum_steps_through_torch():
+    opt = NormControl(torch.optim.SGD(make_params(torch.float32), lr=0.1), target=1.2)
+    for p in opt.param_groups[0]["params"]:
+        p.grad = torch.ones_like(p)
+    opt.step()
+    assert not opt._kept_norms._entries

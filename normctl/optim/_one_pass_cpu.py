@@ -1,5 +1,8 @@
 """AdamWN's step as one pass over memory on the CPU: a C++/OpenMP kernel built at first use.
 
+The same extension holds SGD with momentum after Eq. 3 (``sgd_step_``), which ``NormControl``
+takes around torch's own SGD (:mod:`._inner_one_pass`).
+
 Torch's fused AdamW reads and writes every element once; Eq. 3 needs ‖θ‖ of every tensor
 before the step, which costs a second read of the weights, and a per-tensor decay costs one
 fused call per tensor. The kernel (``csrc/adamwn_one_pass.cpp``) instead multiplies θ by its
@@ -128,6 +131,30 @@ def adamwn_step_(params: list[Tensor], grads: list[Tensor], states: list[dict], 
         beta1,
         beta2,
         group["eps"],
+    )
+
+
+def sgd_step_(
+    params: list[Tensor], grads: list[Tensor], buffers: list[Tensor], starts: list[bool], group: dict, factors: Tensor
+) -> Tensor:
+    """θ_i ← f_i·θ_i then SGD's momentum step as torch's SGD takes it, for every tensor in one
+    pass; returns ‖θ_i‖² after it (float64). ``starts[i]``: the buffer is new (zeros), and torch
+    starts it at the gradient itself, whatever the dampening."""
+    extension = kernel()
+    assert extension is not None, "the caller checked that the kernel is available"
+    momentum, dampening = float(group["momentum"]), float(group["dampening"])
+    keep = torch.tensor([0.0 if s else momentum for s in starts], dtype=torch.float64)
+    take = torch.tensor([1.0 if s else 1.0 - dampening for s in starts], dtype=torch.float64)
+    return extension.sgd_step(
+        params,
+        [g if g.is_contiguous() else g.contiguous() for g in grads],
+        buffers,
+        factors,
+        keep,
+        take,
+        float(group["lr"]),
+        momentum,
+        bool(group["nesterov"]),
     )
 
 

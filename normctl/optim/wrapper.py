@@ -17,8 +17,7 @@ from torch.optim import Optimizer
 from ..schedules import Schedule
 from . import _auto_target as auto_target
 from . import _control as control
-from . import _one_pass_cpu
-from . import _wrapped_adam as wrapped_adam
+from . import _inner_one_pass as inner_one_pass
 from ._adamwn_paths import factor_vector
 from ._auto_target import AutoTarget
 from ._base import (
@@ -230,11 +229,10 @@ class NormControl(_Wrapper):
         plans = [control.plan(b.group) for b in batches]
         self._create_state(batches)
         before = auto_target.snapshot(batches)  # θ_{t−1}, where an automatic target measures u
-        one_pass = wrapped_adam.is_plain_adam(self.optimizer) and wrapped_adam.one_pass_batches(
-            batches, self.optimizer.state
-        )
-        if one_pass:
-            self._one_pass_step(batches, one_pass, plans)
+        inner_kind = inner_one_pass.kind(self.optimizer)
+        one_pass = inner_kind and inner_one_pass.plan(inner_kind, batches, self.optimizer.state)
+        if inner_kind and one_pass:
+            self._one_pass_step(inner_kind, one_pass, plans)
         else:
             control.apply_control(batches, plans, self.param_groups, phase="pre_step")
             self.optimizer.step()
@@ -242,24 +240,20 @@ class NormControl(_Wrapper):
         auto_target.observe(batches, before, self.param_groups)
         control.advance(self.param_groups)
 
-    def _one_pass_step(self, batches: list[Batch], adam_batches: list[Batch], plans: list) -> None:
-        """Around torch's Adam: Eq. 3 and Adam's step in AdamWN's one-pass kernel, on the inner
+    def _one_pass_step(self, inner_kind: str, inner: list[inner_one_pass.InnerBatch], plans: list) -> None:
+        """Around torch's Adam or SGD: Eq. 3 and the inner step in one pass, on the inner
         optimizer's state; the norms the kernel measures while writing θ serve the next step."""
+        batches = [i.batch for i in inner]
         factors = control.control_factors(
             batches, plans, self.param_groups, phase="pre_step", tensor_norms=self._kept_norms.tensor_norms
         )
-        for batch, adam_batch, batch_factors in zip(batches, adam_batches, factors):
+        for batch_inner, batch_factors in zip(inner, factors):
+            batch = batch_inner.batch
             if not batch.params:
                 continue
             if batch_factors is not None:
                 control.scale_idle_(batch, batch_factors)
-            norm_sq = _one_pass_cpu.adamwn_step_(
-                adam_batch.params,
-                adam_batch.grads,
-                adam_batch.states,
-                adam_batch.group,
-                factor_vector(batch_factors, len(batch.params)),
-            )
+            norm_sq = inner_one_pass.step_(inner_kind, batch_inner, factor_vector(batch_factors, len(batch.params)))
             self._kept_norms.keep(batch.params, norm_sq)
 
     def state_dict(self) -> dict[str, Any]:

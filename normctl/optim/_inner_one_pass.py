@@ -1,0 +1,101 @@
+"""``NormControl`` around torch's own Adam, AdamW or SGD: Eq. 3 and the inner step in one pass.
+
+The generic wrapper reads the weights for their norms, scales them, then lets the inner
+optimizer read and write them again — three passes over the weights where one will do. Around
+torch's own ``Adam``/``AdamW`` (``NormControl(Adam)`` is AdamWN) and ``SGD`` with momentum,
+with nothing but the plain update to do (no AMSGrad, maximize, capturable or differentiable
+mode, no weight decay), the wrapper runs the one-pass CPU kernel on the inner optimizer's own
+state — Adam's ``step``, ``exp_avg``, ``exp_avg_sq`` or SGD's ``momentum_buffer``, with torch's
+keys and dtypes — so the inner optimizer, its state dict and a later plain ``step()`` see what
+they would have made themselves, and the norms the kernel measures while writing θ serve the
+next step. Anything else, and any batch the kernel does not take, leaves the step to the inner
+optimizer as before.
+"""
+
+from __future__ import annotations
+
+from collections.abc import MutableMapping, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+from torch.optim import Optimizer
+
+from . import _one_pass_cpu
+from ._adam import ONE_PASS_DTYPES, adam_state
+from ._base import Batch
+
+KINDS = {torch.optim.Adam: "adam", torch.optim.AdamW: "adam", torch.optim.SGD: "sgd"}
+UNSUPPORTED_FLAGS = ("amsgrad", "maximize", "capturable", "differentiable")
+STATE_TENSORS = {"adam": ("exp_avg", "exp_avg_sq"), "sgd": ("momentum_buffer",)}
+
+
+@dataclass(frozen=True)
+class InnerBatch:
+    """A batch as the kernel takes it: its tensors with the inner optimizer's state."""
+
+    batch: Batch
+    states: list[dict]
+    starts: list[bool]  # SGD: the momentum buffer is new this step
+
+
+def kind(optimizer: Optimizer) -> str | None:
+    """ "adam" or "sgd" for torch's own classes (not subclasses, whose step may differ), else None."""
+    return KINDS.get(type(optimizer))
+
+
+def plan(inner_kind: str, batches: list[Batch], inner_state: MutableMapping[Tensor, dict]) -> list[InnerBatch] | None:
+    """Each batch with gradients as the kernel takes it, the inner state created as torch would
+    where it is missing — or None where any batch cannot take the kernel (the inner optimizer
+    then steps them all)."""
+    out = []
+    for batch in batches:
+        group = batch.group
+        if not batch.params:
+            out.append(InnerBatch(batch, [], []))
+            continue
+        if any(group.get(flag) for flag in UNSUPPORTED_FLAGS) or group.get("weight_decay", 0) != 0:
+            return None
+        if group["control"] and group["control_at"] != "pre_step":
+            return None  # an uncontrolled group takes the kernel too, its factors 1: the plain step
+        if inner_kind == "sgd" and not group["momentum"] > 0:
+            return None
+        if batch.params[0].device.type != "cpu" or _one_pass_cpu.kernel() is None:
+            return None
+        states = [inner_state[p] for p in batch.params]
+        starts = [not state for state in states]
+        if inner_kind == "sgd":
+            starts = [state.get("momentum_buffer") is None for state in states]
+        if not _suits(batch.params, states, starts, STATE_TENSORS[inner_kind]):
+            return None
+        for p, state, start in zip(batch.params, states, starts):
+            if start:
+                state.update(adam_state(p) if inner_kind == "adam" else {"momentum_buffer": torch.zeros_like(p)})
+        out.append(InnerBatch(batch, states, starts))
+    return out
+
+
+def step_(inner_kind: str, inner: InnerBatch, factors: Tensor) -> Tensor:
+    """Eq. 3's factors and the inner step in one pass; ‖θ_i‖² after it (float64)."""
+    batch = inner.batch
+    if inner_kind == "adam":
+        return _one_pass_cpu.adamwn_step_(batch.params, batch.grads, inner.states, batch.group, factors)
+    buffers = [state["momentum_buffer"] for state in inner.states]
+    return _one_pass_cpu.sgd_step_(batch.params, batch.grads, buffers, inner.starts, batch.group, factors)
+
+
+def _suits(params: Sequence[Tensor], states: Sequence[dict], starts: Sequence[bool], keys: Sequence[str]) -> bool:
+    """Plain contiguous CPU tensors of one one-pass dtype, their existing state alike."""
+    dtype = params[0].dtype
+    if dtype not in ONE_PASS_DTYPES:
+        return False
+    for p, state, start in zip(params, states, starts):
+        if type(p) not in (torch.Tensor, torch.nn.Parameter) or not (p.dtype == dtype and p.is_contiguous()):
+            return False
+        if start:
+            continue
+        for key in keys:
+            t = state.get(key)
+            if not (isinstance(t, Tensor) and t.device == p.device and t.dtype == dtype and t.is_contiguous()):
+                return False
+    return True
