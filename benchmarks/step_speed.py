@@ -7,11 +7,12 @@ Parameters get fixed random gradients. Each optimizer's steps alternate with tho
 baseline — torch's fused AdamW for the Adam family, torch's fused SGD (foreach where there is
 no fused kernel) for SGD, normctl's Lion for Lion — each on its own copy of the weights, so
 that a slow stretch of a shared machine falls on both alike; the baseline paired with a second
-instance of itself shows the method's own noise. ``--only`` times some of them alone. ``--rounds`` passes over the whole list, each in its own shuffled
-order. Prints the median and quartiles of each optimizer's steps, the ratio of its median to
-the median of the baseline steps paired with it (pooled, and the range over rounds), the bytes
-of optimizer state (and on CUDA the peak memory a step allocates beyond the parameters,
-gradients and state), and writes results/bench/step_speed_<family>[_<dtype>][_cuda].json.
+instance of itself shows the method's own noise; ``--only`` times some of them alone.
+``--rounds`` passes over the whole list, each in its own shuffled order. Prints the median and
+quartiles of each optimizer's steps, the ratio of its median to the median of the baseline
+steps paired with it (pooled, and the range over rounds), the bytes of optimizer state (and on
+CUDA the peak memory a step allocates beyond the parameters, gradients and state), and writes
+results/bench/step_speed_<family>[_<dtype>][_cuda].json.
 """
 
 from __future__ import annotations
