@@ -70,9 +70,8 @@ def quiet_trainer(pl, **arguments):
     return pl.Trainer(accelerator="cpu", **(quiet | arguments))
 
 
-def test_lightning_with_normctl_optimizer_and_monitor():
-    pl = pytest.importorskip("lightning.pytorch")
-    from normctl.integrations.lightning import NormMonitorCallback
+def lightning_regression(pl, clip_log, method="adamwn"):
+    """A LayerNorm regression whose ``on_before_optimizer_step`` logs the gradients' global norm."""
 
     class Regression(pl.LightningModule):
         def __init__(self):
@@ -85,15 +84,25 @@ def test_lightning_with_normctl_optimizer_and_monitor():
             x, y = batch
             return torch.nn.functional.mse_loss(self.net(x), y)
 
+        def on_before_optimizer_step(self, optimizer):  # after backward, before Lightning clips
+            grads = [p.grad for p in self.parameters()]
+            clip_log.append(float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))))
+
         def configure_optimizers(self):
-            return create_optimizer(self, "sgd+wn", lr=0.05, target=1.5)
+            return create_optimizer(self, method, lr=0.05, target=1.5)
+
+    return Regression()
+
+
+def test_lightning_with_normctl_optimizer_and_monitor():
+    pl = pytest.importorskip("lightning.pytorch")
+    from normctl.integrations.lightning import NormMonitorCallback
 
     torch.manual_seed(0)
     data = torch.utils.data.TensorDataset(torch.randn(64, 4), torch.randn(64, 1))
     sink = MemorySink()
     trainer = quiet_trainer(pl, max_steps=6, callbacks=[NormMonitorCallback(every=2, sinks=[sink])])
-    module = Regression()
-    trainer.fit(module, torch.utils.data.DataLoader(data, batch_size=8))
+    trainer.fit(lightning_regression(pl, [], "sgd+wn"), torch.utils.data.DataLoader(data, batch_size=8))
     assert [r["step"] for r in sink.records] == [1, 3, 5] and all("loss" in r for r in sink.records)
     assert isinstance(trainer.optimizers[0], NormControl)
 
@@ -199,28 +208,6 @@ def test_hf_resumed_run_records_what_an_uninterrupted_one_does(tmp_path):
     for a, b in zip(whole, resumed):
         ratios = [k for k in a if k.endswith("/norm_ratio") and a[k] is not None]  # None: initial norm 0
         assert ratios and all(a[k] == pytest.approx(b[k], rel=1e-5) for k in ratios)
-
-
-def lightning_regression(pl, clip_log):
-    class Regression(pl.LightningModule):
-        def __init__(self):
-            super().__init__()
-            self.net = torch.nn.Sequential(
-                torch.nn.Linear(4, 16, bias=False), torch.nn.LayerNorm(16), torch.nn.Linear(16, 1)
-            )
-
-        def training_step(self, batch, batch_idx):
-            x, y = batch
-            return torch.nn.functional.mse_loss(self.net(x), y)
-
-        def on_before_optimizer_step(self, optimizer):  # after backward, before Lightning clips
-            grads = [p.grad for p in self.parameters()]
-            clip_log.append(float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))))
-
-        def configure_optimizers(self):
-            return create_optimizer(self, "adamwn", lr=0.05, target=1.5)
-
-    return Regression()
 
 
 def test_lightning_records_the_steps_own_gradients_before_clipping_and_logs_to_trainer_loggers():
