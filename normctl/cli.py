@@ -17,7 +17,7 @@ LAB_COMMANDS = ("demo", "voronoi", "train", "sweep", "repro-gpt", "repro-voronoi
 def report(args: argparse.Namespace) -> None:
     from .report import build_report
 
-    print(f"wrote {build_report(args.runs, args.output, title=args.title)}")
+    print(f"wrote {build_report(args.runs, args.output, title=args.title, interactive=args.interactive)}")
 
 
 def doctor(args: argparse.Namespace) -> None:
@@ -34,6 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("runs", nargs="+", help="run directories holding metrics.jsonl")
     p.add_argument("-o", "--output", default="report.html", help="HTML file to write")
     p.add_argument("--title", default="normctl report")
+    p.add_argument(
+        "--interactive", action="store_true", help="zoomable plotly charts (pip install 'normctl[interactive]')"
+    )
     p.set_defaults(handler=report)
     p = commands.add_parser("doctor", help="which kernel each optimizer's step takes on this machine, and why")
     p.set_defaults(handler=doctor)

@@ -217,3 +217,34 @@ def test_ratio_plot_labels_every_layer_and_each_prediction_once(runs):
     assert len(predictions) == len(set(predictions)) >= 1  # one label per distinct prediction
     distinct = {tuple(adamc.series(f"tensor/{name}/pred_ratio")[1]) for name in layers}
     assert len(predictions) == len(distinct)
+
+
+def test_an_interactive_report_draws_the_run_charts_with_plotly_in_one_offline_file(runs, tmp_path):
+    pytest.importorskip("plotly")
+    path = build_report(runs, tmp_path / "report.html", interactive=True)
+    page = path.read_text()
+    assert page.count('class="plotly-graph-div"') == 3  # loss, gradient norm, norm ratio
+    assert page.count("window.PlotlyConfig") == 1  # plotly.js written once, into the page
+    assert not re.search(r"<script[^>]*\bsrc=", page) and '"name":"adamw (2 seeds)"' in page  # nothing to fetch
+    assert page.count('src="data:image/png;base64,') >= 2  # the per-layer figures stay images
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is not None:
+        flags = CHROMIUM_FLAGS + [f"--user-data-dir={tmp_path / 'profile'}"]
+        dom = subprocess.run(
+            [browser, *flags, "--virtual-time-budget=10000", "--dump-dom", path.as_uri()],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        ).stdout
+        assert dom.count('class="main-svg"') >= 3  # plotly drew every chart
+
+
+def test_an_interactive_report_without_plotly_names_the_extra(runs, tmp_path, monkeypatch, capsys):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "plotly", None)
+    monkeypatch.setitem(sys.modules, "plotly.graph_objects", None)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["report", str(runs[0]), "-o", str(tmp_path / "r.html"), "--interactive"])
+    assert exit_info.value.code == 2 and "pip install 'normctl[interactive]'" in capsys.readouterr().err
+    assert not (tmp_path / "r.html").exists()

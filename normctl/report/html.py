@@ -10,6 +10,7 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
+from . import interactive as interactive_module
 from . import plots
 from .runs import Run, by_label, load_run
 
@@ -34,6 +35,10 @@ def _figure(fig, caption: str) -> str:
         f'<figure><img alt="{html.escape(caption)}" src="data:image/png;base64,{_png(fig)}" '
         f"onload=\"this.dataset.loaded='1'\"><figcaption>{html.escape(caption)}</figcaption></figure>"
     )
+
+
+def _interactive_figure(div: str, caption: str) -> str:
+    return f"<figure>{div}<figcaption>{html.escape(caption)}</figcaption></figure>"
 
 
 def _cell(value) -> str:
@@ -84,12 +89,17 @@ def build_report(
     *,
     title: str = "normctl report",
     labels: Sequence[str] | None = None,
+    interactive: bool = False,
 ) -> Path:
     """Write the HTML report for ``run_dirs`` to ``output`` and return its path.
 
     Runs are grouped (one curve, one summary row) by their config's ``label``, else their
     method; ``labels``, one per run, groups them otherwise — e.g. by ablation variant, where
-    every variant trains with the same method."""
+    every variant trains with the same method. ``interactive`` draws the run-level charts (loss,
+    gradient norm, norm ratio) with plotly (``normctl[interactive]``), to zoom and hover; the
+    per-layer figures stay images."""
+    if interactive:
+        interactive_module.require_plotly()  # before any work: a missing extra is said at once
     if not run_dirs:
         raise ValueError("run_dirs must name at least one run directory")
     if labels is not None and len(labels) != len(run_dirs):
@@ -97,14 +107,23 @@ def build_report(
     runs = [load_run(d) for d in run_dirs]
     if labels is not None:
         runs = [dataclasses.replace(run, label=label) for run, label in zip(runs, labels)]
-    figures = [
-        _figure(plots.curves(runs, "loss", "training loss"), "Training loss (mean ± std over seeds)"),
-        _figure(
-            plots.curves(runs, "global/grad_norm", "global gradient norm", log=True),
+    charts = [
+        ("loss", "training loss", False, "Training loss (mean ± std over seeds)"),
+        (
+            "global/grad_norm",
+            "global gradient norm",
+            True,
             "Global gradient norm — a rise at the end is the tail blow-up",
         ),
-        _figure(plots.curves(runs, "global/norm_ratio", "‖θ‖ / ‖θ₀‖"), "Weight norm ratio to initialisation"),
+        ("global/norm_ratio", "‖θ‖ / ‖θ₀‖", False, "Weight norm ratio to initialisation"),
     ]
+    if interactive:
+        figures = [
+            _interactive_figure(interactive_module.curves(runs, key, ylabel, log=log, include_plotlyjs=i == 0), caption)
+            for i, (key, ylabel, log, caption) in enumerate(charts)
+        ]
+    else:
+        figures = [_figure(plots.curves(runs, key, ylabel, log=log), caption) for key, ylabel, log, caption in charts]
     phase_tables = []
     for label, group in by_label(runs).items():
         first = group[0]
