@@ -1,6 +1,7 @@
 """``normctl doctor``: which kernel each optimizer's step takes on this machine, and why.
 
-Each line comes from the optimizers' own choice (``AdamWN.step_paths``, ``_use_fused``) on a
+Each line comes from the optimizers' own choice (``AdamWN.step_paths``, ``NormControl.step_path``,
+``_use_fused``) on a
 small tensor of each dtype and device, after one step has created its state — not from a copy of
 their rules.
 """
@@ -13,7 +14,7 @@ import sys
 import torch
 
 from . import __version__
-from .optim import SGDC, AdamC, AdamWN, _one_pass, _one_pass_cpu
+from .optim import SGDC, AdamC, AdamWN, NormControl, _one_pass, _one_pass_cpu
 
 
 def report() -> str:
@@ -34,6 +35,9 @@ def report() -> str:
                 lines.append(
                     f"{name} {device} {str(dtype).removeprefix('torch.')}: {_fused_line(optimizer, device, dtype)}"
                 )
+            for name, inner in (("Adam", torch.optim.Adam), ("SGD", torch.optim.SGD)):
+                line = _wrapper_line(inner, device, dtype)
+                lines.append(f"NormControl(torch {name}) {device} {str(dtype).removeprefix('torch.')}: {line}")
     return "\n".join(lines)
 
 
@@ -58,6 +62,13 @@ def _adamwn_choice(device: str, dtype: torch.dtype, scope: str) -> str:
     (choice,) = optimizer.step_paths()
     assert choice is not None
     return f"{choice.path.value} — {choice.reason}"
+
+
+def _wrapper_line(inner_class, device: str, dtype: torch.dtype) -> str:
+    kwargs = {"momentum": 0.9} if inner_class is torch.optim.SGD else {}
+    optimizer = NormControl(inner_class([_param(device, dtype)], lr=1e-3, **kwargs), target=1.0)
+    optimizer.step()  # creates the state the choice looks at
+    return optimizer.step_path()
 
 
 def _fused_line(optimizer_class, device: str, dtype: torch.dtype) -> str:

@@ -354,3 +354,15 @@ def test_wrapped_sgd_without_momentum_steps_through_torch():
         p.grad = torch.ones_like(p)
     opt.step()
     assert not opt._kept_norms._entries
+
+
+@one_pass_kernel
+def test_the_wrapper_says_which_path_its_step_takes_without_changing_anything():
+    params = make_params(torch.float32)
+    for p in params:
+        p.grad = torch.ones_like(p)
+    plain = NormControl(torch.optim.Adam(params, lr=1e-2))
+    assert plain.step_path().startswith("one_pass") and not plain.optimizer.state  # looked at in a copy
+    assert NormControl(torch.optim.Adam(params, lr=1e-2, amsgrad=True)).step_path().startswith("generic")
+    assert NormControl(SubclassedAdam(params, lr=1e-2)).step_path().startswith("generic — Eq. 3 as a scale")
+    assert NormControl(Lion(params, lr=1e-4)).step_path().startswith("generic")

@@ -256,6 +256,22 @@ class NormControl(_Wrapper):
             norm_sq = inner_one_pass.step_(inner_kind, batch_inner, factor_vector(batch_factors, len(batch.params)))
             self._kept_norms.keep(batch.params, norm_sq)
 
+    def step_path(self) -> str:
+        """How the next step runs, and why: Eq. 3 and the inner step in one pass, or Eq. 3 as a
+        scale around the inner optimizer's own step. Read-only (the inner state is looked at in a copy)."""
+        inner = type(self.optimizer).__name__
+        kind = inner_one_pass.kind(self.optimizer)
+        if kind is None:
+            return f"generic — Eq. 3 as a scale, then {inner}.step() (one pass exists around torch's Adam, AdamW, SGD)"
+        batches = collect_batches(self.param_groups, "NormControl")
+        state_copy = {p: dict(self.optimizer.state.get(p, {})) for b in batches for p in b.params}
+        if inner_one_pass.plan(kind, batches, state_copy):
+            return f"one_pass — Eq. 3 and torch's {inner} step in one C++ pass on the inner state"
+        return (
+            f"generic — Eq. 3 as a scale, then {inner}.step(): not plain CPU float32/bfloat16 tensors, the "
+            "kernel not built, or settings it does not take (weight decay, AMSGrad, maximize, no momentum, ...)"
+        )
+
     def state_dict(self) -> dict[str, Any]:
         # as AdamWN's: a resumed run measures every norm afresh, so the run that goes on must too
         self._kept_norms.clear()
