@@ -122,12 +122,41 @@ def test_close_calls_and_diverged_runs(tmp_path):
     assert tune._close_calls(scores) == {"a", "b"}  # |1.2 − 1.5| < 2 × 0.2; c is far from both
 
     base = with_overrides(RunConfig(), TINY_VORONOI)
-    runs = tune._search_runs(base, "adamw", 2, 0)
-    for (name, _), (status, acc) in zip(runs, [("diverged", None), ("finished", 0.4)]):
+    configs = tune._search_runs(base, "adamw", 2, [0])
+    for [(name, _)], (status, acc) in zip(configs, [("diverged", None), ("finished", 0.4)]):
         (tmp_path / name).mkdir()
         (tmp_path / name / "final.json").write_text(json.dumps({"status": status, "val_acc": acc}))
-    selected = tune._select(tmp_path, "adamw", runs, tune.TASK_METRICS["voronoi"], base)
-    assert selected["selected"] == runs[1][0] and selected["search"][0]["val_acc"] == -math.inf
+    selected = tune._select(tmp_path, "adamw", configs, tune.TASK_METRICS["voronoi"], base)
+    assert selected["selected"] == "adamw_c1" and selected["search"][0]["val_acc"] == -math.inf
+
+
+def test_several_search_seeds_select_on_the_mean_score(tmp_path):
+    base = with_overrides(RunConfig(), TINY_VORONOI)
+    configs = tune._search_runs(base, "adamw", 2, [0, 5])
+    assert [[name for name, _ in runs] for runs in configs] == [
+        ["adamw_c0_s0", "adamw_c0_s5"],
+        ["adamw_c1_s0", "adamw_c1_s5"],
+    ]
+    assert [cfg.seed for _, cfg in configs[0]] == [0, 5] and configs[0][0][1].lr == configs[0][1][1].lr
+    # c0 wins on seed 0 by luck, c1 on average
+    for name, acc in [("adamw_c0_s0", 0.9), ("adamw_c0_s5", 0.5), ("adamw_c1_s0", 0.8), ("adamw_c1_s5", 0.8)]:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "final.json").write_text(json.dumps({"status": "finished", "val_acc": acc}))
+    selected = tune._select(tmp_path, "adamw", configs, tune.TASK_METRICS["voronoi"], base)
+    assert selected["selected"] == "adamw_c1" and selected["search"][1]["val_acc"] == pytest.approx(0.8)
+    assert selected["search"][0]["val_acc_by_seed"] == {0: 0.9, 5: 0.5}
+    assert selected["config"]["seed"] == 0 and selected["config"]["label"] == "adamw_c1"
+    with pytest.raises(ValueError, match="search_seeds must be one or more distinct seeds"):
+        tune.run_tune(base, ["adamw"], tmp_path / "t", search_seeds=[1, 1])
+
+
+def test_a_directory_tuned_before_several_search_seeds_still_resumes(tmp_path):
+    base = with_overrides(RunConfig(), TINY_VORONOI)
+    old = {"base": __import__("dataclasses").asdict(base), "budget": 2, "search_seed": 0, "methods": ["adamw"]}
+    (tmp_path / "protocol.json").write_text(json.dumps(old))
+    tune._check_same_protocol(tmp_path, base, ["adamw"], 2, [0])  # the same protocol
+    with pytest.raises(ValueError, match="another search_seeds"):
+        tune._check_same_protocol(tmp_path, base, ["adamw"], 2, [0, 1])
 
 
 def test_the_tune_command_lists_every_search_space(capsys):

@@ -57,7 +57,7 @@ def tune(args: argparse.Namespace) -> None:
         args.out,
         budget=args.budget,
         seeds=_seeds(args.seeds),
-        search_seed=args.search_seed,
+        search_seeds=_seeds(args.search_seeds),
         reference=args.reference,
         **_launch(args),
     )
@@ -131,7 +131,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", required=True, help=f"comma-separated, some of {spaces}")
     p.add_argument("--budget", type=int, default=8, help="configurations searched per method (default 8)")
     p.add_argument("--seeds", default="0,1,2", help="seeds of the selected configurations (5 on close calls)")
-    p.add_argument("--search-seed", type=int, default=0, help="the seed every searched configuration trains on")
+    p.add_argument(
+        "--search-seeds",
+        default="0",
+        help="the seeds every searched configuration trains on, its score their mean (default 0)",
+    )
     p.add_argument("--reference", default=None, help="the method paired differences are taken against (the first)")
     p.add_argument("--out", required=True, help="the tuning's directory")
     p.add_argument("--workers", type=int, default=1, help="runs at once (one thread each; default 1)")

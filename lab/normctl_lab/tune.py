@@ -8,9 +8,9 @@ The protocol, per method:
 1. **search** — ``budget`` configurations of the method's knobs (:data:`SEARCH_SPACES`), drawn by
    a scrambled Sobol sequence over each knob's range (log-uniform where the knob is a scale), so
    every method gets the same number of tries spread evenly over its own space; each is trained
-   once, on ``search_seed``, and scored on the selection split (GPT: ``selection_loss`` on a tail
-   of the training stream; ResNet: ``selection_acc`` on the last training images; Voronoi: its
-   own ``val_acc`` draw);
+   on the search seeds (one by default; several average out a seed that was lucky) and scored
+   on the selection split (GPT: ``selection_loss`` on a tail of the training stream; ResNet:
+   ``selection_acc`` on the last training images; Voronoi: its own ``val_acc`` draw);
 2. **final** — the best configuration trained on every seed and scored on the test split (GPT:
    ``val_loss``, the corpus's held-out tail; ResNet and Voronoi: ``test_acc``). Where two methods'
    means lie within two standard deviations of each other with fewer than five seeds, both get
@@ -149,7 +149,7 @@ def run_tune(
     *,
     budget: int = 8,
     seeds: list[int] | None = None,
-    search_seed: int = 0,
+    search_seeds: list[int] | None = None,
     reference: str | None = None,
     workers: int = 1,
     executor: str = "local",
@@ -162,6 +162,9 @@ def run_tune(
         workers=workers, executor=executor, executor_options=executor_options, verbose=verbose
     )
     seeds = [0, 1, 2] if seeds is None else seeds
+    search_seeds = [0] if search_seeds is None else search_seeds
+    if not search_seeds or len(set(search_seeds)) != len(search_seeds):
+        raise ValueError(f"search_seeds must be one or more distinct seeds, got {search_seeds}")
     unknown = [m for m in methods if m not in SEARCH_SPACES]
     if unknown or not methods:
         raise ValueError(f"methods must be some of {sorted(SEARCH_SPACES)}, got {methods}")
@@ -174,12 +177,12 @@ def run_tune(
     if base.task != "voronoi" and not base.selection_split:
         base = dataclasses.replace(base, selection_split=SELECTION_SPLIT)
     out = Path(out)
-    _check_same_protocol(out, base, methods, budget, search_seed)
+    _check_same_protocol(out, base, methods, budget, search_seeds)
 
-    search = {m: _search_runs(base, m, budget, search_seed) for m in methods}
+    search = {m: _search_runs(base, m, budget, search_seeds) for m in methods}
     if verbose:
-        print(f"search: {budget} configurations × {len(methods)} methods, seed {search_seed}", flush=True)
-    train_runs([run for runs in search.values() for run in runs], out / "search", **launch)
+        print(f"search: {budget} configurations × {len(methods)} methods, seeds {search_seeds}", flush=True)
+    train_runs([run for runs in search.values() for config in runs for run in config], out / "search", **launch)
     selected = {m: _select(out / "search", m, runs, metrics, base) for m, runs in search.items()}
 
     final = {m: _final_runs(selected[m]["config"], m, seeds) for m in methods}
@@ -203,7 +206,7 @@ def run_tune(
             "base": dataclasses.asdict(base),
             "methods": methods,
             "budget": budget,
-            "search_seed": search_seed,
+            "search_seeds": search_seeds,
             "seeds": seeds,
             "selected_on": metrics.select,
             "reported_on": metrics.report,
@@ -222,17 +225,28 @@ def run_tune(
     }
     out.mkdir(parents=True, exist_ok=True)
     (out / "summary.json").write_text(strict_json(summary, indent=2))  # a diverged run's NaN: null
-    (out / "protocol.json").write_text(json.dumps(_protocol_key(base, methods, budget, search_seed), indent=2))
+    (out / "protocol.json").write_text(json.dumps(_protocol_key(base, methods, budget, search_seeds), indent=2))
     if verbose:
         print(summary_table(summary), flush=True)
     return summary
 
 
-def _search_runs(base: RunConfig, method: str, budget: int, seed: int) -> list[tuple[str, RunConfig]]:
-    return [
-        (f"{method}_c{i}", with_overrides(base, _assignments(point | {"seed": seed, "label": f"{method}_c{i}"})))
-        for i, point in enumerate(candidates(SEARCH_SPACES[method], base, budget))
-    ]
+def _search_runs(base: RunConfig, method: str, budget: int, seeds: list[int]) -> list[list[tuple[str, RunConfig]]]:
+    """Per configuration searched, its runs over the search seeds (``<method>_c<i>``, and
+    ``_s<seed>`` after it where there are several)."""
+    out = []
+    for i, point in enumerate(candidates(SEARCH_SPACES[method], base, budget)):
+        label = f"{method}_c{i}"
+        out.append(
+            [
+                (
+                    label if len(seeds) == 1 else f"{label}_s{seed}",
+                    with_overrides(base, _assignments(point | {"seed": seed, "label": label})),
+                )
+                for seed in seeds
+            ]
+        )
+    return out
 
 
 def _final_runs(config: dict[str, Any], method: str, seeds: list[int]) -> list[tuple[str, RunConfig]]:
@@ -244,25 +258,34 @@ def _assignments(fields: dict[str, Any]) -> list[str]:
 
 
 def _select(
-    directory: Path, method: str, runs: list[tuple[str, RunConfig]], metrics: Metrics, base: RunConfig
+    directory: Path, method: str, configs: list[list[tuple[str, RunConfig]]], metrics: Metrics, base: RunConfig
 ) -> dict[str, Any]:
-    """The search's table and its best configuration. A run that diverged scores worst."""
+    """The search's table and its best configuration, by its mean score over the search seeds.
+    A run that diverged scores worst."""
     worst = -math.inf if metrics.higher_is_better else math.inf
     table = []
-    for name, _ in runs:
-        final = final_metrics(directory, name)
-        score = final.get(metrics.select, worst) if final["status"] == "finished" else worst
-        table.append({"run": name, "status": final["status"], metrics.select: score})
+    for runs in configs:
+        by_seed, statuses = {}, []
+        for name, cfg in runs:
+            final = final_metrics(directory, name)
+            statuses.append(final["status"])
+            by_seed[cfg.seed] = final.get(metrics.select, worst) if final["status"] == "finished" else worst
+        row: dict[str, Any] = {"run": runs[0][1].label}
+        row["status"] = "finished" if set(statuses) == {"finished"} else "diverged"
+        row[metrics.select] = statistics.mean(by_seed.values())
+        if len(runs) > 1:
+            row[f"{metrics.select}_by_seed"] = by_seed
+        table.append(row)
     pick = max if metrics.higher_is_better else min
-    best = pick(range(len(runs)), key=lambda i: table[i][metrics.select])
-    name, cfg = runs[best]
+    best = pick(range(len(configs)), key=lambda i: table[i][metrics.select])
+    cfg = configs[best][0][1]
     knobs = SEARCH_SPACES[method].knobs
     chosen = {k.field: getattr(cfg, k.field) for k in knobs}
-    for row, (_, c) in zip(table, runs):
-        row |= {k.field: getattr(c, k.field) for k in knobs}
+    for row, runs in zip(table, configs):
+        row |= {k.field: getattr(runs[0][1], k.field) for k in knobs}
     return {
         "search": table,
-        "selected": name,
+        "selected": cfg.label,
         "knobs": chosen,
         "at_edge": [k.field for k in knobs if k.at_edge(chosen[k.field], base)],
         "config": dataclasses.asdict(cfg),
@@ -289,18 +312,20 @@ def _close_calls(scores: dict[str, dict[int, float]]) -> set[str]:
     return close
 
 
-def _protocol_key(base: RunConfig, methods: list[str], budget: int, search_seed: int) -> dict[str, Any]:
-    return {"base": dataclasses.asdict(base), "budget": budget, "search_seed": search_seed, "methods": methods}
+def _protocol_key(base: RunConfig, methods: list[str], budget: int, search_seeds: list[int]) -> dict[str, Any]:
+    return {"base": dataclasses.asdict(base), "budget": budget, "search_seeds": search_seeds, "methods": methods}
 
 
-def _check_same_protocol(out: Path, base: RunConfig, methods: list[str], budget: int, search_seed: int) -> None:
+def _check_same_protocol(out: Path, base: RunConfig, methods: list[str], budget: int, search_seeds: list[int]) -> None:
     """A directory holds one protocol: another base, budget or search seed would mix two searches."""
     path = out / "protocol.json"
     if not path.is_file():
         return
     saved = json.loads(path.read_text())
-    new = json.loads(json.dumps(_protocol_key(base, methods, budget, search_seed)))
-    differs = [k for k in ("base", "budget", "search_seed") if saved[k] != new[k]]
+    if "search_seed" in saved:  # written before several search seeds were possible
+        saved["search_seeds"] = [saved.pop("search_seed")]
+    new = json.loads(json.dumps(_protocol_key(base, methods, budget, search_seeds)))
+    differs = [k for k in ("base", "budget", "search_seeds") if saved[k] != new[k]]
     if differs:
         raise ValueError(f"{out} holds a tuning with another {', '.join(differs)}: use another --out")
 
