@@ -166,3 +166,22 @@ def test_the_tune_command_lists_every_search_space(capsys):
         main(["tune", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert all(name in text for name in tune.SEARCH_SPACES)
+
+
+def test_the_tail_rise_of_the_final_runs_is_summarised_and_tabled(tmp_path):
+    base = with_overrides(RunConfig(), TINY_VORONOI)
+    runs = [(f"sgd_s{s}", with_overrides(base, [f"seed={s}"])) for s in (0, 1)]
+    for (name, _), rise in zip(runs, [1.2, 1.4]):
+        (tmp_path / name).mkdir()
+        final = {"status": "finished", "tail_rise": {"group/normalized/grad_norm": rise, "global/grad_norm": None}}
+        (tmp_path / name / "final.json").write_text(json.dumps(final))
+    rises = tune._tail_rises(tmp_path, runs)
+    assert list(rises) == ["group/normalized/grad_norm"]  # a key some run has no number for is left out
+    assert rises["group/normalized/grad_norm"]["mean"] == pytest.approx(1.3)
+    row = {"test_acc": {"mean": 0.9, "std": 0.01, "n": 2}, "knobs": {"lr": 0.1}, "at_edge": [], "tail_rise": rises}
+    summary = {
+        "protocol": {"reported_on": "test_acc", "reference": "sgd", "selected_on": "selection_acc"},
+        "methods": {"sgd": row},
+    }
+    table = tune.summary_table(summary)
+    assert "grad-norm tail rise" in table and "| 1.300 ± 0.141 |" in table

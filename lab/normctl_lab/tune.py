@@ -190,6 +190,7 @@ def run_tune(
         print(f"final: the selected configurations × seeds {seeds}", flush=True)
     train_runs([run for runs in final.values() for run in runs], out / "final", **launch)
     scores = {m: _scores(out / "final", runs, metrics.report) for m, runs in final.items()}
+    trained = {m: list(runs) for m, runs in final.items()}  # every final run, for the tail statistics
 
     extra = [s for s in range(max(seeds) + 1, max(seeds) + 1 + CLOSE_CALL_SEEDS - len(seeds))]
     close = _close_calls(scores) if extra else set()
@@ -200,6 +201,7 @@ def run_tune(
         train_runs([run for runs in more.values() for run in runs], out / "final", **launch)
         for m, runs in more.items():
             scores[m] |= _scores(out / "final", runs, metrics.report)
+            trained[m] += runs
 
     summary = {
         "protocol": {
@@ -218,6 +220,7 @@ def run_tune(
                 **selected[m],
                 f"{metrics.report}_by_seed": scores[m],
                 metrics.report: mean_std(list(scores[m].values())),
+                "tail_rise": _tail_rises(out / "final", trained[m]),
                 **({f"minus_{reference}": paired_difference(scores[m], scores[reference])} if m != reference else {}),
             }
             for m in methods
@@ -301,6 +304,21 @@ def _scores(directory: Path, runs: list[tuple[str, RunConfig]], metric: str) -> 
     return out
 
 
+TAIL_KEYS = ("global/grad_norm", "group/normalized/grad_norm")
+
+
+def _tail_rises(directory: Path, runs: list[tuple[str, RunConfig]]) -> dict[str, dict[str, float]]:
+    """Mean ± std over the runs of the gradient norm's end-of-training rise (``tail_rise``, each
+    computed at full resolution when its run ended), for the keys every run has a number for."""
+    finals = [final_metrics(directory, name).get("tail_rise") or {} for name, _ in runs]
+    out = {}
+    for key in TAIL_KEYS:
+        values = [f.get(key) for f in finals]
+        if all(isinstance(v, (int, float)) and math.isfinite(v) for v in values):
+            out[key] = mean_std([float(v) for v in values if v is not None])
+    return out
+
+
 def _close_calls(scores: dict[str, dict[int, float]]) -> set[str]:
     """Methods whose mean lies within two standard deviations (the larger of the pair's) of another's."""
     stats = {m: (statistics.mean(v.values()), statistics.stdev(v.values())) for m, v in scores.items()}
@@ -332,12 +350,17 @@ def _check_same_protocol(out: Path, base: RunConfig, methods: list[str], budget:
 
 def summary_table(summary: dict[str, Any]) -> str:
     """The summary as a Markdown table: the test metric, the paired difference against the
-    reference, the knobs selected (``(edge)``: at the edge of its range)."""
+    reference, the gradient norm's tail rise on the normalised layers where the runs stored it,
+    the knobs selected (``(edge)``: at the edge of its range)."""
     protocol = summary["protocol"]
     metric, reference = protocol["reported_on"], protocol["reference"]
+    tail = "group/normalized/grad_norm"
+    with_tail = all(tail in row.get("tail_rise", {}) for row in summary["methods"].values())
+    tail_header = " grad-norm tail rise |" if with_tail else ""
+    selected_on = protocol["selected_on"]
     lines = [
-        f"| method | seeds | {metric} (test) | − {reference} [95 % CI] | selected on {protocol['selected_on']} |",
-        "|---|---|---|---|---|",
+        f"| method | seeds | {metric} (test) | − {reference} [95 % CI] |{tail_header} selected on {selected_on} |",
+        "|---|---|---|---|" + ("---|" if with_tail else "") + "---|",
     ]
     for method, row in summary["methods"].items():
         stats = row[metric]
@@ -345,7 +368,11 @@ def summary_table(summary: dict[str, Any]) -> str:
         paired = "—" if diff is None else f"{_number(diff['mean'], '+.4f')}{_interval(diff['ci95'])}"
         knobs = ", ".join(f"{k}={v}" + (" (edge)" if k in row["at_edge"] else "") for k, v in row["knobs"].items())
         mean_std = f"{_number(stats['mean'], '.4f')} ± {_number(stats['std'], '.4f')}"
-        lines.append(f"| {method} | {stats['n']} | {mean_std} | {paired} | {knobs} |")
+        rise = ""
+        if with_tail:
+            r = row["tail_rise"][tail]
+            rise = f" {r['mean']:.3f} ± {r['std']:.3f} |"
+        lines.append(f"| {method} | {stats['n']} | {mean_std} | {paired} |{rise} {knobs} |")
     return "\n".join(lines)
 
 
