@@ -224,7 +224,15 @@ def test_ctrl_c_prints_one_line_and_the_same_command_resumes(tmp_path):
     run_dir = tmp_path / "run"
     command = [sys.executable, "-m", "normctl_lab.cli", "train", "--out", str(run_dir)]
     command += [f"--set={a}" for a in TINY] + ["--set=steps=100000"]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # a test runner started in the background (nohup, `&`) hands its children SIGINT ignored, and
+    # Python then keeps it ignored: the child starts with the default disposition, as from a terminal
+    process = subprocess.Popen(
+        command,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     for _ in range(600):
         if (run_dir / CHECKPOINT).is_file():
             break
