@@ -233,12 +233,15 @@ def test_ctrl_c_prints_one_line_and_the_same_command_resumes(tmp_path):
         text=True,
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
-    for _ in range(600):
-        if (run_dir / CHECKPOINT).is_file():
-            break
-        time.sleep(0.05)
-    process.send_signal(signal.SIGINT)
-    _, err = process.communicate(timeout=60)
+    try:
+        for _ in range(600):
+            if (run_dir / CHECKPOINT).is_file():
+                break
+            time.sleep(0.05)
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=60)
+    finally:
+        process.kill()  # a child the signal did not stop must not train on after the test
     assert process.returncode == EXIT_INTERRUPTED
     lines = [line for line in err.splitlines() if line.strip()]
     assert "Traceback" not in err and len(lines) == 1, err
