@@ -109,18 +109,24 @@ def test_cli_report_and_missing_run_dir(runs, tmp_path, capsys):
     assert exit_info.value.code == 2 and "is not a run directory: metrics.jsonl is missing" in capsys.readouterr().err
 
 
+def rendered_dom(browser: str, page: Path, tmp_path: Path) -> str:
+    """The page's DOM after headless Chromium has loaded it and run its scripts."""
+    flags = CHROMIUM_FLAGS + [f"--user-data-dir={tmp_path / 'profile'}"]
+    return subprocess.run(
+        [browser, *flags, "--virtual-time-budget=10000", "--dump-dom", page.as_uri()],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    ).stdout
+
+
 def test_report_renders_in_headless_chromium(runs, tmp_path):
     browser = shutil.which("chromium") or shutil.which("chromium-browser")
     if browser is None:
         pytest.skip("headless Chromium is not installed (Debian package 'chromium'; .ci/run installs it)")
     path = build_report(runs, tmp_path / "report.html")
     flags = CHROMIUM_FLAGS + [f"--user-data-dir={tmp_path / 'profile'}"]
-    dom = subprocess.run(
-        [browser, *flags, "--virtual-time-budget=10000", "--dump-dom", path.as_uri()],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    ).stdout
+    dom = rendered_dom(browser, path, tmp_path)
     images = dom.count("<img ")
     assert images >= 5 and dom.count('data-loaded="1"') == images  # every image decoded
     assert '<table id="methods">' in dom and '<table id="runs">' in dom
@@ -229,14 +235,7 @@ def test_an_interactive_report_draws_the_run_charts_with_plotly_in_one_offline_f
     assert page.count('src="data:image/png;base64,') >= 2  # the per-layer figures stay images
     browser = shutil.which("chromium") or shutil.which("chromium-browser")
     if browser is not None:
-        flags = CHROMIUM_FLAGS + [f"--user-data-dir={tmp_path / 'profile'}"]
-        dom = subprocess.run(
-            [browser, *flags, "--virtual-time-budget=10000", "--dump-dom", path.as_uri()],
-            capture_output=True,
-            text=True,
-            timeout=120,
-        ).stdout
-        assert dom.count('class="main-svg"') >= 3  # plotly drew every chart
+        assert rendered_dom(browser, path, tmp_path).count('class="main-svg"') >= 3  # plotly drew every chart
 
 
 def test_an_interactive_report_without_plotly_names_the_extra(runs, tmp_path, monkeypatch, capsys):
