@@ -106,6 +106,20 @@ def test_tune_selects_on_validation_reports_on_test_and_resumes(tmp_path, monkey
         tune.run_tune(base, ["adamw"], tmp_path, budget=4, verbose=False)
 
 
+def test_a_tuning_cut_short_keeps_its_protocol(tmp_path, monkeypatch):
+    from normctl_lab import sweep
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sweep, "train", interrupted)
+    base = with_overrides(RunConfig(), TINY_VORONOI)
+    with pytest.raises(KeyboardInterrupt):
+        tune.run_tune(base, ["adamw"], tmp_path, budget=3, verbose=False)
+    with pytest.raises(ValueError, match="another budget"):  # not a second search mixed into the first
+        tune.run_tune(base, ["adamw"], tmp_path, budget=4, verbose=False)
+
+
 def test_tune_refuses_what_the_protocol_cannot_report(tmp_path):
     base = with_overrides(RunConfig(), TINY_VORONOI)
     with pytest.raises(ValueError, match="methods must be some of"):

@@ -178,6 +178,8 @@ def run_tune(
         base = dataclasses.replace(base, selection_split=SELECTION_SPLIT)
     out = Path(out)
     _check_same_protocol(out, base, methods, budget, search_seeds)
+    out.mkdir(parents=True, exist_ok=True)  # the protocol first: a run cut short keeps its directory's protocol
+    (out / "protocol.json").write_text(json.dumps(_protocol_key(base, methods, budget, search_seeds), indent=2))
 
     search = {m: _search_runs(base, m, budget, search_seeds) for m in methods}
     if verbose:
@@ -226,9 +228,7 @@ def run_tune(
             for m in methods
         },
     }
-    out.mkdir(parents=True, exist_ok=True)
     (out / "summary.json").write_text(strict_json(summary, indent=2))  # a diverged run's NaN: null
-    (out / "protocol.json").write_text(json.dumps(_protocol_key(base, methods, budget, search_seeds), indent=2))
     if verbose:
         print(summary_table(summary), flush=True)
     return summary
