@@ -69,16 +69,19 @@ class Knob:
     relative_to: str = ""  # "lr" or "steps": the range scales with the base config's value
     integer: bool = False
 
-    def value(self, u: float, base: RunConfig) -> float | int:
+    def bounds(self, base: RunConfig) -> tuple[float, float]:
+        """[low, high] for ``base``: scaled by its ``relative_to`` field where the knob has one."""
         scale = float(getattr(base, self.relative_to)) if self.relative_to else 1.0
-        low, high = self.low * scale, self.high * scale
+        return self.low * scale, self.high * scale
+
+    def value(self, u: float, base: RunConfig) -> float | int:
+        low, high = self.bounds(base)
         x = math.exp(math.log(low) + u * math.log(high / low)) if self.log else low + u * (high - low)
         return max(1, round(x)) if self.integer else float(f"{x:.4g}")  # 4 digits: readable, nothing lost
 
     def at_edge(self, value: float, base: RunConfig) -> bool:
         """In the outer 10 % of the range (in its own scale): the best may lie outside."""
-        scale = float(getattr(base, self.relative_to)) if self.relative_to else 1.0
-        low, high = self.low * scale, self.high * scale
+        low, high = self.bounds(base)
         position = math.log(value / low) / math.log(high / low) if self.log else (value - low) / (high - low)
         return not 0.1 <= position <= 0.9
 

@@ -109,17 +109,24 @@ def fused_supported(params: Sequence[Tensor]) -> bool:
 ONE_PASS_DTYPES = (torch.float32, torch.bfloat16)
 
 
-def suit_one_pass(params: Sequence[Tensor], states: Sequence[dict]) -> bool:
+def suit_one_pass(
+    params: Sequence[Tensor],
+    states: Sequence[dict],
+    keys: Sequence[str] = ("exp_avg", "exp_avg_sq"),
+    starts: Sequence[bool] | None = None,
+) -> bool:
     """Plain contiguous tensors (no DTensor or other subclass) of one device and one dtype of
-    ``ONE_PASS_DTYPES``, with Adam's moments alike: what a one-pass kernel can walk as flat
-    arrays."""
+    ``ONE_PASS_DTYPES``, with their state tensors ``keys`` (Adam's moments by default) alike:
+    what a one-pass kernel can walk as flat arrays. ``starts[i]``: tensor i's state is yet to be
+    made, so only the tensor itself is checked."""
     device, dtype = params[0].device, params[0].dtype
     if dtype not in ONE_PASS_DTYPES:
         return False
-    for p, s in zip(params, states):
+    for i, (p, s) in enumerate(zip(params, states)):
         if type(p) not in (torch.Tensor, torch.nn.Parameter):
             return False
-        for t in (p, s.get("exp_avg"), s.get("exp_avg_sq")):
+        state = () if starts is not None and starts[i] else tuple(s.get(key) for key in keys)
+        for t in (p, *state):
             if not (isinstance(t, Tensor) and t.device == device and t.dtype == dtype and t.is_contiguous()):
                 return False
     return True

@@ -14,7 +14,7 @@ optimizer as before.
 
 from __future__ import annotations
 
-from collections.abc import MutableMapping, Sequence
+from collections.abc import MutableMapping
 from dataclasses import dataclass
 
 import torch
@@ -22,7 +22,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from . import _one_pass_cpu
-from ._adam import ONE_PASS_DTYPES, adam_state
+from ._adam import adam_state, suit_one_pass
 from ._base import Batch
 
 KINDS = {torch.optim.Adam: "adam", torch.optim.AdamW: "adam", torch.optim.SGD: "sgd"}
@@ -63,10 +63,9 @@ def plan(inner_kind: str, batches: list[Batch], inner_state: MutableMapping[Tens
         if batch.params[0].device.type != "cpu" or _one_pass_cpu.kernel() is None:
             return None
         states = [inner_state[p] for p in batch.params]
-        starts = [not state for state in states]
-        if inner_kind == "sgd":
-            starts = [state.get("momentum_buffer") is None for state in states]
-        if not _suits(batch.params, states, starts, STATE_TENSORS[inner_kind]):
+        # torch makes Adam's state at the first step, SGD's buffer at the first step with momentum
+        starts = [(state.get("momentum_buffer") is None) if inner_kind == "sgd" else not state for state in states]
+        if not suit_one_pass(batch.params, states, STATE_TENSORS[inner_kind], starts):
             return None
         for p, state, start in zip(batch.params, states, starts):
             if start:
@@ -82,20 +81,3 @@ def step_(inner_kind: str, inner: InnerBatch, factors: Tensor) -> Tensor:
         return _one_pass_cpu.adamwn_step_(batch.params, batch.grads, inner.states, batch.group, factors)
     buffers = [state["momentum_buffer"] for state in inner.states]
     return _one_pass_cpu.sgd_step_(batch.params, batch.grads, buffers, inner.starts, batch.group, factors)
-
-
-def _suits(params: Sequence[Tensor], states: Sequence[dict], starts: Sequence[bool], keys: Sequence[str]) -> bool:
-    """Plain contiguous CPU tensors of one one-pass dtype, their existing state alike."""
-    dtype = params[0].dtype
-    if dtype not in ONE_PASS_DTYPES:
-        return False
-    for p, state, start in zip(params, states, starts):
-        if type(p) not in (torch.Tensor, torch.nn.Parameter) or not (p.dtype == dtype and p.is_contiguous()):
-            return False
-        if start:
-            continue
-        for key in keys:
-            t = state.get(key)
-            if not (isinstance(t, Tensor) and t.device == p.device and t.dtype == dtype and t.is_contiguous()):
-                return False
-    return True
