@@ -117,9 +117,7 @@ class NormMonitorCallback(TrainerCallback):
                 json.dump(self.monitor.state_dict(), f)
 
     def on_train_end(self, args, state, control, **kwargs):
-        if self.monitor is not None and self.monitor.pending is not None:
-            self.monitor.observe()
-        self.owner.stop()
+        self.owner.stop()  # closing the monitor writes a record still pending
 
 
 def attach(trainer, **kwargs) -> NormMonitorCallback:
