@@ -253,9 +253,9 @@ def test_a_state_dict_resume_is_bit_identical_through_the_one_pass_kernel(dtype,
     400-step run); ``kernel_sums_otherwise`` makes the kept norms 1e-4 off, enough to show in
     every step's float32 arithmetic."""
     if kernel_sums_otherwise:
-        keep = _kept_norms.KeptTensorNorms.keep
+        keep = _kept_norms.KeptNorms.keep
         monkeypatch.setattr(
-            _kept_norms.KeptTensorNorms,
+            _kept_norms.KeptNorms,
             "keep",
             lambda self, params, norm_sq: keep(self, params, norm_sq * (1 + 1e-4)),
         )

@@ -2,9 +2,11 @@
 behind one signature, ``step(batch, factors, context) -> kept ‖θ‖² or None``:
 
 * ``cuda_one_pass`` — one Triton kernel over every tensor of the batch: Eq. 3 (its factors
-  computed in the kernel from the norms it kept), Adam's step, and ‖θ‖² kept for the next step;
-* ``cpu_one_pass`` — the same in C++/OpenMP, with Eq. 3's factors given; returns the ‖θ‖² it
-  measured while writing θ, which the optimizer keeps;
+  computed in the kernel from the kept norms), Adam's step, and ‖θ‖² as it wrote θ;
+* ``cpu_one_pass`` — the same in C++/OpenMP, with Eq. 3's factors given.
+
+Both one-pass paths return the ‖θ_i‖² they measured while writing θ, which the optimizer keeps
+for the next step (:class:`._kept_norms.KeptNorms`, one cache for both);
 * ``torch_fused`` — torch's fused AdamW, Eq. 3 folded in as a per-tensor decay λ_i = (1 − f_i)/γ;
 * ``foreach`` / ``reference`` — Eq. 3 as a scale, then Adam's step with ``torch._foreach_*`` ops
   or the readable per-tensor loop.
@@ -26,6 +28,7 @@ from . import _control as control
 from . import _one_pass, _one_pass_cpu
 from ._adam import adam_update, fused_adamw_
 from ._base import Batch
+from ._kept_norms import KeptNorms
 
 
 class Path(enum.Enum):
@@ -49,6 +52,7 @@ class Context:
     plan: control.ControlPlan | None
     scope_norm_sq: Tensor | None  # group/global scope on the CUDA kernel: ‖θ‖² of the scope
     tables: _one_pass.KeptTables | None  # the CUDA kernel's tables for this group
+    kept_norms: KeptNorms  # ‖θ_i‖² as the last one-pass step left them
 
 
 def choose(batch: Batch, *, fused: bool, tables: Callable[[], _one_pass.KeptTables]) -> Choice:
@@ -80,13 +84,14 @@ def choose(batch: Batch, *, fused: bool, tables: Callable[[], _one_pass.KeptTabl
 Factors = list[Tensor] | float | None
 
 
-def cuda_one_pass(batch: Batch, factors: Factors, context: Context) -> None:
+def cuda_one_pass(batch: Batch, factors: Factors, context: Context) -> Tensor:
     plan, scope_norm_sq, tables = context.plan, context.scope_norm_sq, context.tables
     assert plan is not None and tables is not None
     target = plan.target if scope_norm_sq is None else control.target_norm(plan, batch.group)
+    norm_sq = context.kept_norms.norm_sq_vector(batch.params)
     if scope_norm_sq is not None and plan.rate > 0:  # the kernel scales only the tensors it steps
         control.scale_idle_(batch, [rules.norm_control_factor(scope_norm_sq.sqrt(), target, plan.rate)])
-    _one_pass.launch(tables, batch.group, rate=plan.rate, target=target, scope_norm_sq=scope_norm_sq)
+    return _one_pass.launch(tables, batch.group, norm_sq, rate=plan.rate, target=target, scope_norm_sq=scope_norm_sq)
 
 
 def cpu_one_pass(batch: Batch, factors: Factors, context: Context) -> Tensor:

@@ -1,9 +1,14 @@
 """‖θ‖ of each tensor as a one-pass step left it, so the next step needs no norm pass.
 
+Both one-pass kernels — C++ on the CPU, Triton on CUDA — add up θ_new² while they store θ_new
+and hand back a vector of ‖θ_i‖², one per tensor of the batch. :class:`KeptNorms` keeps that
+vector and serves it to the next step: per tensor (Eq. 3's factors) or, when the next batch is
+the very same tensors, as the vector itself (the CUDA kernel reads it on the device, no stack).
+
 A kept norm is trusted only while the tensor is still the step's output: its version counter
 (bumped by every in-place torch op — ``load_state_dict``, ``p.mul_()`` under ``no_grad``,
-another optimizer's step), its storage address, and its first element must be those recorded
-after the step. Anything else is measured afresh.
+another optimizer's step) and its storage address must be those recorded after the step, and
+on the CPU its first element too. Anything else is measured afresh.
 
 The first element is there for writes through ``p.data`` (EMA utilities, framework hooks),
 which change neither the version counter nor the storage: a write that changes the first
@@ -11,13 +16,16 @@ element (a rescale, a copy, an average) is seen, and a warning says once that th
 changed behind the optimizer's back. A write that leaves the first element as it was (a slice
 elsewhere) is not seen, for one step only: the kernel measures the weights it writes, so the
 norm it keeps after that step is right again. Reading the first elements costs a stack of
-scalars per step, not a pass over the weights.
+scalars per step on the CPU; on CUDA it would cost a device-to-host sync every step, which the
+CUDA kernel exists to avoid, so there only the version counter and the storage are checked.
 """
 
 from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -29,52 +37,90 @@ def _first_elements(tensors: Sequence[Tensor]) -> Tensor:
     return torch.stack([p.detach().view(-1)[0] if p.numel() else p.new_zeros(()) for p in tensors]).float()
 
 
-class KeptTensorNorms:
+@dataclass
+class _Kept:
+    """One kernel call's ‖θ_i‖² (a vector over its tensors) and, read lazily, their norms."""
+
+    norm_sq: Tensor
+    _norms: list[Tensor] = field(default_factory=list)
+
+    def norm(self, index: int) -> Tensor:
+        if not self._norms:
+            self._norms = list(self.norm_sq.sqrt().to(torch.float32).unbind())
+        return self._norms[index]
+
+
+class _Entry(NamedTuple):  # a tuple: one is made per tensor per step
+    version: int
+    address: int
+    kept: _Kept
+    index: int
+    first: Tensor | None  # θ's first element after the step (CPU only)
+
+
+class KeptNorms:
     def __init__(self) -> None:
-        # tensor -> (version, storage address, ‖θ‖, θ's first element), as the step left it
-        self._entries: dict[Tensor, tuple[int, int, Tensor, Tensor]] = {}
+        self._entries: dict[Tensor, _Entry] = {}
         self.warned = False
+
+    def keep(self, params: Sequence[Tensor], norm_sq: Tensor) -> None:
+        """Record ‖θ_i‖² (a vector, one per tensor) as measured while the step wrote θ_i."""
+        kept = _Kept(norm_sq)
+        on_cpu = [p.device.type == "cpu" for p in params]
+        firsts = _first_elements(params).unbind() if all(on_cpu) else [None] * len(params)
+        for index, (p, first) in enumerate(zip(params, firsts)):
+            self._entries[p] = _Entry(p._version, p.data_ptr(), kept, index, first)
 
     def tensor_norms(self, tensors: Sequence[Tensor], *, foreach: bool = True) -> list[Tensor]:
         """Like :func:`normctl.rules.tensor_norms`, reading kept norms where they are still valid."""
-        norms: list[Tensor | None] = [None] * len(tensors)
-        kept = []
-        for i, p in enumerate(tensors):
-            entry = self._entries.get(p)
-            if entry is not None and entry[:2] == (p._version, p.data_ptr()):
-                kept.append(i)
-        if kept:
-            then = torch.stack([self._entries[tensors[i]][3] for i in kept])
-            changed = (_first_elements([tensors[i] for i in kept]) != then).tolist()
-            if any(changed):
-                self._warn_once()
-            for i, is_changed in zip(kept, changed):
-                if not is_changed:
-                    norms[i] = self._entries[tensors[i]][2]
+        valid = self._valid(tensors)
+        norms: list[Tensor | None] = [e.kept.norm(e.index) if e is not None else None for e in valid]
         stale = [i for i, n in enumerate(norms) if n is None]
         if stale:
             for i, norm in zip(stale, rules.tensor_norms([tensors[i] for i in stale], foreach=foreach)):
                 norms[i] = norm
         return norms  # type: ignore[return-value]
 
-    def keep(self, params: Sequence[Tensor], norm_sq: Tensor) -> None:
-        """Record ‖θ_i‖² (a vector, one per tensor) as measured while the step wrote θ_i."""
-        norms = norm_sq.sqrt().to(torch.float32).unbind()
-        firsts = _first_elements(params).unbind()
-        for p, norm, first in zip(params, norms, firsts):
-            self._entries[p] = (p._version, p.data_ptr(), norm, first)
+    def norm_sq_vector(self, tensors: Sequence[Tensor]) -> Tensor:
+        """‖θ_i‖² of ``tensors`` as one float32 vector: the kernel's own vector when these are
+        exactly the tensors it stepped last, in order and all unchanged; else assembled."""
+        valid = self._valid(tensors)
+        if valid and valid[0] is not None:
+            kept = valid[0].kept
+            whole = len(tensors) == kept.norm_sq.numel() and kept.norm_sq.dtype == torch.float32
+            if whole and all(e is not None and e.kept is kept and e.index == i for i, e in enumerate(valid)):
+                return kept.norm_sq
+        return torch.stack(self.tensor_norms(tensors)).to(torch.float32).square()
 
     def clear(self) -> None:
         """Forget every kept norm: the next step measures them all."""
         self._entries.clear()
+
+    def _valid(self, tensors: Sequence[Tensor]) -> list[_Entry | None]:
+        """Each tensor's entry while its version, storage and (on the CPU) first element hold."""
+        valid: list[_Entry | None] = []
+        for p in tensors:
+            entry = self._entries.get(p)
+            fresh = entry is not None and entry.version == p._version and entry.address == p.data_ptr()
+            valid.append(entry if fresh else None)
+        checked = [i for i, e in enumerate(valid) if e is not None and e.first is not None]
+        if checked:
+            then = torch.stack([valid[i].first for i in checked])  # type: ignore[union-attr]
+            changed = (_first_elements([tensors[i] for i in checked]) != then).tolist()
+            if any(changed):
+                self._warn_once()
+            for i, is_changed in zip(checked, changed):
+                if is_changed:
+                    valid[i] = None
+        return valid
 
     def _warn_once(self) -> None:
         if not self.warned:
             self.warned = True
             warnings.warn(
                 "normctl: weights changed between steps without bumping their version counter (a write "
-                "through p.data?); AdamWN measured their norms afresh. Writes that leave a tensor's first "
+                "through p.data?); their norms were measured afresh. Writes that leave a tensor's first "
                 "element unchanged are not seen: change weights with in-place ops on the parameters under "
                 "torch.no_grad() instead.",
-                stacklevel=5,
+                stacklevel=6,
             )

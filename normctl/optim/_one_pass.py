@@ -15,9 +15,10 @@ per-tensor factor costs one kernel launch per tensor. This kernel instead:
 What stays valid between steps is checked once per step in a single walk over the tensors
 (:func:`_layout`): each weight's version counter (bumped by every in-place torch op, e.g.
 ``load_state_dict``) and the storage of the weight and its moments. While they are unchanged
-the device tables and the kept norms are reused; any change rebuilds the tables, checks the
-tensors again and measures the norms afresh. The kernel writes through raw pointers, so its
-own writes leave the version counters as they were.
+the device tables are reused; any change rebuilds them and checks the tensors again. The kept
+norms live with the CPU kernel's, in :class:`._kept_norms.KeptNorms`, under the same version
+and storage test. The kernel writes through raw pointers, so its own writes leave the version
+counters as they were.
 
 Used by :class:`normctl.AdamWN` for CUDA float32/bfloat16 groups with control before the
 step, when Triton is installed; every other case takes the fused/foreach/reference paths.
@@ -31,7 +32,6 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from .. import rules
 from ._adam import suit_one_pass
 from ._auto_target import as_auto_target
 
@@ -126,8 +126,7 @@ if triton is not None:
 @dataclass
 class KeptTables:
     """What the one-pass step keeps between steps for one param group: the layout it was
-    built for, the device tables valid for that layout, and ‖θ_i‖² as the kernel left the
-    weights."""
+    built for and the device tables valid for that layout."""
 
     layout: list[tuple[int, ...]] = field(default_factory=list)
     settings: tuple[str, bool] | None = None
@@ -136,8 +135,6 @@ class KeptTables:
     grad_pointers: list[int | None] = field(default_factory=list)
     grad_table: Tensor | None = None
     grads: list[Tensor] = field(default_factory=list)  # this step's, until the kernel is queued
-    norm_sq: Tensor | None = None
-    spare: Tensor | None = None  # the buffer the next step accumulates into
     # the tensors last refused because one has ‖θ_0‖ = 0 (the kernel would decay it; fixed at the first step)
     refused: tuple[int, ...] = ()
 
@@ -184,9 +181,9 @@ def _build_tables(params: list[Tensor], states: list[dict], group: dict) -> tupl
 
 
 def prepare(params: list[Tensor], grads: list[Tensor], states: list[dict], group: dict, kept: KeptTables) -> bool:
-    """Make ``kept`` ready for a step over these tensors: reuse its tables and norms while
-    the layout holds, else check the tensors, rebuild and measure the norms. False (nothing
-    changed) when the tensors do not suit the kernel."""
+    """Make ``kept`` ready for a step over these tensors: reuse its tables while the layout
+    holds, else check the tensors and rebuild them. False (nothing changed) when the tensors
+    do not suit the kernel."""
     settings = (group["scope"], group["relative_target"])  # what the tables' τ base depends on
     if kept.refused and kept.refused == tuple(map(id, params)) and settings == kept.settings:
         return False
@@ -203,8 +200,6 @@ def prepare(params: list[Tensor], grads: list[Tensor], states: list[dict], group
                 return False
         kept.tables = _build_tables(params, states, group)
         kept.steps = [s["step"] for s in states]
-        kept.norm_sq = torch.stack(rules.tensor_norms(params)).float().square()
-        kept.spare = torch.empty_like(kept.norm_sq)
         kept.grad_pointers = []
         kept.layout = layout  # the kernel writes through pointers: versions stay as they are
     # Autograd usually hands out gradients at the same addresses every step: reuse the table.
@@ -218,32 +213,25 @@ def prepare(params: list[Tensor], grads: list[Tensor], states: list[dict], group
     return True
 
 
-def kept_norm_sq(kept: KeptTables) -> Tensor:
-    """Σ‖θ_i‖² over the tensors of a prepared step (a 0-d device tensor): its scope's norm²."""
-    assert kept.norm_sq is not None
-    return kept.norm_sq.sum()
-
-
 def launch(
     kept: KeptTables,
     group: dict,
+    norm_sq: Tensor,
     *,
     rate: float,
     target: float,
     scope_norm_sq: Tensor | None = None,
 ) -> Tensor:
     """One AdamWN step over the prepared tensors in one kernel; returns ‖θ_i‖² after it
-    (float32, one per tensor).
+    (float32, one per tensor), which the next step reads as its ``norm_sq``.
 
     ``rate`` is k_t. Tensor scope passes ``target`` as r_t (or τ_t when absolute) and the
-    kernel reads each ‖θ_i‖ from the kept norms; group and global scope pass τ_t itself and
-    the scope's ``scope_norm_sq``."""
+    kernel reads each ‖θ_i‖ from ``norm_sq`` (float32, one per tensor, before the step); group
+    and global scope pass τ_t itself and the scope's ``scope_norm_sq``."""
     param_table, exp_avg_table, exp_avg_sq_table, numels, block_tensor, block_start, base, step = kept.tables
     torch._foreach_add_(kept.steps, 1)
     step.add_(1)
-    assert kept.norm_sq is not None and kept.spare is not None
-    norm_sq, next_norm_sq = kept.norm_sq, kept.spare.zero_()
-    kept.norm_sq, kept.spare = next_norm_sq, norm_sq  # what this step writes, the next one reads
+    next_norm_sq = torch.zeros_like(norm_sq)  # the kernel adds each block's Σ θ_new² into it
     if len(block_tensor):  # else only empty tensors
         beta1, beta2 = group["betas"]
         _adamwn_kernel[(len(block_tensor),)](

@@ -17,7 +17,7 @@ from ._adam import adam_state
 from ._adamwn_paths import Path
 from ._auto_target import AutoTarget
 from ._base import Batch, NormctlOptimizer, check_betas, check_bools, check_choice, check_nonnegative
-from ._kept_norms import KeptTensorNorms
+from ._kept_norms import KeptNorms
 
 
 class AdamWN(NormctlOptimizer):
@@ -142,7 +142,7 @@ class AdamWN(NormctlOptimizer):
     def _init_caches(self) -> None:
         super()._init_caches()
         self._kept_tables: dict[int, _one_pass.KeptTables] = {}  # per group, for the one-pass CUDA kernel
-        self._kept_norms = KeptTensorNorms()  # per tensor, as the one-pass CPU kernel left the weights
+        self._kept_norms = KeptNorms()  # per tensor, as either one-pass kernel left the weights
 
     def state_dict(self) -> dict[str, Any]:
         """torch's state dict. Saving marks a point a run may resume from, and a resumed run has
@@ -194,7 +194,7 @@ class AdamWN(NormctlOptimizer):
         for batch, choice, factors, plan, scope_norm_sq in zip(batches, choices, pre_step, plans, scope_norms_sq):
             if factors is not None:
                 control.scale_idle_(batch, factors)
-            context = paths.Context(plan, scope_norm_sq, self._kept_tables.get(id(batch.group)))
+            context = paths.Context(plan, scope_norm_sq, self._kept_tables.get(id(batch.group)), self._kept_norms)
             kept_norm_sq = paths.STEPS[choice.path](batch, factors, context)
             if kept_norm_sq is not None:
                 self._kept_norms.keep(batch.params, kept_norm_sq)
@@ -227,14 +227,13 @@ class AdamWN(NormctlOptimizer):
 
     def _scope_norms_sq(self, batches: list[Batch], on_cuda: list[bool]) -> list[Tensor | None]:
         """‖θ‖² of the scope of each group/global-scope batch taking the CUDA kernel (None for
-        the others): summed from the kernel's kept per-tensor norms where a group's tensors
-        all step, measured where some have no gradient. Read before any weight is written."""
-        stepped = {id(b.group): (b, cuda) for b, cuda in zip(batches, on_cuda)}
+        the others): summed from the kept per-tensor norms, measuring only those no longer
+        valid (a tensor with no gradient was scaled in place). Read before any weight is written."""
+        stepped = {id(b.group) for b, cuda in zip(batches, on_cuda) if cuda}
 
         def group_norm_sq(group: dict) -> Tensor:
-            batch, cuda = stepped.get(id(group), (None, False))
-            if cuda and batch is not None and len(batch.params) == len(group["params"]):
-                return _one_pass.kept_norm_sq(self._kept_tables[id(group)])
+            if id(group) in stepped:
+                return self._kept_norms.norm_sq_vector(group["params"]).sum()
             return control.current_norm([group], foreach=True).square()
 
         global_norm_sq = None

@@ -32,7 +32,7 @@ from ._base import (
     is_state_initialisation,
     keep_saved_dtypes,
 )
-from ._kept_norms import KeptTensorNorms
+from ._kept_norms import KeptNorms
 
 _OWN_KEY = "normctl_"  # marks the wrapper's own per-tensor state in the shared state dict
 
@@ -203,7 +203,7 @@ class NormControl(_Wrapper):
             max_lr=max_lr,
         )
         super().__init__(optimizer, defaults)
-        self._kept_norms = KeptTensorNorms()  # per tensor, as the one-pass kernel left the weights
+        self._kept_norms = KeptNorms()  # per tensor, as the one-pass kernel left the weights
 
     def _validate_group(self, group: dict[str, Any]) -> None:
         control.validate_control_group(group)
@@ -279,7 +279,7 @@ class NormControl(_Wrapper):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
-        self._kept_norms = KeptTensorNorms()
+        self._kept_norms = KeptNorms()
 
 
 class CorrectedDecay(_Wrapper):
