@@ -52,7 +52,9 @@ def tensor_norms(tensors: Sequence[Tensor], *, foreach: bool = True) -> list[Ten
     """The L2 (Frobenius) norm of each tensor, as 0-d tensors in :func:`norm_dtype`.
 
     The foreach path issues one ``torch._foreach_norm`` per (device, dtype) bucket instead of
-    one kernel per tensor; both paths return the same values. Sharded tensors (DTensors,
+    one kernel per tensor, and sums CPU bfloat16 buckets with the C++ kernel of the one-pass
+    step where it is built; both paths return the same values (bfloat16: to float32 rounding,
+    summed in another order). Sharded tensors (DTensors,
     FSDP2) get the norm of the full tensor: the shards' sums of squares are all-reduced.
     """
     pieces = [distributed.local(t) for t in tensors]
@@ -69,12 +71,23 @@ def _local_norms(tensors: Sequence[Tensor], *, foreach: bool) -> list[Tensor]:
     norms: list[Tensor | None] = [None] * len(tensors)
     buckets: dict[tuple[torch.device, torch.dtype], list[int]] = defaultdict(list)
     for i, t in enumerate(tensors):
-        buckets[(t.device, norm_dtype(t))].append(i)
-    for (_, dtype), indices in buckets.items():
-        bucket_norms = torch._foreach_norm([tensors[i] for i in indices], 2, dtype=dtype)
+        buckets[(t.device, t.dtype)].append(i)
+    for (device, dtype), indices in buckets.items():
+        bucket = [tensors[i] for i in indices]
+        bucket_norms = _bfloat16_cpu_norms(bucket) if (device.type, dtype) == ("cpu", torch.bfloat16) else None
+        if bucket_norms is None:
+            bucket_norms = torch._foreach_norm(bucket, 2, dtype=norm_dtype(bucket[0]))
         for i, n in zip(indices, bucket_norms):
             norms[i] = n
     return norms  # type: ignore[return-value]
+
+
+def _bfloat16_cpu_norms(tensors: list[Tensor]) -> list[Tensor] | None:
+    # torch sums a bfloat16 norm in float32 only through a float32 copy of the tensor (about 10×
+    # the norm's own time on the CPU); the one-pass step's C++ kernel sums in float32 as it reads
+    from .optim import _one_pass_cpu
+
+    return _one_pass_cpu.bfloat16_norms(tensors)
 
 
 def combined_norm(norms: Sequence[Tensor]) -> Tensor:

@@ -6,7 +6,7 @@ import pytest
 import torch
 from helpers import DEVICES, assert_same, make_params, run, state_tensors, warmup_cosine
 
-from normctl import SGDC, AdamC, AdamWN, schedules
+from normctl import SGDC, AdamC, AdamWN, rules, schedules
 from normctl.optim import _one_pass, _one_pass_cpu
 
 
@@ -204,6 +204,28 @@ def test_cpu_kernel_norms_do_not_depend_on_the_thread_count():
         torch.set_num_threads(threads)
     assert_same(results[0][0], results[1][0])
     assert_same(results[0][1], results[1][1])
+
+
+def test_bfloat16_cpu_norms_are_summed_in_float32_by_the_kernel(monkeypatch):
+    """The kernel's norms of bfloat16 tensors match torch's float32-accumulated ones to float32
+    rounding (torch's own bfloat16 norm is 2e-3 off), whatever the thread count."""
+    cpu_kernel_or_skip()
+    g = torch.Generator().manual_seed(0)
+    tensors = [(torch.randn(s, generator=g) * 0.02).bfloat16() for s in [(300, 700), (5,), (0,), (70000,)]]
+    exact = torch.stack([t.double().norm() for t in tensors])
+    threads = torch.get_num_threads()
+    try:
+        results = []
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            results.append(torch.stack(rules.tensor_norms(tensors)))
+    finally:
+        torch.set_num_threads(threads)
+    assert_same([results[0]], [results[1]])
+    assert results[0].dtype == torch.float32
+    torch.testing.assert_close(results[0].double(), exact, rtol=1e-5, atol=0)
+    monkeypatch.setattr(_one_pass_cpu, "kernel", lambda: None)  # torch's float32 copy and norm
+    torch.testing.assert_close(torch.stack(rules.tensor_norms(tensors)), results[0], rtol=1e-5, atol=0)
 
 
 @pytest.mark.parametrize("device", DEVICES)

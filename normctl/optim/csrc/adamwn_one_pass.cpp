@@ -5,7 +5,8 @@
 // (adamwn_step), or SGD's momentum buffer and step as torch's SGD writes them (sgd_step) — and
 // θ_new² added up while θ_new is stored, so the next step starts with ‖θ_i‖ known. float32 and
 // bfloat16 tensors (weights, gradients and state of one dtype); bfloat16 is computed in float32
-// and rounded to nearest even on store, as torch's fused kernels do.
+// and rounded to nearest even on store, as torch's fused kernels do. square_sums measures
+// ‖x‖² alone, for bfloat16 norms accumulated in float32 without a float32 copy of the tensor.
 //
 // The work is cut into fixed chunks of CHUNK elements across all tensors and shared by one
 // OpenMP region on torch's own thread pool (torch's libgomp is the one loaded). Each chunk's
@@ -49,12 +50,14 @@ inline void store(uint16_t* at, float x) {
   *at = std::isnan(x) ? static_cast<uint16_t>(0x7fc0) : static_cast<uint16_t>(rounded);
 }
 
-// A value as storage of type T holds it: float32 as is, bfloat16 rounded to nearest even.
-inline float as_stored(float x, const float*) { return x; }
-inline float as_stored(float x, const uint16_t*) {
-  uint16_t bits;
-  store(&bits, x);
-  return to_float(bits);
+// Stores x and returns it as stored, rounding bfloat16 once (not once to store, once to read).
+inline float store_rounded(float* at, float x) {
+  *at = x;
+  return x;
+}
+inline float store_rounded(uint16_t* at, float x) {
+  store(at, x);
+  return to_float(*at);
 }
 
 template <typename T>
@@ -107,8 +110,7 @@ void step_chunks(const std::vector<Chunk>& chunks, int64_t total, const std::vec
       const float m_old = to_float(m[j]);
       const float mj = m_old + one_minus_beta1 * (gj - m_old);  // lerp(m, g, 1 − β1)
       const float vj = b2 * to_float(v[j]) + one_minus_beta2 * gj * gj;
-      const float pj = as_stored(to_float(p[j]) * f - step_size * mj / (std::sqrt(vj) / bc2 + epsf), p);
-      store(p + j, pj);
+      const float pj = store_rounded(p + j, to_float(p[j]) * f - step_size * mj / (std::sqrt(vj) / bc2 + epsf));
       store(m + j, mj);
       store(v + j, vj);
       sum += pj * pj;  // the norm of the weight as stored
@@ -142,12 +144,30 @@ void sgd_chunks(const std::vector<Chunk>& chunks, int64_t total, const std::vect
 #pragma omp simd reduction(+ : sum)
     for (int64_t j = chunk.begin; j < chunk.end; ++j) {
       const float gj = to_float(g[j]);
-      const float bj = as_stored(keep * to_float(b[j]) + take * gj, b);  // the step uses b as stored, as torch's
-      store(b + j, bj);
+      const float bj = store_rounded(b + j, keep * to_float(b[j]) + take * gj);  // the step uses b as stored, as torch's
       const float dj = NESTEROV ? gj + mu * bj : bj;
-      const float pj = as_stored(to_float(p[j]) * f - lrf * dj, p);
-      store(p + j, pj);
+      const float pj = store_rounded(p + j, to_float(p[j]) * f - lrf * dj);
       sum += pj * pj;
+    }
+    chunk_sums[c] = sum;
+  }
+}
+
+template <typename T>
+void square_sum_chunks(const std::vector<Chunk>& chunks, int64_t total, const std::vector<torch::Tensor>& tensors,
+                       std::vector<double>& chunk_sums) {
+  const auto ptrs = data_pointers<const T>(tensors);
+  const int64_t num_chunks = static_cast<int64_t>(chunks.size());
+
+#pragma omp parallel for schedule(static) num_threads(at::get_num_threads()) if (total >= SERIAL_BELOW)
+  for (int64_t c = 0; c < num_chunks; ++c) {
+    const Chunk chunk = chunks[c];
+    const T* __restrict x = ptrs[chunk.tensor];
+    float sum = 0.f;
+#pragma omp simd reduction(+ : sum)
+    for (int64_t j = chunk.begin; j < chunk.end; ++j) {
+      const float xj = to_float(x[j]);
+      sum += xj * xj;
     }
     chunk_sums[c] = sum;
   }
@@ -191,6 +211,17 @@ at::ScalarType check_params(const std::vector<torch::Tensor>& params) {
 }
 
 }  // namespace
+
+// Returns Σ x² of each tensor (float64), summed in float32 per chunk as the steps sum θ_new²:
+// torch accumulates a bfloat16 norm in float32 only by first copying the tensor to float32.
+torch::Tensor square_sums(const std::vector<torch::Tensor>& tensors) {
+  const auto dtype = check_params(tensors);
+  int64_t total = 0;
+  const auto chunks = chunk_tensors(tensors, total);
+  std::vector<double> chunk_sums(chunks.size(), 0.0);
+  (dtype == at::kFloat ? square_sum_chunks<float> : square_sum_chunks<uint16_t>)(chunks, total, tensors, chunk_sums);
+  return sum_chunks(chunks, chunk_sums, tensors.size());
+}
 
 // Returns Σ θ_new² of each tensor (float64). factors holds f_i; keep and take the momentum
 // buffer's coefficients, b ← keep_i·b + take_i·g (μ and 1 − dampening, or 0 and 1 where the
@@ -250,5 +281,6 @@ torch::Tensor adamwn_step(const std::vector<torch::Tensor>& params, const std::v
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("adamwn_step", &adamwn_step, "AdamWN's step with Eq. 3 and kept norms (float32 or bfloat16, CPU)");
+  m.def("square_sums", &square_sums, "Σ x² per tensor (float32 or bfloat16, CPU), float32 sums per chunk");
   m.def("sgd_step", &sgd_step, "SGD with momentum after Eq. 3, with kept norms (float32 or bfloat16, CPU)");
 }
