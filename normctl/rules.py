@@ -74,7 +74,9 @@ def _local_norms(tensors: Sequence[Tensor], *, foreach: bool) -> list[Tensor]:
         buckets[(t.device, t.dtype)].append(i)
     for (device, dtype), indices in buckets.items():
         bucket = [tensors[i] for i in indices]
-        bucket_norms = _bfloat16_cpu_norms(bucket) if (device.type, dtype) == ("cpu", torch.bfloat16) else None
+        bucket_norms: Sequence[Tensor] | None = None
+        if (device.type, dtype) == ("cpu", torch.bfloat16):
+            bucket_norms = _bfloat16_cpu_norms(bucket)
         if bucket_norms is None:
             bucket_norms = torch._foreach_norm(bucket, 2, dtype=norm_dtype(bucket[0]))
         for i, n in zip(indices, bucket_norms):

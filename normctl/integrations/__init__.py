@@ -1,2 +1,3 @@
 """Optional integrations, imported only when used: ``normctl.integrations.hf`` (Hugging Face
-Transformers) and ``normctl.integrations.lightning`` (PyTorch Lightning)."""
+Transformers), ``normctl.integrations.lightning`` (PyTorch Lightning) and
+``normctl.integrations.timm`` (timm's optimizer factory)."""

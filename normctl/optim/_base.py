@@ -42,6 +42,7 @@ SHARED_GROUP_KEYS = frozenset(
         "skipped_steps",
         "base_momentum",  # OneCycleLR and CyclicLR with cycle_momentum
         "max_momentum",
+        "lr_scale",  # timm's layer-wise lr decay: its schedulers multiply the group's lr by it
     }
 )
 

@@ -54,7 +54,7 @@ class _Entry(NamedTuple):  # a tuple: one is made per tensor per step
     version: int
     address: int
     kept: _Kept
-    index: int
+    position: int  # in the kept vector
     first: Tensor | None  # θ's first element after the step (CPU only)
 
 
@@ -68,13 +68,13 @@ class KeptNorms:
         kept = _Kept(norm_sq)
         on_cpu = [p.device.type == "cpu" for p in params]
         firsts = _first_elements(params).unbind() if all(on_cpu) else [None] * len(params)
-        for index, (p, first) in enumerate(zip(params, firsts)):
-            self._entries[p] = _Entry(p._version, p.data_ptr(), kept, index, first)
+        for position, (p, first) in enumerate(zip(params, firsts)):
+            self._entries[p] = _Entry(p._version, p.data_ptr(), kept, position, first)
 
     def tensor_norms(self, tensors: Sequence[Tensor], *, foreach: bool = True) -> list[Tensor]:
         """Like :func:`normctl.rules.tensor_norms`, reading kept norms where they are still valid."""
         valid = self._valid(tensors)
-        norms: list[Tensor | None] = [e.kept.norm(e.index) if e is not None else None for e in valid]
+        norms: list[Tensor | None] = [e.kept.norm(e.position) if e is not None else None for e in valid]
         stale = [i for i, n in enumerate(norms) if n is None]
         if stale:
             for i, norm in zip(stale, rules.tensor_norms([tensors[i] for i in stale], foreach=foreach)):
@@ -88,7 +88,7 @@ class KeptNorms:
         if valid and valid[0] is not None:
             kept = valid[0].kept
             whole = len(tensors) == kept.norm_sq.numel() and kept.norm_sq.dtype == torch.float32
-            if whole and all(e is not None and e.kept is kept and e.index == i for i, e in enumerate(valid)):
+            if whole and all(e is not None and e.kept is kept and e.position == i for i, e in enumerate(valid)):
                 return kept.norm_sq
         return torch.stack(self.tensor_norms(tensors)).to(torch.float32).square()
 
@@ -103,13 +103,13 @@ class KeptNorms:
             entry = self._entries.get(p)
             fresh = entry is not None and entry.version == p._version and entry.address == p.data_ptr()
             valid.append(entry if fresh else None)
-        checked = [i for i, e in enumerate(valid) if e is not None and e.first is not None]
+        checked = [(i, e.first) for i, e in enumerate(valid) if e is not None and e.first is not None]
         if checked:
-            then = torch.stack([valid[i].first for i in checked])  # type: ignore[union-attr]
-            changed = (_first_elements([tensors[i] for i in checked]) != then).tolist()
+            then = torch.stack([first for _, first in checked])
+            changed = (_first_elements([tensors[i] for i, _ in checked]) != then).tolist()
             if any(changed):
                 self._warn_once()
-            for i, is_changed in zip(checked, changed):
+            for (i, _), is_changed in zip(checked, changed):
                 if is_changed:
                     valid[i] = None
         return valid
