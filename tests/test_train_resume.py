@@ -152,6 +152,15 @@ def test_sweep_runs_the_grid_then_skips_finished_runs(tmp_path, monkeypatch):
     results = sweep_module.run_sweep(base, grid, [0, 1], tmp_path, verbose=False)
     assert sorted(r["label"] for r in results) == ["method=adamw"] * 2 + ["method=adamwn"] * 2
     assert (tmp_path / "report.html").is_file() and (tmp_path / "method-adamwn_s1" / "final.json").is_file()
+    # per label, mean ± std over the seeds of what final.json holds, for documents to quote
+    labels = json.loads((tmp_path / "summary.json").read_text())["labels"]
+    adamw = [r for r in results if r["label"] == "method=adamw"]
+    expected = statistics.mean(r["val_loss"] for r in adamw), statistics.stdev(r["val_loss"] for r in adamw)
+    assert (labels["method=adamw"]["val_loss"]["mean"], labels["method=adamw"]["val_loss"]["std"]) == expected
+    ratio = labels["method=adamwn"]["norm_ratio"]["global/norm_ratio"]
+    assert ratio["n"] == 2 and ratio["mean"] == statistics.mean(
+        r["norm_ratio"]["global/norm_ratio"] for r in results if r["label"] == "method=adamwn"
+    )
 
     calls = []
     monkeypatch.setattr(sweep_module, "train", lambda *a, **k: calls.append(a))
@@ -205,7 +214,7 @@ def test_gpt_reproduction_runs_phases_and_summarizes(tmp_path, monkeypatch):
     from normctl_lab import repro_gpt
 
     tiny = ["task=gpt", "n_layer=1", "n_embd=32", "block_size=16", "batch_size=4", "steps=20", "warmup=2"]
-    tiny += ["checkpoint_every=10", "monitor_every=5", "eval_every=10", "device=cpu"]
+    tiny += ["checkpoint_every=10", "monitor_every=2", "eval_every=10", "device=cpu"]
     monkeypatch.setitem(repro_gpt.SCALES, "tiny", tiny)
     summary = repro_gpt.run_repro(
         tmp_path, [0, 1], "tiny", ablations=True, ablation_seeds=[0], budgets=[1.5], verbose=False
@@ -214,6 +223,9 @@ def test_gpt_reproduction_runs_phases_and_summarizes(tmp_path, monkeypatch):
     assert set(methods) == {"adamw", "adamc", "adamwn"}
     ratios = [json.loads((tmp_path / f"method-adamw_s{s}" / "final.json").read_text()) for s in (0, 1)]
     assert len(ratios) == 2 and methods["adamw"]["seeds"] == [0, 1]
+    # the tail rise each run stored at full resolution, mean ± std over the seeds
+    rises = [r["tail_rise"]["global/grad_norm"] for r in ratios]
+    assert methods["adamw"]["tail_rise"]["global/grad_norm"]["mean"] == pytest.approx(statistics.mean(rises))
     # AdamWN's target is AdamW's measured final norm ratio, recorded in its config
     adamwn_config = json.loads((tmp_path / "method-adamwn_s0" / "config.json").read_text())
     assert adamwn_config["target_ratio"] == summary["adamwn_target_ratio"]
@@ -289,7 +301,7 @@ def test_steady_scale_trains_adamw_and_adamc_to_a_zero_lr(tmp_path, monkeypatch)
     from normctl_lab.train import lr_multiplier
 
     tiny = ["task=gpt", "n_layer=1", "n_embd=32", "block_size=16", "batch_size=4", "steps=20", "warmup=2"]
-    tiny += ["checkpoint_every=10", "monitor_every=5", "eval_every=10", "device=cpu"]
+    tiny += ["checkpoint_every=10", "monitor_every=2", "eval_every=10", "device=cpu"]
     monkeypatch.setitem(repro_gpt.SCALES, "steady", [*tiny, "weight_decay=0.5", "min_lr_ratio=0"])
     summary = repro_gpt.run_repro(tmp_path, [0], "steady", verbose=False)
     assert set(summary["methods"]) == {"adamw", "adamc"}
@@ -559,6 +571,9 @@ def test_the_tail_rise_is_stored_with_the_run_at_full_resolution(tmp_path):
     assert set(final["tail_rise"]) >= {"global/grad_norm", "group/normalized/grad_norm"}
     for key, value in final["tail_rise"].items():
         assert value == pytest.approx(tail_rise([r.get(key) for r in records]), rel=1e-12)
+    last = records[-1]  # the norm ratios at the end, kept where thinning may drop the last record
+    assert final["norm_ratio"]["global/norm_ratio"] == last["global/norm_ratio"]
+    assert final["norm_ratio"]["group/normalized/norm_ratio"] == last["group/normalized/norm_ratio"]
 
 
 def test_a_sweep_as_cluster_jobs_trains_each_run_and_resumes(tmp_path, capsys):

@@ -197,9 +197,10 @@ def steps_to_reach(points: list[tuple[int, float]], goal: float) -> float | None
 
 
 def summarize(out: Path, names: list[str], by: str = "method") -> dict[str, Any]:
-    """Per method (or other config field ``by``): final held-out loss, norm ratio and tail
-    blow-up (mean ± std over seeds), the held-out curve, and the first step at which AdamW
-    reaches AdamWN's final loss."""
+    """Per method (or other config field ``by``): final held-out loss, norm ratio, tail blow-up
+    and each gradient norm's tail rise (stored with the run at full resolution when it ended;
+    mean ± std over seeds), the held-out curve, and the first step at which AdamW reaches
+    AdamWN's final loss."""
     per_method: dict[str, list[dict[str, Any]]] = {}
     for name in names:
         run = load_run(out / name)
@@ -214,6 +215,7 @@ def summarize(out: Path, names: list[str], by: str = "method") -> dict[str, Any]
                 "norm_ratio": s["final norm ratio"],
                 "controlled_norm_ratio": controlled_norm_ratio(out / name),
                 "tail_blowup": s["tail blow-up"],
+                "tail_rise": json.loads((out / name / "final.json").read_text()).get("tail_rise") or {},
             }
         )
     methods: dict[str, Any] = {}
@@ -225,6 +227,11 @@ def summarize(out: Path, names: list[str], by: str = "method") -> dict[str, Any]
             **{
                 k: _mean_std([s[k] for s in seeds])
                 for k in ("val_loss", "norm_ratio", "controlled_norm_ratio", "tail_blowup")
+            },
+            "tail_rise": {
+                k: _mean_std([s["tail_rise"][k] for s in seeds])
+                for k in seeds[0]["tail_rise"]
+                if all(isinstance(s["tail_rise"].get(k), float) for s in seeds)
             },
             "curve_steps": steps,
             "curve_mean": [statistics.mean(c) for c in zip(*curves)],

@@ -23,6 +23,7 @@ from normctl.report.runs import load_run
 from .cluster import EXECUTORS, submit_runs
 from .config import RunConfig, with_overrides
 from .methods import norm_gains
+from .paired import mean_std
 from .progress import progress
 from .rundir import write_report
 from .train import build_task, train
@@ -70,11 +71,33 @@ def run_sweep(
     results = train_runs(
         runs, out, workers=workers, executor=executor, executor_options=executor_options, verbose=verbose
     )
-    (out / "summary.json").write_text(
-        json.dumps({"base": dataclasses.asdict(base), "grid": grid, "seeds": seeds, "results": results}, indent=2)
-    )
+    summary = {"base": dataclasses.asdict(base), "grid": grid, "seeds": seeds, "results": results}
+    summary["labels"] = label_statistics(results)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
     write_report(out, [name for name, _ in runs], f"normctl-lab sweep {out.name}", verbose=verbose)
     return results
+
+
+def label_statistics(results: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per label (grid point), mean ± std over its seeds of every number the runs' final.json
+    hold — the test metrics, and each entry of ``tail_rise`` and ``norm_ratio`` — for documents
+    to quote (``labels|<label>|tail_rise|global/grad_norm``)."""
+    by_label: dict[str, dict[str, Any]] = {}
+    for label in dict.fromkeys(r["label"] for r in results):
+        runs = [r for r in results if r["label"] == label and r.get("status") == "finished"]
+        stats: dict[str, Any] = {}
+        for key, value in runs[0].items() if runs else ():
+            if _is_number(value) and key not in ("seed", "steps"):
+                stats[key] = mean_std([r[key] for r in runs if _is_number(r.get(key))])
+            elif isinstance(value, dict):
+                entries = {k: [r[key][k] for r in runs if _is_number(r.get(key, {}).get(k))] for k in value}
+                stats[key] = {k: mean_std(values) for k, values in entries.items() if values}
+        by_label[label] = stats
+    return by_label
+
+
+def _is_number(value: Any) -> bool:  # a statistic with no value (NaN) is stored as null
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def train_runs(

@@ -272,9 +272,22 @@ def _train(cfg: RunConfig, run_dir: Path, world: parallel.World, *, verbose: boo
         final |= {"status": "finished", "steps": cfg.steps, "skipped_steps": skipped}
         final |= task.evaluate(model)  # every rank runs it: FSDP2's forward is collective
     if main:
-        final["tail_rise"] = tail_rises(read_jsonl(run_dir / "metrics.jsonl"))
+        records = read_jsonl(run_dir / "metrics.jsonl")
+        final["tail_rise"] = tail_rises(records)
+        final["norm_ratio"] = final_norm_ratios(records)
         (run_dir / "final.json").write_text(strict_json(final, indent=2))
     return final
+
+
+def final_norm_ratios(records: list[dict[str, Any]]) -> dict[str, float]:
+    """‖θ‖/‖θ₀‖ of the whole model and of each group at the last record, stored in final.json so
+    that thinning the committed curves (which may drop the last record) never changes it."""
+    last = records[-1] if records else {}
+    return {
+        k: v
+        for k, v in last.items()
+        if k == "global/norm_ratio" or (k.startswith("group/") and k.endswith("/norm_ratio"))
+    }
 
 
 def tail_rises(records: list[dict[str, Any]]) -> dict[str, float]:
