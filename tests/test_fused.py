@@ -206,6 +206,18 @@ def test_cpu_kernel_norms_do_not_depend_on_the_thread_count():
     assert_same(results[0][1], results[1][1])
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_kernels_first_elements_are_each_tensors_first_element(dtype):
+    """What the kept norms compare to see writes through .data, read in one C++ call."""
+    cpu_kernel_or_skip()
+    g = torch.Generator().manual_seed(0)
+    tensors = [torch.randn(s, generator=g).to(dtype) for s in [(3, 4), (0,), (7,)]]
+    tensors.append(torch.randn(10, generator=g).to(dtype)[3:])  # a view starting inside its storage
+    expected = torch.tensor([float(t.view(-1)[0]) if t.numel() else 0.0 for t in tensors])
+    assert torch.equal(_one_pass_cpu.first_elements(tensors), expected)
+    assert _one_pass_cpu.first_elements([tensors[0], tensors[2].double()]) is None  # mixed dtypes: not taken
+
+
 def test_bfloat16_cpu_norms_are_summed_in_float32_by_the_kernel(monkeypatch):
     """The kernel's norms of bfloat16 tensors match torch's float32-accumulated ones to float32
     rounding (torch's own bfloat16 norm is 2e-3 off), whatever the thread count."""

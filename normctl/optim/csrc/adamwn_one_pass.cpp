@@ -223,6 +223,20 @@ torch::Tensor square_sums(const std::vector<torch::Tensor>& tensors) {
   return sum_chunks(chunks, chunk_sums, tensors.size());
 }
 
+// Returns each tensor's first element as float32 (0 for an empty tensor): what the kept norms
+// check for writes through .data, read in one call instead of a view per tensor.
+torch::Tensor first_elements(const std::vector<torch::Tensor>& tensors) {
+  const auto dtype = check_params(tensors);
+  auto out = torch::zeros({static_cast<int64_t>(tensors.size())}, torch::kFloat);
+  float* first = out.data_ptr<float>();
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    if (tensors[i].numel() == 0) continue;
+    first[i] = dtype == at::kFloat ? *reinterpret_cast<const float*>(tensors[i].data_ptr())
+                                   : to_float(*reinterpret_cast<const uint16_t*>(tensors[i].data_ptr()));
+  }
+  return out;
+}
+
 // Returns Σ θ_new² of each tensor (float64). factors holds f_i; keep and take the momentum
 // buffer's coefficients, b ← keep_i·b + take_i·g (μ and 1 − dampening, or 0 and 1 where the
 // buffer starts, as torch sets it to the gradient at its first step).
@@ -281,6 +295,7 @@ torch::Tensor adamwn_step(const std::vector<torch::Tensor>& params, const std::v
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("adamwn_step", &adamwn_step, "AdamWN's step with Eq. 3 and kept norms (float32 or bfloat16, CPU)");
+  m.def("first_elements", &first_elements, "each tensor's first element as float32 (float32 or bfloat16, CPU)");
   m.def("square_sums", &square_sums, "Σ x² per tensor (float32 or bfloat16, CPU), float32 sums per chunk");
   m.def("sgd_step", &sgd_step, "SGD with momentum after Eq. 3, with kept norms (float32 or bfloat16, CPU)");
 }
