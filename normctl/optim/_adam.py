@@ -107,6 +107,7 @@ def fused_supported(params: Sequence[Tensor]) -> bool:
 # What the one-pass AdamWN kernels take (CPU and CUDA): bfloat16 computed in float32, as
 # torch's fused AdamW does.
 ONE_PASS_DTYPES = (torch.float32, torch.bfloat16)
+PLAIN_TENSORS = (torch.Tensor, torch.nn.Parameter)  # no DTensor or other subclass
 
 
 def suit_one_pass(
@@ -119,17 +120,21 @@ def suit_one_pass(
     ``ONE_PASS_DTYPES``, with their state tensors ``keys`` (Adam's moments by default) alike:
     what a one-pass kernel can walk as flat arrays. ``starts[i]``: tensor i's state is yet to be
     made, so only the tensor itself is checked."""
-    device, dtype = params[0].device, params[0].dtype
-    if dtype not in ONE_PASS_DTYPES:
+    dtype = params[0].dtype
+    if dtype not in ONE_PASS_DTYPES or not all(type(p) in PLAIN_TENSORS for p in params):
         return False
-    for i, (p, s) in enumerate(zip(params, states)):
-        if type(p) not in (torch.Tensor, torch.nn.Parameter):
-            return False
-        state = () if starts is not None and starts[i] else tuple(s.get(key) for key in keys)
-        for t in (p, *state):
-            if not (isinstance(t, Tensor) and t.device == device and t.dtype == dtype and t.is_contiguous()):
-                return False
-    return True
+    tensors: list[Any] = list(params)
+    for i, s in enumerate(states):
+        if starts is None or not starts[i]:
+            tensors += [s.get(key) for key in keys]
+    if not all(isinstance(t, Tensor) for t in tensors):
+        return False
+    # one set per property instead of a chain of tests per tensor: 161 tensors (ResNet-50) each step
+    return (
+        {t.device for t in tensors} == {params[0].device}
+        and {t.dtype for t in tensors} == {dtype}
+        and all(t.is_contiguous() for t in tensors)
+    )
 
 
 def buckets(*lists: Sequence[Any]) -> list[tuple[list[Any], ...]]:

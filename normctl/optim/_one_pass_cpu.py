@@ -161,12 +161,12 @@ def sgd_step_(
 def first_elements(tensors: Sequence[Tensor]) -> Tensor | None:
     """Each tensor's first element (float32, 0 for an empty tensor) in one call, for contiguous
     CPU tensors of one dtype the kernel takes; None otherwise, or where the kernel is not at hand."""
-    dtype = tensors[0].dtype if tensors else None
-    if dtype not in (torch.float32, torch.bfloat16) or _state["extension"] is None:
+    if not tensors or _state["extension"] is None:
         return None  # never builds the kernel: only a kernel's own kept norms ask
-    if not all(t.device.type == "cpu" and t.dtype == dtype and t.is_contiguous() for t in tensors):
+    try:  # the kernel checks device, dtype and layout itself, faster than a test per tensor here
+        return _state["extension"].first_elements(list(tensors))
+    except (RuntimeError, TypeError):
         return None
-    return _state["extension"].first_elements(list(tensors))
 
 
 def bfloat16_norms(tensors: Sequence[Tensor]) -> list[Tensor] | None:
