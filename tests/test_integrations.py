@@ -1,10 +1,12 @@
 """Hugging Face Trainer and PyTorch Lightning with normctl optimizers and the monitor callback."""
 
+from unittest import mock
+
 import pytest
 import torch
 
 from normctl import AdamWN, NormControl, create_optimizer
-from normctl.monitor import MemorySink
+from normctl.monitor import MemorySink, NormMonitor
 
 
 def tiny_gpt2(transformers, tmp_path, **arguments):
@@ -243,8 +245,13 @@ def test_lightning_records_the_steps_own_gradients_before_clipping_and_logs_to_t
         gradient_clip_val=0.01,
         callbacks=[NormMonitorCallback(every=1, sinks=[sink])],
     )
-    trainer.fit(lightning_regression(pl, pre_clip), torch.utils.data.DataLoader(data, batch_size=8))
-    assert [r["step"] for r in sink.records] == [1, 2, 3, 4]
+    # gradient-norm passes: per measured step the capture before clipping and the clipped norm
+    # after the step, none over the previous step's gradients in the pre-step hook
+    passes = []
+    original = NormMonitor._grad_norms
+    with mock.patch.object(NormMonitor, "_grad_norms", lambda self: passes.append(1) or original(self)):
+        trainer.fit(lightning_regression(pl, pre_clip), torch.utils.data.DataLoader(data, batch_size=8))
+    assert [r["step"] for r in sink.records] == [1, 2, 3, 4] and len(passes) == 2 * 4
     for record, norm in zip(sink.records, pre_clip):  # this step's gradients, before clipping
         assert record["global/grad_norm"] == pytest.approx(norm, rel=1e-5) and norm > 0.1
         assert record["global/clipped_grad_norm"] == pytest.approx(0.01, rel=1e-3)

@@ -199,3 +199,19 @@ def test_captured_gradients_are_the_norms_before_clipping():
     plain = NormMonitor(model, opt, every=1)  # without a capture: no clipped norm in the record
     opt.step(closure)
     assert "global/clipped_grad_norm" not in plain.observe()
+
+
+def test_a_promised_capture_that_never_comes_falls_back_to_the_steps_gradients():
+    """An integration that captures sets ``gradients_captured`` so the pre-step hook skips a
+    gradient pass it would throw away; if no capture comes, the record still has the norms of
+    the gradients the step used."""
+    torch.manual_seed(0)
+    model = nn.Linear(4, 3)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    monitor = NormMonitor(model, opt, every=1)
+    monitor.gradients_captured = True
+    nn.functional.mse_loss(model(torch.randn(8, 4)), torch.randn(8, 3)).backward()
+    grads = [p.grad.norm() for p in model.parameters()]
+    opt.step()
+    record = monitor.observe()
+    assert record["global/grad_norm"] == pytest.approx(float(torch.stack(grads).norm()), rel=1e-6)

@@ -58,6 +58,9 @@ class NormMonitorCallback(pl.Callback):
 
     def on_train_start(self, trainer, pl_module) -> None:
         self.owner.start(pl_module, trainer.optimizers[0], self._saved)
+        # Lightning steps through a closure: the optimizer's pre-step hook runs before backward,
+        # and on_before_optimizer_step below takes the gradients once they are there
+        self.monitor.gradients_captured = True
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
         if self.monitor is not None:

@@ -80,6 +80,9 @@ class NormMonitor:
         self.steps = 0
         self._before: tuple[list[Tensor], list[Tensor | None] | None] | None = None
         self._captured: list[Tensor | None] | None = None
+        # Set by an integration that calls capture_gradients() on every measured step (Lightning):
+        # the pre-step hook then skips its own gradient pass, whose gradients would be replaced.
+        self.gradients_captured = False
         self._pending: dict[str, Any] | None = None
         self._hooks = [
             optimizer.register_step_pre_hook(self._before_step),
@@ -94,7 +97,7 @@ class NormMonitor:
             return
         self._flush()
         # a closure's backward runs after this hook: capture_gradients may still come
-        grad_norms = self._grad_norms() if self._captured is None else None
+        grad_norms = None if self._captured is not None or self.gradients_captured else self._grad_norms()
         self._before = ([p.detach().clone() for p in self._params], grad_norms)
 
     def _grad_norms(self) -> list[Tensor | None]:
@@ -180,7 +183,8 @@ class NormMonitor:
         before, at_step = self._before  # type: ignore[misc]
         captured, self._captured = self._captured, None
         grad_norm_t = captured if captured is not None else at_step
-        assert grad_norm_t is not None  # taken at the step unless captured
+        if grad_norm_t is None:  # promised a capture that did not come: the gradients the step used
+            grad_norm_t = self._grad_norms()
         groups = self.optimizer.param_groups
 
         # Every scalar tensor is queued here and crosses to the host in one transfer.
