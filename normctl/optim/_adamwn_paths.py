@@ -3,15 +3,14 @@ behind one signature, ``step(batch, factors, context) -> kept ‖θ‖² or None
 
 * ``cuda_one_pass`` — one Triton kernel over every tensor of the batch: Eq. 3 (its factors
   computed in the kernel from the kept norms), Adam's step, and ‖θ‖² as it wrote θ;
-* ``cpu_one_pass`` — the same in C++/OpenMP, with Eq. 3's factors given.
-
-Both one-pass paths return the ‖θ_i‖² they measured while writing θ, which the optimizer keeps
-for the next step (:class:`._kept_norms.KeptNorms`, one cache for both);
+* ``cpu_one_pass`` — the same in C++/OpenMP, with Eq. 3's factors given;
 * ``torch_fused`` — torch's fused AdamW, Eq. 3 folded in as a per-tensor decay λ_i = (1 − f_i)/γ;
 * ``foreach`` / ``reference`` — Eq. 3 as a scale, then Adam's step with ``torch._foreach_*`` ops
   or the readable per-tensor loop.
 
-All are tested equal to ``reference`` (``tests/test_fused.py``).
+The two one-pass paths return the ‖θ_i‖² they measured while writing θ, which the optimizer keeps
+for the next step (:class:`._kept_norms.KeptNorms`, one cache for both). All paths are tested
+equal to ``reference`` (``tests/test_fused.py``).
 """
 
 from __future__ import annotations
