@@ -52,10 +52,10 @@ def tensor_norms(tensors: Sequence[Tensor], *, foreach: bool = True) -> list[Ten
     """The L2 (Frobenius) norm of each tensor, as 0-d tensors in :func:`norm_dtype`.
 
     The foreach path issues one ``torch._foreach_norm`` per (device, dtype) bucket instead of
-    one kernel per tensor, and sums CPU bfloat16 buckets with the C++ kernel of the one-pass
-    step where it is built; both paths return the same values (bfloat16: to float32 rounding,
-    summed in another order). Sharded tensors (DTensors,
-    FSDP2) get the norm of the full tensor: the shards' sums of squares are all-reduced.
+    one kernel per tensor, and sums CPU bfloat16 buckets with the one-pass step's C++ kernel
+    (built at first use, like AdamWN's); both paths return the same values (bfloat16: to float32
+    rounding, summed in another order). Sharded tensors (DTensors, FSDP2) get the norm of the
+    full tensor: the shards' sums of squares are all-reduced.
     """
     pieces = [distributed.local(t) for t in tensors]
     norms = _local_norms(pieces, foreach=foreach)
