@@ -106,6 +106,21 @@ def test_tune_selects_on_validation_reports_on_test_and_resumes(tmp_path, monkey
         tune.run_tune(base, ["adamw"], tmp_path, budget=4, verbose=False)
 
 
+def test_knobs_restrict_the_search_and_are_part_of_the_protocol(tmp_path):
+    """An ablation fixed in the base config (here λ = 1) with only its lr tuned."""
+    base = with_overrides(RunConfig(), TINY_VORONOI + ["weight_decay=1.0"])
+    summary = tune.run_tune(base, ["adamw"], tmp_path, budget=3, knobs=["lr"], verbose=False)
+    search = summary["methods"]["adamw"]["search"]
+    assert len({row["lr"] for row in search}) == 3 and all(set(row) >= {"lr"} for row in search)
+    assert "weight_decay" not in summary["methods"]["adamw"]["knobs"] and summary["protocol"]["knobs"] == ["lr"]
+    for row in search:
+        assert json.loads((tmp_path / "search" / row["run"] / "config.json").read_text())["weight_decay"] == 1.0
+    with pytest.raises(ValueError, match="another knobs"):  # the full space would be another search
+        tune.run_tune(base, ["adamw"], tmp_path, budget=3, verbose=False)
+    with pytest.raises(ValueError, match="leave nothing to search"):
+        tune.run_tune(base, ["adamw"], tmp_path / "other", budget=3, knobs=["rate"], verbose=False)
+
+
 def test_a_tuning_cut_short_keeps_its_protocol(tmp_path, monkeypatch):
     from normctl_lab import sweep
 
@@ -136,17 +151,17 @@ def test_close_calls_and_diverged_runs(tmp_path):
     assert tune._close_calls(scores) == {"a", "b"}  # |1.2 − 1.5| < 2 × 0.2; c is far from both
 
     base = with_overrides(RunConfig(), TINY_VORONOI)
-    configs = tune._search_runs(base, "adamw", 2, [0])
+    configs = tune._search_runs(base, "adamw", tune.SEARCH_SPACES["adamw"], 2, [0])
     for [(name, _)], (status, acc) in zip(configs, [("diverged", None), ("finished", 0.4)]):
         (tmp_path / name).mkdir()
         (tmp_path / name / "final.json").write_text(json.dumps({"status": status, "val_acc": acc}))
-    selected = tune._select(tmp_path, "adamw", configs, tune.TASK_METRICS["voronoi"], base)
+    selected = tune._select(tmp_path, tune.SEARCH_SPACES["adamw"], configs, tune.TASK_METRICS["voronoi"], base)
     assert selected["selected"] == "adamw_c1" and selected["search"][0]["val_acc"] == -math.inf
 
 
 def test_several_search_seeds_select_on_the_mean_score(tmp_path):
     base = with_overrides(RunConfig(), TINY_VORONOI)
-    configs = tune._search_runs(base, "adamw", 2, [0, 5])
+    configs = tune._search_runs(base, "adamw", tune.SEARCH_SPACES["adamw"], 2, [0, 5])
     assert [[name for name, _ in runs] for runs in configs] == [
         ["adamw_c0_s0", "adamw_c0_s5"],
         ["adamw_c1_s0", "adamw_c1_s5"],
@@ -156,7 +171,7 @@ def test_several_search_seeds_select_on_the_mean_score(tmp_path):
     for name, acc in [("adamw_c0_s0", 0.9), ("adamw_c0_s5", 0.5), ("adamw_c1_s0", 0.8), ("adamw_c1_s5", 0.8)]:
         (tmp_path / name).mkdir()
         (tmp_path / name / "final.json").write_text(json.dumps({"status": "finished", "val_acc": acc}))
-    selected = tune._select(tmp_path, "adamw", configs, tune.TASK_METRICS["voronoi"], base)
+    selected = tune._select(tmp_path, tune.SEARCH_SPACES["adamw"], configs, tune.TASK_METRICS["voronoi"], base)
     assert selected["selected"] == "adamw_c1" and selected["search"][1]["val_acc"] == pytest.approx(0.8)
     assert selected["search"][0]["val_acc_by_seed"] == {0: 0.9, 5: 0.5}
     assert selected["config"]["seed"] == 0 and selected["config"]["label"] == "adamw_c1"
@@ -168,9 +183,9 @@ def test_a_directory_tuned_before_several_search_seeds_still_resumes(tmp_path):
     base = with_overrides(RunConfig(), TINY_VORONOI)
     old = {"base": __import__("dataclasses").asdict(base), "budget": 2, "search_seed": 0, "methods": ["adamw"]}
     (tmp_path / "protocol.json").write_text(json.dumps(old))
-    tune._check_same_protocol(tmp_path, base, ["adamw"], 2, [0])  # the same protocol
+    tune._check_same_protocol(tmp_path, base, ["adamw"], 2, [0], None)  # the same protocol
     with pytest.raises(ValueError, match="another search_seeds"):
-        tune._check_same_protocol(tmp_path, base, ["adamw"], 2, [0, 1])
+        tune._check_same_protocol(tmp_path, base, ["adamw"], 2, [0, 1], None)
 
 
 def test_the_tune_command_lists_every_search_space(capsys):

@@ -59,6 +59,7 @@ def tune(args: argparse.Namespace) -> None:
         seeds=_seeds(args.seeds),
         search_seeds=_seeds(args.search_seeds),
         reference=args.reference,
+        knobs=[k.strip() for k in args.knobs.split(",") if k.strip()] if args.knobs else None,
         **_launch(args),
     )
 
@@ -137,6 +138,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="the seeds every searched configuration trains on, its score their mean (default 0)",
     )
     p.add_argument("--reference", default=None, help="the method paired differences are taken against (the first)")
+    p.add_argument(
+        "--knobs",
+        default=None,
+        help="search only these fields of each method's space, e.g. lr (the others stay at the config's values)",
+    )
     p.add_argument("--out", required=True, help="the tuning's directory")
     p.add_argument("--workers", type=int, default=1, help="runs at once (one thread each; default 1)")
     _add_executor_arguments(p)

@@ -154,13 +154,16 @@ def run_tune(
     seeds: list[int] | None = None,
     search_seeds: list[int] | None = None,
     reference: str | None = None,
+    knobs: list[str] | None = None,
     workers: int = 1,
     executor: str = "local",
     executor_options: dict[str, Any] | None = None,
     verbose: bool = True,
 ) -> dict[str, Any]:
     """The protocol of this module for ``methods`` around ``base``; writes and returns summary.json.
-    ``workers``, ``executor`` and ``executor_options`` say where the runs train (:func:`.sweep.train_runs`)."""
+    ``knobs`` restricts every method's search to those fields (the others stay at ``base``'s
+    values: the lr alone for an ablation fixed in ``base``, say). ``workers``, ``executor`` and
+    ``executor_options`` say where the runs train (:func:`.sweep.train_runs`)."""
     launch: dict[str, Any] = dict(
         workers=workers, executor=executor, executor_options=executor_options, verbose=verbose
     )
@@ -171,6 +174,7 @@ def run_tune(
     unknown = [m for m in methods if m not in SEARCH_SPACES]
     if unknown or not methods:
         raise ValueError(f"methods must be some of {sorted(SEARCH_SPACES)}, got {methods}")
+    spaces = {m: restricted(SEARCH_SPACES[m], knobs) for m in methods}
     reference = reference or methods[0]
     if reference not in methods:
         raise ValueError(f"reference must be one of the methods {methods}, got {reference!r}")
@@ -180,15 +184,16 @@ def run_tune(
     if base.task != "voronoi" and not base.selection_split:
         base = dataclasses.replace(base, selection_split=SELECTION_SPLIT)
     out = Path(out)
-    _check_same_protocol(out, base, methods, budget, search_seeds)
+    _check_same_protocol(out, base, methods, budget, search_seeds, knobs)
     out.mkdir(parents=True, exist_ok=True)  # the protocol first: a run cut short keeps its directory's protocol
-    (out / "protocol.json").write_text(json.dumps(_protocol_key(base, methods, budget, search_seeds), indent=2))
+    protocol = _protocol_key(base, methods, budget, search_seeds, knobs)
+    (out / "protocol.json").write_text(json.dumps(protocol, indent=2))
 
-    search = {m: _search_runs(base, m, budget, search_seeds) for m in methods}
+    search = {m: _search_runs(base, m, spaces[m], budget, search_seeds) for m in methods}
     if verbose:
         print(f"search: {budget} configurations × {len(methods)} methods, seeds {search_seeds}", flush=True)
     train_runs([run for runs in search.values() for config in runs for run in config], out / "search", **launch)
-    selected = {m: _select(out / "search", m, runs, metrics, base) for m, runs in search.items()}
+    selected = {m: _select(out / "search", spaces[m], runs, metrics, base) for m, runs in search.items()}
 
     final = {m: _final_runs(selected[m]["config"], m, seeds) for m in methods}
     if verbose:
@@ -219,6 +224,7 @@ def run_tune(
             "reported_on": metrics.report,
             "higher_is_better": metrics.higher_is_better,
             "reference": reference,
+            **({"knobs": knobs} if knobs else {}),
         },
         "methods": {
             m: {
@@ -237,11 +243,24 @@ def run_tune(
     return summary
 
 
-def _search_runs(base: RunConfig, method: str, budget: int, seeds: list[int]) -> list[list[tuple[str, RunConfig]]]:
+def restricted(space: SearchSpace, knobs: list[str] | None) -> SearchSpace:
+    """``space`` searching only the fields ``knobs`` (all of them when None)."""
+    if knobs is None:
+        return space
+    kept = tuple(k for k in space.knobs if k.field in knobs)
+    if not kept:
+        fields = [k.field for k in space.knobs]
+        raise ValueError(f"knobs {knobs} leave nothing to search for {space.fixed}: its knobs are {fields}")
+    return SearchSpace(space.fixed, kept)
+
+
+def _search_runs(
+    base: RunConfig, method: str, space: SearchSpace, budget: int, seeds: list[int]
+) -> list[list[tuple[str, RunConfig]]]:
     """Per configuration searched, its runs over the search seeds (``<method>_c<i>``, and
     ``_s<seed>`` after it where there are several)."""
     out = []
-    for i, point in enumerate(candidates(SEARCH_SPACES[method], base, budget)):
+    for i, point in enumerate(candidates(space, base, budget)):
         label = f"{method}_c{i}"
         out.append(
             [
@@ -264,7 +283,7 @@ def _assignments(fields: dict[str, Any]) -> list[str]:
 
 
 def _select(
-    directory: Path, method: str, configs: list[list[tuple[str, RunConfig]]], metrics: Metrics, base: RunConfig
+    directory: Path, space: SearchSpace, configs: list[list[tuple[str, RunConfig]]], metrics: Metrics, base: RunConfig
 ) -> dict[str, Any]:
     """The search's table and its best configuration, by its mean score over the search seeds.
     A run that diverged scores worst."""
@@ -285,7 +304,7 @@ def _select(
     pick = max if metrics.higher_is_better else min
     best = pick(range(len(configs)), key=lambda i: table[i][metrics.select])
     cfg = configs[best][0][1]
-    knobs = SEARCH_SPACES[method].knobs
+    knobs = space.knobs
     chosen = {k.field: getattr(cfg, k.field) for k in knobs}
     for row, runs in zip(table, configs):
         row |= {k.field: getattr(runs[0][1], k.field) for k in knobs}
@@ -333,20 +352,26 @@ def _close_calls(scores: dict[str, dict[int, float]]) -> set[str]:
     return close
 
 
-def _protocol_key(base: RunConfig, methods: list[str], budget: int, search_seeds: list[int]) -> dict[str, Any]:
-    return {"base": dataclasses.asdict(base), "budget": budget, "search_seeds": search_seeds, "methods": methods}
+def _protocol_key(
+    base: RunConfig, methods: list[str], budget: int, search_seeds: list[int], knobs: list[str] | None = None
+) -> dict[str, Any]:
+    key = {"base": dataclasses.asdict(base), "budget": budget, "search_seeds": search_seeds, "methods": methods}
+    return key | ({"knobs": knobs} if knobs else {})  # absent for the full spaces, as before knobs existed
 
 
-def _check_same_protocol(out: Path, base: RunConfig, methods: list[str], budget: int, search_seeds: list[int]) -> None:
-    """A directory holds one protocol: another base, budget or search seed would mix two searches."""
+def _check_same_protocol(
+    out: Path, base: RunConfig, methods: list[str], budget: int, search_seeds: list[int], knobs: list[str] | None
+) -> None:
+    """A directory holds one protocol: another base, budget, search seed or set of knobs would
+    mix two searches."""
     path = out / "protocol.json"
     if not path.is_file():
         return
     saved = json.loads(path.read_text())
     if "search_seed" in saved:  # written before several search seeds were possible
         saved["search_seeds"] = [saved.pop("search_seed")]
-    new = json.loads(json.dumps(_protocol_key(base, methods, budget, search_seeds)))
-    differs = [k for k in ("base", "budget", "search_seeds") if saved[k] != new[k]]
+    new = json.loads(json.dumps(_protocol_key(base, methods, budget, search_seeds, knobs)))
+    differs = [k for k in ("base", "budget", "search_seeds", "knobs") if saved.get(k) != new.get(k)]
     if differs:
         raise ValueError(f"{out} holds a tuning with another {', '.join(differs)}: use another --out")
 
