@@ -10,6 +10,18 @@ A document marks a generated block with
 file and the block, where the text differs (a number edited by hand, or a summary.json that moved
 without its README); ``--write`` rewrites the blocks. ``make check-results`` runs the check, and CI
 runs ``make check-results``.
+
+A number quoted in prose says where it comes from in a comment just before it:
+
+    held-out loss <!--q repro_gpt methods:adamw:val_loss-->1.2368 ± 0.0133
+
+— ``results/repro_gpt/summary.json``, the keys ``methods`` → ``adamw`` → ``val_loss`` (``:``
+between keys, which may hold dots, slashes and spaces; a ``|`` would split a Markdown table's
+cell). The quote is rendered at the precision the text uses: a ``{mean, std}`` entry as
+"mean ± std", a ``{mean, ci95}`` difference as "+mean [lo, hi]", a number as itself; ``--write``
+leaves quotes alone and the check fails on them. In the documents of :data:`EVERY_NUMBER_QUOTED`
+every number with two or more decimals outside the generated blocks must be quoted so, or marked
+``<!--cited-->`` (a paper's own number, not a measurement of ours).
 """
 
 from __future__ import annotations
@@ -25,6 +37,12 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 DOCUMENTS = ["REPRODUCTION.md", "results/*/README.md", "results/*/*/README.md", "docs/guide/*.md"]
 BLOCK = re.compile(r"(<!-- generated: (\S+) (\S+) -->\n)(.*?)(<!-- end generated -->)", re.S)
+EVERY_NUMBER_QUOTED = ["REPRODUCTION.md"]
+NUMBER = r"[+\-−]?\d+(?:\.\d+)?"
+QUOTE = re.compile(rf"<!--q (\S+) ([^>]+?)-->({NUMBER}(?: ± {NUMBER}| \[{NUMBER}, {NUMBER}\])?)")
+CITED = re.compile(rf"<!--cited-->{NUMBER}(?: ± {NUMBER})?")
+# a number with two or more decimals, not one of a setting's tuple written without spaces ("0.9,0.98")
+DECIMALS = re.compile(r"(?<![\w.])(?<!\d,)\d+\.\d{2,}(?!\.?\d)(?![A-Za-z_])(?!,\d)")
 
 
 def _ci(interval: list[float] | None) -> str:
@@ -79,11 +97,63 @@ def render(renderer: str, source: str) -> str:
     return RENDERERS[renderer](json.loads((ROOT / source).read_text())).rstrip("\n") + "\n"
 
 
+def _decimals(number: str) -> int:
+    return len(number.split(".")[1]) if "." in number else 0
+
+
+def _plain(text: str) -> str:
+    return text.replace("−", "-")
+
+
+def render_quote(value: Any, quoted: str) -> str:
+    """``value`` (a summary entry) written as ``quoted`` writes it: the same form, decimals and
+    signs ("+" where the text has one)."""
+    numbers = re.findall(NUMBER, quoted)
+    if isinstance(value, dict) and " ± " in quoted:
+        values, form = [value["mean"], value["std"]], "{} ± {}"
+    elif isinstance(value, dict) and "[" in quoted:
+        values, form = [value["mean"], *value["ci95"]], "{} [{}, {}]"
+    else:
+        values, form = [value["mean"] if isinstance(value, dict) else value], "{}"
+    written = [f"{v:{'+' if n.startswith('+') else ''}.{_decimals(n)}f}" for v, n in zip(values, numbers)]
+    return form.format(*written)
+
+
+def lookup(source: str, keys: str) -> Any:
+    """The entry at ``keys`` (``:``-separated) of ``results/<source>/summary.json``."""
+    value = json.loads((ROOT / "results" / source / "summary.json").read_text())
+    for key in keys.split(":"):
+        value = value[int(key)] if isinstance(value, list) else value[key]
+    return value
+
+
+def quote_drift(path: Path, text: str) -> list[str]:
+    """Quotes that no longer match their source, and (where every number must be quoted)
+    numbers with two or more decimals that are neither quoted nor cited."""
+    name = str(path.relative_to(ROOT))
+    drift = []
+    for match in QUOTE.finditer(text):
+        source, keys, quoted = match.group(1), match.group(2).strip(), match.group(3)
+        try:
+            expected = render_quote(lookup(source, keys), _plain(quoted))
+        except (OSError, KeyError, IndexError, ValueError, TypeError) as error:
+            drift.append(f"{name}: {quoted!r} from {source} {keys}: {type(error).__name__} {error}")
+            continue
+        if expected != _plain(quoted):
+            drift.append(f"{name}: {quoted!r} from {source} {keys} reads {expected!r}")
+    if name in EVERY_NUMBER_QUOTED:
+        bare = BLOCK.sub("", QUOTE.sub("", CITED.sub("", text)))
+        drift += [
+            f"{name}: {number} is neither quoted from a summary.json nor cited" for number in DECIMALS.findall(bare)
+        ]
+    return drift
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--write", action="store_true", help="rewrite the generated blocks from their sources")
     args = parser.parse_args(argv)
-    drift, checked = [], 0
+    drift, quotes, checked = [], [], 0
     for pattern in DOCUMENTS:
         for path in sorted(ROOT.glob(pattern)):
             text = path.read_text()
@@ -94,13 +164,17 @@ def main(argv: list[str] | None = None) -> int:
                 if match.group(4) != expected:
                     drift.append(f"{path.relative_to(ROOT)}: the {match.group(2)} block from {match.group(3)}")
                     new = new.replace(match.group(0), match.group(1) + expected + match.group(5))
+            quotes += quote_drift(path, new)  # --write cannot fix these: a quote's text is the author's
+            checked += len(QUOTE.findall(new))
             if args.write and new != text:
                 path.write_text(new)
-    if drift and not args.write:
-        print("quoted numbers that do not regenerate from their source:\n  " + "\n  ".join(drift), file=sys.stderr)
-        print("run `python scripts/check_results.py --write` if the source is right", file=sys.stderr)
+    if (drift and not args.write) or quotes:
+        print("quoted numbers that do not regenerate from their source:", file=sys.stderr)
+        print("  " + "\n  ".join([*([] if args.write else drift), *quotes]), file=sys.stderr)
+        if drift and not args.write:
+            print("`python scripts/check_results.py --write` rewrites the generated blocks", file=sys.stderr)
         return 1
-    print(f"{checked} generated block(s) {'rewritten' if args.write else 'regenerate exactly'}")
+    print(f"{checked} generated blocks and quoted numbers {'rewritten' if args.write else 'regenerate exactly'}")
     return 0
 
 

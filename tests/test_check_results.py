@@ -58,5 +58,48 @@ def test_an_edited_number_fails_the_check_naming_the_file(tree, capsys):
     assert "results/auto/README.md: the auto_target_table block" in capsys.readouterr().err
 
 
+QUOTED = {
+    "methods": {"adamw": {"val_loss": {"mean": 1.23684, "std": 0.01331}}},
+    "ratio": 3.4765,
+    "minus": {"mean": 0.00021, "ci95": [-0.011, 0.01149]},
+}
+
+
+@pytest.fixture
+def quoted(tmp_path, monkeypatch):
+    (tmp_path / "results" / "run").mkdir(parents=True)
+    (tmp_path / "results" / "run" / "summary.json").write_text(json.dumps(QUOTED))
+    doc = tmp_path / "REPRODUCTION.md"
+    doc.write_text(
+        "loss <!--q run methods:adamw:val_loss-->1.2368 ± 0.0133 at ratio <!--q run ratio-->3.48, "
+        "difference <!--q run minus-->+0.0002 [−0.0110, +0.0115]; the study: <!--cited-->0.655; "
+        "betas (0.9,0.98), 2 500 steps, λ = 0.1\n"
+    )
+    monkeypatch.setattr(check_results, "ROOT", tmp_path)
+    return doc
+
+
+def test_quoted_numbers_render_from_their_source_at_the_precision_written(quoted):
+    assert check_results.main([]) == 0
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [("1.2368 ± 0.0133", "1.2369 ± 0.0133"), ("3.48", "3.47"), ("+0.0002 [", "+0.0003 ["), ("ratio-->", "ratios-->")],
+)
+def test_an_edited_quote_fails_naming_the_file_and_its_source(quoted, capsys, edit):
+    quoted.write_text(quoted.read_text().replace(*edit))
+    assert check_results.main([]) == 1
+    assert "REPRODUCTION.md:" in capsys.readouterr().err
+    assert check_results.main(["--write"]) == 1  # a quote's text is the author's: nothing rewrites it
+
+
+def test_a_measurement_neither_quoted_nor_cited_fails(quoted, capsys):
+    quoted.write_text(quoted.read_text() + "AdamC reached 1.2414 ± 0.0173.\n")
+    assert check_results.main([]) == 1
+    err = capsys.readouterr().err
+    assert "1.2414 is neither quoted" in err and "0.0173 is neither quoted" in err
+
+
 def test_the_repository_regenerates():
     assert check_results.main([]) == 0

@@ -81,7 +81,7 @@ def run_sweep(
 def label_statistics(results: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """Per label (grid point), mean ± std over its seeds of every number the runs' final.json
     hold — the test metrics, and each entry of ``tail_rise`` and ``norm_ratio`` — for documents
-    to quote (``labels|<label>|tail_rise|global/grad_norm``)."""
+    to quote (``labels:<label>:tail_rise:global/grad_norm``)."""
     by_label: dict[str, dict[str, Any]] = {}
     for label in dict.fromkeys(r["label"] for r in results):
         runs = [r for r in results if r["label"] == label and r.get("status") == "finished"]
