@@ -72,3 +72,16 @@ def test_other_tensors_and_a_cleared_cache_are_measured():
     torch.testing.assert_close(kept.norm_sq_vector(moved), true_norm_sq(moved))
     kept.clear()
     torch.testing.assert_close(kept.norm_sq_vector(params), true_norm_sq(params))
+
+
+def test_the_whole_vector_is_not_served_when_one_tensor_of_the_batch_changed():
+    params = make_params()
+    vector = true_norm_sq(params) * 4
+    kept = KeptNorms()
+    kept.keep(params, vector)
+    with torch.no_grad():
+        params[3].mul_(2.0)  # the last tensor: the first is still the batch's own
+    served = kept.norm_sq_vector(params)
+    assert served is not vector
+    torch.testing.assert_close(served[:3], vector[:3])
+    torch.testing.assert_close(served[3], true_norm_sq(params[3:])[0])

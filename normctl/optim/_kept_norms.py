@@ -65,9 +65,12 @@ class _Entry(NamedTuple):  # a tuple: one is made per tensor per step
     position: int  # in the kept batch
 
 
-def _one_batch(entries: Sequence[_Entry], kept: _Kept, size: int) -> bool:
-    """Whether ``entries`` are the whole of ``kept``'s batch, in order (its vectors then serve as they are)."""
-    return len(entries) == size and all(e.kept is kept and e.position == i for i, e in enumerate(entries))
+def _one_batch(entries: Sequence[_Entry | None], kept: _Kept, size: int) -> bool:
+    """Whether ``entries`` are the whole of ``kept``'s batch, valid and in order (its vectors then
+    serve as they are)."""
+    return len(entries) == size and all(
+        e is not None and e.kept is kept and e.position == i for i, e in enumerate(entries)
+    )
 
 
 class KeptNorms:
@@ -98,7 +101,7 @@ class KeptNorms:
         valid = self._valid(tensors)
         if valid and valid[0] is not None and valid[0].kept.norm_sq.dtype == torch.float32:
             kept = valid[0].kept
-            if _one_batch(valid, kept, kept.norm_sq.numel()):  # type: ignore[arg-type]
+            if _one_batch(valid, kept, kept.norm_sq.numel()):
                 return kept.norm_sq
         return torch.stack(self.tensor_norms(tensors)).to(torch.float32).square()
 
