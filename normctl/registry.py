@@ -63,11 +63,19 @@ def create_optimizer(
         raise ValueError(f"unknown optimizer {name!r}; available: {sorted(available_optimizers())}")
     base_name, _, wrapper = name.partition("+")
     groups = groups if groups is not None else param_groups(model, weight_decay=weight_decay)
+    entry = BASE[base_name]
+    return wrapped(entry.factory, wrapper, groups, **{**entry.defaults, **kwargs})
+
+
+def wrapped(
+    factory: Callable[..., torch.optim.Optimizer], wrapper: str, groups: list[dict], **kwargs: Any
+) -> torch.optim.Optimizer:
+    """``factory(groups, …)`` inside the wrapper ``wrapper`` names (``"wn"``: NormControl, ``"c"``:
+    CorrectedDecay, ``""``: none), the wrapper's own keys of ``kwargs`` going to the wrapper."""
     wrapper_kwargs = {k: kwargs.pop(k) for k in WRAPPER_KEYS.get(wrapper, ()) if k in kwargs}
     if wrapper == "wn":  # norm control replaces the base optimizer's decay on controlled groups
         groups = [{**g, "weight_decay": 0.0} if g.get("control", True) else g for g in groups]
-    entry = BASE[base_name]
-    base = entry.factory(groups, **{**entry.defaults, **kwargs})
+    base = factory(groups, **kwargs)
     if wrapper == "wn":
         return NormControl(base, **wrapper_kwargs)
     if wrapper == "c":

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import statistics
+from collections.abc import Iterable
 from typing import Any
 
 # Student's t, two-sided 95 %, by degrees of freedom (1-30); beyond 30 the normal's 1.96 is close.
@@ -21,6 +22,17 @@ def mean_std(values: list[float]) -> dict[str, float]:
         "std": statistics.stdev(values) if len(values) > 1 else 0.0,
         "n": len(values),
     }
+
+
+def finite_by_key(records: list[dict[str, Any]], keys: Iterable[str]) -> dict[str, list[float]]:
+    """Each of ``keys`` that every record holds a finite number for, with those numbers: per-run
+    statistics (a tail rise over too short a run is stored as null) for a mean over runs."""
+    out = {}
+    for key in keys:
+        values: list[Any] = [r.get(key) for r in records]
+        if all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values):
+            out[key] = [float(v) for v in values]
+    return out
 
 
 def paired_difference(ours: dict[int, float], theirs: dict[int, float]) -> dict[str, Any]:

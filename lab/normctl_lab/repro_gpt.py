@@ -27,6 +27,7 @@ import dataclasses
 import json
 import math
 import statistics
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,7 @@ from normctl.report.plots import have_matplotlib, new_figure
 from normctl.report.runs import load_run
 
 from .config import RunConfig, with_overrides
+from .paired import finite_by_key
 from .rundir import write_report
 from .sweep import controlled_norm_ratio, gains_norm_ratio, sweep_configs, train_runs
 from .train import EVALS
@@ -229,9 +231,8 @@ def summarize(out: Path, names: list[str], by: str = "method") -> dict[str, Any]
                 for k in ("val_loss", "norm_ratio", "controlled_norm_ratio", "tail_blowup")
             },
             "tail_rise": {
-                k: _mean_std([s["tail_rise"][k] for s in seeds])
-                for k in seeds[0]["tail_rise"]
-                if all(isinstance(s["tail_rise"].get(k), float) for s in seeds)
+                k: _mean_std(values)
+                for k, values in finite_by_key([s["tail_rise"] for s in seeds], seeds[0]["tail_rise"]).items()
             },
             "curve_steps": steps,
             "curve_mean": [statistics.mean(c) for c in zip(*curves)],
@@ -246,7 +247,7 @@ def summarize(out: Path, names: list[str], by: str = "method") -> dict[str, Any]
     return {"methods": methods}
 
 
-def _mean_std(values: list[float | None]) -> dict[str, float]:
+def _mean_std(values: Sequence[float | None]) -> dict[str, float]:
     finite = [v for v in values if v is not None and math.isfinite(v)]
     return {"mean": statistics.mean(finite), "std": _std(finite)} if finite else {"mean": math.nan, "std": math.nan}
 

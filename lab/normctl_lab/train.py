@@ -283,11 +283,7 @@ def final_norm_ratios(records: list[dict[str, Any]]) -> dict[str, float]:
     """‖θ‖/‖θ₀‖ of the whole model and of each group at the last record, stored in final.json so
     that thinning the committed curves (which may drop the last record) never changes it."""
     last = records[-1] if records else {}
-    return {
-        k: v
-        for k, v in last.items()
-        if k == "global/norm_ratio" or (k.startswith("group/") and k.endswith("/norm_ratio"))
-    }
+    return {k: last[k] for k in _global_and_group_keys(last, "norm_ratio")}
 
 
 def tail_rises(records: list[dict[str, Any]]) -> dict[str, float]:
@@ -296,8 +292,12 @@ def tail_rises(records: list[dict[str, Any]]) -> dict[str, float]:
     thinning the committed curves later never changes the number."""
     if not records:
         return {}
-    keys = [k for k in records[-1] if k == "global/grad_norm" or (k.startswith("group/") and k.endswith("/grad_norm"))]
-    return {k: tail_rise([r.get(k) for r in records]) for k in keys}
+    return {k: tail_rise([r.get(k) for r in records]) for k in _global_and_group_keys(records[-1], "grad_norm")}
+
+
+def _global_and_group_keys(record: dict[str, Any], metric: str) -> list[str]:
+    """The record's keys of ``metric`` for the whole model and for each param group."""
+    return [k for k in record if k == f"global/{metric}" or (k.startswith("group/") and k.endswith(f"/{metric}"))]
 
 
 def _build_optimizer(cfg: RunConfig, net: nn.Module) -> torch.optim.Optimizer:

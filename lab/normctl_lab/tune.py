@@ -36,7 +36,7 @@ from typing import Any
 import torch
 
 from .config import RunConfig, with_overrides
-from .paired import mean_std, paired_difference
+from .paired import finite_by_key, mean_std, paired_difference
 from .sweep import final_metrics, train_runs
 from .train import strict_json
 
@@ -333,12 +333,7 @@ def _tail_rises(directory: Path, runs: list[tuple[str, RunConfig]]) -> dict[str,
     """Mean ± std over the runs of the gradient norm's end-of-training rise (``tail_rise``, each
     computed at full resolution when its run ended), for the keys every run has a number for."""
     finals = [final_metrics(directory, name).get("tail_rise") or {} for name, _ in runs]
-    out = {}
-    for key in TAIL_KEYS:
-        values = [f.get(key) for f in finals]
-        if all(isinstance(v, (int, float)) and math.isfinite(v) for v in values):
-            out[key] = mean_std([float(v) for v in values if v is not None])
-    return out
+    return {key: mean_std(values) for key, values in finite_by_key(finals, TAIL_KEYS).items()}
 
 
 def _close_calls(scores: dict[str, dict[int, float]]) -> set[str]:

@@ -36,8 +36,7 @@ import torch
 
 from ..optim import SGDC, AdamC, AdamWN
 from ..optim.lion import Lion
-from ..optim.wrapper import CorrectedDecay, NormControl
-from ..registry import WRAPPER_KEYS
+from ..registry import wrapped
 
 NORMCTL_KEYS = ("control", "normalized")  # set by normctl.param_groups, unknown to timm
 
@@ -73,23 +72,12 @@ def control_by_shape(groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def _controlled(base: Callable[..., torch.optim.Optimizer]) -> Callable[..., torch.optim.Optimizer]:
     """``base`` inside NormControl over :func:`control_by_shape`'s groups."""
-
-    def build(params: Any, **kwargs: Any) -> torch.optim.Optimizer:
-        wrapper_kwargs = {k: kwargs.pop(k) for k in WRAPPER_KEYS["wn"] if k in kwargs}
-        # norm control replaces the base optimizer's decay on controlled groups
-        groups = control_by_shape(_groups(params))
-        groups = [{**g, "weight_decay": 0.0} if g.get("control", True) else g for g in groups]
-        return NormControl(base(groups, **kwargs), **wrapper_kwargs)
-
-    return build
+    return lambda params, **kwargs: wrapped(base, "wn", control_by_shape(_groups(params)), **kwargs)
 
 
 def _corrected(base: Callable[..., torch.optim.Optimizer]) -> Callable[..., torch.optim.Optimizer]:
-    def build(params: Any, **kwargs: Any) -> torch.optim.Optimizer:
-        wrapper_kwargs = {k: kwargs.pop(k) for k in WRAPPER_KEYS["c"] if k in kwargs}
-        return CorrectedDecay(base(_groups(params), **kwargs), **wrapper_kwargs)
-
-    return build
+    """``base`` inside CorrectedDecay over timm's groups."""
+    return lambda params, **kwargs: wrapped(base, "c", _groups(params), **kwargs)
 
 
 def adamwn(params: Any, **kwargs: Any) -> AdamWN:

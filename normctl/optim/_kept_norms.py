@@ -15,9 +15,9 @@ which change neither the version counter nor the storage: a write that changes t
 element (a rescale, a copy, an average) is seen, and a warning says once that the weights were
 changed behind the optimizer's back. A write that leaves the first element as it was (a slice
 elsewhere) is not seen, for one step only: the kernel measures the weights it writes, so the
-norm it keeps after that step is right again. Reading the first elements costs a stack of
-scalars per step on the CPU; on CUDA it would cost a device-to-host sync every step, which the
-CUDA kernel exists to avoid, so there only the version counter and the storage are checked.
+norm it keeps after that step is right again. Reading the first elements costs one C++ call per
+step on the CPU; on CUDA it would cost a device-to-host sync every step, which the CUDA kernel
+exists to avoid, so there only the version counter and the storage are checked.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from . import _one_pass_cpu
 
 def _first_elements(tensors: Sequence[Tensor]) -> Tensor:
     """θ_i[0] of each tensor (float32, 0 when empty): one C++ call where the CPU kernel is loaded,
-    a view per tensor otherwise (on GPT-2 shapes 5 % of a step, twice a step, on ResNet-50's)."""
+    a view per tensor otherwise (read twice a step, which shows on models of many small tensors)."""
     firsts = _one_pass_cpu.first_elements(tensors)
     if firsts is not None:
         return firsts
