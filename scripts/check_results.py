@@ -17,10 +17,11 @@ A number quoted in prose says where it comes from in a comment just before it:
 
 — ``results/repro_gpt/summary.json``, the keys ``methods`` → ``adamw`` → ``val_loss`` (``:``
 between keys, which may hold dots, slashes and spaces; a ``|`` would split a Markdown table's
-cell). The quote is rendered at the precision the text uses: a ``{mean, std}`` entry as
-"mean ± std", a ``{mean, ci95}`` difference as "+mean [lo, hi]", a number as itself; ``--write``
-leaves quotes alone and the check fails on them. In the documents of :data:`EVERY_NUMBER_QUOTED`
-every number with two or more decimals outside the generated blocks must be quoted so, or marked
+cell). A run's own folder quotes its ``final.json``: ``<!--q repro_gpt/method-adamw_s0 val_loss-->``.
+The quote is rendered at the precision the text uses: a ``{mean, std}`` entry as "mean ± std",
+a ``{mean, ci95}`` difference as "+mean [lo, hi]", a number as itself; ``--write`` leaves quotes
+alone and the check fails on them. In the documents of :data:`EVERY_NUMBER_QUOTED`
+every number with two or more decimals outside the generated blocks and code must be quoted so, or marked
 ``<!--cited-->`` (a paper's own number, not a measurement of ours).
 """
 
@@ -41,6 +42,8 @@ EVERY_NUMBER_QUOTED = ["REPRODUCTION.md"]
 NUMBER = r"[+\-−]?\d+(?:\.\d+)?"
 QUOTE = re.compile(rf"<!--q (\S+) ([^>]+?)-->({NUMBER}(?: ± {NUMBER}| \[{NUMBER}, {NUMBER}\])?)")
 CITED = re.compile(rf"<!--cited-->{NUMBER}(?: ± {NUMBER})?")
+# settings and commands: code, not measurements
+CODE = re.compile(r"```.*?```|`[^`\n]*`", re.S)
 # a number with two or more decimals, not one of a setting's tuple written without spaces ("0.9,0.98")
 DECIMALS = re.compile(r"(?<![\w.])(?<!\d,)\d+\.\d{2,}(?!\.?\d)(?![A-Za-z_])(?!,\d)")
 
@@ -120,8 +123,11 @@ def render_quote(value: Any, quoted: str) -> str:
 
 
 def lookup(source: str, keys: str) -> Any:
-    """The entry at ``keys`` (``:``-separated) of ``results/<source>/summary.json``."""
-    value = json.loads((ROOT / "results" / source / "summary.json").read_text())
+    """The entry at ``keys`` (``:``-separated) of ``results/<source>/summary.json``, or of a single
+    run's ``final.json`` where ``source`` is a run's folder (a per-seed number)."""
+    folder = ROOT / "results" / source
+    record = folder / "summary.json" if (folder / "summary.json").exists() else folder / "final.json"
+    value = json.loads(record.read_text())
     for key in keys.split(":"):
         value = value[int(key)] if isinstance(value, list) else value[key]
     return value
@@ -142,7 +148,7 @@ def quote_drift(path: Path, text: str) -> list[str]:
         if expected != _plain(quoted):
             drift.append(f"{name}: {quoted!r} from {source} {keys} reads {expected!r}")
     if name in EVERY_NUMBER_QUOTED:
-        bare = BLOCK.sub("", QUOTE.sub("", CITED.sub("", text)))
+        bare = CODE.sub("", BLOCK.sub("", QUOTE.sub("", CITED.sub("", text))))
         drift += [
             f"{name}: {number} is neither quoted from a summary.json nor cited" for number in DECIMALS.findall(bare)
         ]
