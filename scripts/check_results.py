@@ -43,7 +43,7 @@ NUMBER = r"[+\-−]?\d+(?:\.\d+)?"
 QUOTE = re.compile(rf"<!--q (\S+) ([^>]+?)-->({NUMBER}(?: ± {NUMBER}| \[{NUMBER}, {NUMBER}\])?)")
 CITED = re.compile(rf"<!--cited-->{NUMBER}(?: ± {NUMBER})?")
 # settings and commands: code, not measurements
-CODE = re.compile(r"```.*?```|`[^`\n]*`", re.S)
+CODE = re.compile(r"```.*?```|`[^`]*`", re.S)
 # a number with two or more decimals, not one of a setting's tuple written without spaces ("0.9,0.98")
 DECIMALS = re.compile(r"(?<![\w.])(?<!\d,)\d+\.\d{2,}(?!\.?\d)(?![A-Za-z_])(?!,\d)")
 
