@@ -17,12 +17,13 @@ A number quoted in prose says where it comes from in a comment just before it:
 
 — ``results/repro_gpt/summary.json``, the keys ``methods`` → ``adamw`` → ``val_loss`` (``:``
 between keys, which may hold dots, slashes and spaces; a ``|`` would split a Markdown table's
-cell). A run's own folder quotes its ``final.json``: ``<!--q repro_gpt/method-adamw_s0 val_loss-->``.
+cell). A run's own folder quotes its ``final.json``: ``<!--q repro_gpt/method-adamw_s0 val_loss-->``,
+and a JSON file under ``results/`` quotes itself: ``<!--q bench/step_speed_gpt2.json results:…-->``.
 The quote is rendered at the precision the text uses: a ``{mean, std}`` entry as "mean ± std",
 a ``{mean, ci95}`` difference as "+mean [lo, hi]", a number as itself; ``--write`` leaves quotes
-alone and the check fails on them. In the documents of :data:`EVERY_NUMBER_QUOTED`
-every number with two or more decimals outside the generated blocks and code must be quoted so, or marked
-``<!--cited-->`` (a paper's own number, not a measurement of ours).
+alone and the check fails on them. In every document of :data:`DOCUMENTS`, every number with
+two or more decimals outside the generated blocks and code (settings, commands) must be quoted so,
+or marked ``<!--cited-->`` (a paper's own number, not a measurement of ours).
 """
 
 from __future__ import annotations
@@ -36,9 +37,15 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-DOCUMENTS = ["REPRODUCTION.md", "results/*/README.md", "results/*/*/README.md", "docs/guide/*.md"]
+DOCUMENTS = [
+    "README.md",
+    "REPRODUCTION.md",
+    "results/*/README.md",
+    "results/*/*/README.md",
+    "docs/*.md",
+    "docs/guide/*.md",
+]
 BLOCK = re.compile(r"(<!-- generated: (\S+) (\S+) -->\n)(.*?)(<!-- end generated -->)", re.S)
-EVERY_NUMBER_QUOTED = ["REPRODUCTION.md"]
 NUMBER = r"[+\-−]?\d+(?:\.\d+)?"
 QUOTE = re.compile(rf"<!--q (\S+) ([^>]+?)-->({NUMBER}(?: ± {NUMBER}| \[{NUMBER}, {NUMBER}\])?)")
 CITED = re.compile(rf"<!--cited-->{NUMBER}(?: ± {NUMBER})?")
@@ -88,8 +95,24 @@ def tune_table(summary: dict[str, Any]) -> str:
     return summary_table(summary)
 
 
+def step_speed_table(bench: dict[str, Any]) -> str:
+    """A ``benchmarks/step_speed.py`` result: each optimizer's median step over its baseline's, and
+    the spread of that ratio over the rounds where the run kept them."""
+    out = ["| optimizer | against | ratio of medians | per round (min–max) |", "|---|---|---|---|"]
+    for name, row in bench["results"].items():
+        if "error" in row:
+            continue
+        baseline = row.get("baseline") or next(k[len("ratio_to_") :] for k in row if k.startswith("ratio_to_"))
+        ratio = next(v for k, v in row.items() if k.startswith("ratio_to_"))
+        rounds = row.get("ratio_by_round") or []
+        spread = f"{min(rounds):.2f}–{max(rounds):.2f}" if rounds else "—"
+        out.append(f"| {name} | {baseline.replace('_', ' ')} | {ratio:.2f} | {spread} |")
+    return "\n".join(out)
+
+
 RENDERERS: dict[str, Callable[[dict[str, Any]], str]] = {
     "auto_target_table": auto_target_table,
+    "step_speed_table": step_speed_table,
     "tune_table": tune_table,
 }
 
@@ -123,10 +146,14 @@ def render_quote(value: Any, quoted: str) -> str:
 
 
 def lookup(source: str, keys: str) -> Any:
-    """The entry at ``keys`` (``:``-separated) of ``results/<source>/summary.json``, or of a single
-    run's ``final.json`` where ``source`` is a run's folder (a per-seed number)."""
+    """The entry at ``keys`` (``:``-separated) of ``results/<source>/summary.json``, of a single
+    run's ``final.json`` where ``source`` is a run's folder (a per-seed number), or of
+    ``results/<source>`` itself where it names a JSON file (a benchmark's)."""
     folder = ROOT / "results" / source
-    record = folder / "summary.json" if (folder / "summary.json").exists() else folder / "final.json"
+    if source.endswith(".json"):
+        record = folder
+    else:
+        record = folder / "summary.json" if (folder / "summary.json").exists() else folder / "final.json"
     value = json.loads(record.read_text())
     for key in keys.split(":"):
         value = value[int(key)] if isinstance(value, list) else value[key]
@@ -134,8 +161,8 @@ def lookup(source: str, keys: str) -> Any:
 
 
 def quote_drift(path: Path, text: str) -> list[str]:
-    """Quotes that no longer match their source, and (where every number must be quoted)
-    numbers with two or more decimals that are neither quoted nor cited."""
+    """Quotes that no longer match their source, and numbers with two or more decimals that are
+    neither quoted nor cited."""
     name = str(path.relative_to(ROOT))
     drift = []
     for match in QUOTE.finditer(text):
@@ -147,11 +174,8 @@ def quote_drift(path: Path, text: str) -> list[str]:
             continue
         if expected != _plain(quoted):
             drift.append(f"{name}: {quoted!r} from {source} {keys} reads {expected!r}")
-    if name in EVERY_NUMBER_QUOTED:
-        bare = CODE.sub("", BLOCK.sub("", QUOTE.sub("", CITED.sub("", text))))
-        drift += [
-            f"{name}: {number} is neither quoted from a summary.json nor cited" for number in DECIMALS.findall(bare)
-        ]
+    bare = CODE.sub("", BLOCK.sub("", QUOTE.sub("", CITED.sub("", text))))
+    drift += [f"{name}: {number} is neither quoted from a summary.json nor cited" for number in DECIMALS.findall(bare)]
     return drift
 
 

@@ -103,3 +103,40 @@ def test_a_measurement_neither_quoted_nor_cited_fails(quoted, capsys):
 
 def test_the_repository_regenerates():
     assert check_results.main([]) == 0
+
+
+@pytest.fixture
+def runs(tmp_path, monkeypatch):
+    """A results README quoting a run's own final.json and a benchmark file."""
+    (tmp_path / "results" / "grid" / "adamw_s1").mkdir(parents=True)
+    (tmp_path / "results" / "grid" / "adamw_s1" / "final.json").write_text(json.dumps({"val_loss": 1.23789}))
+    (tmp_path / "results" / "bench").mkdir()
+    bench = {"results": {"AdamWN": {"baseline": "torch AdamW fused", "ratio_to_torch_AdamW_fused": 0.9805,
+                                    "ratio_by_round": [0.96, 0.86, 0.98]}}}
+    (tmp_path / "results" / "bench" / "speed.json").write_text(json.dumps(bench))
+    doc = tmp_path / "results" / "grid" / "README.md"
+    doc.write_text(
+        "seed 1 <!--q grid/adamw_s1 val_loss-->1.2379, step <!--q bench/speed.json results:AdamWN:ratio_to_torch_AdamW_fused-->0.98×; "
+        "settings `--set lr=0.0009333\n--set weight_decay=0.05` are code\n"
+        "<!-- generated: step_speed_table results/bench/speed.json -->\n<!-- end generated -->\n"
+    )
+    monkeypatch.setattr(check_results, "ROOT", tmp_path)
+    return doc
+
+
+def test_per_seed_and_benchmark_numbers_quote_their_own_files(runs, capsys):
+    assert check_results.main(["--write"]) == 0 and check_results.main([]) == 0
+    assert "| AdamWN | torch AdamW fused | 0.98 | 0.86–0.98 |" in runs.read_text()
+    for edit in [("1.2379", "1.2378"), ("-->0.98×", "-->0.97×")]:
+        good = runs.read_text()
+        runs.write_text(good.replace(*edit))
+        assert check_results.main([]) == 1
+        runs.write_text(good)
+
+
+def test_every_document_quotes_its_measurements_and_code_is_exempt(runs, capsys):
+    assert check_results.main(["--write"]) == 0
+    runs.write_text(runs.read_text() + "AdamC ended at 1.2414.\n")
+    assert check_results.main([]) == 1
+    err = capsys.readouterr().err
+    assert "results/grid/README.md: 1.2414 is neither quoted" in err and "0.0009333" not in err

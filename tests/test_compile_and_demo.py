@@ -1,6 +1,7 @@
 """torch.compile of a training step, and the demo end to end on a few steps."""
 
 import dataclasses
+import json
 
 import pytest
 import torch
@@ -60,6 +61,10 @@ def test_demo_runs_every_method_on_every_seed_and_reports_mean_and_std(capsys, t
     mean, std = sum(losses) / 2, abs(losses[0] - losses[1]) / 2**0.5
     assert f"{mean:.4f} ± {std:.4f}" in table.splitlines()[3]  # AdamC's row
     assert table in out and what_it_shows(cfg) in out
+    summary = json.loads((out_dir / "summary.json").read_text())  # the table's numbers, for quoting
+    assert summary["methods"]["adamc"]["val_loss"]["mean"] == pytest.approx(mean)
+    assert summary["methods"]["adamc"]["val_loss_by_seed"] == {str(r.seed): r.val_loss for r in results if r.method == "adamc"}
+    assert (out_dir / "adamc_s1" / "environment.json").is_file()
 
 
 def test_cli_rejects_bad_steps(capsys):

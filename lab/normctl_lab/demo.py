@@ -15,6 +15,7 @@ counted) — the rise Defazio (2025) explains and AdamC removes.
 
 from __future__ import annotations
 
+import json
 import statistics
 import time
 from dataclasses import asdict, dataclass
@@ -31,6 +32,7 @@ from normctl.rules import combined_norm, tensor_norms
 from .data import byte_tokens, load_text, random_windows, train_val_split
 from .methods import adamw_first, build_method, check_methods, is_norm_controlled
 from .models import GPT, GPTConfig
+from .paired import mean_std
 from .progress import progress
 from .rundir import start_run, write_report
 
@@ -168,9 +170,22 @@ def run_demo(cfg: DemoConfig = DemoConfig(), *, verbose: bool = True) -> list[De
         print(format_results(results))
         print(what_it_shows(cfg))
     if out is not None:
+        (out / "summary.json").write_text(json.dumps(summarize(cfg, results), indent=2))
         names = [f"{r.method}_s{r.seed}" for r in results]
         write_report(out, names, "normctl-lab demo", labels=[r.method for r in results], verbose=verbose)
     return results
+
+
+def summarize(cfg: DemoConfig, results: list[DemoResult]) -> dict:
+    """What the demo's table prints, per method over its seeds, and each seed's numbers."""
+    methods = {}
+    for method in dict.fromkeys(r.method for r in results):
+        rows = [r for r in results if r.method == method]
+        methods[method] = {"seeds": [r.seed for r in rows]}
+        for key in ("val_loss", "train_loss", "norm_ratio", "grad_rise"):
+            methods[method][key] = mean_std([getattr(r, key) for r in rows])
+            methods[method][f"{key}_by_seed"] = {str(r.seed): getattr(r, key) for r in rows}
+    return {"config": asdict(cfg), "methods": methods}
 
 
 def format_results(results: list[DemoResult]) -> str:

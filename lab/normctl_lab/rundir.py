@@ -15,12 +15,14 @@ from .peers import peer_versions
 
 
 def start_run(run_dir: Path | None, config: dict[str, Any]) -> list[JsonlSink]:
-    """Create (or restart) ``run_dir`` with its config; return the monitor's sinks."""
+    """Create (or restart) ``run_dir`` with its config and what produced it (``environment.json``);
+    return the monitor's sinks."""
     if run_dir is None:
         return []
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "metrics.jsonl").unlink(missing_ok=True)
     (run_dir / "config.json").write_text(json.dumps(config, indent=2, default=str))
+    (run_dir / "environment.json").write_text(json.dumps(describe_environment(), indent=2))
     return [JsonlSink(run_dir)]
 
 

@@ -104,6 +104,7 @@ def run_voronoi(cfg: VoronoiRunConfig = VoronoiRunConfig(), *, verbose: bool = T
                 f"{r['seconds']:>8.1f}"
             )
     if out is not None:
-        (out / "summary.json").write_text(json.dumps({"config": asdict(cfg), "results": results}, indent=2))
+        summary = {"config": asdict(cfg), "methods": {r["method"]: r for r in results}}
+        (out / "summary.json").write_text(json.dumps(summary, indent=2))
         write_report(out, [r["method"] for r in results], "normctl-lab voronoi", verbose=verbose)
     return results
