@@ -22,7 +22,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from . import _one_pass_cpu
-from ._adam import adam_state, suit_one_pass
+from ._adam import adam_state, fused_adamw_, suit_one_pass
 from ._base import Batch
 
 KINDS = {torch.optim.Adam: "adam", torch.optim.AdamW: "adam", torch.optim.SGD: "sgd"}
@@ -74,9 +74,13 @@ def plan(inner_kind: str, batches: list[Batch], inner_state: MutableMapping[Tens
     return out
 
 
-def step_(inner_kind: str, inner: InnerBatch, factors: Tensor) -> Tensor:
-    """Eq. 3's factors and the inner step in one pass; ‖θ_i‖² after it (float64)."""
+def step_(inner_kind: str, inner: InnerBatch, factors: Tensor) -> Tensor | None:
+    """Eq. 3's factors and the inner step in one pass; ‖θ_i‖² after it (float64). An uncontrolled
+    Adam batch needs no norms: torch's own fused step, one call, takes it (None)."""
     batch = inner.batch
+    if inner_kind == "adam" and not batch.group["control"]:
+        fused_adamw_(batch.params, batch.grads, inner.states, batch.group, weight_decay=0.0)
+        return None
     if inner_kind == "adam":
         return _one_pass_cpu.adamwn_step_(batch.params, batch.grads, inner.states, batch.group, factors)
     buffers = [state["momentum_buffer"] for state in inner.states]

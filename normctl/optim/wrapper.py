@@ -254,7 +254,8 @@ class NormControl(_Wrapper):
             if batch_factors is not None:
                 control.scale_idle_(batch, batch_factors)
             norm_sq = inner_one_pass.step_(inner_kind, batch_inner, factor_vector(batch_factors, len(batch.params)))
-            self._kept_norms.keep(batch.params, norm_sq)
+            if norm_sq is not None and batch.group["control"]:  # an uncontrolled group's norms serve nothing
+                self._kept_norms.keep(batch.params, norm_sq)
 
     def step_path(self) -> str:
         """How the next step runs, and why: Eq. 3 and the inner step in one pass, or Eq. 3 as a
