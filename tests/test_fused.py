@@ -218,6 +218,31 @@ def test_the_kernels_first_elements_are_each_tensors_first_element(dtype):
     assert _one_pass_cpu.first_elements([tensors[0], tensors[2].double()]) is None  # mixed dtypes: not taken
 
 
+def test_the_kernels_suitability_test_agrees_with_pythons(monkeypatch):
+    """suit_one_pass asks the C++ kernel where it is loaded; both answers agree on every case."""
+    cpu_kernel_or_skip()
+    from normctl.optim._adam import suit_one_pass
+
+    def case(params, states, starts=None):
+        fast = suit_one_pass(params, states, starts=starts)
+        with monkeypatch.context() as patched:
+            patched.setitem(_one_pass_cpu._state, "extension", None)
+            slow = suit_one_pass(params, states, starts=starts)
+        assert fast == slow
+        return fast
+
+    def adam(p, dtype=None):
+        return {"exp_avg": torch.zeros_like(p, dtype=dtype), "exp_avg_sq": torch.zeros_like(p, dtype=dtype)}
+
+    params = [torch.randn(3, 4), torch.randn(5)]
+    assert case(params, [adam(p) for p in params])
+    assert not case([params[0].t(), params[1]], [adam(p) for p in params])  # a transposed weight
+    assert not case(params, [adam(params[0]), adam(params[1], torch.float64)])  # state of another dtype
+    assert not case(params, [adam(params[0]), {}])  # a state yet to be made...
+    assert case(params, [adam(params[0]), {}], starts=[False, True])  # ...which the kernel is about to make
+    assert not case([params[0], params[1].bfloat16()], [adam(p) for p in params])
+
+
 def test_bfloat16_cpu_norms_are_summed_in_float32_by_the_kernel(monkeypatch):
     """The kernel's norms of bfloat16 tensors match torch's float32-accumulated ones to float32
     rounding (torch's own bfloat16 norm is 2e-3 off), whatever the thread count."""

@@ -158,6 +158,17 @@ def sgd_step_(
     )
 
 
+def alike(tensors: list[Any]) -> bool | None:
+    """Whether every item is a contiguous CPU tensor of the first one's dtype, in one C++ call
+    (False where an item is not a tensor); None where the kernel is not at hand."""
+    if _state["extension"] is None:
+        return None  # never builds the kernel: asked only on the way to using it
+    try:
+        return bool(_state["extension"].alike(tensors))
+    except TypeError:  # an item that is not a tensor (a state yet to be made)
+        return False
+
+
 def first_elements(tensors: Sequence[Tensor]) -> Tensor | None:
     """Each tensor's first element (float32, 0 for an empty tensor) in one call, for contiguous
     CPU tensors of one dtype the kernel takes; None otherwise, or where the kernel is not at hand."""

@@ -329,6 +329,7 @@ class CorrectedDecay(_Wrapper):
 
 def _attach(batches: list[Batch], state, init) -> None:
     for batch in batches:
-        for p in batch.params:
-            init(p, state[p], batch.group)
-            batch.states.append(state[p])
+        batch.states = [state[p] for p in batch.params]
+        if batch.group["control"]:  # an uncontrolled tensor has no state of the wrapper's to make
+            for p, tensor_state in zip(batch.params, batch.states):
+                init(p, tensor_state, batch.group)
