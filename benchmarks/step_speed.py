@@ -5,14 +5,15 @@
 
 Parameters get fixed random gradients. Each optimizer's steps alternate with those of its
 baseline — torch's fused AdamW for the Adam family, torch's fused SGD (foreach where there is
-no fused kernel) for SGD, normctl's Lion for Lion — each on its own copy of the weights, so
+no fused kernel, or where torch's fused SGD is defective: bfloat16/float16 CPU weights before
+torch 2.14, pytorch/pytorch#191763) for SGD, normctl's Lion for Lion — each on its own copy of the weights, so
 that a slow stretch of a shared machine falls on both alike; the baseline paired with a second
 instance of itself shows the method's own noise; ``--only`` times some of them alone.
 ``--rounds`` passes over the whole list, each in its own shuffled order. Prints the median and
 quartiles of each optimizer's steps, the ratio of its median to the median of the baseline
 steps paired with it (pooled, and the range over rounds), the bytes of optimizer state (and on
 CUDA the peak memory a step allocates beyond the parameters, gradients and state), and writes
-results/bench/step_speed_<family>[_<dtype>][_cuda].json.
+results/bench/step_speed_<family>[_<dtype>][_cuda][_<tag>].json (``--tag``: another torch, say).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from common import machine, summary, write_json
 
 from normctl import SGDC, AdamC, AdamWN, CorrectedDecay, Lion, NormControl
 from normctl.optim import _one_pass_cpu
+from normctl.optim.sgdc import fused_sgd_defect
 
 
 def gpt2_small_shapes() -> list[tuple[int, ...]]:
@@ -164,6 +166,8 @@ def time_paired(label: str, params: list[torch.Tensor], repeats: int, device: st
     except (RuntimeError, ValueError, TypeError) as error:  # e.g. no fused kernel here
         return {"error": str(error).splitlines()[0]}
     for name in BASELINES[label]:
+        if name == "torch SGD fused" and fused_sgd_defect(params):
+            continue  # a kernel that skips most of the update is no baseline: torch's foreach SGD is
         try:
             baseline = build(MAKERS[name], own_copy(params))
             break
@@ -185,6 +189,8 @@ def time_paired(label: str, params: list[torch.Tensor], repeats: int, device: st
         if cuda:  # temporaries the step allocates on top of what stays resident
             peak = max(peak, torch.cuda.max_memory_allocated() - resident)
     result = {"baseline": name, "samples": samples, "baseline_samples": baseline_samples}
+    if label == "torch SGD fused" and fused_sgd_defect(params):
+        result["defect"] = fused_sgd_defect(params)
     result["state_bytes"] = state_bytes(opt)
     if cuda:
         result["step_peak_extra_bytes"] = peak
@@ -231,7 +237,8 @@ def run_family(name: str, shapes, dtype, repeats: int, rounds: int, device: str,
             f"  {label:<36} {r['seconds']['median'] * 1e3:8.1f} ms  IQR [{r['seconds']['q1'] * 1e3:.1f}, "
             f"{r['seconds']['q3'] * 1e3:.1f}]  x{pooled_ratio:5.2f} vs "
             f"{r['baseline']} (rounds {min(paired):.2f}-{max(paired):.2f})  state {r['state_bytes'] / 2**20:.0f} MiB"
-            + (f"  step peak +{r['step_peak_extra_bytes'] / 2**20:.0f} MiB" if "step_peak_extra_bytes" in r else ""),
+            + (f"  step peak +{r['step_peak_extra_bytes'] / 2**20:.0f} MiB" if "step_peak_extra_bytes" in r else "")
+            + (f"\n    defective here: {r['defect']}" if "defect" in r else ""),
             flush=True,
         )
     return {"tensors": len(shapes), "parameters": n, "dtype": str(dtype), "device": device, "results": results}
@@ -248,6 +255,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="passes over all optimizers, samples pooled")
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--tag", default="", help="a suffix for the file written (e.g. torch2.14 for another torch)")
     parser.add_argument(
         "--only", default="", help="comma-separated parts of names: time those alone (printed, not written)"
     )
@@ -265,6 +273,7 @@ def main() -> None:
         result["machine"] = machine()
         result["adamwn_one_pass_cpu_kernel"] = _one_pass_cpu.kernel() is not None
         suffix = ("" if args.dtype == "float32" else f"_{args.dtype}") + ("" if args.device == "cpu" else "_cuda")
+        suffix += f"_{args.tag}" if args.tag else ""
         print("  ->", write_json(f"step_speed_{family}{suffix}", result))
 
 

@@ -52,7 +52,8 @@ CITED = re.compile(rf"<!--cited-->{NUMBER}(?: ± {NUMBER})?")
 # settings and commands: code, not measurements
 CODE = re.compile(r"```.*?```|`[^`]*`", re.S)
 # a number with two or more decimals, not one of a setting's tuple written without spaces ("0.9,0.98")
-DECIMALS = re.compile(r"(?<![\w.])(?<!\d,)\d+\.\d{2,}(?!\.?\d)(?![A-Za-z_])(?!,\d)")
+# nor a version ("torch 2.14")
+DECIMALS = re.compile(r"(?<![\w.])(?<!\d,)(?<!torch )\d+\.\d{2,}(?!\.?\d)(?![A-Za-z_])(?!,\d)")
 
 
 def _ci(interval: list[float] | None) -> str:
@@ -106,7 +107,8 @@ def step_speed_table(bench: dict[str, Any]) -> str:
         ratio = next(v for k, v in row.items() if k.startswith("ratio_to_"))
         rounds = row.get("ratio_by_round") or []
         spread = f"{min(rounds):.2f}–{max(rounds):.2f}" if rounds else "—"
-        out.append(f"| {name} | {baseline.replace('_', ' ')} | {ratio:.2f} | {spread} |")
+        flag = " (wrong results on this torch: pytorch/pytorch#191763)" if "defect" in row else ""
+        out.append(f"| {name}{flag} | {baseline.replace('_', ' ')} | {ratio:.2f} | {spread} |")
     return "\n".join(out)
 
 

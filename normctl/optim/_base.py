@@ -272,17 +272,22 @@ class NormctlOptimizer(Optimizer):
             return False
         if fused is None and torch.compiler.is_compiling():
             return False  # inductor fuses the foreach path itself and cannot trace these kernels
-        from ._adam import fused_supported
-
         tensors = tuple(map(id, params))
         if self._fused_checked.get(id(group)) == tensors:
             return True
-        if fused_supported(params):
+        refusal = self._fused_refusal(params)
+        if refusal is None:
             self._fused_checked[id(group)] = tensors
             return True
         if fused:
-            raise RuntimeError("fused=True needs floating-point CPU or CUDA parameters")
+            raise RuntimeError(refusal)
         return False
+
+    def _fused_refusal(self, params: list[Tensor]) -> str | None:
+        """Why torch's fused kernel cannot take these tensors (None: it can)."""
+        from ._adam import fused_supported
+
+        return None if fused_supported(params) else "fused=True needs floating-point CPU or CUDA parameters"
 
 
 # State that torch's load_state_dict would cast to the parameter's dtype but that must keep its

@@ -21,6 +21,23 @@ from ._base import (
 )
 from .adamc import check_corrected_decay_keys
 
+# Before torch 2.14, torch's CPU fused SGD left every whole SIMD vector of a bfloat16 or float16
+# tensor without its update and read the momentum buffer as float32 (pytorch/pytorch#191763):
+# silently wrong weights. SGDC never hands it such tensors; they take the foreach path.
+FUSED_SGD_LOW_PRECISION_FIXED_IN = (2, 14)
+
+
+def fused_sgd_defect(params: list[Tensor]) -> str | None:
+    """Why torch's fused SGD must not step these tensors on this torch (None: it may)."""
+    low_precision_cpu = any(p.device.type == "cpu" and p.dtype in (torch.bfloat16, torch.float16) for p in params)
+    if low_precision_cpu and torch.__version__ < FUSED_SGD_LOW_PRECISION_FIXED_IN:
+        return (
+            f"torch {torch.__version__}'s fused SGD leaves bfloat16/float16 CPU weights without most of their "
+            "update (pytorch/pytorch#191763, fixed in torch 2.14): use foreach=True, float32 weights, or "
+            "torch >= 2.14"
+        )
+    return None
+
 
 class SGDC(NormctlOptimizer):
     r"""``torch.optim.SGD`` whose weight decay follows the schedule on normalised layers.
@@ -102,6 +119,9 @@ class SGDC(NormctlOptimizer):
 
     def _init_state(self, param, state: dict, group: dict) -> None:
         pass
+
+    def _fused_refusal(self, params: list[Tensor]) -> str | None:
+        return super()._fused_refusal(params) or fused_sgd_defect(params)
 
     def _update(self, batches: list[Batch]) -> None:
         self._attach_state(batches)
