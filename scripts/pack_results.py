@@ -4,7 +4,9 @@
 
 The full-resolution metrics of a 2 500-step run are ~5 MB of JSON; a results folder holds the
 records every 100 steps or so, gzipped (``normctl report`` and ``load_run`` read either form).
-The last record is always kept: final values and tail scores are computed from it.
+The last record is always kept: final values and tail scores are computed from it. A run
+without ``final.json`` is still training (or stopped, to be resumed) and is left alone: packing
+would drop the records it appends to.
 """
 
 from __future__ import annotations
@@ -35,5 +37,8 @@ if __name__ == "__main__":
     args = parser.parse_args()
     for folder in args.folders:
         for metrics in sorted(folder.glob("*/metrics.jsonl")):
+            if not (metrics.parent / "final.json").exists():
+                print(f"{metrics.parent}: not finished (no final.json), left as it is")
+                continue
             before, after = pack(metrics.parent, args.keep_every)
             print(f"{metrics.parent}: {before / 1e6:.1f} MB -> {after / 1e6:.2f} MB")
