@@ -371,3 +371,15 @@ def test_the_wrapper_says_which_path_its_step_takes_without_changing_anything():
     assert NormControl(torch.optim.Adam(params, lr=1e-2, amsgrad=True)).step_path().startswith("generic")
     assert NormControl(SubclassedAdam(params, lr=1e-2)).step_path().startswith("generic — Eq. 3 as a scale")
     assert NormControl(Lion(params, lr=1e-4)).step_path().startswith("generic")
+
+
+@pytest.mark.skipif(torch.__version__ >= (2, 14), reason="torch 2.14 fixed its CPU fused SGD for bfloat16")
+def test_wrapping_a_defective_fused_torch_sgd_warns():
+    """torch < 2.14's CPU fused SGD skips most of a bfloat16 update (pytorch/pytorch#191763)."""
+    weights = [torch.nn.Parameter(torch.randn(64).bfloat16())]
+    with pytest.warns(UserWarning, match="191763"):
+        NormControl(torch.optim.SGD(weights, lr=0.1, momentum=0.9, fused=True))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        NormControl(torch.optim.SGD(weights, lr=0.1, momentum=0.9, foreach=True))
+        NormControl(torch.optim.SGD([torch.nn.Parameter(torch.randn(64))], lr=0.1, fused=True))

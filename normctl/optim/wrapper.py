@@ -33,6 +33,7 @@ from ._base import (
     keep_saved_dtypes,
 )
 from ._kept_norms import KeptNorms
+from .sgdc import fused_sgd_defect
 
 _OWN_KEY = "normctl_"  # marks the wrapper's own per-tensor state in the shared state dict
 
@@ -57,6 +58,7 @@ class _Wrapper(Optimizer):
         super().__init__(optimizer.param_groups, defaults)  # shares (and extends) the group dicts
         self._adding_inner = False
         self.param_groups = optimizer.param_groups
+        _warn_if_inner_fused_sgd_is_defective(optimizer)
 
     def __getstate__(self) -> dict[str, Any]:
         # torch pickles defaults, state and param_groups only; the inner optimizer is half of this
@@ -325,6 +327,17 @@ class CorrectedDecay(_Wrapper):
         finally:
             for group, weight_decay in zip(self.param_groups, saved):
                 group["weight_decay"] = weight_decay
+
+
+def _warn_if_inner_fused_sgd_is_defective(optimizer: Optimizer) -> None:
+    """torch's own fused SGD before torch 2.14 skips most of a bfloat16/float16 CPU update
+    (pytorch/pytorch#191763); wherever the wrapper leaves the step to it, the weights go wrong."""
+    if not isinstance(optimizer, torch.optim.SGD):
+        return
+    params = [p for g in optimizer.param_groups if g.get("fused") for p in g["params"]]
+    defect = params and fused_sgd_defect(params)
+    if defect:
+        warnings.warn(f"the wrapped torch SGD has fused=True: {defect}", stacklevel=3)
 
 
 def _attach(batches: list[Batch], state, init) -> None:
