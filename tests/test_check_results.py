@@ -111,12 +111,20 @@ def runs(tmp_path, monkeypatch):
     (tmp_path / "results" / "grid" / "adamw_s1").mkdir(parents=True)
     (tmp_path / "results" / "grid" / "adamw_s1" / "final.json").write_text(json.dumps({"val_loss": 1.23789}))
     (tmp_path / "results" / "bench").mkdir()
-    bench = {"results": {"AdamWN": {"baseline": "torch AdamW fused", "ratio_to_torch_AdamW_fused": 0.9805,
-                                    "ratio_by_round": [0.96, 0.86, 0.98]}}}
+    bench = {
+        "results": {
+            "AdamWN": {
+                "baseline": "torch AdamW fused",
+                "ratio_to_torch_AdamW_fused": 0.9805,
+                "ratio_by_round": [0.96, 0.86, 0.98],
+            }
+        }
+    }
     (tmp_path / "results" / "bench" / "speed.json").write_text(json.dumps(bench))
     doc = tmp_path / "results" / "grid" / "README.md"
     doc.write_text(
-        "seed 1 <!--q grid/adamw_s1 val_loss-->1.2379, step <!--q bench/speed.json results:AdamWN:ratio_to_torch_AdamW_fused-->0.98×; "
+        "seed 1 <!--q grid/adamw_s1 val_loss-->1.2379, "
+        "step <!--q bench/speed.json results:AdamWN:ratio_to_torch_AdamW_fused-->0.98×; "
         "settings `--set lr=0.0009333\n--set weight_decay=0.05` are code\n"
         "<!-- generated: step_speed_table results/bench/speed.json -->\n<!-- end generated -->\n"
     )

@@ -63,7 +63,9 @@ def test_demo_runs_every_method_on_every_seed_and_reports_mean_and_std(capsys, t
     assert table in out and what_it_shows(cfg) in out
     summary = json.loads((out_dir / "summary.json").read_text())  # the table's numbers, for quoting
     assert summary["methods"]["adamc"]["val_loss"]["mean"] == pytest.approx(mean)
-    assert summary["methods"]["adamc"]["val_loss_by_seed"] == {str(r.seed): r.val_loss for r in results if r.method == "adamc"}
+    assert summary["methods"]["adamc"]["val_loss_by_seed"] == {
+        str(r.seed): r.val_loss for r in results if r.method == "adamc"
+    }
     assert (out_dir / "adamc_s1" / "environment.json").is_file()
 
 

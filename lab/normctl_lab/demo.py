@@ -20,6 +20,7 @@ import statistics
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -178,7 +179,7 @@ def run_demo(cfg: DemoConfig = DemoConfig(), *, verbose: bool = True) -> list[De
 
 def summarize(cfg: DemoConfig, results: list[DemoResult]) -> dict:
     """What the demo's table prints, per method over its seeds, and each seed's numbers."""
-    methods = {}
+    methods: dict[str, dict[str, Any]] = {}
     for method in dict.fromkeys(r.method for r in results):
         rows = [r for r in results if r.method == method]
         methods[method] = {"seeds": [r.seed for r in rows]}

@@ -24,7 +24,7 @@ from .adamc import check_corrected_decay_keys
 # Before torch 2.14, torch's CPU fused SGD left every whole SIMD vector of a bfloat16 or float16
 # tensor without its update and read the momentum buffer as float32 (pytorch/pytorch#191763):
 # silently wrong weights. SGDC never hands it such tensors; they take the foreach path.
-FUSED_SGD_LOW_PRECISION_FIXED_IN = (2, 14)
+FUSED_SGD_LOW_PRECISION_FIXED_IN = "2.14"  # compared as a version: torch.__version__ is a TorchVersion
 
 
 def fused_sgd_defect(params: list[Tensor]) -> str | None:
