@@ -177,8 +177,13 @@ def test_runs_in_parallel_processes_finish_and_a_failure_names_its_run(tmp_path,
     runs = [(f"run_s{seed}", with_overrides(tiny, [f"seed={seed}"])) for seed in (0, 1)]
     results = train_runs(runs, tmp_path, workers=2)
     assert [r["run"] for r in results] == ["run_s0", "run_s1"] and {r["seed"] for r in results} == {0, 1}
-    printed = capsys.readouterr().out
-    assert "run_s0: {" in printed and "run_s1: {" in printed
+    printed = capsys.readouterr().out  # one line per finished run: its held-out numbers, the count
+    for r in results:
+        assert (
+            f"{r['run']} finished (" in printed
+            and f"val_acc {r['val_acc']:.4f}, test_acc {r['test_acc']:.4f}" in printed
+        )
+    assert "(2 of 2):" in printed and "(1 of 2, ~" in printed  # how long the rest should take
     assert not any(tmp_path.glob("*/request.json"))  # the hand-over files are cleaned up
 
     with pytest.raises(ValueError, match="workers must be an integer >= 1"):
@@ -191,6 +196,17 @@ def test_runs_in_parallel_processes_finish_and_a_failure_names_its_run(tmp_path,
     (tmp_path / "bad_s0" / "checkpoint.pt").write_bytes(b"not a checkpoint")  # fails in the child
     with pytest.raises(RuntimeError, match="bad_s0 failed"):
         train_runs([("bad_s0", tiny)], tmp_path, workers=2, verbose=False)
+
+
+def test_time_left_reads_the_pace_so_far():
+    from normctl_lab.sweep import headline, time_left
+
+    assert time_left(600.0, 1, 4) == ", ~30 min left" and time_left(3600.0, 2, 6) == ", ~2 h 0 min left"
+    assert time_left(5.0, 1, 2) == ", ~1 min left" and time_left(100.0, 3, 3) == ""
+    assert (
+        headline({"seed": 0, "val_loss": 1.23456, "test_acc": 0.5, "steps": 10}) == "val_loss 1.2346, test_acc 0.5000"
+    )
+    assert headline({"status": "diverged", "val_loss": None}) == "diverged"
 
 
 def test_fashion_mnist_sample_and_resnet_task(tmp_path):

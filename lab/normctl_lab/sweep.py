@@ -13,6 +13,7 @@ import math
 import os
 import subprocess
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
@@ -131,17 +132,35 @@ def train_runs(
                 print(f"[{i}/{len(todo)}] {name}", flush=True)
             train(cfg, out / name, verbose=verbose)
     else:
+        started = time.monotonic()
         with ThreadPoolExecutor(workers) as pool, progress(len(todo), unit="run", enabled=verbose) as bar:
             running = [pool.submit(_train_in_process, out, *run) for run in todo]
-            for future in as_completed(running):
+            for done, future in enumerate(as_completed(running), 1):
                 name, error = future.result()
                 if error:
                     for waiting in running:
                         waiting.cancel()  # runs not started yet; those training finish first
                     raise RuntimeError(f"{name} failed:\n{error}")
-                bar.note(f"  {name}: {final_metrics(out, name)}")
+                left = time_left(time.monotonic() - started, done, len(todo))
+                bar.note(f"  {name} finished ({done} of {len(todo)}{left}): {headline(final_metrics(out, name))}")
                 bar.update(1)
     return [{"run": name, **final_metrics(out, name)} for name, _ in runs]
+
+
+def headline(final: dict[str, Any]) -> str:
+    """A finished run's held-out numbers, for a log line (the rest is in its ``final.json``)."""
+    shown = [
+        f"{key} {value:.4f}" for key, value in final.items() if key.endswith(("_loss", "_acc")) and _is_number(value)
+    ]
+    return ", ".join(shown) or final.get("status", "finished")
+
+
+def time_left(elapsed: float, done: int, total: int) -> str:
+    """``, ~1 h 40 min left`` from the pace so far (runs of one kind take about the same time)."""
+    if done >= total:
+        return ""
+    minutes = round(elapsed / done * (total - done) / 60)
+    return f", ~{minutes // 60} h {minutes % 60} min left" if minutes >= 60 else f", ~{max(minutes, 1)} min left"
 
 
 def final_metrics(out: Path, name: str) -> dict[str, Any]:
