@@ -88,3 +88,32 @@ def test_cli_repro_gpt_rejects_bad_lists(argv, message, tmp_path, capsys):
         main(["repro-gpt", "--out", str(tmp_path / "repro"), *argv])
     assert message in capsys.readouterr().err
     assert not (tmp_path / "repro").exists()
+
+
+def test_a_diverging_method_keeps_the_demos_results(tmp_path, capsys):
+    """A run whose loss goes NaN (SGD at an absurd lr) used to stop the table with an exception
+    after every run had trained, before summary.json and the report were written."""
+    import math
+
+    from normctl_lab.demo import finite_stats
+
+    cfg = dataclasses.replace(
+        DemoConfig(),
+        steps=8,
+        n_layer=1,
+        n_embd=32,
+        eval_batches=1,
+        warmup=1,
+        seeds=(0, 1),
+        lr=50.0,
+        methods=("adamw", "sgd"),
+        out_dir=str(tmp_path / "demo"),
+    )
+    results = run_demo(cfg)
+    assert all(math.isnan(r.val_loss) for r in results if r.method == "sgd")
+    summary = json.loads((tmp_path / "demo" / "summary.json").read_text())
+    assert summary["methods"]["sgd"]["val_loss"]["nonfinite"] == 2 and (tmp_path / "demo" / "report.html").is_file()
+    (sgd_row,) = [line for line in capsys.readouterr().out.splitlines() if line.startswith("sgd ")]
+    assert sgd_row.split()[2] == "diverged"  # the table says so instead of failing
+    stats = finite_stats([1.0, math.nan, 3.0])
+    assert (stats["mean"], stats["n"], stats["nonfinite"]) == (2.0, 2, 1)

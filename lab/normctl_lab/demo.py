@@ -16,6 +16,7 @@ counted) — the rise Defazio (2025) explains and AdamC removes.
 from __future__ import annotations
 
 import json
+import math
 import statistics
 import time
 from dataclasses import asdict, dataclass
@@ -167,13 +168,13 @@ def run_demo(cfg: DemoConfig = DemoConfig(), *, verbose: bool = True) -> list[De
             if method == "adamw":
                 adamw_ratio = result.norm_ratio
             results.append(result)
-    if verbose:
-        print(format_results(results))
-        print(what_it_shows(cfg))
-    if out is not None:
+    if out is not None:  # written before anything is printed: the runs are the work
         (out / "summary.json").write_text(json.dumps(summarize(cfg, results), indent=2))
         names = [f"{r.method}_s{r.seed}" for r in results]
         write_report(out, names, "normctl-lab demo", labels=[r.method for r in results], verbose=verbose)
+    if verbose:
+        print(format_results(results))
+        print(what_it_shows(cfg))
     return results
 
 
@@ -184,7 +185,7 @@ def summarize(cfg: DemoConfig, results: list[DemoResult]) -> dict:
         rows = [r for r in results if r.method == method]
         methods[method] = {"seeds": [r.seed for r in rows]}
         for key in ("val_loss", "train_loss", "norm_ratio", "grad_rise"):
-            methods[method][key] = mean_std([getattr(r, key) for r in rows])
+            methods[method][key] = finite_stats([getattr(r, key) for r in rows])
             methods[method][f"{key}_by_seed"] = {str(r.seed): getattr(r, key) for r in rows}
     return {"config": asdict(cfg), "methods": methods}
 
@@ -204,7 +205,17 @@ def format_results(results: list[DemoResult]) -> str:
     return "\n".join(lines)
 
 
+def finite_stats(values: list[float]) -> dict[str, float]:
+    """Mean ± std over the runs that stayed finite, and how many did not (a diverged run's loss
+    and norms are NaN: they would make every statistic NaN, or stop ``statistics`` outright)."""
+    finite = [v for v in values if math.isfinite(v)]
+    stats = mean_std(finite) if finite else {"mean": math.nan, "std": math.nan, "n": 0}
+    return {**stats, "nonfinite": len(values) - len(finite)}
+
+
 def _mean_std(values: list[float], digits: int) -> str:
-    if len(values) == 1:
-        return f"{values[0]:.{digits}f}"
-    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
+    stats = finite_stats(values)
+    if not stats["n"]:
+        return "diverged"
+    text = f"{stats['mean']:.{digits}f}" + (f" ± {stats['std']:.{digits}f}" if stats["n"] > 1 else "")
+    return text + (f" ({stats['nonfinite']:.0f} diverged)" if stats["nonfinite"] else "")
