@@ -67,6 +67,7 @@ def test_demo_runs_every_method_on_every_seed_and_reports_mean_and_std(capsys, t
         str(r.seed): r.val_loss for r in results if r.method == "adamc"
     }
     assert (out_dir / "adamc_s1" / "environment.json").is_file()
+    assert json.loads((out_dir / "adamc_s1" / "final.json").read_text()) == dataclasses.asdict(results[-1])
 
 
 def test_cli_rejects_bad_steps(capsys):

@@ -54,6 +54,9 @@ def test_wrapped_methods_run_on_voronoi_and_gpt(tmp_path, capsys):
     assert list(summary["methods"]) == list(methods) and summary["methods"]["adamw"] == results[0]
     assert (tmp_path / "v" / "lion+wn" / "metrics.jsonl").is_file()
     assert json.loads((tmp_path / "v" / "lion+wn" / "environment.json").read_text())["torch"] == torch.__version__
+    assert (
+        json.loads((tmp_path / "v" / "lion+wn" / "final.json").read_text()) == results[-1]
+    )  # finished, and what it measured
     gpt = run_demo(
         DemoConfig(steps=3, n_layer=1, n_embd=32, eval_batches=1, warmup=1, methods=methods, seeds=(0,), out_dir=None),
         verbose=False,

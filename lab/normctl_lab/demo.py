@@ -36,7 +36,7 @@ from .methods import adamw_first, build_method, check_methods, is_norm_controlle
 from .models import GPT, GPTConfig
 from .paired import mean_std
 from .progress import progress
-from .rundir import start_run, write_report
+from .rundir import finish_run, start_run, write_report
 
 
 def what_it_shows(cfg: DemoConfig) -> str:
@@ -124,7 +124,7 @@ def train_one(
             bar.update(1)
     seconds = time.perf_counter() - start
     monitor.close()
-    return DemoResult(
+    result = DemoResult(
         method,
         seed,
         evaluate(model, val, cfg),
@@ -133,6 +133,8 @@ def train_one(
         tail_rise(torch.stack(grad_norms).tolist()),
         seconds,
     )
+    finish_run(run_dir, asdict(result))
+    return result
 
 
 @torch.no_grad()

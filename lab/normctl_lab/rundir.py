@@ -21,9 +21,17 @@ def start_run(run_dir: Path | None, config: dict[str, Any]) -> list[JsonlSink]:
         return []
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "metrics.jsonl").unlink(missing_ok=True)
+    (run_dir / "final.json").unlink(missing_ok=True)  # a restarted run is not finished until it says so
     (run_dir / "config.json").write_text(json.dumps(config, indent=2, default=str))
     (run_dir / "environment.json").write_text(json.dumps(describe_environment(), indent=2))
     return [JsonlSink(run_dir)]
+
+
+def finish_run(run_dir: Path | None, record: dict[str, Any]) -> None:
+    """Write what a finished run measured (``final.json``): the mark of a finished run, which
+    resuming and packing read."""
+    if run_dir is not None:
+        (run_dir / "final.json").write_text(json.dumps(record, indent=2))
 
 
 def describe_environment(**extra: Any) -> dict[str, Any]:

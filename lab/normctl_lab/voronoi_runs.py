@@ -21,7 +21,7 @@ from normctl.rules import combined_norm, tensor_norms
 
 from .methods import adamw_first, build_method, check_methods, is_norm_controlled
 from .progress import progress
-from .rundir import start_run, write_report
+from .rundir import finish_run, start_run, write_report
 from .voronoi import VoronoiModel, VoronoiTask, accuracy
 
 
@@ -75,13 +75,15 @@ def train_method(
             monitor.observe(loss=loss)
             bar.update(1)
     model.eval()
-    return {
+    result = {
         "method": method,
         "val_acc": accuracy(model, task.val),
         "test_acc": accuracy(model, task.test),
         "norm_ratio": _controlled_norm(groups) / initial,
         "seconds": time.perf_counter() - start,
     }
+    finish_run(run_dir, result)
+    return result
 
 
 def run_voronoi(cfg: VoronoiRunConfig = VoronoiRunConfig(), *, verbose: bool = True) -> list[dict]:
