@@ -516,6 +516,21 @@ def test_paired_differences_and_their_t_interval():
         paired_difference({0: 1.0}, {1: 1.0})
 
 
+def test_a_diverged_runs_nan_shows_in_the_statistics_instead_of_stopping_them():
+    """statistics.stdev stops with an exception on NaN; a tune's summary, hours in, did too."""
+    import math
+
+    from normctl_lab.paired import mean_std, paired_difference
+    from normctl_lab.tune import _close_calls
+
+    stats = mean_std([1.2, math.nan, 1.3])
+    assert math.isnan(stats["mean"]) and math.isnan(stats["std"]) and stats["n"] == 3
+    result = paired_difference({0: 1.0, 1: math.nan}, {0: 0.5, 1: 0.5})
+    assert math.isnan(result["mean"]) and all(math.isnan(x) for x in result["ci95"])
+    assert _close_calls({"a": {0: 1.0, 1: math.nan}, "b": {0: 1.0, 1: 1.1}}) == set()
+    assert mean_std([2.0])["std"] == 0.0
+
+
 def test_auto_target_comparison_runs_end_to_end(tmp_path):
     from normctl_lab import repro_auto
 

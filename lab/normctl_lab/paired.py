@@ -17,11 +17,16 @@ T_975 += [2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 
 
 
 def mean_std(values: list[float]) -> dict[str, float]:
-    return {
-        "mean": statistics.mean(values),
-        "std": statistics.stdev(values) if len(values) > 1 else 0.0,
-        "n": len(values),
-    }
+    """Mean and sample std; a diverged run's NaN makes both NaN, which no mean hides."""
+    return {"mean": statistics.mean(values), "std": spread(values), "n": len(values)}
+
+
+def spread(values: list[float]) -> float:
+    """The sample std (0 for one value, NaN where a value is not finite: ``statistics.stdev``
+    stops with an exception on NaN or infinity, after runs that took hours)."""
+    if not all(math.isfinite(v) for v in values):
+        return math.nan
+    return statistics.stdev(values) if len(values) > 1 else 0.0
 
 
 def finite_by_key(records: list[dict[str, Any]], keys: Iterable[str]) -> dict[str, list[float]]:
@@ -45,7 +50,7 @@ def paired_difference(ours: dict[int, float], theirs: dict[int, float]) -> dict[
     mean = statistics.mean(diffs)
     interval = None
     if len(diffs) > 1:
-        half = t_975(len(diffs) - 1) * statistics.stdev(diffs) / math.sqrt(len(diffs))
+        half = t_975(len(diffs) - 1) * spread(diffs) / math.sqrt(len(diffs))
         interval = [mean - half, mean + half]
     return {"seeds": seeds, "differences": diffs, "mean": mean, "ci95": interval}
 

@@ -36,7 +36,7 @@ from typing import Any
 import torch
 
 from .config import RunConfig, with_overrides
-from .paired import finite_by_key, mean_std, paired_difference
+from .paired import finite_by_key, mean_std, paired_difference, spread
 from .sweep import final_metrics, train_runs
 from .train import strict_json
 
@@ -338,7 +338,7 @@ def _tail_rises(directory: Path, runs: list[tuple[str, RunConfig]]) -> dict[str,
 
 def _close_calls(scores: dict[str, dict[int, float]]) -> set[str]:
     """Methods whose mean lies within two standard deviations (the larger of the pair's) of another's."""
-    stats = {m: (statistics.mean(v.values()), statistics.stdev(v.values())) for m, v in scores.items()}
+    stats = {m: (statistics.mean(v.values()), spread(list(v.values()))) for m, v in scores.items()}
     close = set()
     for a, (mean_a, std_a) in stats.items():
         for b, (mean_b, std_b) in stats.items():
