@@ -39,6 +39,7 @@ from typing import Any
 from normctl.report.runs import load_run
 
 from .config import RunConfig, with_overrides
+from .paired import spread
 from .rundir import write_report
 from .sweep import CONTROLLED_GROUPS, controlled_norm_ratio, final_metrics, train_runs
 
@@ -164,5 +165,5 @@ def _aggregate(out: Path, names: list[str]) -> dict[str, Any]:
         ("test_acc", [f["test_acc"] for f in finals]),
         ("norm_ratio", [r for r in ratios if r is not None]),
     ):
-        row[key] = {"mean": statistics.mean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0}
+        row[key] = {"mean": statistics.mean(values), "std": spread(values)}
     return row
