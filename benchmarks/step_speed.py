@@ -165,8 +165,9 @@ def time_paired(label: str, params: list[torch.Tensor], repeats: int, device: st
         opt = build(MAKERS[label], params)
     except (RuntimeError, ValueError, TypeError) as error:  # e.g. no fused kernel here
         return {"error": str(error).splitlines()[0]}
+    defect = fused_sgd_defect(params)
     for name in BASELINES[label]:
-        if name == "torch SGD fused" and fused_sgd_defect(params):
+        if name == "torch SGD fused" and defect:
             continue  # a kernel that skips most of the update is no baseline: torch's foreach SGD is
         try:
             baseline = build(MAKERS[name], own_copy(params))
@@ -189,8 +190,8 @@ def time_paired(label: str, params: list[torch.Tensor], repeats: int, device: st
         if cuda:  # temporaries the step allocates on top of what stays resident
             peak = max(peak, torch.cuda.max_memory_allocated() - resident)
     result = {"baseline": name, "samples": samples, "baseline_samples": baseline_samples}
-    if label == "torch SGD fused" and fused_sgd_defect(params):
-        result["defect"] = fused_sgd_defect(params)
+    if label == "torch SGD fused" and defect:
+        result["defect"] = defect
     result["state_bytes"] = state_bytes(opt)
     if cuda:
         result["step_peak_extra_bytes"] = peak

@@ -96,7 +96,7 @@ def test_a_diverging_method_keeps_the_demos_results(tmp_path, capsys):
     after every run had trained, before summary.json and the report were written."""
     import math
 
-    from normctl_lab.demo import finite_stats
+    from normctl_lab.paired import finite_stats
 
     cfg = dataclasses.replace(
         DemoConfig(),

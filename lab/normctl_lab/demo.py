@@ -16,7 +16,6 @@ counted) — the rise Defazio (2025) explains and AdamC removes.
 from __future__ import annotations
 
 import json
-import math
 import statistics
 import time
 from dataclasses import asdict, dataclass
@@ -34,7 +33,7 @@ from normctl.rules import combined_norm, tensor_norms
 from .data import byte_tokens, load_text, random_windows, train_val_split
 from .methods import adamw_first, build_method, check_methods, is_norm_controlled
 from .models import GPT, GPTConfig
-from .paired import mean_std
+from .paired import finite_stats
 from .progress import progress
 from .rundir import finish_run, start_run, write_report
 
@@ -205,14 +204,6 @@ def format_results(results: list[DemoResult]) -> str:
         seconds = statistics.mean(r.seconds for r in rows)
         lines.append(f"{method:<8} {len(rows):>5} {cells[0]:>17} {cells[1]:>15} {cells[2]:>15} {seconds:>6.1f}")
     return "\n".join(lines)
-
-
-def finite_stats(values: list[float]) -> dict[str, float]:
-    """Mean ± std over the runs that stayed finite, and how many did not (a diverged run's loss
-    and norms are NaN: they would make every statistic NaN, or stop ``statistics`` outright)."""
-    finite = [v for v in values if math.isfinite(v)]
-    stats = mean_std(finite) if finite else {"mean": math.nan, "std": math.nan, "n": 0}
-    return {**stats, "nonfinite": len(values) - len(finite)}
 
 
 def _mean_std(values: list[float], digits: int) -> str:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 # Student's t, two-sided 95 %, by degrees of freedom (1-30); beyond 30 the normal's 1.96 is close.
@@ -19,6 +19,14 @@ T_975 += [2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 
 def mean_std(values: list[float]) -> dict[str, float]:
     """Mean and sample std; a diverged run's NaN makes both NaN, which no mean hides."""
     return {"mean": statistics.mean(values), "std": spread(values), "n": len(values)}
+
+
+def finite_stats(values: Sequence[float | None]) -> dict[str, float]:
+    """Mean ± std over the values that are finite numbers, and how many were not (a diverged
+    run's NaN, a statistic stored as null): for tables that report the runs that trained."""
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    stats = mean_std(finite) if finite else {"mean": math.nan, "std": math.nan, "n": 0}
+    return {**stats, "nonfinite": len(values) - len(finite)}
 
 
 def spread(values: list[float]) -> float:

@@ -35,7 +35,7 @@ from normctl.report.plots import have_matplotlib, new_figure
 from normctl.report.runs import load_run
 
 from .config import RunConfig, with_overrides
-from .paired import finite_by_key
+from .paired import finite_by_key, finite_stats, spread
 from .rundir import write_report
 from .sweep import controlled_norm_ratio, gains_norm_ratio, sweep_configs, train_runs
 from .train import EVALS
@@ -236,7 +236,7 @@ def summarize(out: Path, names: list[str], by: str = "method") -> dict[str, Any]
             },
             "curve_steps": steps,
             "curve_mean": [statistics.mean(c) for c in zip(*curves)],
-            "curve_std": [_std(list(c)) for c in zip(*curves)],
+            "curve_std": [spread(list(c)) for c in zip(*curves)],
         }
     for method, other in (("adamw", "adamwn"), ("adamwn", "adamw")):  # steps to match the other's final loss
         if method in methods and other in methods:
@@ -248,12 +248,9 @@ def summarize(out: Path, names: list[str], by: str = "method") -> dict[str, Any]
 
 
 def _mean_std(values: Sequence[float | None]) -> dict[str, float]:
-    finite = [v for v in values if v is not None and math.isfinite(v)]
-    return {"mean": statistics.mean(finite), "std": _std(finite)} if finite else {"mean": math.nan, "std": math.nan}
-
-
-def _std(values: list[float]) -> float:
-    return statistics.stdev(values) if len(values) > 1 else 0.0
+    """Mean ± std over the seeds whose value is a finite number."""
+    stats = finite_stats(values)
+    return {"mean": stats["mean"], "std": stats["std"]}
 
 
 def plot_val_loss(out: Path, summary: dict[str, Any], path: Path) -> Path | None:
