@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -119,6 +120,72 @@ def test_knobs_restrict_the_search_and_are_part_of_the_protocol(tmp_path):
         tune.run_tune(base, ["adamw"], tmp_path, budget=3, verbose=False)
     with pytest.raises(ValueError, match="leave nothing to search"):
         tune.run_tune(base, ["adamw"], tmp_path / "other", budget=3, knobs=["rate"], verbose=False)
+
+
+def test_ranges_replace_a_knobs_bounds_and_are_part_of_the_protocol(tmp_path, monkeypatch):
+    base = with_overrides(RunConfig(), TINY_VORONOI)
+    space = tune.restricted(tune.SEARCH_SPACES["adamw"], ["lr"], {"lr": (1e-2, 4e-2)})
+    lrs = [p["lr"] for p in tune.candidates(space, base, 8)]
+    assert all(1e-2 <= lr <= 4e-2 for lr in lrs)  # absolute: base.lr (3e-3) no longer scales it
+    assert space.knobs[0].bounds(with_overrides(base, ["lr=1"])) == (1e-2, 4e-2)
+
+    from normctl_lab import sweep
+
+    monkeypatch.setattr(sweep, "train", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
+    with pytest.raises(KeyboardInterrupt):
+        tune.run_tune(base, ["adamw"], tmp_path, budget=3, knobs=["lr"], ranges={"lr": (1e-2, 4e-2)}, verbose=False)
+    assert json.loads((tmp_path / "protocol.json").read_text())["ranges"] == {"lr": [1e-2, 4e-2]}
+    with pytest.raises(ValueError, match="another ranges"):  # the first range's search is another search
+        tune.run_tune(base, ["adamw"], tmp_path, budget=3, knobs=["lr"], verbose=False)
+    with pytest.raises(ValueError, match="another ranges"):
+        tune.run_tune(base, ["adamw"], tmp_path, budget=3, knobs=["lr"], ranges={"lr": (1e-2, 5e-2)}, verbose=False)
+    for bad, message in [
+        ({"rate": (1e-3, 1e-1)}, "no numeric knob of"),  # not adamw's
+        ({"cpr_kappa_init": (1, 2)}, "no numeric knob of"),
+        ({"lr": (4e-2, 1e-2)}, "0 < low < high"),
+        ({"lr": (0, 1e-2)}, "0 < low < high"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            tune.run_tune(base, ["adamw", "adamcpr"], tmp_path / "bad", ranges=bad, verbose=False)
+    assert not (tmp_path / "bad").exists()  # refused before anything was written
+
+
+def test_a_selection_at_an_edge_says_how_to_search_around_it():
+    base = with_overrides(RunConfig(), TINY_VORONOI)  # lr 3e-3: adamw's lr range is [7.5e-4, 1.2e-2]
+    row = {"knobs": {"lr": 0.0116, "weight_decay": 0.01}, "at_edge": ["lr"]}
+    summary = {
+        "protocol": {"base": dataclasses.asdict(base)},
+        "methods": {"adamw": row, "adamc": row | {"at_edge": []}},
+    }
+    (note,) = tune.edge_notes(summary)
+    assert note.startswith("adamw: lr=0.0116 is at an edge of its range [0.00075, 0.012]")
+    low, high = (float(x) for x in note.split("--range lr=")[1].split()[0].split(":"))
+    assert low * high == pytest.approx(0.0116**2, rel=1e-2) and high / low == pytest.approx(16, rel=1e-2)
+    summary["protocol"]["ranges"] = {"lr": [1e-2, 4e-2]}  # a second tuning: the note speaks of its range
+    assert "[0.01, 0.04]" in tune.edge_notes(summary)[0]
+
+
+def test_the_tune_command_parses_ranges(tmp_path, monkeypatch):
+    from normctl_lab import cli
+
+    seen = {}
+    monkeypatch.setattr(tune, "run_tune", lambda *a, **k: seen.update(k))
+    cli.main(
+        [
+            "tune",
+            "--methods",
+            "adamw",
+            "--out",
+            str(tmp_path),
+            "--range",
+            "lr=1e-3:3e-2",
+            "--range",
+            "weight_decay=0.1:1",
+        ]
+    )
+    assert seen["ranges"] == {"lr": (1e-3, 3e-2), "weight_decay": (0.1, 1.0)}
+    with pytest.raises(SystemExit):
+        cli.main(["tune", "--methods", "adamw", "--out", str(tmp_path), "--range", "lr=1e-3"])
 
 
 def test_a_tuning_cut_short_keeps_its_protocol(tmp_path, monkeypatch):

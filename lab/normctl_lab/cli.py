@@ -60,8 +60,19 @@ def tune(args: argparse.Namespace) -> None:
         search_seeds=_seeds(args.search_seeds),
         reference=args.reference,
         knobs=[k.strip() for k in args.knobs.split(",") if k.strip()] if args.knobs else None,
+        ranges=dict(_range(r) for r in args.range) or None,
         **_launch(args),
     )
+
+
+def _range(text: str) -> tuple[str, tuple[float, float]]:
+    """``FIELD=LOW:HIGH`` as (field, (low, high))."""
+    field, _, bounds = text.partition("=")
+    low, _, high = bounds.partition(":")
+    try:
+        return field.strip(), (float(low), float(high))
+    except ValueError:
+        raise ValueError(f"--range takes FIELD=LOW:HIGH (e.g. lr=1e-3:3e-2), got {text!r}") from None
 
 
 def repro_gpt(args: argparse.Namespace) -> None:
@@ -142,6 +153,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--knobs",
         default=None,
         help="search only these fields of each method's space, e.g. lr (the others stay at the config's values)",
+    )
+    p.add_argument(
+        "--range",
+        action="append",
+        default=[],
+        metavar="FIELD=LOW:HIGH",
+        help="search a knob over these absolute bounds instead of its own (e.g. lr=1e-3:3e-2; repeatable)",
     )
     p.add_argument("--out", required=True, help="the tuning's directory")
     p.add_argument("--workers", type=int, default=1, help="runs at once (one thread each; default 1)")

@@ -155,6 +155,7 @@ def run_tune(
     search_seeds: list[int] | None = None,
     reference: str | None = None,
     knobs: list[str] | None = None,
+    ranges: dict[str, tuple[float, float]] | None = None,
     workers: int = 1,
     executor: str = "local",
     executor_options: dict[str, Any] | None = None,
@@ -162,7 +163,9 @@ def run_tune(
 ) -> dict[str, Any]:
     """The protocol of this module for ``methods`` around ``base``; writes and returns summary.json.
     ``knobs`` restricts every method's search to those fields (the others stay at ``base``'s
-    values: the lr alone for an ablation fixed in ``base``, say). ``workers``, ``executor`` and
+    values: the lr alone for an ablation fixed in ``base``, say); ``ranges`` replaces a knob's range
+    by absolute bounds (``{"lr": (1e-3, 3e-2)}``: where a first tuning selected at an edge).
+    ``workers``, ``executor`` and
     ``executor_options`` say where the runs train (:func:`.sweep.train_runs`)."""
     launch: dict[str, Any] = dict(
         workers=workers, executor=executor, executor_options=executor_options, verbose=verbose
@@ -174,7 +177,8 @@ def run_tune(
     unknown = [m for m in methods if m not in SEARCH_SPACES]
     if unknown or not methods:
         raise ValueError(f"methods must be some of {sorted(SEARCH_SPACES)}, got {methods}")
-    spaces = {m: restricted(SEARCH_SPACES[m], knobs) for m in methods}
+    ranges = _checked_ranges(ranges, methods)
+    spaces = {m: restricted(SEARCH_SPACES[m], knobs, ranges) for m in methods}
     reference = reference or methods[0]
     if reference not in methods:
         raise ValueError(f"reference must be one of the methods {methods}, got {reference!r}")
@@ -184,9 +188,9 @@ def run_tune(
     if base.task != "voronoi" and not base.selection_split:
         base = dataclasses.replace(base, selection_split=SELECTION_SPLIT)
     out = Path(out)
-    _check_same_protocol(out, base, methods, budget, search_seeds, knobs)
+    _check_same_protocol(out, base, methods, budget, search_seeds, knobs, ranges)
     out.mkdir(parents=True, exist_ok=True)  # the protocol first: a run cut short keeps its directory's protocol
-    protocol = _protocol_key(base, methods, budget, search_seeds, knobs)
+    protocol = _protocol_key(base, methods, budget, search_seeds, knobs, ranges)
     (out / "protocol.json").write_text(json.dumps(protocol, indent=2))
 
     search = {m: _search_runs(base, m, spaces[m], budget, search_seeds) for m in methods}
@@ -225,6 +229,7 @@ def run_tune(
             "higher_is_better": metrics.higher_is_better,
             "reference": reference,
             **({"knobs": knobs} if knobs else {}),
+            **({"ranges": ranges} if ranges else {}),
         },
         "methods": {
             m: {
@@ -240,18 +245,46 @@ def run_tune(
     (out / "summary.json").write_text(strict_json(summary, indent=2))  # a diverged run's NaN: null
     if verbose:
         print(summary_table(summary), flush=True)
+        for line in edge_notes(summary):
+            print(line, flush=True)
     return summary
 
 
-def restricted(space: SearchSpace, knobs: list[str] | None) -> SearchSpace:
-    """``space`` searching only the fields ``knobs`` (all of them when None)."""
-    if knobs is None:
-        return space
-    kept = tuple(k for k in space.knobs if k.field in knobs)
+def restricted(
+    space: SearchSpace, knobs: list[str] | None, ranges: dict[str, tuple[float, float]] | None = None
+) -> SearchSpace:
+    """``space`` searching only the fields ``knobs`` (all of them when None), over ``ranges``
+    (absolute bounds) where given."""
+    kept = space.knobs if knobs is None else tuple(k for k in space.knobs if k.field in knobs)
     if not kept:
         fields = [k.field for k in space.knobs]
         raise ValueError(f"knobs {knobs} leave nothing to search for {space.fixed}: its knobs are {fields}")
+    ranges = ranges or {}
+    kept = tuple(
+        dataclasses.replace(k, low=ranges[k.field][0], high=ranges[k.field][1], relative_to="")
+        if isinstance(k, Knob) and k.field in ranges
+        else k
+        for k in kept
+    )
     return SearchSpace(space.fixed, kept)
+
+
+def _checked_ranges(
+    ranges: dict[str, tuple[float, float]] | None, methods: list[str]
+) -> dict[str, tuple[float, float]] | None:
+    """``ranges`` as floats, each naming a numeric knob of some method, 0 < low < high."""
+    if not ranges:
+        return None
+    numeric = {k.field for m in methods for k in SEARCH_SPACES[m].knobs if isinstance(k, Knob)}
+    checked = {}
+    for field, bounds in ranges.items():
+        if field not in numeric:
+            raise ValueError(f"ranges: {field!r} is no numeric knob of {methods}; they have {sorted(numeric)}")
+        low, high = (float(b) for b in bounds)
+        if not 0 < low < high:
+            raise ValueError(f"ranges: {field} needs 0 < low < high, got {low:g}:{high:g}")
+        checked[field] = (low, high)
+    return checked
 
 
 def _search_runs(
@@ -348,27 +381,62 @@ def _close_calls(scores: dict[str, dict[int, float]]) -> set[str]:
 
 
 def _protocol_key(
-    base: RunConfig, methods: list[str], budget: int, search_seeds: list[int], knobs: list[str] | None = None
+    base: RunConfig,
+    methods: list[str],
+    budget: int,
+    search_seeds: list[int],
+    knobs: list[str] | None = None,
+    ranges: dict[str, tuple[float, float]] | None = None,
 ) -> dict[str, Any]:
     key = {"base": dataclasses.asdict(base), "budget": budget, "search_seeds": search_seeds, "methods": methods}
-    return key | ({"knobs": knobs} if knobs else {})  # absent for the full spaces, as before knobs existed
+    # each absent where not given, as before it existed: older tunings' directories still match
+    return key | ({"knobs": knobs} if knobs else {}) | ({"ranges": ranges} if ranges else {})
 
 
 def _check_same_protocol(
-    out: Path, base: RunConfig, methods: list[str], budget: int, search_seeds: list[int], knobs: list[str] | None
+    out: Path,
+    base: RunConfig,
+    methods: list[str],
+    budget: int,
+    search_seeds: list[int],
+    knobs: list[str] | None,
+    ranges: dict[str, tuple[float, float]] | None = None,
 ) -> None:
-    """A directory holds one protocol: another base, budget, search seed or set of knobs would
-    mix two searches."""
+    """A directory holds one protocol: another base, budget, search seed, set of knobs or range
+    would mix two searches."""
     path = out / "protocol.json"
     if not path.is_file():
         return
     saved = json.loads(path.read_text())
     if "search_seed" in saved:  # written before several search seeds were possible
         saved["search_seeds"] = [saved.pop("search_seed")]
-    new = json.loads(json.dumps(_protocol_key(base, methods, budget, search_seeds, knobs)))
-    differs = [k for k in ("base", "budget", "search_seeds", "knobs") if saved.get(k) != new.get(k)]
+    new = json.loads(json.dumps(_protocol_key(base, methods, budget, search_seeds, knobs, ranges)))
+    differs = [k for k in ("base", "budget", "search_seeds", "knobs", "ranges") if saved.get(k) != new.get(k)]
     if differs:
         raise ValueError(f"{out} holds a tuning with another {', '.join(differs)}: use another --out")
+
+
+def edge_notes(summary: dict[str, Any]) -> list[str]:
+    """One line per selected knob at the edge of its range, where the range, not the method, may
+    have decided: the command's option that searches a range of the same width centred on it."""
+    protocol = summary["protocol"]
+    base = RunConfig(**protocol["base"])
+    ranges = protocol.get("ranges")
+    notes = []
+    for method, row in summary["methods"].items():
+        for knob in restricted(SEARCH_SPACES[method], protocol.get("knobs"), ranges).knobs:
+            if knob.field not in row["at_edge"] or not isinstance(knob, Knob):
+                continue
+            low, high = knob.bounds(base)
+            value = row["knobs"][knob.field]
+            note = f"{method}: {knob.field}={value} is at an edge of its range [{low:.4g}, {high:.4g}]"
+            note += ", which may have decided"
+            if knob.log:  # every knob the protocol searches: the same width, centred on the value
+                half = math.sqrt(high / low)
+                around = f"{knob.field}={value / half:.3g}:{value * half:.3g}"
+                note += f"; to search around it: --range {around} into another --out"
+            notes.append(note)
+    return notes
 
 
 def summary_table(summary: dict[str, Any]) -> str:
