@@ -131,6 +131,37 @@ def test_voronoi_task_trains(tmp_path):
     assert (tmp_path / "metrics.jsonl").is_file()
 
 
+def test_a_resumed_run_keeps_what_it_started_on_and_records_what_changed(tmp_path, monkeypatch):
+    from normctl_lab import rundir
+    from normctl_lab import train as train_module
+
+    cfg = with_overrides(RunConfig(), ["task=voronoi", "steps=4", "hidden=16", "batch_size=32", "checkpoint_every=2"])
+    train(cfg, tmp_path, verbose=False)
+    started = json.loads((tmp_path / "environment.json").read_text())
+    assert "resumed" not in started and started["torch"] == torch.__version__
+
+    def on_revision(revision):
+        monkeypatch.setattr(
+            train_module,
+            "describe_environment",
+            lambda **k: rundir.describe_environment(**k) | {"git_revision": revision},
+        )
+
+    on_revision("f" * 40)  # the code changed between the run's start and its resume
+    (tmp_path / "final.json").unlink()
+    train(cfg, tmp_path, verbose=False)  # continues from the checkpoint at the last step
+    on_revision("e" * 40)
+    train(cfg, tmp_path, verbose=False)
+    train(cfg, tmp_path, verbose=False)  # nothing changed since the last resume
+    record = json.loads((tmp_path / "environment.json").read_text())
+    assert {k: v for k, v in record.items() if k != "resumed"} == started  # what it started on, kept
+    assert record["resumed"] == [
+        {"step": 4, "git_revision": "f" * 40},
+        {"step": 4, "git_revision": "e" * 40},
+        {"step": 4},
+    ]
+
+
 def evaluate_checkpoint(cfg, run_dir):
     """The held-out metrics of the model in the run's last checkpoint, computed afresh."""
     from normctl_lab import checkpoint

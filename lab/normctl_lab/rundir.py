@@ -23,7 +23,7 @@ def start_run(run_dir: Path | None, config: dict[str, Any]) -> list[JsonlSink]:
     (run_dir / "metrics.jsonl").unlink(missing_ok=True)
     (run_dir / "final.json").unlink(missing_ok=True)  # a restarted run is not finished until it says so
     (run_dir / "config.json").write_text(json.dumps(config, indent=2, default=str))
-    (run_dir / "environment.json").write_text(json.dumps(describe_environment(), indent=2))
+    record_environment(run_dir, describe_environment())
     return [JsonlSink(run_dir)]
 
 
@@ -32,6 +32,22 @@ def finish_run(run_dir: Path | None, record: dict[str, Any]) -> None:
     resuming and packing read."""
     if run_dir is not None:
         (run_dir / "final.json").write_text(json.dumps(record, indent=2))
+
+
+def record_environment(run_dir: Path, environment: dict[str, Any], *, resumed_at: int | None = None) -> None:
+    """``run_dir/environment.json``: what started the run, and for each resume (``resumed_at``: the
+    checkpoint's step) what changed since — a run that continued on another revision, torch or
+    machine says so, and keeps what it started on."""
+    path = run_dir / "environment.json"
+    if resumed_at is not None and path.is_file():
+        record = json.loads(path.read_text())
+        known = {k: v for k, v in record.items() if k != "resumed"}
+        for resume in record.get("resumed", []):  # the environment as the last resume left it
+            known.update({k: v for k, v in resume.items() if k != "step"})
+        changed = {k: v for k, v in environment.items() if known.get(k) != v}
+        record["resumed"] = [*record.get("resumed", []), {"step": resumed_at, **changed}]
+        environment = record
+    path.write_text(json.dumps(environment, indent=2))
 
 
 def describe_environment(**extra: Any) -> dict[str, Any]:

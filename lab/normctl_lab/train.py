@@ -37,7 +37,7 @@ from .lock import RunLock
 from .methods import build_method, target_schedule, with_gains_controlled
 from .models import GPT, GPTConfig, ResNet
 from .progress import progress
-from .rundir import describe_environment
+from .rundir import describe_environment, record_environment
 from .voronoi import VoronoiModel, VoronoiTask, accuracy
 
 CHECKPOINT = "checkpoint.pt"
@@ -211,7 +211,7 @@ def _train(cfg: RunConfig, run_dir: Path, world: parallel.World, *, verbose: boo
         monitor.load_state_dict(state["monitor"])
     if main:
         environment = describe_environment(device=str(world.device), world_size=world.size, parallel=cfg.parallel)
-        (run_dir / "environment.json").write_text(json.dumps(environment, indent=2))
+        record_environment(run_dir, environment, resumed_at=None if checkpoint is None else start)
         monitor.sinks.append(JsonlSink(run_dir, resume=checkpoint is not None))
 
     forward = cast(nn.Module, torch.compile(model)) if cfg.compile else model
