@@ -150,19 +150,24 @@ def test_ranges_replace_a_knobs_bounds_and_are_part_of_the_protocol(tmp_path, mo
     assert not (tmp_path / "bad").exists()  # refused before anything was written
 
 
-def test_a_selection_at_an_edge_says_how_to_search_around_it():
+def test_a_selection_at_an_edge_or_among_diverged_runs_says_so():
     base = with_overrides(RunConfig(), TINY_VORONOI)  # lr 3e-3: adamw's lr range is [7.5e-4, 1.2e-2]
-    row = {"knobs": {"lr": 0.0116, "weight_decay": 0.01}, "at_edge": ["lr"]}
+    search = [{"run": "adamw_c0", "status": "finished"}, {"run": "adamw_c1", "status": "diverged"}]
+    row = {"knobs": {"lr": 0.0116, "weight_decay": 0.01}, "at_edge": ["lr"], "search": search}
     summary = {
         "protocol": {"base": dataclasses.asdict(base)},
         "methods": {"adamw": row, "adamc": row | {"at_edge": []}},
     }
-    (note,) = tune.edge_notes(summary)
+    (note,) = tune.selection_notes(summary)
     assert note.startswith("adamw: lr=0.0116 is at an edge of its range [0.00075, 0.012]")
     low, high = (float(x) for x in note.split("--range lr=")[1].split()[0].split(":"))
     assert low * high == pytest.approx(0.0116**2, rel=1e-2) and high / low == pytest.approx(16, rel=1e-2)
     summary["protocol"]["ranges"] = {"lr": [1e-2, 4e-2]}  # a second tuning: the note speaks of its range
-    assert "[0.01, 0.04]" in tune.edge_notes(summary)[0]
+    assert "[0.01, 0.04]" in tune.selection_notes(summary)[0]
+    summary["methods"]["adamc"]["search"] = [search[1]]  # nothing it tried trained to the end
+    assert (
+        tune.selection_notes(summary)[1] == "adamc: every searched configuration diverged; its selection is arbitrary"
+    )
 
 
 def test_the_tune_command_parses_ranges(tmp_path, monkeypatch):

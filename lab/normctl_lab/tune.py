@@ -245,7 +245,7 @@ def run_tune(
     (out / "summary.json").write_text(strict_json(summary, indent=2))  # a diverged run's NaN: null
     if verbose:
         print(summary_table(summary), flush=True)
-        for line in edge_notes(summary):
+        for line in selection_notes(summary):
             print(line, flush=True)
     return summary
 
@@ -416,14 +416,17 @@ def _check_same_protocol(
         raise ValueError(f"{out} holds a tuning with another {', '.join(differs)}: use another --out")
 
 
-def edge_notes(summary: dict[str, Any]) -> list[str]:
-    """One line per selected knob at the edge of its range, where the range, not the method, may
-    have decided: the command's option that searches a range of the same width centred on it."""
+def selection_notes(summary: dict[str, Any]) -> list[str]:
+    """What weakens a selection, one line each: a method whose every searched configuration
+    diverged (its pick says nothing), and a knob selected at the edge of its range, where the
+    range, not the method, may have decided (with the option that searches around it)."""
     protocol = summary["protocol"]
     base = RunConfig(**protocol["base"])
     ranges = protocol.get("ranges")
     notes = []
     for method, row in summary["methods"].items():
+        if all(searched["status"] != "finished" for searched in row["search"]):
+            notes.append(f"{method}: every searched configuration diverged; its selection is arbitrary")
         for knob in restricted(SEARCH_SPACES[method], protocol.get("knobs"), ranges).knobs:
             if knob.field not in row["at_edge"] or not isinstance(knob, Knob):
                 continue
