@@ -193,6 +193,45 @@ def test_the_tune_command_parses_ranges(tmp_path, monkeypatch):
         cli.main(["tune", "--methods", "adamw", "--out", str(tmp_path), "--range", "lr=1e-3"])
 
 
+def test_a_method_with_fields_fixed_is_tuned_beside_its_baseline(tmp_path):
+    """Yu's (2022) ablations with their own lr: AdamW, AdamW with the min decay and AdamW at λ = 1,
+    each searching its lr with the same budget, paired against the first."""
+    space = tune.search_space("adamw+decay=min")
+    assert space.fixed == {"method": "adamw", "decay": "min"} and [k.field for k in space.knobs] == [
+        "lr",
+        "weight_decay",
+    ]
+    assert [k.field for k in tune.search_space("adamw+weight_decay=1+decay=l1").knobs] == ["lr"]  # a fixed knob leaves
+    for bad, message in [
+        ("adamq+decay=min", "methods must be some of"),
+        ("adamw+decay", "one distinct KEY=VALUE"),
+        ("adamw+decay=min+decay=l1", "one distinct KEY=VALUE"),
+        ("adamw+=1", "one distinct KEY=VALUE"),
+        ("adamw+decy=min", "unknown config field 'decy'"),
+        ("adamw+decay=l3", "decay must be one of"),
+        ("adamw+seed=4", "the protocol's to set"),
+        ("hyperball+lr=1e-3", "nothing is left to search"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            tune.run_tune(RunConfig(), ["adamw", bad], tmp_path / "bad", verbose=False)
+    assert not (tmp_path / "bad").exists()
+
+    base = with_overrides(RunConfig(), TINY_VORONOI)
+    methods = ["adamw", "adamw+decay=min", "adamw+weight_decay=1"]
+    summary = tune.run_tune(base, methods, tmp_path, budget=2, knobs=["lr"], verbose=False)
+    assert list(summary["methods"]) == methods
+    for method, decay, weight_decay in [
+        ("adamw+decay=min", "min", base.weight_decay),
+        ("adamw+weight_decay=1", "l2", 1.0),
+    ]:
+        row = summary["methods"][method]
+        assert row["search"][0]["lr"] == summary["methods"]["adamw"]["search"][0]["lr"]  # the same points
+        for seed in row["test_acc_by_seed"]:
+            config = json.loads((tmp_path / "final" / f"{method}_s{seed}" / "config.json").read_text())
+            assert (config["decay"], config["weight_decay"], config["label"]) == (decay, weight_decay, method)
+        assert row["minus_adamw"]["seeds"] == sorted(row["test_acc_by_seed"])
+
+
 def test_a_tuning_cut_short_keeps_its_protocol(tmp_path, monkeypatch):
     from normctl_lab import sweep
 

@@ -140,7 +140,11 @@ def build_parser() -> argparse.ArgumentParser:
         commands, "tune", "each method tuned with the same budget, selected on validation, reported on test"
     )
     spaces = "adamw, adamc, sgd, sgdc, adamwn, adamwn-auto, adamcpr, hyperball"
-    p.add_argument("--methods", required=True, help=f"comma-separated, some of {spaces}")
+    p.add_argument(
+        "--methods",
+        required=True,
+        help=f"comma-separated, some of {spaces}; +KEY=VALUE after one fixes a field (adamw+decay=min)",
+    )
     p.add_argument("--budget", type=int, default=8, help="configurations searched per method (default 8)")
     p.add_argument("--seeds", default="0,1,2", help="seeds of the selected configurations (5 on close calls)")
     p.add_argument(

@@ -2,6 +2,7 @@
 a validation split and reported on a test split that took no part in the selection.
 
     normctl-lab tune --methods adamw,adamwn,adamcpr --budget 8 --out results/tune_gpt --set steps=600
+    normctl-lab tune voronoi.json --methods adamw,adamw+decay=min --knobs lr --out results/ablations
 
 The protocol, per method:
 
@@ -174,11 +175,11 @@ def run_tune(
     search_seeds = [0] if search_seeds is None else search_seeds
     if not search_seeds or len(set(search_seeds)) != len(search_seeds):
         raise ValueError(f"search_seeds must be one or more distinct seeds, got {search_seeds}")
-    unknown = [m for m in methods if m not in SEARCH_SPACES]
-    if unknown or not methods:
-        raise ValueError(f"methods must be some of {sorted(SEARCH_SPACES)}, got {methods}")
-    ranges = _checked_ranges(ranges, methods)
-    spaces = {m: restricted(SEARCH_SPACES[m], knobs, ranges) for m in methods}
+    if not methods or len(set(methods)) != len(methods):
+        raise ValueError(f"methods must be one or more distinct methods, got {methods}")
+    spaces = {m: search_space(m) for m in methods}
+    ranges = _checked_ranges(ranges, spaces)
+    spaces = {m: restricted(space, knobs, ranges) for m, space in spaces.items()}
     reference = reference or methods[0]
     if reference not in methods:
         raise ValueError(f"reference must be one of the methods {methods}, got {reference!r}")
@@ -250,6 +251,28 @@ def run_tune(
     return summary
 
 
+def search_space(method: str) -> SearchSpace:
+    """The space ``method`` names: one of :data:`SEARCH_SPACES`, or one with fields fixed after
+    it — ``adamw+decay=min`` (``+weight_decay=1``, …) is AdamW with Yu's (2022) min decay, its
+    remaining knobs searched as AdamW's: how ablations are tuned against their baseline in one
+    tuning, with the same budget and paired differences."""
+    name, *assignments = method.split("+")
+    if name not in SEARCH_SPACES:
+        raise ValueError(f"methods must be some of {sorted(SEARCH_SPACES)} (+KEY=VALUE fixes a field), got {method!r}")
+    space = SEARCH_SPACES[name]
+    fixed = dict(a.partition("=")[::2] for a in assignments)
+    malformed = [a for a in assignments if "=" not in a or not a.partition("=")[0]]
+    if malformed or len(fixed) != len(assignments):
+        raise ValueError(f"method {method!r}: each field fixed after the name is one distinct KEY=VALUE")
+    if fixed.keys() & {"method", "seed", "label"}:
+        raise ValueError(f"method {method!r}: method, seed and label are the protocol's to set")
+    with_overrides(RunConfig(), _assignments(fixed))  # an unknown field or a bad value fails here, named
+    knobs = tuple(k for k in space.knobs if k.field not in fixed)  # a fixed field is no longer searched
+    if not knobs:
+        raise ValueError(f"method {method!r} fixes every knob of {name}: nothing is left to search")
+    return SearchSpace(space.fixed | fixed, knobs)
+
+
 def restricted(
     space: SearchSpace, knobs: list[str] | None, ranges: dict[str, tuple[float, float]] | None = None
 ) -> SearchSpace:
@@ -270,12 +293,13 @@ def restricted(
 
 
 def _checked_ranges(
-    ranges: dict[str, tuple[float, float]] | None, methods: list[str]
+    ranges: dict[str, tuple[float, float]] | None, spaces: dict[str, SearchSpace]
 ) -> dict[str, tuple[float, float]] | None:
-    """``ranges`` as floats, each naming a numeric knob of some method, 0 < low < high."""
+    """``ranges`` as floats, each naming a numeric knob of some method's space, 0 < low < high."""
     if not ranges:
         return None
-    numeric = {k.field for m in methods for k in SEARCH_SPACES[m].knobs if isinstance(k, Knob)}
+    methods = list(spaces)
+    numeric = {k.field for space in spaces.values() for k in space.knobs if isinstance(k, Knob)}
     checked = {}
     for field, bounds in ranges.items():
         if field not in numeric:
@@ -427,7 +451,7 @@ def selection_notes(summary: dict[str, Any]) -> list[str]:
     for method, row in summary["methods"].items():
         if all(searched["status"] != "finished" for searched in row["search"]):
             notes.append(f"{method}: every searched configuration diverged; its selection is arbitrary")
-        for knob in restricted(SEARCH_SPACES[method], protocol.get("knobs"), ranges).knobs:
+        for knob in restricted(search_space(method), protocol.get("knobs"), ranges).knobs:
             if knob.field not in row["at_edge"] or not isinstance(knob, Knob):
                 continue
             low, high = knob.bounds(base)
