@@ -26,6 +26,16 @@ def tiny(*changes: str) -> RunConfig:
     return with_overrides(RunConfig(), [*TINY, "steps=10", *changes])
 
 
+def wait_until(condition, process, what: str, seconds: float = 600) -> None:
+    """Poll ``condition`` while ``process`` runs: a loaded machine can take minutes to import torch
+    in a child, and a signal sent before the child reached ``what`` tests nothing."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert process.poll() is None, f"the child stopped before {what}"
+        assert time.monotonic() < deadline, f"the child did not reach {what} in {seconds} s"
+        time.sleep(0.05)
+
+
 def strict_load(path):
     def refuse(constant):
         raise ValueError(f"{path} holds {constant}, which is not JSON")
@@ -54,10 +64,8 @@ def test_a_killed_holder_leaves_the_directory_free(tmp_path):
         ]
     )
     try:
-        for _ in range(200):
-            if (tmp_path / ".lock").is_file() and (tmp_path / ".lock").read_text():
-                break
-            time.sleep(0.05)
+        lock = tmp_path / ".lock"
+        wait_until(lambda: lock.is_file() and lock.read_text(), holder, "holding the lock")
         with pytest.raises(RunDirectoryBusy, match=f"pid {holder.pid}"):
             RunLock(tmp_path).__enter__()
     finally:
@@ -234,10 +242,7 @@ def test_ctrl_c_prints_one_line_and_the_same_command_resumes(tmp_path):
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
-        for _ in range(600):
-            if (run_dir / CHECKPOINT).is_file():
-                break
-            time.sleep(0.05)
+        wait_until((run_dir / CHECKPOINT).is_file, process, "its first checkpoint")
         process.send_signal(signal.SIGINT)
         _, err = process.communicate(timeout=60)
     finally:
