@@ -232,6 +232,28 @@ def test_a_method_with_fields_fixed_is_tuned_beside_its_baseline(tmp_path):
         assert row["minus_adamw"]["seeds"] == sorted(row["test_acc_by_seed"])
 
 
+def test_the_gpu_scale_sizes_each_task_for_a_gpu_and_set_still_wins(tmp_path, monkeypatch):
+    from normctl_lab import cli
+
+    seen = []
+    monkeypatch.setattr(tune, "run_tune", lambda base, *a, **k: seen.append(base))
+    config = tmp_path / "voronoi.json"
+    config.write_text(json.dumps({"task": "voronoi", "steps": 10000, "hidden": 512}))
+    for args in (
+        ["--set", "task=gpt", "--set", "steps=300"],
+        ["--set", "task=fmnist"],
+        [str(config)],
+        [str(config), "--set", "device=cpu"],
+    ):
+        cli.main(["tune", *args, "--scale", "gpu", "--methods", "adamw", "--out", str(tmp_path / "t")])
+    gpt, resnet, voronoi, voronoi_cpu = seen
+    assert (gpt.n_layer, gpt.n_embd, gpt.block_size, gpt.device, gpt.steps) == (12, 768, 1024, "cuda", 300)
+    assert (resnet.width, resnet.blocks_per_stage, resnet.full_data, resnet.device) == (16, 3, True, "cuda")
+    assert (voronoi.hidden, voronoi.steps, voronoi.device) == (512, 10000, "cuda")  # the config's sizes kept
+    assert voronoi_cpu.device == "cpu"
+    assert set(tune.GPU_SCALE) == set(tune.TASK_METRICS)  # every task the protocol tunes has a GPU size
+
+
 def test_a_tuning_cut_short_keeps_its_protocol(tmp_path, monkeypatch):
     from normctl_lab import sweep
 

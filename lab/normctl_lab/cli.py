@@ -47,9 +47,12 @@ def sweep(args: argparse.Namespace) -> None:
 
 def tune(args: argparse.Namespace) -> None:
     from .config import RunConfig, with_overrides
-    from .tune import run_tune
+    from .tune import GPU_SCALE, run_tune
 
-    base = with_overrides(RunConfig.from_file(args.config) if args.config else RunConfig(), args.set)
+    configured = RunConfig.from_file(args.config) if args.config else RunConfig()
+    base = with_overrides(configured, args.set)
+    if args.scale == "gpu":  # the task's GPU size, then --set again: what the user set wins
+        base = with_overrides(configured, [*GPU_SCALE[base.task], *args.set])
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     run_tune(
         base,
@@ -164,6 +167,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="FIELD=LOW:HIGH",
         help="search a knob over these absolute bounds instead of its own (e.g. lr=1e-3:3e-2; repeatable)",
+    )
+    p.add_argument(
+        "--scale",
+        choices=("config", "gpu"),
+        default="config",
+        help="config: the sizes the config and --set give; gpu: the task at one GPU's size (GPT-2 small's "
+        "shape, ResNet-20, the Voronoi study's net) with device=cuda, --set applied after",
     )
     p.add_argument("--out", required=True, help="the tuning's directory")
     p.add_argument("--workers", type=int, default=1, help="runs at once (one thread each; default 1)")

@@ -134,6 +134,27 @@ SEARCH_SPACES = {
 }
 
 
+# ``--scale gpu``: each task at a size for one GPU, the config's other fields kept and --set applied
+# after. The GPT is GPT-2 small's shape as `repro-gpt --scale gpu` trains it (lr range ¼–4 × 6e-4);
+# the ResNet is ResNet-20 on the full Fashion-MNIST; the Voronoi task is already the study's size.
+GPU_SCALE = {
+    "gpt": [
+        "n_layer=12",
+        "n_embd=768",
+        "block_size=1024",
+        "batch_size=32",
+        "steps=20000",
+        "warmup=1000",
+        "lr=6e-4",
+        "checkpoint_every=1000",
+        "monitor_every=100",
+        "device=cuda",
+    ],
+    "fmnist": ["width=16", "blocks_per_stage=3", "full_data=true", "device=cuda"],
+    "voronoi": ["device=cuda"],
+}
+
+
 def candidates(space: SearchSpace, base: RunConfig, budget: int, seed: int = 0) -> list[dict[str, Any]]:
     """``budget`` points of ``space``: the knobs' values at scrambled Sobol points (the same for
     every call with this ``seed``), each with the space's fixed fields."""
