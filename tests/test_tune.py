@@ -147,6 +147,8 @@ def test_ranges_replace_a_knobs_bounds_and_are_part_of_the_protocol(tmp_path, mo
     ]:
         with pytest.raises(ValueError, match=message):
             tune.run_tune(base, ["adamw", "adamcpr"], tmp_path / "bad", ranges=bad, verbose=False)
+    with pytest.raises(ValueError, match="no numeric knob of"):  # λ is not searched under knobs=lr
+        tune.run_tune(base, ["adamw"], tmp_path / "bad", knobs=["lr"], ranges={"weight_decay": (1e-3, 1e-2)})
     assert not (tmp_path / "bad").exists()  # refused before anything was written
 
 

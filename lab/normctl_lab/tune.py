@@ -187,8 +187,8 @@ def run_tune(
     ``knobs`` restricts every method's search to those fields (the others stay at ``base``'s
     values: the lr alone for an ablation fixed in ``base``, say); ``ranges`` replaces a knob's range
     by absolute bounds (``{"lr": (1e-3, 3e-2)}``: where a first tuning selected at an edge).
-    ``workers``, ``executor`` and
-    ``executor_options`` say where the runs train (:func:`.sweep.train_runs`)."""
+    ``workers``, ``executor`` and ``executor_options`` say where the runs train
+    (:func:`.sweep.train_runs`)."""
     launch: dict[str, Any] = dict(
         workers=workers, executor=executor, executor_options=executor_options, verbose=verbose
     )
@@ -198,9 +198,9 @@ def run_tune(
         raise ValueError(f"search_seeds must be one or more distinct seeds, got {search_seeds}")
     if not methods or len(set(methods)) != len(methods):
         raise ValueError(f"methods must be one or more distinct methods, got {methods}")
-    spaces = {m: search_space(m) for m in methods}
-    ranges = _checked_ranges(ranges, spaces)
-    spaces = {m: restricted(space, knobs, ranges) for m, space in spaces.items()}
+    spaces = {m: restricted(search_space(m), knobs) for m in methods}
+    ranges = _checked_ranges(ranges, spaces)  # of the knobs searched
+    spaces = {m: restricted(space, None, ranges) for m, space in spaces.items()}
     reference = reference or methods[0]
     if reference not in methods:
         raise ValueError(f"reference must be one of the methods {methods}, got {reference!r}")
