@@ -38,6 +38,7 @@ import torch
 
 from .config import RunConfig, with_overrides
 from .paired import finite_by_key, mean_std, paired_difference, spread
+from .repro_gpt import SCALES as GPT_SCALES
 from .sweep import final_metrics, train_runs
 from .train import strict_json
 
@@ -135,21 +136,10 @@ SEARCH_SPACES = {
 
 
 # ``--scale gpu``: each task at a size for one GPU, the config's other fields kept and --set applied
-# after. The GPT is GPT-2 small's shape as `repro-gpt --scale gpu` trains it (lr range ¼–4 × 6e-4);
-# the ResNet is ResNet-20 on the full Fashion-MNIST; the Voronoi task is already the study's size.
+# after. The GPT is `repro-gpt --scale gpu`'s GPT-2 small (lr range ¼–4 × 6e-4); the ResNet is
+# ResNet-20 on the full Fashion-MNIST; the Voronoi task is already the study's size.
 GPU_SCALE = {
-    "gpt": [
-        "n_layer=12",
-        "n_embd=768",
-        "block_size=1024",
-        "batch_size=32",
-        "steps=20000",
-        "warmup=1000",
-        "lr=6e-4",
-        "checkpoint_every=1000",
-        "monitor_every=100",
-        "device=cuda",
-    ],
+    "gpt": GPT_SCALES["gpu"],
     "fmnist": ["width=16", "blocks_per_stage=3", "full_data=true", "device=cuda"],
     "voronoi": ["device=cuda"],
 }
