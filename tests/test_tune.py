@@ -256,6 +256,28 @@ def test_the_gpu_scale_sizes_each_task_for_a_gpu_and_set_still_wins(tmp_path, mo
     assert set(tune.GPU_SCALE) == set(tune.TASK_METRICS)  # every task the protocol tunes has a GPU size
 
 
+def test_a_dry_run_prints_the_plan_and_writes_nothing(tmp_path, capsys, monkeypatch):
+    from normctl_lab import sweep
+
+    monkeypatch.setattr(sweep, "train", lambda *a, **k: pytest.fail("a dry run trained"))
+    base = with_overrides(RunConfig(), TINY_VORONOI)
+    out = tmp_path / "tune"
+    plan = tune.run_tune(base, ["adamw", "adamw+decay=min"], out, budget=3, knobs=["lr"], dry_run=True)
+    assert not out.exists()
+    points = tune.candidates(tune.restricted(tune.SEARCH_SPACES["adamw"], ["lr"]), base, 3)
+    assert [row["lr"] for row in plan["search"]["adamw+decay=min"]] == [p["lr"] for p in points]
+    assert plan["runs"] == {"search": 6, "search_finished": 0, "final": [6, 10]}  # two methods, seeds 3 or 5
+    printed = capsys.readouterr().out
+    assert "adamw+decay=min_c2: lr=" in printed and "16 in all" in printed
+    (out / "search" / "adamw_c1").mkdir(parents=True)
+    (out / "search" / "adamw_c1" / "final.json").write_text("{}")
+    again = tune.run_tune(base, ["adamw"], out, budget=3, knobs=["lr"], dry_run=True, verbose=False)
+    assert again["runs"] == {"search": 3, "search_finished": 1, "final": [3, 3]}  # one method: no close calls
+    (out / "protocol.json").write_text(json.dumps(tune._protocol_key(base, ["adamw"], 4, [0])))
+    with pytest.raises(ValueError, match="another budget"):  # the dry run says what the real one would
+        tune.run_tune(base, ["adamw"], out, budget=3, dry_run=True)
+
+
 def test_a_tuning_cut_short_keeps_its_protocol(tmp_path, monkeypatch):
     from normctl_lab import sweep
 

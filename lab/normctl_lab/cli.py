@@ -64,6 +64,7 @@ def tune(args: argparse.Namespace) -> None:
         reference=args.reference,
         knobs=[k.strip() for k in args.knobs.split(",") if k.strip()] if args.knobs else None,
         ranges=dict(_range(r) for r in args.range) or None,
+        dry_run=args.dry_run,
         **_launch(args),
     )
 
@@ -177,6 +178,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", required=True, help="the tuning's directory")
     p.add_argument("--workers", type=int, default=1, help="runs at once (one thread each; default 1)")
+    p.add_argument(
+        "--dry-run", action="store_true", help="print every configuration and the number of runs; train nothing"
+    )
     _add_executor_arguments(p)
     p.set_defaults(handler=tune)
 

@@ -172,8 +172,11 @@ def run_tune(
     executor: str = "local",
     executor_options: dict[str, Any] | None = None,
     verbose: bool = True,
+    dry_run: bool = False,
 ) -> dict[str, Any]:
-    """The protocol of this module for ``methods`` around ``base``; writes and returns summary.json.
+    """The protocol of this module for ``methods`` around ``base``; writes and returns summary.json
+    (``dry_run``: prints and returns the plan — every configuration and the number of runs —
+    and trains and writes nothing).
     ``knobs`` restricts every method's search to those fields (the others stay at ``base``'s
     values: the lr alone for an ablation fixed in ``base``, say); ``ranges`` replaces a knob's range
     by absolute bounds (``{"lr": (1e-3, 3e-2)}``: where a first tuning selected at an edge).
@@ -201,11 +204,15 @@ def run_tune(
         base = dataclasses.replace(base, selection_split=SELECTION_SPLIT)
     out = Path(out)
     _check_same_protocol(out, base, methods, budget, search_seeds, knobs, ranges)
+    search = {m: _search_runs(base, m, spaces[m], budget, search_seeds) for m in methods}
+    if dry_run:
+        plan = _plan(search, spaces, seeds, out / "search")
+        print(_plan_text(plan, search_seeds, seeds), flush=True)
+        return plan
     out.mkdir(parents=True, exist_ok=True)  # the protocol first: a run cut short keeps its directory's protocol
     protocol = _protocol_key(base, methods, budget, search_seeds, knobs, ranges)
     (out / "protocol.json").write_text(json.dumps(protocol, indent=2))
 
-    search = {m: _search_runs(base, m, spaces[m], budget, search_seeds) for m in methods}
     if verbose:
         print(f"search: {budget} configurations × {len(methods)} methods, seeds {search_seeds}", flush=True)
     train_runs([run for runs in search.values() for config in runs for run in config], out / "search", **launch)
@@ -340,6 +347,44 @@ def _search_runs(
             ]
         )
     return out
+
+
+def _plan(
+    search: dict[str, list[list[tuple[str, RunConfig]]]],
+    spaces: dict[str, SearchSpace],
+    seeds: list[int],
+    directory: Path,
+) -> dict[str, Any]:
+    """What a tuning will train: each searched configuration's knobs, the number of runs (the
+    final ones as a range: close calls add seeds) and how many searched runs ``directory``
+    already holds finished."""
+    configurations = {
+        m: [
+            {"run": runs[0][1].label} | {k.field: getattr(runs[0][1], k.field) for k in spaces[m].knobs}
+            for runs in configs
+        ]
+        for m, configs in search.items()
+    }
+    names = [name for configs in search.values() for runs in configs for name, _ in runs]
+    finished = sum((directory / name / "final.json").is_file() for name in names)
+    final = len(search) * len(seeds)
+    most = final + (len(search) * max(CLOSE_CALL_SEEDS - len(seeds), 0) if len(search) > 1 else 0)
+    return {
+        "search": configurations,
+        "runs": {"search": len(names), "search_finished": finished, "final": [final, most]},
+    }
+
+
+def _plan_text(plan: dict[str, Any], search_seeds: list[int], seeds: list[int]) -> str:
+    runs = plan["runs"]
+    lines = [f"search on seeds {search_seeds}: {runs['search']} runs ({runs['search_finished']} finished)"]
+    for rows in plan["search"].values():
+        lines += [f"  {row['run']}: " + ", ".join(f"{k}={v}" for k, v in row.items() if k != "run") for row in rows]
+    low, high = runs["final"]
+    close = f", up to {high} where close calls add seeds up to {CLOSE_CALL_SEEDS}" if high > low else ""
+    total = "–".join(str(n) for n in sorted({runs["search"] + low, runs["search"] + high}))
+    lines.append(f"then each selection on seeds {seeds}: {low} runs{close}; {total} in all")
+    return "\n".join(lines)
 
 
 def _final_runs(config: dict[str, Any], method: str, seeds: list[int]) -> list[tuple[str, RunConfig]]:
