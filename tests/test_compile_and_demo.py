@@ -112,9 +112,16 @@ def test_a_diverging_method_keeps_the_demos_results(tmp_path, capsys):
     )
     results = run_demo(cfg)
     assert all(math.isnan(r.val_loss) for r in results if r.method == "sgd")
-    summary = json.loads((tmp_path / "demo" / "summary.json").read_text())
+
+    def refuse(constant):
+        raise ValueError(f"a file holds {constant}, which is not JSON")
+
+    summary = json.loads((tmp_path / "demo" / "summary.json").read_text(), parse_constant=refuse)
+    assert summary["methods"]["sgd"]["val_loss"]["mean"] is None  # every seed diverged: no mean, strict JSON
     assert summary["methods"]["sgd"]["val_loss"]["nonfinite"] == 2 and (tmp_path / "demo" / "report.html").is_file()
     (sgd_row,) = [line for line in capsys.readouterr().out.splitlines() if line.startswith("sgd ")]
     assert sgd_row.split()[2] == "diverged"  # the table says so instead of failing
+    final = json.loads((tmp_path / "demo" / "sgd_s0" / "final.json").read_text(), parse_constant=refuse)
+    assert final["val_loss"] is None  # a diverged run's record is strict JSON, as the harness's are
     stats = finite_stats([1.0, math.nan, 3.0])
     assert (stats["mean"], stats["n"], stats["nonfinite"]) == (2.0, 2, 1)

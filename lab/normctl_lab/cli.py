@@ -27,7 +27,7 @@ def voronoi(args: argparse.Namespace) -> None:
 
 def train(args: argparse.Namespace) -> int:
     from .config import RunConfig, with_overrides
-    from .train import strict_json
+    from .rundir import strict_json
     from .train import train as train_run
 
     cfg = with_overrides(RunConfig.from_file(args.config) if args.config else RunConfig(), args.set)

@@ -15,7 +15,6 @@ counted) — the rise Defazio (2025) explains and AdamC removes.
 
 from __future__ import annotations
 
-import json
 import statistics
 import time
 from dataclasses import asdict, dataclass
@@ -35,7 +34,7 @@ from .methods import adamw_first, build_method, check_methods, is_norm_controlle
 from .models import GPT, GPTConfig
 from .paired import finite_stats
 from .progress import progress
-from .rundir import finish_run, start_run, write_report
+from .rundir import finish_run, start_run, strict_json, write_report
 
 
 def what_it_shows(cfg: DemoConfig) -> str:
@@ -170,7 +169,7 @@ def run_demo(cfg: DemoConfig = DemoConfig(), *, verbose: bool = True) -> list[De
                 adamw_ratio = result.norm_ratio
             results.append(result)
     if out is not None:  # written before anything is printed: the runs are the work
-        (out / "summary.json").write_text(json.dumps(summarize(cfg, results), indent=2))
+        (out / "summary.json").write_text(strict_json(summarize(cfg, results), indent=2))
         names = [f"{r.method}_s{r.seed}" for r in results]
         write_report(out, names, "normctl-lab demo", labels=[r.method for r in results], verbose=verbose)
     if verbose:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import platform
 import subprocess
 import sys
@@ -28,10 +29,25 @@ def start_run(run_dir: Path | None, config: dict[str, Any]) -> list[JsonlSink]:
 
 
 def finish_run(run_dir: Path | None, record: dict[str, Any]) -> None:
-    """Write what a finished run measured (``final.json``): the mark of a finished run, which
-    resuming and packing read."""
+    """Write what a finished run measured (``final.json``, strict JSON: a diverged run's NaN is
+    null): the mark of a finished run, which resuming and packing read."""
     if run_dir is not None:
-        (run_dir / "final.json").write_text(json.dumps(record, indent=2))
+        (run_dir / "final.json").write_text(strict_json(record, indent=2))
+
+
+def strict_json(obj: Any, **kwargs: Any) -> str:
+    """JSON without NaN or Infinity (which strict parsers reject): non-finite floats become null."""
+
+    def finite(value: Any) -> Any:
+        if isinstance(value, float) and not math.isfinite(value):
+            return None
+        if isinstance(value, dict):
+            return {k: finite(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [finite(v) for v in value]
+        return value
+
+    return json.dumps(finite(obj), allow_nan=False, **kwargs)
 
 
 def record_environment(run_dir: Path, environment: dict[str, Any], *, resumed_at: int | None = None) -> None:

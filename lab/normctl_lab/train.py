@@ -37,7 +37,7 @@ from .lock import RunLock
 from .methods import build_method, target_schedule, with_gains_controlled
 from .models import GPT, GPTConfig, ResNet
 from .progress import progress
-from .rundir import describe_environment, record_environment
+from .rundir import describe_environment, finish_run, record_environment, strict_json
 from .voronoi import VoronoiModel, VoronoiTask, accuracy
 
 CHECKPOINT = "checkpoint.pt"
@@ -275,7 +275,7 @@ def _train(cfg: RunConfig, run_dir: Path, world: parallel.World, *, verbose: boo
         records = read_jsonl(run_dir / "metrics.jsonl")
         final["tail_rise"] = tail_rises(records)
         final["norm_ratio"] = final_norm_ratios(records)
-        (run_dir / "final.json").write_text(strict_json(final, indent=2))
+        finish_run(run_dir, final)
     return final
 
 
@@ -366,21 +366,6 @@ def _clear_run(run_dir: Path) -> None:
         (run_dir / name).unlink(missing_ok=True)
     for name in (SHARDED_CHECKPOINT, SHARDED_CHECKPOINT + ".old"):
         shutil.rmtree(run_dir / name, ignore_errors=True)
-
-
-def strict_json(obj: Any, **kwargs: Any) -> str:
-    """JSON without NaN or Infinity (which strict parsers reject): non-finite floats become null."""
-
-    def finite(value: Any) -> Any:
-        if isinstance(value, float) and not math.isfinite(value):
-            return None
-        if isinstance(value, dict):
-            return {k: finite(v) for k, v in value.items()}
-        if isinstance(value, (list, tuple)):
-            return [finite(v) for v in value]
-        return value
-
-    return json.dumps(finite(obj), allow_nan=False, **kwargs)
 
 
 def _same_config(saved: dict[str, Any], cfg: RunConfig) -> bool:

@@ -39,8 +39,8 @@ import torch
 from .config import RunConfig, with_overrides
 from .paired import finite_by_key, mean_std, paired_difference, spread
 from .repro_gpt import SCALES as GPT_SCALES
+from .rundir import strict_json
 from .sweep import final_metrics, train_runs
-from .train import strict_json
 
 SELECTION_SPLIT = 0.05  # of the training data, for gpt and fmnist
 CLOSE_CALL_SEEDS = 5  # seeds for two methods within 2 std of each other

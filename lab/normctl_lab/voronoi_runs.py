@@ -7,7 +7,6 @@ decays every parameter).
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -21,7 +20,7 @@ from normctl.rules import combined_norm, tensor_norms
 
 from .methods import adamw_first, build_method, check_methods, is_norm_controlled
 from .progress import progress
-from .rundir import finish_run, start_run, write_report
+from .rundir import finish_run, start_run, strict_json, write_report
 from .voronoi import VoronoiModel, VoronoiTask, accuracy
 
 
@@ -107,6 +106,6 @@ def run_voronoi(cfg: VoronoiRunConfig = VoronoiRunConfig(), *, verbose: bool = T
             )
     if out is not None:
         summary = {"config": asdict(cfg), "methods": {r["method"]: r for r in results}}
-        (out / "summary.json").write_text(json.dumps(summary, indent=2))
+        (out / "summary.json").write_text(strict_json(summary, indent=2))
         write_report(out, [r["method"] for r in results], "normctl-lab voronoi", verbose=verbose)
     return results
