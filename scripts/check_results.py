@@ -91,7 +91,7 @@ def auto_target_table(summary: dict[str, Any]) -> str:
 
 def tune_table(summary: dict[str, Any]) -> str:
     """A tuned comparison (``normctl-lab tune``): the table its command prints."""
-    from normctl_lab.tune import summary_table
+    from normctl_lab.tune_report import summary_table
 
     return summary_table(summary)
 

@@ -11,7 +11,7 @@ import torch
 
 pytest.importorskip("normctl_lab")
 
-from normctl_lab import tune  # noqa: E402
+from normctl_lab import search_spaces, tune, tune_report  # noqa: E402
 from normctl_lab.config import RunConfig, with_overrides  # noqa: E402
 from normctl_lab.train import build_task  # noqa: E402
 
@@ -20,35 +20,35 @@ TINY_VORONOI = ["task=voronoi", "steps=3", "hidden=16", "batch_size=32", "schedu
 
 def test_every_method_gets_the_same_number_of_points_inside_its_own_ranges():
     base = RunConfig(lr=2e-3, steps=1000)
-    for name, space in tune.SEARCH_SPACES.items():
-        points = tune.candidates(space, base, 16)
-        assert len(points) == 16 and points == tune.candidates(space, base, 16)  # the same draws every call
+    for name, space in search_spaces.SEARCH_SPACES.items():
+        points = search_spaces.candidates(space, base, 16)
+        assert len(points) == 16 and points == search_spaces.candidates(space, base, 16)  # the same draws every call
         for point in points:
             assert point.items() >= space.fixed.items()
             for knob in space.knobs:
                 value = point[knob.field]
-                if isinstance(knob, tune.Choice):
+                if isinstance(knob, search_spaces.Choice):
                     assert value in knob.options
                     continue
                 scale = getattr(base, knob.relative_to) if knob.relative_to else 1.0
                 assert knob.low * scale * 0.999 <= value <= knob.high * scale * 1.001, (name, knob.field, value)
-            with_overrides(base, tune._assignments(point))  # every point is a valid config
-    lrs = sorted(p["lr"] for p in tune.candidates(tune.SEARCH_SPACES["hyperball"], base, 8))
+            with_overrides(base, search_spaces.as_overrides(point))  # every point is a valid config
+    lrs = sorted(p["lr"] for p in search_spaces.candidates(search_spaces.SEARCH_SPACES["hyperball"], base, 8))
     # log-uniform and evenly spread: one point in each eighth of the log range
     positions = [math.log(lr / 5e-4) / math.log(16) for lr in lrs]
     assert [int(8 * x) for x in positions] == list(range(8))
-    cpr = tune.candidates(tune.SEARCH_SPACES["adamcpr"], base, 16)
+    cpr = search_spaces.candidates(search_spaces.SEARCH_SPACES["adamcpr"], base, 16)
     assert {p["cpr_kappa_init"] for p in cpr} == {"inflection_point", "warm_start"}
     assert all(isinstance(p["cpr_kappa_param"], int) and 20 <= p["cpr_kappa_param"] <= 300 for p in cpr)
     with pytest.raises(ValueError, match="budget must be an integer >= 1"):
-        tune.candidates(tune.SEARCH_SPACES["adamw"], base, 0)
+        search_spaces.candidates(search_spaces.SEARCH_SPACES["adamw"], base, 0)
 
 
 def test_a_knob_at_the_edge_of_its_range_is_flagged():
-    knob, base = tune.Knob("lr", 0.25, 4.0, relative_to="lr"), RunConfig(lr=1e-3)
+    knob, base = search_spaces.Knob("lr", 0.25, 4.0, relative_to="lr"), RunConfig(lr=1e-3)
     assert knob.at_edge(2.5e-4, base) and knob.at_edge(3.9e-3, base)
     assert not knob.at_edge(1e-3, base)
-    linear = tune.Knob("warmup", 0, 100, log=False)
+    linear = search_spaces.Knob("warmup", 0, 100, log=False)
     assert linear.at_edge(95, base) and not linear.at_edge(50, base)
 
 
@@ -95,7 +95,7 @@ def test_tune_selects_on_validation_reports_on_test_and_resumes(tmp_path, monkey
     diff = adamwn["minus_adamw"]
     assert diff["differences"] == [adamwn["test_acc_by_seed"][s] - adamw_scores[s] for s in diff["seeds"]]
     assert json.loads((tmp_path / "summary.json").read_text()) == json.loads(json.dumps(summary))
-    assert "| adamwn |" in tune.summary_table(summary)
+    assert "| adamwn |" in tune_report.summary_table(summary)
 
     from normctl_lab import sweep
 
@@ -124,8 +124,8 @@ def test_knobs_restrict_the_search_and_are_part_of_the_protocol(tmp_path):
 
 def test_ranges_replace_a_knobs_bounds_and_are_part_of_the_protocol(tmp_path, monkeypatch):
     base = with_overrides(RunConfig(), TINY_VORONOI)
-    space = tune.restricted(tune.SEARCH_SPACES["adamw"], ["lr"], {"lr": (1e-2, 4e-2)})
-    lrs = [p["lr"] for p in tune.candidates(space, base, 8)]
+    space = search_spaces.restricted(search_spaces.SEARCH_SPACES["adamw"], ["lr"], {"lr": (1e-2, 4e-2)})
+    lrs = [p["lr"] for p in search_spaces.candidates(space, base, 8)]
     assert all(1e-2 <= lr <= 4e-2 for lr in lrs)  # absolute: base.lr (3e-3) no longer scales it
     assert space.knobs[0].bounds(with_overrides(base, ["lr=1"])) == (1e-2, 4e-2)
 
@@ -160,16 +160,15 @@ def test_a_selection_at_an_edge_or_among_diverged_runs_says_so():
         "protocol": {"base": dataclasses.asdict(base)},
         "methods": {"adamw": row, "adamc": row | {"at_edge": []}},
     }
-    (note,) = tune.selection_notes(summary)
+    (note,) = tune_report.selection_notes(summary)
     assert note.startswith("adamw: lr=0.0116 is at an edge of its range [0.00075, 0.012]")
     low, high = (float(x) for x in note.split("--range lr=")[1].split()[0].split(":"))
     assert low * high == pytest.approx(0.0116**2, rel=1e-2) and high / low == pytest.approx(16, rel=1e-2)
     summary["protocol"]["ranges"] = {"lr": [1e-2, 4e-2]}  # a second tuning: the note speaks of its range
-    assert "[0.01, 0.04]" in tune.selection_notes(summary)[0]
+    assert "[0.01, 0.04]" in tune_report.selection_notes(summary)[0]
     summary["methods"]["adamc"]["search"] = [search[1]]  # nothing it tried trained to the end
-    assert (
-        tune.selection_notes(summary)[1] == "adamc: every searched configuration diverged; its selection is arbitrary"
-    )
+    diverged = "adamc: every searched configuration diverged; its selection is arbitrary"
+    assert tune_report.selection_notes(summary)[1] == diverged
 
 
 def test_the_tune_command_parses_ranges(tmp_path, monkeypatch):
@@ -198,12 +197,11 @@ def test_the_tune_command_parses_ranges(tmp_path, monkeypatch):
 def test_a_method_with_fields_fixed_is_tuned_beside_its_baseline(tmp_path):
     """Yu's (2022) ablations with their own lr: AdamW, AdamW with the min decay and AdamW at λ = 1,
     each searching its lr with the same budget, paired against the first."""
-    space = tune.search_space("adamw+decay=min")
-    assert space.fixed == {"method": "adamw", "decay": "min"} and [k.field for k in space.knobs] == [
-        "lr",
-        "weight_decay",
-    ]
-    assert [k.field for k in tune.search_space("adamw+weight_decay=1+decay=l1").knobs] == ["lr"]  # a fixed knob leaves
+    space = search_spaces.search_space("adamw+decay=min")
+    assert space.fixed == {"method": "adamw", "decay": "min"}
+    assert [k.field for k in space.knobs] == ["lr", "weight_decay"]
+    fixed_decay = search_spaces.search_space("adamw+weight_decay=1+decay=l1")
+    assert [k.field for k in fixed_decay.knobs] == ["lr"]  # a fixed knob leaves the search
     for bad, message in [
         ("adamq+decay=min", "methods must be some of"),
         ("adamw+decay", "one distinct KEY=VALUE"),
@@ -264,7 +262,7 @@ def test_a_dry_run_prints_the_plan_and_writes_nothing(tmp_path, capsys, monkeypa
     out = tmp_path / "tune"
     plan = tune.run_tune(base, ["adamw", "adamw+decay=min"], out, budget=3, knobs=["lr"], dry_run=True)
     assert not out.exists()
-    points = tune.candidates(tune.restricted(tune.SEARCH_SPACES["adamw"], ["lr"]), base, 3)
+    points = search_spaces.candidates(search_spaces.restricted(search_spaces.SEARCH_SPACES["adamw"], ["lr"]), base, 3)
     assert [row["lr"] for row in plan["search"]["adamw+decay=min"]] == [p["lr"] for p in points]
     assert plan["runs"] == {"search": 6, "search_finished": 0, "final": [6, 10]}  # two methods, seeds 3 or 5
     printed = capsys.readouterr().out
@@ -308,17 +306,17 @@ def test_close_calls_and_diverged_runs(tmp_path):
     assert tune._close_calls(scores) == {"a", "b"}  # |1.2 − 1.5| < 2 × 0.2; c is far from both
 
     base = with_overrides(RunConfig(), TINY_VORONOI)
-    configs = tune._search_runs(base, "adamw", tune.SEARCH_SPACES["adamw"], 2, [0])
+    configs = tune._search_runs(base, "adamw", search_spaces.SEARCH_SPACES["adamw"], 2, [0])
     for [(name, _)], (status, acc) in zip(configs, [("diverged", None), ("finished", 0.4)]):
         (tmp_path / name).mkdir()
         (tmp_path / name / "final.json").write_text(json.dumps({"status": status, "val_acc": acc}))
-    selected = tune._select(tmp_path, tune.SEARCH_SPACES["adamw"], configs, tune.TASK_METRICS["voronoi"], base)
+    selected = tune._select(tmp_path, search_spaces.SEARCH_SPACES["adamw"], configs, tune.TASK_METRICS["voronoi"], base)
     assert selected["selected"] == "adamw_c1" and selected["search"][0]["val_acc"] == -math.inf
 
 
 def test_several_search_seeds_select_on_the_mean_score(tmp_path):
     base = with_overrides(RunConfig(), TINY_VORONOI)
-    configs = tune._search_runs(base, "adamw", tune.SEARCH_SPACES["adamw"], 2, [0, 5])
+    configs = tune._search_runs(base, "adamw", search_spaces.SEARCH_SPACES["adamw"], 2, [0, 5])
     assert [[name for name, _ in runs] for runs in configs] == [
         ["adamw_c0_s0", "adamw_c0_s5"],
         ["adamw_c1_s0", "adamw_c1_s5"],
@@ -328,7 +326,7 @@ def test_several_search_seeds_select_on_the_mean_score(tmp_path):
     for name, acc in [("adamw_c0_s0", 0.9), ("adamw_c0_s5", 0.5), ("adamw_c1_s0", 0.8), ("adamw_c1_s5", 0.8)]:
         (tmp_path / name).mkdir()
         (tmp_path / name / "final.json").write_text(json.dumps({"status": "finished", "val_acc": acc}))
-    selected = tune._select(tmp_path, tune.SEARCH_SPACES["adamw"], configs, tune.TASK_METRICS["voronoi"], base)
+    selected = tune._select(tmp_path, search_spaces.SEARCH_SPACES["adamw"], configs, tune.TASK_METRICS["voronoi"], base)
     assert selected["selected"] == "adamw_c1" and selected["search"][1]["val_acc"] == pytest.approx(0.8)
     assert selected["search"][0]["val_acc_by_seed"] == {0: 0.9, 5: 0.5}
     assert selected["config"]["seed"] == 0 and selected["config"]["label"] == "adamw_c1"
@@ -338,11 +336,11 @@ def test_several_search_seeds_select_on_the_mean_score(tmp_path):
 
 def test_a_directory_tuned_before_several_search_seeds_still_resumes(tmp_path):
     base = with_overrides(RunConfig(), TINY_VORONOI)
-    old = {"base": __import__("dataclasses").asdict(base), "budget": 2, "search_seed": 0, "methods": ["adamw"]}
+    old = {"base": dataclasses.asdict(base), "budget": 2, "search_seed": 0, "methods": ["adamw"]}
     (tmp_path / "protocol.json").write_text(json.dumps(old))
-    tune._check_same_protocol(tmp_path, base, ["adamw"], 2, [0], None)  # the same protocol
+    tune._check_same_protocol(tmp_path, tune._protocol_key(base, ["adamw"], 2, [0]))  # the same protocol
     with pytest.raises(ValueError, match="another search_seeds"):
-        tune._check_same_protocol(tmp_path, base, ["adamw"], 2, [0, 1], None)
+        tune._check_same_protocol(tmp_path, tune._protocol_key(base, ["adamw"], 2, [0, 1]))
 
 
 def test_the_tune_command_lists_every_search_space(capsys):
@@ -351,7 +349,7 @@ def test_the_tune_command_lists_every_search_space(capsys):
     with pytest.raises(SystemExit):
         main(["tune", "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    assert all(name in text for name in tune.SEARCH_SPACES)
+    assert all(name in text for name in search_spaces.SEARCH_SPACES)
 
 
 def test_the_tail_rise_of_the_final_runs_is_summarised_and_tabled(tmp_path):
@@ -369,5 +367,5 @@ def test_the_tail_rise_of_the_final_runs_is_summarised_and_tabled(tmp_path):
         "protocol": {"reported_on": "test_acc", "reference": "sgd", "selected_on": "selection_acc"},
         "methods": {"sgd": row},
     }
-    table = tune.summary_table(summary)
+    table = tune_report.summary_table(summary)
     assert "grad-norm tail rise" in table and "| 1.300 ± 0.141 |" in table

@@ -1,0 +1,75 @@
+"""What ``normctl-lab tune`` prints and the results documents quote: its summary as a Markdown
+table, and the notes on what weakens a selection (a knob at the edge of its range, a method whose
+every searched configuration diverged)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from .config import RunConfig
+from .search_spaces import Knob, restricted, search_space
+
+
+def selection_notes(summary: dict[str, Any]) -> list[str]:
+    """What weakens a selection, one line each: a method whose every searched configuration
+    diverged (its pick says nothing), and a knob selected at the edge of its range, where the
+    range, not the method, may have decided (with the option that searches around it)."""
+    protocol = summary["protocol"]
+    base = RunConfig(**protocol["base"])
+    ranges = protocol.get("ranges")
+    notes = []
+    for method, row in summary["methods"].items():
+        if all(searched["status"] != "finished" for searched in row["search"]):
+            notes.append(f"{method}: every searched configuration diverged; its selection is arbitrary")
+        for knob in restricted(search_space(method), protocol.get("knobs"), ranges).knobs:
+            if knob.field not in row["at_edge"] or not isinstance(knob, Knob):
+                continue
+            low, high = knob.bounds(base)
+            value = row["knobs"][knob.field]
+            note = f"{method}: {knob.field}={value} is at an edge of its range [{low:.4g}, {high:.4g}]"
+            note += ", which may have decided"
+            if knob.log:  # every knob the protocol searches: the same width, centred on the value
+                half = math.sqrt(high / low)
+                around = f"{knob.field}={value / half:.3g}:{value * half:.3g}"
+                note += f"; to search around it: --range {around} into another --out"
+            notes.append(note)
+    return notes
+
+
+def summary_table(summary: dict[str, Any]) -> str:
+    """The summary as a Markdown table: the test metric, the paired difference against the
+    reference, the gradient norm's tail rise on the normalised layers where the runs stored it,
+    the knobs selected (``(edge)``: at the edge of its range)."""
+    protocol = summary["protocol"]
+    metric, reference = protocol["reported_on"], protocol["reference"]
+    tail = "group/normalized/grad_norm"
+    with_tail = all(tail in row.get("tail_rise", {}) for row in summary["methods"].values())
+    tail_header = " grad-norm tail rise |" if with_tail else ""
+    selected_on = protocol["selected_on"]
+    lines = [
+        f"| method | seeds | {metric} (test) | − {reference} [95 % CI] |{tail_header} selected on {selected_on} |",
+        "|---|---|---|---|" + ("---|" if with_tail else "") + "---|",
+    ]
+    for method, row in summary["methods"].items():
+        stats = row[metric]
+        diff = row.get(f"minus_{reference}")
+        paired = "—" if diff is None else f"{_number(diff['mean'], '+.4f')}{_interval(diff['ci95'])}"
+        knobs = ", ".join(f"{k}={v}" + (" (edge)" if k in row["at_edge"] else "") for k, v in row["knobs"].items())
+        mean_std = f"{_number(stats['mean'], '.4f')} ± {_number(stats['std'], '.4f')}"
+        rise = ""
+        if with_tail:
+            r = row["tail_rise"][tail]
+            rise = f" {r['mean']:.3f} ± {r['std']:.3f} |"
+        lines.append(f"| {method} | {stats['n']} | {mean_std} | {paired} |{rise} {knobs} |")
+    return "\n".join(lines)
+
+
+def _number(value: float | None, spec: str) -> str:
+    return "diverged" if value is None or not math.isfinite(value) else format(value, spec)
+
+
+def _interval(interval: list[float | None] | None) -> str:
+    if interval is None or any(v is None or not math.isfinite(v) for v in interval):
+        return ""
+    return f" [{interval[0]:+.4f}, {interval[1]:+.4f}]"
