@@ -62,13 +62,15 @@ def _ci(interval: list[float] | None) -> str:
 
 def auto_target_table(summary: dict[str, Any]) -> str:
     """target="auto" against AdamW and the AdamW-measured target, one table per initialisation."""
+    from normctl_lab.peers import PEERS
+
     names = {
         "method=adamw": "AdamW (λ = 0.1)",
         "method=adamwn": "AdamWN, target AdamW's norm ratio",
         "auto_target=equilibrium": 'AdamWN, `target="auto"` (equilibrium)',
         "auto_target=inflection": 'AdamWN, `AutoTarget(rule="inflection")`',
-        "method=adamcpr": "AdamCPR (pytorch-cpr, inflection-point bound)",
-        "method=hyperball": "HyperBallAdamW (heavyball, norm held at init)",
+        "method=adamcpr": "AdamCPR ({package}, inflection-point bound)",
+        "method=hyperball": "HyperBallAdamW ({package}, norm held at init)",
     }
     out = []
     for init, block in summary["inits"].items():
@@ -79,7 +81,9 @@ def auto_target_table(summary: dict[str, Any]) -> str:
         out.append("|---|---|---|---|---|---|")
         for label, row in block["methods"].items():
             loss, ratio = row["val_loss"], row["controlled_norm_ratio"]
-            cells = [names.get(label, label), str(loss["n"]), f"{loss['mean']:.4f} ± {loss['std']:.4f}"]
+            package = row.get("package") or PEERS.get(label.split("=")[-1], "")  # older summaries: no version
+            name = names.get(label, label).format(package=package)
+            cells = [name, str(loss["n"]), f"{loss['mean']:.4f} ± {loss['std']:.4f}"]
             for key in ("minus_adamw", "minus_adamwn"):
                 diff = row.get(key)
                 cells.append("—" if diff is None else f"{diff['mean']:+.4f}{_ci(diff['ci95'])}")

@@ -24,6 +24,11 @@ SUMMARY = {
                     "controlled_norm_ratio": {"mean": 0.6, "std": 0.01, "n": 2},
                     "minus_adamw": {"mean": -0.05, "ci95": [-0.1, 0.0]},
                 },
+                "method=adamcpr": {
+                    "val_loss": {"mean": 1.3, "std": 0.02, "n": 2},
+                    "controlled_norm_ratio": {"mean": 0.7, "std": 0.01, "n": 2},
+                    "package": "pytorch-cpr 0.3.1",
+                },
             },
         }
     },
@@ -48,6 +53,7 @@ def test_blocks_are_written_from_the_source_then_checked(tree, capsys):
     text = tree.read_text()
     assert "| AdamW (λ = 0.1) | 2 | 1.2500 ± 0.0100 | — | — | 0.510 ± 0.020 |" in text
     assert "-0.0500 [-0.1000, +0.0000]" in text and text.startswith("intro\n") and text.endswith("end\n")
+    assert "| AdamCPR (pytorch-cpr 0.3.1, inflection-point bound) | 2 |" in text  # a peer names its version
     assert check_results.main([]) == 0
 
 

@@ -567,11 +567,18 @@ def test_auto_target_comparison_runs_end_to_end(tmp_path):
 
     tiny = ["task=gpt", "n_layer=1", "n_embd=32", "block_size=16", "batch_size=4", "steps=8", "checkpoint_every=4"]
     tiny += ["monitor_every=2", "eval_every=4", "auto_steps=2", "auto_interval=2"]
+    pytest.importorskip("pytorch_cpr")
     summary = repro_auto.run_repro(
-        tmp_path, [0, 1], inits=("torch",), peer_methods=(), workers=1, base_overrides=tiny, verbose=False
+        tmp_path, [0, 1], inits=("torch",), peer_methods=("adamcpr",), workers=1, base_overrides=tiny, verbose=False
     )
     rows = summary["inits"]["torch"]["methods"]
-    assert set(rows) == {"method=adamw", "method=adamwn", "auto_target=equilibrium", "auto_target=inflection"}
+    ours = {"method=adamw", "method=adamwn", "auto_target=equilibrium", "auto_target=inflection"}
+    assert set(rows) == ours | {"method=adamcpr"}
+    assert all("package" not in rows[label] for label in ours)
+    from importlib import metadata
+
+    installed = f"pytorch-cpr {metadata.version('pytorch-cpr')}"
+    assert rows["method=adamcpr"]["package"] == installed  # the peer's version, from its runs
     auto = rows["auto_target=equilibrium"]
     assert auto["minus_adamw"]["seeds"] == [0, 1] and len(auto["minus_adamwn"]["differences"]) == 2
     by_seed = auto["val_loss_by_seed"]

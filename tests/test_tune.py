@@ -107,6 +107,31 @@ def test_tune_selects_on_validation_reports_on_test_and_resumes(tmp_path, monkey
         tune.run_tune(base, ["adamw"], tmp_path, budget=4, verbose=False)
 
 
+def test_a_peers_row_names_its_package_and_version(tmp_path):
+    from importlib import metadata
+
+    from normctl_lab.peers import peer_package
+
+    pytest.importorskip("pytorch_cpr")
+    base = with_overrides(RunConfig(), TINY_VORONOI)
+    summary = tune.run_tune(base, ["adamw", "adamcpr"], tmp_path, budget=1, verbose=False)
+    installed = f"pytorch-cpr {metadata.version('pytorch-cpr')}"
+    assert summary["methods"]["adamcpr"]["package"] == installed and "package" not in summary["methods"]["adamw"]
+    assert f"| adamcpr ({installed}) |" in tune_report.summary_table(summary)
+
+    # from the runs' environment.json: a resume on another version names both; a run without one says so
+    started, resumed, bare = (tmp_path / name for name in ("started", "resumed", "bare"))
+    for run in (started, resumed, bare):
+        run.mkdir()
+    (started / "environment.json").write_text(json.dumps({"peers": {"pytorch-cpr": "0.3.1"}}))
+    moved_on = {"peers": {"pytorch-cpr": "0.3.1"}, "resumed": [{"step": 8, "peers": {"pytorch-cpr": "0.4.0"}}]}
+    (resumed / "environment.json").write_text(json.dumps(moved_on))
+    assert peer_package("adamcpr", [started]) == "pytorch-cpr 0.3.1"
+    assert peer_package("adamcpr", [started, resumed]) == "pytorch-cpr 0.3.1 / 0.4.0"
+    assert peer_package("hyperball", [bare]) == "heavyball version not recorded"
+    assert peer_package("adamw", [started]) is None  # normctl's own methods name no package
+
+
 def test_knobs_restrict_the_search_and_are_part_of_the_protocol(tmp_path):
     """An ablation fixed in the base config (here λ = 1) with only its lr tuned."""
     base = with_overrides(RunConfig(), TINY_VORONOI + ["weight_decay=1.0"])

@@ -13,8 +13,11 @@ Each run's ``environment.json`` names the package and its version.
 
 from __future__ import annotations
 
+import json
 import warnings
+from collections.abc import Iterable
 from importlib import metadata
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -68,6 +71,26 @@ def peer_versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             continue
     return versions
+
+
+def peer_package(method: str, run_dirs: Iterable[Path]) -> str | None:
+    """The package the runs of ``method`` trained with and its version, as their environment.json
+    recorded it at the start and at every resume (``"pytorch-cpr 0.3.1"``; versions that differ
+    between runs are all named); None for normctl's own methods."""
+    if method not in PEERS:
+        return None
+    package = PEERS[method]
+    versions = set()
+    for run_dir in run_dirs:
+        path = Path(run_dir) / "environment.json"
+        if not path.is_file():
+            versions.add("version not recorded")
+            continue
+        environment = json.loads(path.read_text())
+        for record in [environment, *environment.get("resumed", [])]:
+            if package in record.get("peers", {}):
+                versions.add(record["peers"][package])
+    return f"{package} {' / '.join(sorted(versions)) or 'version not recorded'}"
 
 
 def _require(module: str, method: str) -> Any:

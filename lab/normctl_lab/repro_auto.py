@@ -24,7 +24,7 @@ from typing import Any
 
 from .config import RunConfig, with_overrides
 from .paired import mean_std, paired_difference
-from .peers import PEERS
+from .peers import PEERS, peer_package
 from .repro_gpt import SCALES
 from .rundir import write_report
 from .sweep import controlled_norm_ratio, final_metrics, sweep_configs, train_runs
@@ -84,15 +84,18 @@ def run_repro(
 
 
 def compare(directory: Path, names: list[str]) -> dict[str, Any]:
-    """Per label: held-out loss and controlled norm ratio per seed, mean ± std, and paired
-    differences in held-out loss against AdamW and against the measured-target AdamWN."""
+    """Per label: held-out loss and controlled norm ratio per seed, mean ± std, paired
+    differences in held-out loss against AdamW and against the measured-target AdamWN, and a
+    peer's package and version."""
     losses: dict[str, dict[int, float]] = {}
     ratios: dict[str, dict[int, float]] = {}
+    runs: dict[str, tuple[str, list[Path]]] = {}  # per label: its method and run directories
     for name in names:
         final = final_metrics(directory, name)
         label, seed = final["label"], final["seed"]
         losses.setdefault(label, {})[seed] = final["val_loss"]
         ratios.setdefault(label, {})[seed] = controlled_norm_ratio(directory / name)
+        runs.setdefault(label, (final["method"], []))[1].append(directory / name)
     rows: dict[str, Any] = {}
     for label, per_seed in losses.items():
         row = {
@@ -103,5 +106,8 @@ def compare(directory: Path, names: list[str]) -> dict[str, Any]:
         for reference in (ADAMW, MEASURED):
             if label != reference and reference in losses:
                 row[f"minus_{reference.split('=')[1]}"] = paired_difference(per_seed, losses[reference])
+        package = peer_package(*runs[label])
+        if package:  # a peer: the package and version its runs trained with
+            row["package"] = package
         rows[label] = row
     return rows

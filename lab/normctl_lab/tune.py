@@ -36,6 +36,7 @@ from typing import Any
 
 from .config import RunConfig, with_overrides
 from .paired import finite_by_key, mean_std, paired_difference, spread
+from .peers import peer_package
 from .repro_gpt import SCALES as GPT_SCALES
 from .rundir import strict_json
 from .search_spaces import SearchSpace, as_overrides, candidates, checked_ranges, restricted, search_space
@@ -126,7 +127,7 @@ def run_tune(
     selected = {m: _select(out / "search", spaces[m], runs, metrics, base) for m, runs in search.items()}
     final = _train_finals({m: s["config"] for m, s in selected.items()}, seeds, out / "final", metrics.report, launch)
 
-    summary = {
+    summary: dict[str, Any] = {
         "protocol": protocol
         | {
             "seeds": seeds,
@@ -135,17 +136,19 @@ def run_tune(
             "higher_is_better": metrics.higher_is_better,
             "reference": reference,
         },
-        "methods": {
-            m: {
-                **selected[m],
-                f"{metrics.report}_by_seed": scores,
-                metrics.report: mean_std(list(scores.values())),
-                "tail_rise": _tail_rises(out / "final", runs),
-                **({f"minus_{reference}": paired_difference(scores, final[reference][0])} if m != reference else {}),
-            }
-            for m, (scores, runs) in final.items()
-        },
+        "methods": {},
     }
+    for m, (scores, runs) in final.items():
+        row = summary["methods"][m] = selected[m] | {
+            f"{metrics.report}_by_seed": scores,
+            metrics.report: mean_std(list(scores.values())),
+            "tail_rise": _tail_rises(out / "final", runs),
+        }
+        if m != reference:
+            row[f"minus_{reference}"] = paired_difference(scores, final[reference][0])
+        package = peer_package(row["config"]["method"], [out / "final" / name for name, _ in runs])
+        if package:  # a peer: the package and version its runs trained with
+            row["package"] = package
     (out / "summary.json").write_text(strict_json(summary, indent=2))  # a diverged run's NaN: null
     if verbose:
         print(summary_table(summary), flush=True)

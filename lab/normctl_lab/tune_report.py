@@ -38,9 +38,10 @@ def selection_notes(summary: dict[str, Any]) -> list[str]:
 
 
 def summary_table(summary: dict[str, Any]) -> str:
-    """The summary as a Markdown table: the test metric, the paired difference against the
-    reference, the gradient norm's tail rise on the normalised layers where the runs stored it,
-    the knobs selected (``(edge)``: at the edge of its range)."""
+    """The summary as a Markdown table: each method (a peer with its package and version), the
+    test metric, the paired difference against the reference, the gradient norm's tail rise on
+    the normalised layers where the runs stored it, the knobs selected (``(edge)``: at the edge of
+    its range)."""
     protocol = summary["protocol"]
     metric, reference = protocol["reported_on"], protocol["reference"]
     tail = "group/normalized/grad_norm"
@@ -61,7 +62,8 @@ def summary_table(summary: dict[str, Any]) -> str:
         if with_tail:
             r = row["tail_rise"][tail]
             rise = f" {r['mean']:.3f} ± {r['std']:.3f} |"
-        lines.append(f"| {method} | {stats['n']} | {mean_std} | {paired} |{rise} {knobs} |")
+        name = f"{method} ({row['package']})" if "package" in row else method
+        lines.append(f"| {name} | {stats['n']} | {mean_std} | {paired} |{rise} {knobs} |")
     return "\n".join(lines)
 
 
