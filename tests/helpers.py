@@ -122,3 +122,8 @@ def save_resume_and_continue(make_optimizer: Callable, shapes, *, steps: int = 1
     gen2.set_state(saved["gen"])
     train_steps(opt2, sched2, resumed, gen2, steps)
     return (params, opt), (resumed, opt2)
+
+
+def untimed(final: dict) -> dict:
+    """A run's final record without ``train_seconds``: what a resumed run must reproduce exactly."""
+    return {k: v for k, v in final.items() if k != "train_seconds"}

@@ -10,6 +10,7 @@ import time
 
 import pytest
 import torch
+from helpers import untimed
 from normctl_lab.cli import main
 from normctl_lab.config import RunConfig, with_overrides
 from normctl_lab.sweep import gains_norm_ratio
@@ -88,11 +89,12 @@ def test_killed_run_resumes_with_identical_metrics(tmp_path):
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
     assert not (run_dir / "final.json").exists(), "the run finished before it could be killed"
-    killed_at = torch.load(run_dir / "checkpoint.pt", weights_only=False)["step"]
-    assert 0 < killed_at < cfg.steps
+    killed = torch.load(run_dir / "checkpoint.pt", weights_only=False)
+    assert 0 < killed["step"] < cfg.steps and killed["train_seconds"] > 0
 
     resumed = train(cfg, run_dir, verbose=False)
-    assert resumed == reference
+    assert untimed(resumed) == untimed(reference)
+    assert resumed["train_seconds"] > killed["train_seconds"]  # the killed process's seconds, then the resumed one's
     lines = lambda d: (d / "metrics.jsonl").read_text().splitlines()  # noqa: E731
     assert lines(run_dir) == lines(tmp_path / "uninterrupted")
     evals = lambda d: (d / "evals.jsonl").read_text().splitlines()  # noqa: E731
@@ -120,6 +122,21 @@ def test_checkpoints_from_before_a_new_config_field_still_resume():
     assert _same_config(saved, cfg)
     assert not _same_config(saved, with_overrides(cfg, ["corpus=kjv"]))
     assert not _same_config({**saved, "lr": 0.5}, cfg)
+
+
+def test_a_run_resumed_from_a_checkpoint_that_kept_no_time_says_its_time_is_unknown(tmp_path):
+    from normctl_lab import checkpoint as checkpoints
+    from normctl_lab.train import CHECKPOINT
+
+    cfg = with_overrides(RunConfig(), [*SMALL, "steps=20", "checkpoint_every=10", "eval_every=10"])
+    assert train(cfg, tmp_path, verbose=False)["train_seconds"] > 0
+    # as a checkpoint written before the seconds were kept: the total is unknown, not the resumed part alone
+    state = checkpoints.load(tmp_path / CHECKPOINT)
+    del state["train_seconds"]
+    checkpoints.save(state, tmp_path / CHECKPOINT)
+    (tmp_path / "final.json").unlink()
+    assert train(cfg, tmp_path, verbose=False)["train_seconds"] is None
+    assert json.loads((tmp_path / "final.json").read_text())["train_seconds"] is None
 
 
 def test_voronoi_task_trains(tmp_path):

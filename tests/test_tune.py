@@ -96,6 +96,14 @@ def test_tune_selects_on_validation_reports_on_test_and_resumes(tmp_path, monkey
     assert diff["differences"] == [adamwn["test_acc_by_seed"][s] - adamw_scores[s] for s in diff["seeds"]]
     assert json.loads((tmp_path / "summary.json").read_text()) == json.loads(json.dumps(summary))
     assert "| adamwn |" in tune_report.summary_table(summary)
+    # what it cost: every run's training seconds, summed per stage
+    seconds = {
+        stage: sum(json.loads(f.read_text())["train_seconds"] for f in (tmp_path / stage).glob("*/final.json"))
+        for stage in ("search", "final")
+    }
+    assert summary["train_hours"] == {stage: round(s / 3600, 2) for stage, s in seconds.items()}
+    assert tune_report.cost_line(summary).startswith("training time, summed over runs: search ")
+    assert "final not recorded" in tune_report.cost_line({"train_hours": {"search": 1.5, "final": None}})
 
     from normctl_lab import sweep
 
@@ -103,6 +111,10 @@ def test_tune_selects_on_validation_reports_on_test_and_resumes(tmp_path, monkey
     monkeypatch.setattr(sweep, "train", lambda *a, **k: calls.append(a))
     again = tune.run_tune(base, ["adamw", "adamwn"], tmp_path, budget=3, verbose=False)
     assert calls == [] and again == summary
+    untimed = tmp_path / "search" / "adamw_c0" / "final.json"  # as a run trained before times were kept
+    untimed.write_text(json.dumps({k: v for k, v in json.loads(untimed.read_text()).items() if k != "train_seconds"}))
+    hours = tune.run_tune(base, ["adamw", "adamwn"], tmp_path, budget=3, verbose=False)["train_hours"]
+    assert hours == {"search": None, "final": summary["train_hours"]["final"]}  # unknown, not undercounted
     with pytest.raises(ValueError, match="another budget"):
         tune.run_tune(base, ["adamw"], tmp_path, budget=4, verbose=False)
 

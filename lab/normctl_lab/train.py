@@ -181,6 +181,7 @@ def _train(cfg: RunConfig, run_dir: Path, world: parallel.World, *, verbose: boo
     data_order = torch.Generator().manual_seed(1000 + cfg.seed)
 
     start, skipped_before = 0, 0
+    seconds_before: float | None = 0.0
     checkpoint = _find_checkpoint(run_dir, world)
     if checkpoint is not None:
         if world.distributed:
@@ -196,6 +197,7 @@ def _train(cfg: RunConfig, run_dir: Path, world: parallel.World, *, verbose: boo
         data_order.set_state(state["data_order"])
         start = state["step"]
         skipped_before = state.get("skipped_steps", 0)
+        seconds_before = state.get("train_seconds")  # None: a checkpoint from before it was kept, total unknown
         if main:
             _truncate_metrics(run_dir / "metrics.jsonl", start)
             _truncate_metrics(run_dir / EVALS, start)
@@ -216,6 +218,13 @@ def _train(cfg: RunConfig, run_dir: Path, world: parallel.World, *, verbose: boo
 
     forward = cast(nn.Module, torch.compile(model)) if cfg.compile else model
     began = time.perf_counter()
+
+    def elapsed() -> float:  # seconds in this process's training loop
+        return time.perf_counter() - began
+
+    def trained_seconds() -> float | None:  # over every process that trained this run, to its last step
+        return None if seconds_before is None else round(seconds_before + elapsed(), 1)
+
     model.train()
     saved_at, done, skipped, diverged_at = start, start, skipped_before, None
     try:
@@ -248,12 +257,11 @@ def _train(cfg: RunConfig, run_dir: Path, world: parallel.World, *, verbose: boo
                         with open(run_dir / EVALS, "a") as f:
                             f.write(strict_json(evaluation) + "\n")
                 if done % cfg.checkpoint_every == 0 or done == cfg.steps:
-                    _save_checkpoint(
-                        cfg, run_dir, world, model, optimizer, scheduler, data_order, monitor, done, skipped
-                    )
+                    counters = {"step": done, "skipped_steps": skipped, "train_seconds": trained_seconds()}
+                    _save_checkpoint(cfg, run_dir, world, model, optimizer, scheduler, data_order, monitor, counters)
                     saved_at = done
                     if verbose:  # reading the loss waits for the device: only where a line is printed
-                        rate = (done - start) / max(time.perf_counter() - began, 1e-9)
+                        rate = (done - start) / max(elapsed(), 1e-9)
                         bar.note(f"step {done}/{cfg.steps}  loss {float(loss.detach()):.4f}  {rate:.1f} steps/s")
     except KeyboardInterrupt:
         raise RunInterrupted(
@@ -262,6 +270,7 @@ def _train(cfg: RunConfig, run_dir: Path, world: parallel.World, *, verbose: boo
         ) from None
     finally:
         monitor.close()
+    seconds = trained_seconds()  # steps an interruption lost after the last checkpoint do not count
     final: dict[str, Any] = {"label": cfg.label or cfg.method, "method": cfg.method, "seed": cfg.seed}
     if diverged_at is not None:
         final |= {"status": "diverged", "steps": cfg.steps, "diverged_at_step": diverged_at}
@@ -271,6 +280,7 @@ def _train(cfg: RunConfig, run_dir: Path, world: parallel.World, *, verbose: boo
         model.eval()
         final |= {"status": "finished", "steps": cfg.steps, "skipped_steps": skipped}
         final |= task.evaluate(model)  # every rank runs it: FSDP2's forward is collective
+    final["train_seconds"] = seconds
     if main:
         records = read_jsonl(run_dir / "metrics.jsonl")
         final["tail_rise"] = tail_rises(records)
@@ -330,11 +340,11 @@ def _build_optimizer(cfg: RunConfig, net: nn.Module) -> torch.optim.Optimizer:
     )
 
 
-def _save_checkpoint(cfg, run_dir, world, model, optimizer, scheduler, data_order, monitor, done, skipped) -> None:
+def _save_checkpoint(cfg, run_dir, world, model, optimizer, scheduler, data_order, monitor, counters) -> None:
+    """``counters``: the step reached, the steps skipped and the seconds trained so far."""
     state = {
         "config": json.loads(cfg.to_json()),
-        "step": done,
-        "skipped_steps": skipped,
+        **counters,
         "scheduler": scheduler.state_dict(),
         "data_order": data_order.get_state(),
         "monitor": monitor.state_dict(),

@@ -41,7 +41,7 @@ from .repro_gpt import SCALES as GPT_SCALES
 from .rundir import strict_json
 from .search_spaces import SearchSpace, as_overrides, candidates, checked_ranges, restricted, search_space
 from .sweep import final_metrics, train_runs
-from .tune_report import selection_notes, summary_table
+from .tune_report import cost_line, selection_notes, summary_table
 
 SELECTION_SPLIT = 0.05  # of the training data, for gpt and fmnist
 CLOSE_CALL_SEEDS = 5  # seeds for two methods within 2 std of each other
@@ -149,11 +149,17 @@ def run_tune(
         package = peer_package(row["config"]["method"], [out / "final" / name for name, _ in runs])
         if package:  # a peer: the package and version its runs trained with
             row["package"] = package
+    searched = [name for runs in search.values() for config in runs for name, _ in config]
+    summary["train_hours"] = {
+        "search": _train_hours(out / "search", searched),
+        "final": _train_hours(out / "final", [name for _, runs in final.values() for name, _ in runs]),
+    }
     (out / "summary.json").write_text(strict_json(summary, indent=2))  # a diverged run's NaN: null
     if verbose:
         print(summary_table(summary), flush=True)
         for line in selection_notes(summary):
             print(line, flush=True)
+        print(cost_line(summary), flush=True)
     return summary
 
 
@@ -303,6 +309,18 @@ def _scores(directory: Path, runs: list[tuple[str, RunConfig]], metric: str) -> 
         final = final_metrics(directory, name)
         out[cfg.seed] = final[metric] if final["status"] == "finished" else math.nan
     return out
+
+
+def _train_hours(directory: Path, names: list[str]) -> float | None:
+    """The runs' training time summed, in hours (each run's ``train_seconds``); None where a run
+    kept none (trained before it was recorded)."""
+    total = 0.0
+    for name in names:
+        seconds = final_metrics(directory, name).get("train_seconds")
+        if seconds is None:
+            return None
+        total += seconds
+    return round(total / 3600, 2)
 
 
 TAIL_KEYS = ("global/grad_norm", "group/normalized/grad_norm")

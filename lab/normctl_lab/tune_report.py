@@ -37,6 +37,17 @@ def selection_notes(summary: dict[str, Any]) -> list[str]:
     return notes
 
 
+def cost_line(summary: dict[str, Any]) -> str:
+    """What the tuning cost: its runs' training time, summed over runs, for the search and the
+    final runs."""
+    hours = summary.get("train_hours") or {}
+    parts = [
+        f"{part} {hours[part]:.2f} h" if hours.get(part) is not None else f"{part} not recorded"
+        for part in ("search", "final")
+    ]
+    return "training time, summed over runs: " + ", ".join(parts)
+
+
 def summary_table(summary: dict[str, Any]) -> str:
     """The summary as a Markdown table: each method (a peer with its package and version), the
     test metric, the paired difference against the reference, the gradient norm's tail rise on
