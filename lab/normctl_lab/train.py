@@ -180,21 +180,10 @@ def _train(cfg: RunConfig, run_dir: Path, world: parallel.World, *, verbose: boo
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_multiplier(cfg))
     data_order = torch.Generator().manual_seed(1000 + cfg.seed)
 
+    state = _restore(cfg, run_dir, world, model, optimizer, scheduler, data_order)  # None: nothing to resume
     start, skipped_before = 0, 0
     seconds_before: float | None = 0.0
-    checkpoint = _find_checkpoint(run_dir, world)
-    if checkpoint is not None:
-        if world.distributed:
-            state = parallel.load_sharded(checkpoint, model, optimizer)
-        else:
-            state = checkpoints.load(checkpoint)
-        if not _same_config(state["config"], cfg):
-            raise ValueError(f"{run_dir} holds a checkpoint of a different config; use another directory")
-        if not world.distributed:
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        data_order.set_state(state["data_order"])
+    if state is not None:
         start = state["step"]
         skipped_before = state.get("skipped_steps", 0)
         seconds_before = state.get("train_seconds")  # None: a checkpoint from before it was kept, total unknown
@@ -209,12 +198,12 @@ def _train(cfg: RunConfig, run_dir: Path, world: parallel.World, *, verbose: boo
     # Created after the load: torch.distributed.checkpoint may take an optimizer step to
     # create state (at lr 0, zero gradients), which the monitor would otherwise record.
     monitor = NormMonitor(net, optimizer, every=cfg.monitor_every)
-    if checkpoint is not None:
+    if state is not None:
         monitor.load_state_dict(state["monitor"])
     if main:
         environment = describe_environment(device=str(world.device), world_size=world.size, parallel=cfg.parallel)
-        record_environment(run_dir, environment, resumed_at=None if checkpoint is None else start)
-        monitor.sinks.append(JsonlSink(run_dir, resume=checkpoint is not None))
+        record_environment(run_dir, environment, resumed_at=None if state is None else start)
+        monitor.sinks.append(JsonlSink(run_dir, resume=state is not None))
 
     forward = cast(nn.Module, torch.compile(model)) if cfg.compile else model
     began = time.perf_counter()
@@ -338,6 +327,26 @@ def _build_optimizer(cfg: RunConfig, net: nn.Module) -> torch.optim.Optimizer:
         cpr_kappa_init=cfg.cpr_kappa_init,
         cpr_kappa_param=cfg.cpr_kappa_param,
     )
+
+
+def _restore(cfg, run_dir, world, model, optimizer, scheduler, data_order) -> dict[str, Any] | None:
+    """The run's last checkpoint loaded into the model, optimizer, scheduler and data order; its
+    state (step, counters, the monitor's state), or None where the run has no checkpoint."""
+    checkpoint = _find_checkpoint(run_dir, world)
+    if checkpoint is None:
+        return None
+    if world.distributed:
+        state = parallel.load_sharded(checkpoint, model, optimizer)
+    else:
+        state = checkpoints.load(checkpoint)
+    if not _same_config(state["config"], cfg):
+        raise ValueError(f"{run_dir} holds a checkpoint of a different config; use another directory")
+    if not world.distributed:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    data_order.set_state(state["data_order"])
+    return state
 
 
 def _save_checkpoint(cfg, run_dir, world, model, optimizer, scheduler, data_order, monitor, counters) -> None:
