@@ -6,9 +6,9 @@ a validation split and reported on a test split that took no part in the selecti
 
 The protocol, per method:
 
-1. **search** — ``budget`` configurations of the method's knobs (:data:`.search_spaces.SEARCH_SPACES`), drawn by
-   a scrambled Sobol sequence over each knob's range (log-uniform where the knob is a scale), so
-   every method gets the same number of tries spread evenly over its own space; each is trained
+1. **search** — ``budget`` configurations of the method's knobs (:mod:`.search_spaces`), drawn
+   by a scrambled Sobol sequence over each knob's range (log-uniform where the knob is a scale),
+   so every method gets the same number of tries spread evenly over its own space; each is trained
    on the search seeds (one by default; several average out a seed that was lucky) and scored
    on the selection split (GPT: ``selection_loss`` on a tail of the training stream; ResNet:
    ``selection_acc`` on the last training images; Voronoi: its own ``val_acc`` draw);
