@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -185,60 +185,42 @@ class NormMonitor:
         grad_norm_t = captured if captured is not None else at_step
         if grad_norm_t is None:  # promised a capture that did not come: the gradients the step used
             grad_norm_t = self._grad_norms()
-        groups = self.optimizer.param_groups
 
-        # Every scalar tensor is queued here and crosses to the host in one transfer.
-        queue: list[Tensor] = []
-
-        def enqueue(tensors: Sequence[Tensor | None]) -> list[int | None]:
-            slots: list[int | None] = []
-            for t in tensors:
-                if t is None:
-                    slots.append(None)
-                else:
-                    slots.append(len(queue))
-                    queue.append(t)
-            return slots
-
-        w_slot = enqueue(tensor_norms(params))
-        before_slot = enqueue(tensor_norms(before))
-        linf_slot = enqueue(stats.linf_norms(params))
-        upd_slot = enqueue(stats.update_norms(params, before))
-        g_slot = enqueue(grad_norm_t)
+        host = _OneTransfer()  # every scalar below crosses to the host in one transfer
+        w_slot = host.add(tensor_norms(params))
+        before_slot = host.add(tensor_norms(before))
+        linf_slot = host.add(stats.linf_norms(params))
+        upd_slot = host.add(stats.update_norms(params, before))
+        g_slot = host.add(grad_norm_t)
         ranges = stats.value_ranges(params) if self.value_ranges else [None] * len(params)
-        range_slots = [enqueue(r) if r is not None else None for r in ranges]
-        weighted_slots = self._enqueue_weighted_norms(params, enqueue)
-        stepped_slot = enqueue(self._grad_norms()) if captured is not None else []  # those the step used
-        values = _to_floats(queue)
+        range_slots = [host.add(r) if r is not None else None for r in ranges]
+        weighted_slots = self._enqueue_weighted_norms(params, host.add)
+        stepped_slot = host.add(self._grad_norms()) if captured is not None else []  # those the step used
+        host.transfer()
 
-        def get(slot: int | None) -> float | None:
-            return None if slot is None else values[slot]
-
-        def get_all(slots: list[int | None] | None) -> list[float | None]:
-            return [get(s) for s in slots] if slots is not None else []
-
+        groups = self.optimizer.param_groups
         predictions = [stats.predict(self.optimizer, g) for g in groups]
         targets = self._adamwn_targets()
-
         record: dict[str, Any] = {"step": self.steps}
         for gi, label in enumerate(self._labels):
             record[f"lr/{label}"] = groups[gi].get("lr")
-        sums: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+        squares: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
         for i, name in enumerate(self._names):
-            w, g, w_prev = values[w_slot[i]], get(g_slot[i]), get(before_slot[i])  # type: ignore[index]
+            w = cast(float, host.get(w_slot[i]))  # every parameter has a norm
+            g, w_prev = host.get(g_slot[i]), host.get(before_slot[i])
             pred = predictions[self._group_index[i]]
             t = f"tensor/{name}/"
             record[t + "weight_norm"] = w
-            record[t + "weight_linf"] = get(linf_slot[i])
+            record[t + "weight_linf"] = host.get(linf_slot[i])
             record[t + "norm_ratio"] = stats.ratio(w, self._initial[i])
             if range_slots[i] is not None:
-                lo, mean, hi = get_all(range_slots[i])
+                lo, mean, hi = host.get_all(range_slots[i])
                 record.update({t + "weight_min": lo, t + "weight_mean": mean, t + "weight_max": hi})
             record[t + "grad_norm"] = g
             record[t + "grad_weight_ratio"] = stats.ratio(g, w)
-            record[t + "update_weight_ratio"] = stats.ratio(get(upd_slot[i]), w_prev)
+            record[t + "update_weight_ratio"] = stats.ratio(host.get(upd_slot[i]), w_prev)
             if weighted_slots[i] is not None:
-                ga, wa = get_all(weighted_slots[i])
+                ga, wa = host.get_all(weighted_slots[i])
                 record[t + "adam_grad_weight_ratio"] = stats.ratio(ga, wa)
             record[t + "pred_ratio"] = pred.ratio
             record[t + "pred_linf"] = pred.linf
@@ -251,17 +233,13 @@ class NormMonitor:
                 f"group/{self._labels[self._group_index[i]]}",
                 "global",
             ):
-                sums[scope]["w2"].append(w * w)
-                sums[scope]["g2"].append(g * g if g is not None else 0.0)
-                sums[scope]["i2"].append(self._initial[i] ** 2)
-        for scope, parts in sums.items():
-            w, g, init = (math.sqrt(sum(parts[k])) for k in ("w2", "g2", "i2"))
-            record[f"{scope}/weight_norm"] = w
-            record[f"{scope}/grad_norm"] = g
-            record[f"{scope}/grad_weight_ratio"] = stats.ratio(g, w)
-            record[f"{scope}/norm_ratio"] = stats.ratio(w, init)
+                squares[scope]["w2"].append(w * w)
+                squares[scope]["g2"].append(g * g if g is not None else 0.0)
+                squares[scope]["i2"].append(self._initial[i] ** 2)
+        record |= _scope_entries(squares)
         if captured is not None:
-            record["global/clipped_grad_norm"] = math.sqrt(sum(v * v for v in get_all(stepped_slot) if v is not None))
+            stepped = host.get_all(stepped_slot)
+            record["global/clipped_grad_norm"] = math.sqrt(sum(v * v for v in stepped if v is not None))
         for gi, label in enumerate(self._labels):
             record[f"group/{label}/pred_ratio"] = predictions[gi].ratio
             record[f"group/{label}/pred_linf"] = predictions[gi].linf
@@ -293,6 +271,47 @@ class NormMonitor:
         for group in self.optimizer.param_groups:
             out.extend(stats.adamwn_target_norms(self.optimizer, group, group["params"]))
         return out
+
+
+def _scope_entries(squares: dict[str, dict[str, list[float]]]) -> dict[str, float | None]:
+    """Each layer's, group's and the global norms from their tensors' squared norms (``w2``
+    weights, ``g2`` gradients, ``i2`` initial weights): norm, gradient norm, their ratio, and the
+    ratio to the initial norm."""
+    entries: dict[str, float | None] = {}
+    for scope, parts in squares.items():
+        w, g, init = (math.sqrt(sum(parts[k])) for k in ("w2", "g2", "i2"))
+        entries[f"{scope}/weight_norm"] = w
+        entries[f"{scope}/grad_norm"] = g
+        entries[f"{scope}/grad_weight_ratio"] = stats.ratio(g, w)
+        entries[f"{scope}/norm_ratio"] = stats.ratio(w, init)
+    return entries
+
+
+class _OneTransfer:
+    """Scalar tensors queued during a measurement, then read to the host together: one stack
+    and transfer per (device, dtype) instead of a synchronising ``.item()`` each."""
+
+    def __init__(self) -> None:
+        self._queue: list[Tensor] = []
+        self._values: list[float] = []
+
+    def add(self, tensors: Sequence[Tensor | None]) -> list[int | None]:
+        """Queue ``tensors``; returns their slots (None for a None) to read after :meth:`transfer`."""
+        slots: list[int | None] = []
+        for t in tensors:
+            slots.append(None if t is None else len(self._queue))
+            if t is not None:
+                self._queue.append(t)
+        return slots
+
+    def transfer(self) -> None:
+        self._values = _to_floats(self._queue)
+
+    def get(self, slot: int | None) -> float | None:
+        return None if slot is None else self._values[slot]
+
+    def get_all(self, slots: list[int | None] | None) -> list[float | None]:
+        return [self.get(s) for s in slots] if slots is not None else []
 
 
 def _to_floats(tensors: list[Tensor]) -> list[float]:
