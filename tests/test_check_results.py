@@ -111,6 +111,23 @@ def test_the_repository_regenerates():
     assert check_results.main([]) == 0
 
 
+def test_every_results_json_is_strict_json():
+    """What the experiments guide promises: a non-finite number is written as null, never as the
+    NaN or Infinity that strict parsers reject."""
+
+    def refuse(constant):
+        raise ValueError(f"holds {constant}")
+
+    results = Path(__file__).resolve().parent.parent / "results"
+    files = sorted(results.rglob("*.json"))
+    assert files
+    for path in files:
+        try:
+            json.loads(path.read_text(), parse_constant=refuse)
+        except ValueError as error:
+            raise AssertionError(f"{path.relative_to(results)} {error}") from None
+
+
 @pytest.fixture
 def runs(tmp_path, monkeypatch):
     """A results README quoting a run's own final.json and a benchmark file."""

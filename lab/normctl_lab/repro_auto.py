@@ -26,7 +26,7 @@ from .config import RunConfig, with_overrides
 from .paired import mean_std, paired_difference
 from .peers import PEERS, peer_package
 from .repro_gpt import SCALES
-from .rundir import write_report
+from .rundir import strict_json, write_report
 from .sweep import controlled_norm_ratio, final_metrics, sweep_configs, train_runs
 
 INITS = ("gpt2", "torch")
@@ -78,7 +78,7 @@ def run_repro(
             "methods": compare(directory, [name for name, _ in runs]),
         }
         summary["inits"] = {i: summary["inits"][i] for i in INITS if i in summary["inits"]}  # a fixed order
-        summary_path.write_text(json.dumps(summary, indent=2))
+        summary_path.write_text(strict_json(summary, indent=2))
         write_report(directory, [name for name, _ in runs], f"target='auto' on the GPT ({init} init)", verbose=verbose)
     return summary
 

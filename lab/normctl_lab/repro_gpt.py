@@ -36,7 +36,7 @@ from normctl.report.runs import load_run
 
 from .config import RunConfig, with_overrides
 from .paired import finite_by_key, finite_stats, spread
-from .rundir import write_report
+from .rundir import strict_json, write_report
 from .sweep import controlled_norm_ratio, gains_norm_ratio, sweep_configs, train_runs
 from .train import EVALS
 
@@ -150,7 +150,7 @@ def run_repro(
         train_runs(longest, out, verbose=verbose)
         summary["adamwn_longest_budget"] = summarize(out, [name for name, _ in longest])["methods"]["adamwn"]
         runs += longer + longest
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    (out / "summary.json").write_text(strict_json(summary, indent=2))
     plot_val_loss(out, summary, out / "val_loss.png")
     if ablations:
         plot_ablations(summary, out / "ablations.png")

@@ -31,7 +31,6 @@ and ``report.html``.
 from __future__ import annotations
 
 import dataclasses
-import json
 import statistics
 from pathlib import Path
 from typing import Any
@@ -40,7 +39,7 @@ from normctl.report.runs import load_run
 
 from .config import RunConfig, with_overrides
 from .paired import spread
-from .rundir import write_report
+from .rundir import strict_json, write_report
 from .sweep import CONTROLLED_GROUPS, controlled_norm_ratio, final_metrics, train_runs
 
 BASELINE = [
@@ -147,7 +146,7 @@ def run_repro(
         "adamwn_matrices_target_ratio": matrices,
         "variants": {v: _aggregate(out, names) for v, names in variants.items()},
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    (out / "summary.json").write_text(strict_json(summary, indent=2))
     # one group per variant: every run but AdamWN's and AdamC's is AdamW, so the method would pool them
     variant_of = {name: variant for variant, names in variants.items() for name in names}
     names = [n for n, _ in stage1 + stage2]

@@ -26,7 +26,7 @@ from .config import RunConfig, with_overrides
 from .methods import norm_gains
 from .paired import mean_std
 from .progress import progress
-from .rundir import write_report
+from .rundir import strict_json, write_report
 from .train import build_task, train
 
 CONTROLLED_GROUPS = [label for label, (control, _, _) in GROUP_FLAGS.items() if control]
@@ -74,7 +74,7 @@ def run_sweep(
     )
     summary = {"base": dataclasses.asdict(base), "grid": grid, "seeds": seeds, "results": results}
     summary["labels"] = label_statistics(results)
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    (out / "summary.json").write_text(strict_json(summary, indent=2))
     write_report(out, [name for name, _ in runs], f"normctl-lab sweep {out.name}", verbose=verbose)
     return results
 
