@@ -123,7 +123,8 @@ def run_tune(
 
     if verbose:
         print(f"search: {budget} configurations × {len(methods)} methods, seeds {search_seeds}", flush=True)
-    train_runs([run for runs in search.values() for config in runs for run in config], out / "search", **launch)
+    searched = [run for configs in search.values() for config in configs for run in config]
+    train_runs(searched, out / "search", **launch)
     selected = {m: _select(out / "search", spaces[m], runs, metrics, base) for m, runs in search.items()}
     final = _train_finals({m: s["config"] for m, s in selected.items()}, seeds, out / "final", metrics.report, launch)
 
@@ -149,9 +150,8 @@ def run_tune(
         package = peer_package(row["config"]["method"], [out / "final" / name for name, _ in runs])
         if package:  # a peer: the package and version its runs trained with
             row["package"] = package
-    searched = [name for runs in search.values() for config in runs for name, _ in config]
     summary["train_hours"] = {
-        "search": _train_hours(out / "search", searched),
+        "search": _train_hours(out / "search", [name for name, _ in searched]),
         "final": _train_hours(out / "final", [name for _, runs in final.values() for name, _ in runs]),
     }
     (out / "summary.json").write_text(strict_json(summary, indent=2))  # a diverged run's NaN: null
