@@ -44,6 +44,20 @@ def test_every_method_gets_the_same_number_of_points_inside_its_own_ranges():
         search_spaces.candidates(search_spaces.SEARCH_SPACES["adamw"], base, 0)
 
 
+def test_methods_sharing_a_knob_try_the_same_values_of_it_whatever_their_other_knobs():
+    base = RunConfig(lr=2e-3, steps=1000)
+    spaces = search_spaces.SEARCH_SPACES
+    lrs = {name: [p["lr"] for p in search_spaces.candidates(spaces[name], base, 8)] for name in spaces}
+    assert len({tuple(v) for v in lrs.values()}) == 1, lrs  # 1, 2 and 3 knobs: the same learning rates
+    adamw, adamc = (search_spaces.candidates(spaces[m], base, 8) for m in ("adamw", "adamc"))
+    assert [p["weight_decay"] for p in adamw] == [p["weight_decay"] for p in adamc]
+    # the directories searched before keep their own points
+    old = search_spaces.candidates(spaces["adamwn"], base, 8, points="per_method")
+    assert [p["lr"] for p in old] != lrs["adamwn"]
+    with pytest.raises(ValueError, match="points must be"):
+        search_spaces.candidates(spaces["adamw"], base, 8, points="other")
+
+
 def test_a_knob_at_the_edge_of_its_range_is_flagged():
     knob, base = search_spaces.Knob("lr", 0.25, 4.0, relative_to="lr"), RunConfig(lr=1e-3)
     assert knob.at_edge(2.5e-4, base) and knob.at_edge(3.9e-3, base)
@@ -55,13 +69,14 @@ def test_a_knob_at_the_edge_of_its_range_is_flagged():
 def test_the_selection_split_is_held_out_of_training_and_apart_from_the_test_split():
     gpt = with_overrides(RunConfig(), ["n_layer=1", "n_embd=32", "block_size=16", "batch_size=4"])
     plain, split = build_task(gpt), build_task(with_overrides(gpt, ["selection_split=0.05"]))
-    assert set(plain.evaluate(plain.model)) == {"val_loss"}
+    assert set(plain.evaluate(plain.model)) == {"val_loss", "test_loss"}
     both = split.evaluate(split.model)
-    assert set(both) == {"val_loss", "selection_loss"}
+    assert set(both) == {"val_loss", "test_loss", "selection_loss"}
     assert both["val_loss"] == plain.evaluate(plain.model)["val_loss"]  # the same model (seed) and test windows
     fmnist = with_overrides(RunConfig(), ["task=fmnist", "width=4", "batch_size=4", "selection_split=0.1"])
     task = build_task(fmnist)
-    assert set(task.evaluate(task.model)) == {"test_acc", "selection_acc"}
+    # the held-out loss beside the accuracy on every split: a held head shows in the loss alone
+    assert set(task.evaluate(task.model)) == {"test_acc", "test_loss", "selection_acc", "selection_loss"}
     # training batches never draw the last 10 % of the training images
     images = torch.cat([task.batch(torch.Generator().manual_seed(i))[0] for i in range(300)])
     from normctl_lab.data.fashion_mnist import load_fashion_mnist
@@ -90,6 +105,7 @@ def test_tune_selects_on_validation_reports_on_test_and_resumes(tmp_path, monkey
             trained = json.loads((tmp_path / "final" / f"{method}_s{seed}" / "config.json").read_text())
             assert trained == config | {"seed": seed, "label": method}  # the selected config, seed by seed
         assert len(row["test_acc_by_seed"]) in (3, 5)
+        assert 0 not in row["test_acc_by_seed"]  # the finals never reuse the search seed
     adamwn = summary["methods"]["adamwn"]
     adamw_scores = summary["methods"]["adamw"]["test_acc_by_seed"]
     diff = adamwn["minus_adamw"]
@@ -332,7 +348,9 @@ def test_tune_refuses_what_the_protocol_cannot_report(tmp_path):
     with pytest.raises(ValueError, match="methods must be some of"):
         tune.run_tune(base, ["adamq"], tmp_path)
     with pytest.raises(ValueError, match="seeds must be at least 3"):
-        tune.run_tune(base, ["adamw"], tmp_path, seeds=[0, 1])
+        tune.run_tune(base, ["adamw"], tmp_path, seeds=[1, 2])
+    with pytest.raises(ValueError, match=r"seeds \[0, 1, 2\] must be disjoint from search_seeds \[0\]"):
+        tune.run_tune(base, ["adamw"], tmp_path, seeds=[0, 1, 2])
     with pytest.raises(ValueError, match="reference must be one of"):
         tune.run_tune(base, ["adamw"], tmp_path, reference="sgd")
     assert not any(tmp_path.iterdir())  # nothing trained, nothing written
@@ -349,6 +367,24 @@ def test_close_calls_and_diverged_runs(tmp_path):
         (tmp_path / name / "final.json").write_text(json.dumps({"status": status, "val_acc": acc}))
     selected = tune._select(tmp_path, search_spaces.SEARCH_SPACES["adamw"], configs, tune.TASK_METRICS["voronoi"], base)
     assert selected["selected"] == "adamw_c1" and selected["search"][0]["val_acc"] == -math.inf
+
+
+def test_close_calls_are_decided_on_the_selection_split_not_the_test_split(tmp_path):
+    # far apart on the selection split (val_acc), level on the test split: no seeds are added —
+    # deciding on the test split would be optional stopping
+    base = with_overrides(RunConfig(), TINY_VORONOI)
+    configs = {m: dataclasses.asdict(with_overrides(base, [f"method={m}"])) for m in ("adamw", "adamc")}
+    for m, val in (("adamw", 0.2), ("adamc", 0.9)):
+        for seed, test in zip((1, 2, 3), (0.50, 0.52, 0.54)):
+            run = tmp_path / f"{m}_s{seed}"
+            run.mkdir()
+            run.joinpath("final.json").write_text(
+                json.dumps({"status": "finished", "val_acc": val + seed / 100, "test_acc": test})
+            )
+    launch = dict(workers=1, executor="local", executor_options=None, verbose=False)
+    final = tune._train_finals(configs, [1, 2, 3], tmp_path, tune.TASK_METRICS["voronoi"], launch)
+    assert {m: sorted(scores) for m, (scores, _) in final.items()} == {"adamw": [1, 2, 3], "adamc": [1, 2, 3]}
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(f"{m}_s{s}" for m in configs for s in (1, 2, 3))
 
 
 def test_several_search_seeds_select_on_the_mean_score(tmp_path):
@@ -375,9 +411,13 @@ def test_a_directory_tuned_before_several_search_seeds_still_resumes(tmp_path):
     base = with_overrides(RunConfig(), TINY_VORONOI)
     old = {"base": dataclasses.asdict(base), "budget": 2, "search_seed": 0, "methods": ["adamw"]}
     (tmp_path / "protocol.json").write_text(json.dumps(old))
-    tune._check_same_protocol(tmp_path, tune._protocol_key(base, ["adamw"], 2, [0]))  # the same protocol
+    points = tune._points_of(tmp_path)
+    assert points == "per_method"  # searched before the points were shared: its runs keep their configurations
+    tune._check_same_protocol(tmp_path, tune._protocol_key(base, ["adamw"], 2, [0], points=points))  # the same
     with pytest.raises(ValueError, match="another search_seeds"):
-        tune._check_same_protocol(tmp_path, tune._protocol_key(base, ["adamw"], 2, [0, 1]))
+        tune._check_same_protocol(tmp_path, tune._protocol_key(base, ["adamw"], 2, [0, 1], points=points))
+    with pytest.raises(ValueError, match="another points"):
+        tune._check_same_protocol(tmp_path, tune._protocol_key(base, ["adamw"], 2, [0]))
 
 
 def test_the_tune_command_lists_every_search_space(capsys):

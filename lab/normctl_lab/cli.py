@@ -59,7 +59,7 @@ def tune(args: argparse.Namespace) -> None:
         methods,
         args.out,
         budget=args.budget,
-        seeds=_seeds(args.seeds),
+        seeds=None if args.seeds is None else _seeds(args.seeds),
         search_seeds=_seeds(args.search_seeds),
         reference=args.reference,
         knobs=[k.strip() for k in args.knobs.split(",") if k.strip()] if args.knobs else None,
@@ -150,7 +150,12 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"comma-separated, some of {spaces}; +KEY=VALUE after one fixes a field (adamw+decay=min)",
     )
     p.add_argument("--budget", type=int, default=8, help="configurations searched per method (default 8)")
-    p.add_argument("--seeds", default="0,1,2", help="seeds of the selected configurations (5 on close calls)")
+    p.add_argument(
+        "--seeds",
+        default=None,
+        help="seeds of the selected configurations, disjoint from the search seeds (default: the first three "
+        "not searched, 1,2,3; 5 on close calls)",
+    )
     p.add_argument(
         "--search-seeds",
         default="0",

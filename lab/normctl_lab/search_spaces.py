@@ -3,8 +3,10 @@ the search trains — the same budget for every method, spread evenly over its o
 
 A :class:`Knob` is a numeric RunConfig field searched log-uniformly (or linearly) over a range,
 scaled by the base config's lr or steps where the range is relative; a :class:`Choice` is a
-categorical one. :func:`candidates` draws the points from a scrambled Sobol sequence with a fixed
-seed, so every method that shares a knob tries the same values of it.
+categorical one. :func:`candidates` draws the points from one scrambled Sobol sequence with a
+fixed seed, each knob reading its own coordinate (:data:`KNOB_COORDINATES`) whatever the method's
+other knobs: every method that shares a knob tries the same values of it — the same learning rates
+for a 1-knob method as for a 3-knob one.
 """
 
 from __future__ import annotations
@@ -94,16 +96,51 @@ SEARCH_SPACES = {
 }
 
 
-def candidates(space: SearchSpace, base: RunConfig, budget: int, seed: int = 0) -> list[dict[str, Any]]:
+# Each knob's coordinate of the one 3-dimensional Sobol sequence every method's points come from
+# (3: the most knobs a method has). A scrambled Sobol sequence's coordinates depend on its dimension,
+# so a sequence per method (as tunings made before "points": "shared" did) gave a 1-knob method
+# other learning rates than a 3-knob one. A method's knobs read distinct coordinates, its second
+# knob the second: the first two coordinates of a Sobol sequence pair evenly (each AdamCPR bound
+# rule sees learning rates across the whole range, not the low half).
+KNOB_COORDINATES = {
+    "lr": 0,
+    "weight_decay": 1,
+    "target_ratio": 1,
+    "auto_decay": 1,
+    "cpr_kappa_init": 1,
+    "rate": 2,
+    "cpr_kappa_param": 2,
+}
+POINTS = "shared"  # protocol.json's "points": how candidates() draws (absent: one sequence per method)
+
+
+def candidates(
+    space: SearchSpace, base: RunConfig, budget: int, seed: int = 0, points: str = POINTS
+) -> list[dict[str, Any]]:
     """``budget`` points of ``space``: the knobs' values at scrambled Sobol points (the same for
-    every call with this ``seed``), each with the space's fixed fields."""
+    every call with this ``seed``), each with the space's fixed fields. ``points="shared"``: each
+    knob reads its coordinate of :data:`KNOB_COORDINATES`, so methods sharing a knob try the same
+    values of it; ``"per_method"``: one sequence of the method's own dimension (tunings written
+    before, whose searched runs keep their configurations)."""
     if not (isinstance(budget, int) and budget >= 1):
         raise ValueError(f"budget must be an integer >= 1, got {budget!r}")
-    points = torch.quasirandom.SobolEngine(len(space.knobs), scramble=True, seed=seed).draw(budget, dtype=torch.float64)
+    if points == "shared":
+        unknown = [k.field for k in space.knobs if k.field not in KNOB_COORDINATES]
+        if unknown:
+            raise ValueError(f"knobs {unknown} have no coordinate in KNOB_COORDINATES")
+        columns = [KNOB_COORDINATES[k.field] for k in space.knobs]
+        draws = _sobol(max(KNOB_COORDINATES.values()) + 1, budget, seed)[:, columns]
+    elif points == "per_method":
+        draws = _sobol(len(space.knobs), budget, seed)
+    else:
+        raise ValueError(f"points must be 'shared' or 'per_method', got {points!r}")
     return [
-        space.fixed | {knob.field: knob.value(float(u), base) for knob, u in zip(space.knobs, point)}
-        for point in points
+        space.fixed | {knob.field: knob.value(float(u), base) for knob, u in zip(space.knobs, point)} for point in draws
     ]
+
+
+def _sobol(dimension: int, n: int, seed: int) -> torch.Tensor:
+    return torch.quasirandom.SobolEngine(dimension, scramble=True, seed=seed).draw(n, dtype=torch.float64)
 
 
 def search_space(method: str) -> SearchSpace:

@@ -12,10 +12,13 @@ The protocol, per method:
    on the search seeds (one by default; several average out a seed that was lucky) and scored
    on the selection split (GPT: ``selection_loss`` on a tail of the training stream; ResNet:
    ``selection_acc`` on the last training images; Voronoi: its own ``val_acc`` draw);
-2. **final** — the best configuration trained on every seed and scored on the test split (GPT:
-   ``val_loss``, the corpus's held-out tail; ResNet and Voronoi: ``test_acc``). Where two methods'
-   means lie within two standard deviations of each other with fewer than five seeds, both get
-   seeds up to five (the project's rule for close calls);
+2. **final** — the best configuration trained on seeds the search did not use (a search run
+   reused as a final would carry the selection's luck into the test score) and scored on the test
+   split (GPT: ``test_loss``, 64 batches of the corpus's held-out tail, as many as the selection
+   reads; ResNet and Voronoi: ``test_acc``, with the held-out ``test_loss`` beside it). Where two
+   methods' final runs lie within two standard deviations of each other *on the selection split*
+   with fewer than five seeds, both get seeds up to five (the project's rule for close calls,
+   decided without looking at the test split);
 3. **summary** — per method: the search (each configuration and its score), the selection, whether
    a selected knob sits at the edge of its range (then the range, not the method, decided), the
    test metric per seed, mean ± std, and paired per-seed differences against the reference
@@ -39,7 +42,7 @@ from .paired import finite_by_key, mean_std, paired_difference, spread
 from .peers import peer_package
 from .repro_gpt import SCALES as GPT_SCALES
 from .rundir import strict_json
-from .search_spaces import SearchSpace, as_overrides, candidates, checked_ranges, restricted, search_space
+from .search_spaces import POINTS, SearchSpace, as_overrides, candidates, checked_ranges, restricted, search_space
 from .sweep import final_metrics, train_runs
 from .tune_report import cost_line, selection_notes, summary_table
 
@@ -55,7 +58,7 @@ class Metrics:
 
 
 TASK_METRICS = {
-    "gpt": Metrics("selection_loss", "val_loss", higher_is_better=False),
+    "gpt": Metrics("selection_loss", "test_loss", higher_is_better=False),
     "fmnist": Metrics("selection_acc", "test_acc", higher_is_better=True),
     "voronoi": Metrics("val_acc", "test_acc", higher_is_better=True),
 }
@@ -99,21 +102,27 @@ def run_tune(
     launch: dict[str, Any] = dict(
         workers=workers, executor=executor, executor_options=executor_options, verbose=verbose
     )
-    seeds = [0, 1, 2] if seeds is None else seeds
     search_seeds = [0] if search_seeds is None else search_seeds
+    seeds = [s for s in range(len(search_seeds) + 3) if s not in search_seeds][:3] if seeds is None else seeds
     spaces, ranges = _checked_spaces(methods, search_seeds, knobs, ranges)
     reference = reference or methods[0]
     if reference not in methods:
         raise ValueError(f"reference must be one of the methods {methods}, got {reference!r}")
     if len(seeds) < 3:
         raise ValueError(f"seeds must be at least 3 (mean ± std and a paired interval), got {seeds}")
+    if set(seeds) & set(search_seeds):
+        raise ValueError(
+            f"seeds {seeds} must be disjoint from search_seeds {search_seeds}: a searched run reused "
+            "as a final carries the selection's luck into the test score"
+        )
     metrics = TASK_METRICS[base.task]
     if base.task != "voronoi" and not base.selection_split:
         base = dataclasses.replace(base, selection_split=SELECTION_SPLIT)
     out = Path(out)
-    protocol = _protocol_key(base, methods, budget, search_seeds, knobs, ranges)
+    points = _points_of(out)
+    protocol = _protocol_key(base, methods, budget, search_seeds, knobs, ranges, points)
     _check_same_protocol(out, protocol)
-    search = {m: _search_runs(base, m, spaces[m], budget, search_seeds) for m in methods}
+    search = {m: _search_runs(base, m, spaces[m], budget, search_seeds, points) for m in methods}
     if dry_run:
         plan = _plan(search, spaces, seeds, out / "search")
         print(_plan_text(plan, search_seeds, seeds), flush=True)
@@ -126,7 +135,7 @@ def run_tune(
     searched = [run for configs in search.values() for config in configs for run in config]
     train_runs(searched, out / "search", **launch)
     selected = {m: _select(out / "search", spaces[m], runs, metrics, base) for m, runs in search.items()}
-    final = _train_finals({m: s["config"] for m, s in selected.items()}, seeds, out / "final", metrics.report, launch)
+    final = _train_finals({m: s["config"] for m, s in selected.items()}, seeds, out / "final", metrics, launch)
 
     summary: dict[str, Any] = {
         "protocol": protocol
@@ -181,37 +190,40 @@ def _checked_spaces(
 
 
 def _train_finals(
-    configs: dict[str, dict[str, Any]], seeds: list[int], directory: Path, metric: str, launch: dict[str, Any]
+    configs: dict[str, dict[str, Any]], seeds: list[int], directory: Path, metrics: Metrics, launch: dict[str, Any]
 ) -> dict[str, tuple[dict[int, float], list[tuple[str, RunConfig]]]]:
     """Each method's selected configuration trained on ``seeds``, then — for methods within two
-    standard deviations of another — on further seeds up to :data:`CLOSE_CALL_SEEDS`; per method
-    its test ``metric`` by seed and the runs it trained."""
+    standard deviations of another on the selection split — on further seeds up to
+    :data:`CLOSE_CALL_SEEDS`; per method its test metric by seed and the runs it trained."""
     final = {m: _final_runs(config, m, seeds) for m, config in configs.items()}
     if launch["verbose"]:
         print(f"final: the selected configurations × seeds {seeds}", flush=True)
     train_runs([run for runs in final.values() for run in runs], directory, **launch)
-    scores = {m: _scores(directory, runs, metric) for m, runs in final.items()}
+    # the seed count is decided on the selection split: looking at the test split to decide how
+    # long to look at it is optional stopping
+    selection = {m: _scores(directory, runs, metrics.select) for m, runs in final.items()}
+    scores = {m: _scores(directory, runs, metrics.report) for m, runs in final.items()}
 
     extra = list(range(max(seeds) + 1, max(seeds) + 1 + CLOSE_CALL_SEEDS - len(seeds)))
-    close = _close_calls(scores) if extra else set()
+    close = _close_calls(selection) if extra else set()
     if close:
         if launch["verbose"]:
             print(f"within 2 std of another: {sorted(close)}; seeds {extra} added", flush=True)
         more = {m: _final_runs(configs[m], m, extra) for m in sorted(close)}
         train_runs([run for runs in more.values() for run in runs], directory, **launch)
         for m, runs in more.items():
-            scores[m] |= _scores(directory, runs, metric)
+            scores[m] |= _scores(directory, runs, metrics.report)
             final[m] += runs
     return {m: (scores[m], final[m]) for m in configs}
 
 
 def _search_runs(
-    base: RunConfig, method: str, space: SearchSpace, budget: int, seeds: list[int]
+    base: RunConfig, method: str, space: SearchSpace, budget: int, seeds: list[int], points: str = POINTS
 ) -> list[list[tuple[str, RunConfig]]]:
     """Per configuration searched, its runs over the search seeds (``<method>_c<i>``, and
     ``_s<seed>`` after it where there are several)."""
     out = []
-    for i, point in enumerate(candidates(space, base, budget)):
+    for i, point in enumerate(candidates(space, base, budget, points=points)):
         label = f"{method}_c{i}"
         out.append(
             [
@@ -351,10 +363,19 @@ def _protocol_key(
     search_seeds: list[int],
     knobs: list[str] | None = None,
     ranges: dict[str, tuple[float, float]] | None = None,
+    points: str = POINTS,
 ) -> dict[str, Any]:
     key = {"base": dataclasses.asdict(base), "budget": budget, "search_seeds": search_seeds, "methods": methods}
     # each absent where not given, as before it existed: older tunings' directories still match
+    key |= {"points": points} if points != "per_method" else {}
     return key | ({"knobs": knobs} if knobs else {}) | ({"ranges": ranges} if ranges else {})
+
+
+def _points_of(out: Path) -> str:
+    """How the search in ``out`` draws its points: a directory searched before the points were
+    shared between methods keeps its own (its searched runs stay valid); a new one shares them."""
+    path = out / "protocol.json"
+    return json.loads(path.read_text()).get("points", "per_method") if path.is_file() else POINTS
 
 
 def _check_same_protocol(out: Path, protocol: dict[str, Any]) -> None:
@@ -367,6 +388,6 @@ def _check_same_protocol(out: Path, protocol: dict[str, Any]) -> None:
     if "search_seed" in saved:  # written before several search seeds were possible
         saved["search_seeds"] = [saved.pop("search_seed")]
     new = json.loads(json.dumps(protocol))
-    differs = [k for k in ("base", "budget", "search_seeds", "knobs", "ranges") if saved.get(k) != new.get(k)]
+    differs = [k for k in ("base", "budget", "search_seeds", "knobs", "ranges", "points") if saved.get(k) != new.get(k)]
     if differs:
         raise ValueError(f"{out} holds a tuning with another {', '.join(differs)}: use another --out")

@@ -140,3 +140,19 @@ def accuracy(model: nn.Module, data: tuple[torch.Tensor, torch.Tensor], batch: i
     x, y = data
     correct = sum(int((model(x[i : i + batch]).argmax(1) == y[i : i + batch]).sum()) for i in range(0, len(x), batch))
     return correct / len(x)
+
+
+@torch.no_grad()
+def held_out(
+    model: nn.Module, data: tuple[torch.Tensor, torch.Tensor], split: str, batch: int = 2048
+) -> dict[str, float]:
+    """``<split>_acc`` and ``<split>_loss`` (mean cross-entropy) of ``model`` on ``data``: the loss
+    beside the accuracy, since a method can keep the accuracy and lose the calibration (a classifier
+    head whose norm is held caps the logits' scale)."""
+    x, y = data
+    correct, loss = 0, 0.0
+    for i in range(0, len(x), batch):
+        logits = model(x[i : i + batch])
+        correct += int((logits.argmax(1) == y[i : i + batch]).sum())
+        loss += float(F.cross_entropy(logits.float(), y[i : i + batch], reduction="sum"))
+    return {f"{split}_acc": correct / len(x), f"{split}_loss": loss / len(x)}

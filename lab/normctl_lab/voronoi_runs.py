@@ -21,7 +21,7 @@ from normctl.rules import combined_norm, tensor_norms
 from .methods import adamw_first, build_method, check_methods, is_norm_controlled
 from .progress import progress
 from .rundir import finish_run, start_run, strict_json, write_report
-from .voronoi import VoronoiModel, VoronoiTask, accuracy
+from .voronoi import VoronoiModel, VoronoiTask, held_out
 
 
 @dataclass(frozen=True)
@@ -76,8 +76,8 @@ def train_method(
     model.eval()
     result = {
         "method": method,
-        "val_acc": accuracy(model, task.val),
-        "test_acc": accuracy(model, task.test),
+        **held_out(model, task.val, "val"),
+        **held_out(model, task.test, "test"),
         "norm_ratio": _controlled_norm(groups) / initial,
         "seconds": time.perf_counter() - start,
     }
