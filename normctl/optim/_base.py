@@ -177,11 +177,18 @@ class NormctlOptimizer(Optimizer):
         check_bools(trial, "skip_nonfinite")
         self._validate_group(trial)
         params = param_group["params"]
+        if isinstance(params, set):
+            raise TypeError(
+                "optimizer parameters need to be organized in ordered collections, but the ordering of "
+                "tensors in sets will change between runs. Please use a list instead."
+            )
+        # read once: a generator ({"params": module.parameters()}, torch's own idiom) is spent by
+        # this read, and torch's add_param_group would then find the group empty
         tensors = [params] if isinstance(params, Tensor) else list(params)
         for p in tensors:
             if isinstance(p, Tensor) and p.is_complex():
                 raise TypeError(f"{type(self).__name__} does not support complex parameters (got dtype {p.dtype})")
-        super().add_param_group(param_group)
+        super().add_param_group({**param_group, "params": tensors})
         group = self.param_groups[-1]
         group.setdefault("construction_lr", group["lr"])
         group.setdefault("skipped_steps", 0)

@@ -260,7 +260,7 @@ def scale_idle_(batch: Batch, factors: list[Tensor] | float) -> None:
     if group["scope"] == "tensor" or isinstance(factors, float) or len(batch.params) == len(group["params"]):
         return
     stepped = {id(p) for p in batch.params}
-    idle = [p for p in group["params"] if id(p) not in stepped]
+    idle = [p for p in trainable(group["params"]) if id(p) not in stepped]
     if idle:
         scale_(idle, [factors[0]] * len(idle), foreach=group.get("foreach") is not False)
 
@@ -311,15 +311,22 @@ def _tensor_factors(batch: Batch, step_plan: ControlPlan, norms: list[Tensor]) -
     return list(torch.where(init_norms == 0, uncontrolled_factor(group), factors))
 
 
+def trainable(params: list[Tensor]) -> list[Tensor]:
+    """The tensors a group or global scope holds the norm of: those that require a gradient. A
+    frozen tensor (``requires_grad=False``: fine-tuning's frozen layers) is never changed — as
+    torch.optim leaves it — so it is no part of the norm Eq. 3 acts on either."""
+    return [p for p in params if p.requires_grad]
+
+
 def current_norm(groups: list[dict], foreach: bool, tensor_norms: TensorNorms = rules.tensor_norms) -> Tensor:
-    """One norm over every parameter of ``groups`` (with or without a gradient this step)."""
-    params = [p for g in groups for p in g["params"]]
+    """One norm over every trainable parameter of ``groups`` (with or without a gradient this step)."""
+    params = trainable([p for g in groups for p in g["params"]])
     return rules.combined_norm(tensor_norms(params, foreach=foreach))
 
 
 def _initial_norm(groups: list[dict], *, relative: bool) -> float:
     norm = float(current_norm(groups, foreach=True))
-    if relative and norm == 0 and any(p.numel() for g in groups for p in g["params"]):
+    if relative and norm == 0 and any(p.numel() for g in groups for p in trainable(g["params"])):
         warnings.warn(
             f"a {groups[0]['scope']}-scope set of controlled tensors starts at norm 0, so its relative target "
             "r·‖θ_0‖ would be 0: it is left uncontrolled (Adam's step, and weight_decay as AdamW decay if set). "

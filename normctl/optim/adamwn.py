@@ -233,7 +233,7 @@ class AdamWN(NormctlOptimizer):
 
         def group_norm_sq(group: dict) -> Tensor:
             if id(group) in stepped:
-                return self._kept_norms.norm_sq_vector(group["params"]).sum()
+                return self._kept_norms.norm_sq_vector(control.trainable(group["params"])).sum()
             return control.current_norm([group], foreach=True).square()
 
         global_norm_sq = None
