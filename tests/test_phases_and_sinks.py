@@ -177,3 +177,35 @@ def test_jsonl_sink_drops_the_records_a_resumed_run_writes_again(tmp_path):
         {"step": 5, "loss": 50.0},
     ]
     assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_csv_sink_widens_for_keys_that_appear_later_and_never_stops_the_run(tmp_path):
+    from normctl import AdamWN, AutoTarget, param_groups
+    from normctl.monitor import NormMonitor
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.LayerNorm(8), torch.nn.Linear(8, 2))
+    # the automatic target sets itself at step 6: target_norm / norm_deviation appear in the records then
+    optimizer = AdamWN(param_groups(model), lr=1e-2, target=AutoTarget(steps=4, interval=2))
+    sink = CsvSink(tmp_path)
+    monitor = NormMonitor(model, optimizer, every=2, sinks=[sink])
+    for step in range(12):
+        loss = model(torch.randn(8, 4)).square().mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        monitor.observe(loss=None if step == 0 else loss)  # the first record has no loss
+    monitor.close()
+    with open(tmp_path / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 6 and rows[0]["loss"] == "" and rows[-1]["loss"] != ""
+    late = [k for k in rows[-1] if k.endswith("target_norm")]
+    assert late and rows[0][late[0]] == "" and rows[-1][late[0]] != ""
+    # what a user wrote is never overwritten: a second sink on the same directory is refused
+    with pytest.raises(FileExistsError, match="already holds records"):
+        CsvSink(tmp_path)
+    resumed = CsvSink(tmp_path, resume=True)
+    resumed.write({"step": 99, "loss": 1.0})
+    resumed.close()
+    with open(tmp_path / "metrics.csv") as f:
+        assert list(csv.DictReader(f))[-1]["step"] == "99"

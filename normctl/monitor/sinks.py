@@ -99,21 +99,50 @@ class JsonlSink:
 
 
 class CsvSink:
-    """``RUN_DIR/metrics.csv``, one column per metric; the header is the first record's keys
-    (the monitor writes the same keys every time), later unseen keys are an error."""
+    """``RUN_DIR/metrics.csv``, one column per metric.
 
-    def __init__(self, run_dir: str | Path) -> None:
+    The header is the first record's keys. A record with keys the header lacks (an automatic
+    target's ``target_norm`` once it is set, ``loss`` after a first step without one) widens it:
+    the file is rewritten with the new columns, earlier rows left empty there — a logger never
+    stops a run. A file that already holds rows is refused, as :class:`JsonlSink` refuses one;
+    ``resume=True`` continues it."""
+
+    def __init__(self, run_dir: str | Path, *, resume: bool = False) -> None:
         self.path = Path(run_dir) / METRICS_CSV
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = self.path.open("w", newline="", encoding="utf-8")
-        self._writer: csv.DictWriter | None = None
+        self._fields: list[str] = []
+        if self.path.is_file() and self.path.stat().st_size:
+            if not resume:
+                raise FileExistsError(
+                    f"{self.path} already holds records; log into another directory, or pass resume=True to continue it"
+                )
+            with self.path.open(newline="", encoding="utf-8") as existing:
+                self._fields = next(csv.reader(existing), [])
+        self._file = self.path.open("a", newline="", encoding="utf-8")
+        self._writer = csv.DictWriter(self._file, fieldnames=self._fields, restval="")
 
     def write(self, record: dict[str, Any]) -> None:
-        if self._writer is None:
-            self._writer = csv.DictWriter(self._file, fieldnames=list(record))
-            self._writer.writeheader()
+        new = [k for k in record if k not in self._fields]
+        if new:
+            self._widen(self._fields + new)
         self._writer.writerow(record)
         self._file.flush()
+
+    def _widen(self, fields: list[str]) -> None:
+        """Rewrite the file under the header ``fields`` (atomically: a run killed meanwhile
+        keeps the old file)."""
+        self._file.close()
+        with self.path.open(newline="", encoding="utf-8") as existing:
+            rows = list(csv.DictReader(existing))
+        temporary = self.path.with_suffix(".csv.tmp")
+        with temporary.open("w", newline="", encoding="utf-8") as out:
+            writer = csv.DictWriter(out, fieldnames=fields, restval="")
+            writer.writeheader()
+            writer.writerows(rows)
+        temporary.replace(self.path)
+        self._fields = fields
+        self._file = self.path.open("a", newline="", encoding="utf-8")
+        self._writer = csv.DictWriter(self._file, fieldnames=fields, restval="")
 
     def close(self) -> None:
         self._file.close()
