@@ -91,6 +91,11 @@ def param_roles(
         output_layer: name of the output module (e.g. ``"lm_head"``); by default the last
             ``nn.Linear`` registered in a transformer, or one tied to an embedding.
     """
+    if not isinstance(model, nn.Module):
+        raise TypeError(
+            f"model must be the nn.Module itself (param_groups(model)), got {type(model).__name__}: the roles "
+            "are read from its modules and parameter names, which model.parameters() does not carry"
+        )
     if embeddings not in ("decay", "no_decay"):
         raise ValueError(f"embeddings must be 'decay' or 'no_decay', got {embeddings!r}")
     if isinstance(normalized, str) and normalized not in ("auto", "transformer", "structural", "none"):

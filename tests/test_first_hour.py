@@ -65,3 +65,17 @@ def test_a_frozen_layer_is_never_changed_by_a_group_or_global_scope(scope, wrapp
         optimizer = normctl.AdamWN([{"params": params, "control": True}], lr=1e-2, **kwargs)
     _train(model, optimizer, 5)
     assert all(torch.equal(a, b) for a, b in zip(frozen, model[0].parameters()))
+
+
+def test_errors_say_what_is_wrong(tmp_path, capsys):
+    with pytest.raises(TypeError, match=r"model must be the nn.Module itself \(param_groups\(model\)\), got generator"):
+        normctl.param_groups(_model().parameters())
+    from normctl.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["report", str(tmp_path / "does_not_exist")])
+    assert "does_not_exist does not exist" in capsys.readouterr().err
+    (tmp_path / "file").write_text("")
+    with pytest.raises(SystemExit):
+        main(["report", str(tmp_path / "file")])
+    assert "is a file" in capsys.readouterr().err

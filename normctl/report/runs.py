@@ -92,6 +92,10 @@ def load_run(path: str | Path) -> Run:
     metrics = path / METRICS_JSONL
     if not metrics.is_file():
         metrics = path / (METRICS_JSONL + ".gz")  # as packed for committing (scripts/pack_results.py)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist: pass the directories your NormMonitor's JsonlSink wrote")
+    if not path.is_dir():
+        raise NotADirectoryError(f"{path} is a file: pass the run directory that holds {METRICS_JSONL}")
     if not metrics.is_file():
         raise FileNotFoundError(f"{path} is not a run directory: {METRICS_JSONL} is missing")
     records = read_jsonl(metrics)
