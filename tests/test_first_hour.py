@@ -79,3 +79,102 @@ def test_errors_say_what_is_wrong(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["report", str(tmp_path / "file")])
     assert "is a file" in capsys.readouterr().err
+
+
+def _steps(model: nn.Module, optimizer: torch.optim.Optimizer, start: int, stop: int) -> None:
+    for step in range(start, stop):
+        g = torch.Generator().manual_seed(step)
+        loss = model(torch.randn(16, 6, generator=g, dtype=torch.float64)).square().mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+
+SWITCHES = {
+    # each coincides with the source optimizer at these settings, so the switched run must equal the uninterrupted one
+    "AdamC": (
+        lambda ps: torch.optim.AdamW(ps, lr=1e-2, weight_decay=0.1),
+        lambda ps: normctl.AdamC([{"params": ps, "normalized": True}], lr=1e-2, weight_decay=0.1),
+    ),
+    "AdamWN": (
+        lambda ps: torch.optim.AdamW(ps, lr=1e-2, weight_decay=0.1),
+        lambda ps: normctl.AdamWN(ps, lr=1e-2, target=0.0, rate=0.1, rate_scaling="lr"),
+    ),
+    "SGDC": (
+        lambda ps: torch.optim.SGD(ps, lr=1e-2, momentum=0.9, weight_decay=1e-3),
+        lambda ps: normctl.SGDC([{"params": ps, "normalized": True}], lr=1e-2, momentum=0.9, weight_decay=1e-3),
+    ),
+    "CorrectedDecay": (
+        lambda ps: torch.optim.AdamW(ps, lr=1e-2, weight_decay=0.1),
+        lambda ps: normctl.CorrectedDecay(torch.optim.AdamW(ps, lr=1e-2, weight_decay=0.1), normalized=True),
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SWITCHES))
+def test_switching_from_torch_mid_run_keeps_the_moments_and_equals_the_uninterrupted_run(name):
+    make_source, make_target = SWITCHES[name]
+    torch.manual_seed(0)
+    uninterrupted = _model().double()
+    switched = _model().double()
+    reference = make_source(list(uninterrupted.parameters()))
+    _steps(uninterrupted, reference, 0, 40)
+    source = make_source(list(switched.parameters()))
+    _steps(switched, source, 0, 20)
+    target = make_target(list(switched.parameters()))
+    said = target.continue_from(source)
+    assert "kept:" in said and ("exp_avg" in said or "momentum_buffer" in said)
+    _steps(switched, target, 20, 40)
+    for a, b in zip(uninterrupted.parameters(), switched.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_continue_from_states_what_it_initialises_and_refuses_what_does_not_fit():
+    model = _model()
+    adamw = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    _train(model, adamw, 3)
+    adamwn = normctl.AdamWN(model.parameters(), lr=1e-2, target=1.0)
+    said = adamwn.continue_from(adamw.state_dict())
+    assert "init_norm" in said and "exp_avg_sq" in said
+    _train(model, adamwn, 1)
+    with pytest.raises(ValueError, match="needs a fresh optimizer"):
+        adamwn.continue_from(adamw)
+    with pytest.raises(ValueError, match=r"hold \[4\] tensors, this optimizer's \[6\]"):
+        normctl.AdamC(model.parameters(), lr=1e-2).continue_from(torch.optim.AdamW(list(model.parameters())[2:]))
+    with pytest.raises(TypeError, match="needs a torch optimizer or its state_dict"):
+        normctl.AdamC(model.parameters(), lr=1e-2).continue_from([1, 2])
+
+
+def test_another_optimizers_tensor_state_under_this_ones_groups_is_refused_at_load():
+    # an edited state dict: a fresh AdamWN's groups with AdamW's per-tensor state loaded, then a
+    # KeyError at the next step; now refused at load, naming the way that works
+    model = _model()
+    adamw = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    _train(model, adamw, 2)
+    adamwn = normctl.AdamWN(model.parameters(), lr=1e-2)
+    edited = {"state": adamw.state_dict()["state"], "param_groups": adamwn.state_dict()["param_groups"]}
+    with pytest.raises(ValueError, match=r"lacks \['init_norm'\].*continue_from"):
+        adamwn.load_state_dict(edited)
+    assert not adamwn.state
+
+
+def test_a_wrapper_whose_inner_groups_were_replaced_refuses_to_step_and_schedulers_see_inner_settings():
+    model = _model()
+    adamw = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.0)
+    _train(model, adamw, 2)
+    wrapped = normctl.NormControl(torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.0))
+    wrapped.optimizer.load_state_dict(adamw.state_dict())  # the natural workaround before continue_from
+    before = [p.detach().clone() for p in model.parameters()]
+    with pytest.raises(RuntimeError, match="param groups were replaced"):
+        _train(model, wrapped, 1)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    # the supported way keeps one set of groups, so a scheduler moves the lr the inner optimizer steps with
+    wrapped = normctl.NormControl(torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.0))
+    wrapped.continue_from(adamw)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(wrapped, max_lr=0.1, total_steps=10)  # needs betas
+    _train(model, wrapped, 1)
+    scheduler.step()
+    assert wrapped.param_groups is wrapped.optimizer.param_groups
+    assert wrapped.optimizer.param_groups[0]["lr"] == scheduler.get_last_lr()[0]
+    sgd = normctl.CorrectedDecay(torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9))
+    torch.optim.lr_scheduler.CyclicLR(sgd, base_lr=0.01, max_lr=0.1)  # needs momentum

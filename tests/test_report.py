@@ -106,7 +106,11 @@ def test_cli_report_and_missing_run_dir(runs, tmp_path, capsys):
     assert out.is_file() and "wrote" in capsys.readouterr().out
     with pytest.raises(SystemExit) as exit_info:
         main(["report", str(tmp_path / "nope")])
-    assert exit_info.value.code == 2 and "is not a run directory: metrics.jsonl is missing" in capsys.readouterr().err
+    assert exit_info.value.code == 2 and "nope does not exist" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SystemExit):
+        main(["report", str(tmp_path / "empty")])
+    assert "is not a run directory: metrics.jsonl is missing" in capsys.readouterr().err
 
 
 def rendered_dom(browser: str, page: Path, tmp_path: Path) -> str:

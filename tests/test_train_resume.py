@@ -229,7 +229,7 @@ def test_runs_in_parallel_processes_finish_and_a_failure_names_its_run(tmp_path,
     for r in results:
         assert (
             f"{r['run']} finished (" in printed
-            and f"val_acc {r['val_acc']:.4f}, test_acc {r['test_acc']:.4f}" in printed
+            and f"val_acc {r['val_acc']:.4f}, val_loss {r['val_loss']:.4f}, test_acc {r['test_acc']:.4f}" in printed
         )
     assert "(2 of 2):" in printed and "(1 of 2, ~" in printed  # how long the rest should take
     assert not any(tmp_path.glob("*/request.json"))  # the hand-over files are cleaned up

@@ -141,6 +141,8 @@ class NormctlOptimizer(Optimizer):
     _own_group_keys: frozenset[str] = frozenset()
     # ``_init_state`` creates all of a tensor's state (no buffer waits for the first gradient)
     _eager_state: bool = True
+    # the state a lazy optimizer creates at a tensor's first step (taken by ``continue_from``)
+    _lazy_state_keys: frozenset[str] = frozenset()
 
     def __init__(self, params: Any, defaults: dict[str, Any]) -> None:
         for flag in ("foreach", "fused"):
@@ -201,8 +203,63 @@ class NormctlOptimizer(Optimizer):
 
         allowed = SHARED_GROUP_KEYS | set(self.defaults) | self._own_group_keys
         check_state_dict(self, state_dict, required=set(self.defaults), allowed=allowed)
+        self._check_state_complete(state_dict)
         super().load_state_dict(state_dict)
         keep_saved_dtypes(self, state_dict, KEPT_DTYPE_KEYS)
+
+    def _check_state_complete(self, state_dict: dict[str, Any]) -> None:
+        """Each saved tensor's state holds every key this optimizer's step reads (an edited state
+        dict — another optimizer's moments under this one's groups — would otherwise load and
+        fail at the next step with a KeyError): one fresh state per group says which keys."""
+        if not self._eager_state:
+            return
+        state = state_dict.get("state", {})
+        for g, (saved, group) in enumerate(zip(state_dict["param_groups"], self.param_groups)):
+            entries = [(index, param) for index, param in zip(saved["params"], group["params"]) if state.get(index)]
+            if not entries:
+                continue
+            fresh: dict[str, Any] = {}
+            self._init_state(entries[0][1], fresh, {**group, **{k: v for k, v in saved.items() if k != "params"}})
+            for index, _ in entries:
+                missing = sorted(set(fresh) - set(state[index]))
+                if missing:
+                    raise ValueError(
+                        f"{type(self).__name__}: state of tensor {index} (param group {g}) lacks {missing}: it was "
+                        f"saved by another optimizer. To continue another optimizer's run, use "
+                        f"{type(self).__name__}(...).continue_from(that_optimizer)"
+                    )
+
+    def continue_from(self, source: Optimizer | dict[str, Any]) -> str:
+        """Continue the run ``source`` (a torch optimizer, or its ``state_dict()``) trained over the
+        same parameters in the same groups: the per-tensor state both optimizers keep — Adam's
+        ``exp_avg``, ``exp_avg_sq`` and ``step``, SGD's ``momentum_buffer`` — is taken, and what
+        this optimizer adds is initialised from the weights as they are now (a relative target's
+        ‖θ_0‖ is each tensor's norm at the switch). The source's ``initial_lr`` (its scheduler's
+        peak) becomes γ_max where this optimizer has none. Call it before the first step; the
+        group settings stay this optimizer's. Returns what was kept and what was initialised::
+
+            adamc = normctl.AdamC(normctl.param_groups(model), lr=lr)
+            print(adamc.continue_from(adamw))
+        """
+        from . import _switch
+
+        state_dict = _switch.source_state(source, self)
+        peak = _switch.take_peak_lr(state_dict, self.param_groups)
+        entries = _switch.saved_entries(state_dict, self.param_groups)
+        kept: set[str] = set()
+        initialised: set[str] = set()
+        for param, saved, group in entries:
+            state = self.state[param]
+            if self._eager_state:
+                self._init_state(param, state, group)
+            takes = set(state) if self._eager_state else self._lazy_state_keys
+            for key in takes & set(saved):
+                like = state.get(key, param if isinstance(saved[key], Tensor) and saved[key].dim() else None)
+                state[key] = _switch.as_like(saved[key], like)
+            kept |= takes & set(saved)
+            initialised |= set(state) - set(saved)
+        name = type(source).__name__ if isinstance(source, Optimizer) else "the state dict"
+        return _switch.summary(type(self).__name__, name, len(entries), kept, initialised, peak)
 
     def _validate_group(self, group: dict[str, Any]) -> None:
         raise NotImplementedError

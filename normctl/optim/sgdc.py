@@ -116,6 +116,7 @@ class SGDC(NormctlOptimizer):
     # the momentum buffer is created from the first gradient, as in torch; a zero-lr,
     # zero-gradient step (torch.distributed.checkpoint's state initialisation) is a no-op
     _eager_state = False
+    _lazy_state_keys = frozenset({"momentum_buffer"})
 
     def _init_state(self, param, state: dict, group: dict) -> None:
         pass

@@ -58,6 +58,9 @@ class _Wrapper(Optimizer):
         super().__init__(optimizer.param_groups, defaults)  # shares (and extends) the group dicts
         self._adding_inner = False
         self.param_groups = optimizer.param_groups
+        # the inner optimizer's defaults beside the wrapper's: torch's schedulers read them from the
+        # optimizer they are given (OneCycleLR and CyclicLR look for ``betas`` / ``momentum``)
+        self.defaults = {**optimizer.defaults, **self.defaults}
         _warn_if_inner_fused_sgd_is_defective(optimizer)
 
     def __getstate__(self) -> dict[str, Any]:
@@ -104,6 +107,14 @@ class _Wrapper(Optimizer):
         state is empty (always, for :class:`CorrectedDecay`), where a real inner step would
         decay Adam's moments and advance its step count at every checkpoint.
         """
+        if self.param_groups is not self.optimizer.param_groups:
+            raise RuntimeError(
+                f"{type(self).__name__}: the inner {type(self.optimizer).__name__}'s param groups were replaced "
+                "(its load_state_dict was called?), so a scheduler on the wrapper no longer moves the lr the inner "
+                "optimizer steps with. Load state through the wrapper's load_state_dict; to continue a "
+                f"{type(self.optimizer).__name__} run, load its state dict into the wrapper (what the wrapper adds "
+                "is initialised). Nothing was changed."
+            )
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -152,10 +163,43 @@ class _Wrapper(Optimizer):
         self.optimizer.load_state_dict(inner)
         super().load_state_dict(own)
         keep_saved_dtypes(self, own, KEPT_DTYPE_KEYS)
-        # Loading gave both optimizers fresh group dicts: share them again, keeping our keys.
+        self._share_groups_again()
+
+    def _share_groups_again(self) -> None:
+        """After the inner optimizer loaded a state dict (which gives it fresh group dicts): share
+        them again, keeping the wrapper's keys."""
         for ours, theirs in zip(self.param_groups, self.optimizer.param_groups):
             theirs.update({k: v for k, v in ours.items() if k != "params"})
         self.param_groups = self.optimizer.param_groups
+
+    def continue_from(self, source: Optimizer | dict[str, Any]) -> str:
+        """Continue the run ``source`` (a torch optimizer, or its ``state_dict()``) trained over the
+        same parameters in the same groups: its per-tensor state goes to the inner optimizer as
+        torch's ``load_state_dict`` takes it (``AdamW``'s into ``Adam``/``AdamW``, …), the group
+        settings stay this optimizer's, and the wrapper's own state (‖θ_0‖) is measured at the
+        next step from the weights as they are then. Call it before the first step. Returns what
+        was kept::
+
+            wrapped = normctl.NormControl(torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0))
+            print(wrapped.continue_from(adamw))
+        """
+        from . import _switch
+
+        if self.optimizer.state:
+            raise ValueError(f"{type(self).__name__}.continue_from needs a fresh optimizer: the inner one has state")
+        state_dict = _switch.source_state(source, self)
+        peak = _switch.take_peak_lr(state_dict, self.param_groups)
+        inner = self.optimizer.state_dict()
+        ours = [i for group in inner["param_groups"] for i in group["params"]]
+        theirs = [i for group in state_dict["param_groups"] for i in group["params"]]
+        saved = state_dict.get("state", {})
+        carried = {o: saved[t] for o, t in zip(ours, theirs) if saved.get(t)}
+        self.optimizer.load_state_dict({**inner, "state": carried})
+        self._share_groups_again()
+        kept = {key for entry in carried.values() for key in entry}
+        name = type(source).__name__ if isinstance(source, Optimizer) else "the state dict"
+        wrapper_state = {"‖θ_0‖ at the next step"} if isinstance(self, NormControl) else set()
+        return _switch.summary(type(self).__name__, name, len(carried), kept, wrapper_state, peak)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.optimizer!r})"
