@@ -27,12 +27,16 @@ The rules, in order (the first that matches decides):
 from __future__ import annotations
 
 import re
+import warnings
 from collections import defaultdict
 from collections.abc import Collection
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
+
+from . import distributed
 
 GROUP_FLAGS = {  # group label -> (control, normalized, decayed)
     "normalized": (True, True, True),
@@ -255,3 +259,31 @@ def _norm_width(norm: nn.Module) -> int | None:
         return int(shape[-1])
     weight = getattr(norm, "weight", None)
     return int(weight.shape[0]) if isinstance(weight, torch.Tensor) and weight.ndim else None
+
+
+def split_plain(params: Any, owner: str, uncontrolled: dict[str, Any]) -> Any:
+    """``params`` as the groups a plain call gets: given tensors rather than param groups
+    (``AdamWN(model.parameters())``), those with fewer than 2 dimensions — norm gains, biases,
+    norm shifts — go to a group of their own with ``uncontrolled`` settings (neither controlled
+    nor decayed), as nanoGPT, timm and the Hugging Face Trainer leave them; one warning says how
+    many of each and how to choose otherwise. Param groups (dicts) are returned as given: their
+    author decides."""
+    if isinstance(params, torch.Tensor):
+        params = [params]
+    params = list(params)
+    if not params or not all(isinstance(p, torch.Tensor) for p in params):
+        return params  # explicit groups, named parameters, or nothing: torch's rules apply
+    # a flat shard's dimensions are not its tensors' (FSDP1, ZeRO-3): refused as the norms would be
+    distributed.check_supported(params, owner)
+    matrices = [p for p in params if p.dim() >= 2]
+    vectors = [p for p in params if p.dim() < 2]
+    if vectors:
+        warnings.warn(
+            f"{owner} over plain parameters: {len(matrices)} tensor(s) with 2 or more dimensions are controlled; "
+            f"{len(vectors)} with fewer (norm gains, biases) are neither controlled nor decayed, as mature trainers "
+            "leave them. To choose otherwise pass param groups: normctl.param_groups(model), or "
+            "[{'params': ..., 'control': True}].",
+            stacklevel=3,
+        )
+    groups = [{"params": matrices}] if matrices else []
+    return groups + ([{"params": vectors, **uncontrolled}] if vectors else [])

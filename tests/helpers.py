@@ -127,3 +127,10 @@ def save_resume_and_continue(make_optimizer: Callable, shapes, *, steps: int = 1
 def untimed(final: dict) -> dict:
     """A run's final record without ``train_seconds``: what a resumed run must reproduce exactly."""
     return {k: v for k, v in final.items() if k != "train_seconds"}
+
+
+def one_group(params) -> list[dict]:
+    """Every tensor in one group, controlled: what a plain list of tensors meant to AdamWN and
+    NormControl before plain calls left tensors with fewer than 2 dimensions alone (the tests of
+    the update rule on every shape, 0-d and 1-d included)."""
+    return [{"params": list(params), "control": True}]

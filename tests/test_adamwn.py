@@ -4,7 +4,7 @@ import math
 
 import pytest
 import torch
-from helpers import assert_same, cosine, make_params, run
+from helpers import assert_same, cosine, make_params, one_group, run
 
 from normctl import AdamWN, schedules
 
@@ -16,7 +16,7 @@ def test_target_zero_lr_scaled_rate_is_torch_adamw_13a(foreach, dtype):
         lambda p: torch.optim.AdamW(p, lr=1e-2, weight_decay=0.1, foreach=foreach), scheduler=cosine(), dtype=dtype
     )
     got, _ = run(
-        lambda p: AdamWN(p, lr=1e-2, target=0.0, rate=0.1, rate_scaling="lr", foreach=foreach),
+        lambda p: AdamWN(one_group(p), lr=1e-2, target=0.0, rate=0.1, rate_scaling="lr", foreach=foreach),
         scheduler=cosine(),
         dtype=dtype,
     )
@@ -27,7 +27,7 @@ def test_target_zero_lr_scaled_rate_is_torch_adamw_13a(foreach, dtype):
 def test_target_zero_rate_lr_times_wd_at_constant_lr_is_torch_adamw(foreach):
     lr, wd = 3e-3, 0.05
     ref, _ = run(lambda p: torch.optim.AdamW(p, lr=lr, weight_decay=wd, foreach=foreach))
-    got, _ = run(lambda p: AdamWN(p, lr=lr, target=0.0, rate=lr * wd, foreach=foreach))
+    got, _ = run(lambda p: AdamWN(one_group(p), lr=lr, target=0.0, rate=lr * wd, foreach=foreach))
     assert_same(ref, got)
 
 
@@ -53,7 +53,7 @@ def test_target_zero_lr_ratio_rate_is_original_adamw_13b(foreach):
     multiplier = schedules.cosine(1.0, 0.1, steps, warmup=10, warmup_start=0.1)
     ref = original_adamw_reference([p.detach().clone() for p in make_params()], lr, wd, steps, multiplier)
     got, opt = run(
-        lambda p: AdamWN(p, lr=lr, target=0.0, rate=wd, rate_scaling="lr_ratio", foreach=foreach),
+        lambda p: AdamWN(one_group(p), lr=lr, target=0.0, rate=wd, rate_scaling="lr_ratio", foreach=foreach),
         scheduler=lambda o: torch.optim.lr_scheduler.LambdaLR(o, multiplier),
         steps=steps,
     )
@@ -67,7 +67,7 @@ def test_rate_one_after_step_lands_on_target_norm(scope, foreach):
     params = make_params(shapes=[(6, 5), (7,), (3, 3, 3)])
     init = [p.detach().norm().item() for p in params]
     init_all = math.sqrt(sum(n * n for n in init))
-    opt = AdamWN(params, lr=0.1, target=1.7, rate=1.0, control_at="post_step", scope=scope, foreach=foreach)
+    opt = AdamWN(one_group(params), lr=0.1, target=1.7, rate=1.0, control_at="post_step", scope=scope, foreach=foreach)
     g = torch.Generator().manual_seed(3)
     for _ in range(5):
         for p in params:
@@ -87,7 +87,7 @@ def test_zero_gradient_norm_follows_closed_form(target):
     k, steps = 0.05, 40
     params = make_params(shapes=[(8, 4)])
     n0 = params[0].detach().norm().item()
-    opt = AdamWN(params, lr=1e-2, target=target, rate=k)
+    opt = AdamWN(one_group(params), lr=1e-2, target=target, rate=k)
     for _ in range(steps):
         params[0].grad = torch.zeros_like(params[0])
         opt.step()
@@ -129,7 +129,7 @@ def test_target_schedule_is_followed_step_by_step():
     params = make_params(shapes=[(6, 6)])
     n0 = params[0].detach().norm().item()
     target = schedules.linear_ramp(1.0, 2.0, 10)
-    opt = AdamWN(params, lr=1e-2, target=target, rate=1.0, control_at="post_step")
+    opt = AdamWN(one_group(params), lr=1e-2, target=target, rate=1.0, control_at="post_step")
     for t in range(15):
         params[0].grad = torch.randn_like(params[0])
         opt.step()
@@ -140,7 +140,7 @@ def test_target_schedule_is_followed_step_by_step():
 def test_group_scope_scales_every_tensor_by_one_factor():
     params = make_params(shapes=[(5, 5), (9,)])
     before = [p.detach().clone() for p in params]
-    opt = AdamWN(params, lr=1e-2, target=3.0, rate=0.3, scope="group")
+    opt = AdamWN(one_group(params), lr=1e-2, target=3.0, rate=0.3, scope="group")
     for p in params:
         p.grad = torch.zeros_like(p)
     opt.step()
@@ -166,7 +166,7 @@ def test_control_off_group_is_adam_or_adamw():
     assert_same(ref, got)
     assert "init_norm" not in opt.state[got[0]]
     ref, _ = run(lambda p: torch.optim.Adam(p, lr=1e-2))
-    got, _ = run(lambda p: AdamWN(p, lr=1e-2, control=False))
+    got, _ = run(lambda p: AdamWN([{"params": p}], lr=1e-2, control=False))
     assert_same(ref, got)
 
 
@@ -176,7 +176,7 @@ def test_zero_and_empty_tensors_never_produce_nan():
         torch.tensor(2.0, requires_grad=True),
         torch.ones(3, requires_grad=True),
     ]
-    opt = AdamWN(params, lr=1e-2, target=1.5, rate=0.5)
+    opt = AdamWN(one_group(params), lr=1e-2, target=1.5, rate=0.5)
     for _ in range(3):
         for p in params:
             p.grad = torch.ones_like(p)
@@ -216,8 +216,8 @@ def test_maximize_equals_minimizing_the_negated_gradient():
             opt.step()
         return params
 
-    got, _ = run(lambda p: AdamWN(p, lr=1e-2, target=1.2, maximize=True), steps=20)
-    assert_same(negated(lambda p: AdamWN(p, lr=1e-2, target=1.2)), got)
+    got, _ = run(lambda p: AdamWN(one_group(p), lr=1e-2, target=1.2, maximize=True), steps=20)
+    assert_same(negated(lambda p: AdamWN(one_group(p), lr=1e-2, target=1.2)), got)
 
 
 def test_params_without_grads_are_skipped():
@@ -252,7 +252,9 @@ def test_target_zero_default_path_is_torch_fused_adamw_within_1e6():
         lambda p: torch.optim.AdamW(p, lr=1e-2, weight_decay=0.1, fused=True), scheduler=cosine(), dtype=torch.float32
     )
     got, ours = run(
-        lambda p: AdamWN(p, lr=1e-2, target=0.0, rate=0.1, rate_scaling="lr"), scheduler=cosine(), dtype=torch.float32
+        lambda p: AdamWN(one_group(p), lr=1e-2, target=0.0, rate=0.1, rate_scaling="lr"),
+        scheduler=cosine(),
+        dtype=torch.float32,
     )
     assert_same(ref, got, exact=False, rtol=1e-6, atol=1e-7)
     ref_state = [t for s in torch_opt.state.values() for k, t in sorted(s.items())]

@@ -5,6 +5,7 @@ import math
 
 import pytest
 import torch
+from helpers import one_group
 from torch import nn
 
 import normctl
@@ -45,7 +46,7 @@ def test_equilibrium_rule_is_adamw_while_it_measures_then_targets_the_closed_for
 
 def test_equilibrium_rule_over_a_scope_uses_the_scopes_update():
     params = [nn.Parameter(torch.randn(4, 4, dtype=torch.float64)), nn.Parameter(torch.randn(9, dtype=torch.float64))]
-    optimizer = AdamWN(params, lr=1e-2, target=AutoTarget(steps=5), scope="global")
+    optimizer = AdamWN(one_group(params), lr=1e-2, target=AutoTarget(steps=5), scope="global")
     for _ in range(5):
         for p in params:
             p.grad = -torch.ones_like(p)
@@ -81,7 +82,9 @@ def test_inflection_rule_holds_the_norm_where_its_growth_first_slows():
     norms = [math.sqrt(v) for v in norm_sq]
     p = nn.Parameter(torch.ones(4, dtype=torch.float64))
     p.data.mul_(norms[0] / p.norm())
-    optimizer = NormControl(Scripted([p], norms), target=AutoTarget(rule="inflection", interval=interval, ema=0.0))
+    optimizer = NormControl(
+        Scripted(one_group([p]), norms), target=AutoTarget(rule="inflection", interval=interval, ema=0.0)
+    )
     chosen = None
     for t in range(1, steps + 1):
         p.grad = torch.zeros_like(p)
@@ -152,7 +155,7 @@ def test_an_n01_embedding_gets_a_target_below_its_initial_norm():
     torch.manual_seed(0)
     embedding = nn.Embedding(64, 32)
     initial = embedding.weight.detach().norm().item()
-    optimizer = AdamWN(embedding.parameters(), lr=1e-3, target="auto")
+    optimizer = AdamWN(one_group(embedding.parameters()), lr=1e-3, target="auto")
     g = torch.Generator().manual_seed(1)
     for _ in range(200):
         optimizer.zero_grad()

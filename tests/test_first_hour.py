@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import one_group
 from torch import nn
 
 import normctl
@@ -60,7 +61,7 @@ def test_a_frozen_layer_is_never_changed_by_a_group_or_global_scope(scope, wrapp
     params = [p for p in model.parameters()]  # frozen ones included, as model.parameters() gives them
     kwargs = dict(target=1.5, rate=0.1, scope=scope)
     if wrapped:
-        optimizer = normctl.NormControl(torch.optim.Adam(params, lr=1e-2), **kwargs)
+        optimizer = normctl.NormControl(torch.optim.Adam(one_group(params), lr=1e-2), **kwargs)
     else:
         optimizer = normctl.AdamWN([{"params": params, "control": True}], lr=1e-2, **kwargs)
     _train(model, optimizer, 5)
@@ -98,7 +99,7 @@ SWITCHES = {
     ),
     "AdamWN": (
         lambda ps: torch.optim.AdamW(ps, lr=1e-2, weight_decay=0.1),
-        lambda ps: normctl.AdamWN(ps, lr=1e-2, target=0.0, rate=0.1, rate_scaling="lr"),
+        lambda ps: normctl.AdamWN(one_group(ps), lr=1e-2, target=0.0, rate=0.1, rate_scaling="lr"),
     ),
     "SGDC": (
         lambda ps: torch.optim.SGD(ps, lr=1e-2, momentum=0.9, weight_decay=1e-3),
@@ -133,7 +134,7 @@ def test_continue_from_states_what_it_initialises_and_refuses_what_does_not_fit(
     model = _model()
     adamw = torch.optim.AdamW(model.parameters(), lr=1e-2)
     _train(model, adamw, 3)
-    adamwn = normctl.AdamWN(model.parameters(), lr=1e-2, target=1.0)
+    adamwn = normctl.AdamWN(one_group(model.parameters()), lr=1e-2, target=1.0)
     said = adamwn.continue_from(adamw.state_dict())
     assert "init_norm" in said and "exp_avg_sq" in said
     _train(model, adamwn, 1)
@@ -151,7 +152,7 @@ def test_another_optimizers_tensor_state_under_this_ones_groups_is_refused_at_lo
     model = _model()
     adamw = torch.optim.AdamW(model.parameters(), lr=1e-2)
     _train(model, adamw, 2)
-    adamwn = normctl.AdamWN(model.parameters(), lr=1e-2)
+    adamwn = normctl.AdamWN(one_group(model.parameters()), lr=1e-2)
     edited = {"state": adamw.state_dict()["state"], "param_groups": adamwn.state_dict()["param_groups"]}
     with pytest.raises(ValueError, match=r"lacks \['init_norm'\].*continue_from"):
         adamwn.load_state_dict(edited)
@@ -162,14 +163,14 @@ def test_a_wrapper_whose_inner_groups_were_replaced_refuses_to_step_and_schedule
     model = _model()
     adamw = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.0)
     _train(model, adamw, 2)
-    wrapped = normctl.NormControl(torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.0))
+    wrapped = normctl.NormControl(torch.optim.AdamW(one_group(model.parameters()), lr=1e-2, weight_decay=0.0))
     wrapped.optimizer.load_state_dict(adamw.state_dict())  # the natural workaround before continue_from
     before = [p.detach().clone() for p in model.parameters()]
     with pytest.raises(RuntimeError, match="param groups were replaced"):
         _train(model, wrapped, 1)
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
     # the supported way keeps one set of groups, so a scheduler moves the lr the inner optimizer steps with
-    wrapped = normctl.NormControl(torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.0))
+    wrapped = normctl.NormControl(torch.optim.AdamW(one_group(model.parameters()), lr=1e-2, weight_decay=0.0))
     wrapped.continue_from(adamw)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(wrapped, max_lr=0.1, total_steps=10)  # needs betas
     _train(model, wrapped, 1)
@@ -178,3 +179,42 @@ def test_a_wrapper_whose_inner_groups_were_replaced_refuses_to_step_and_schedule
     assert wrapped.optimizer.param_groups[0]["lr"] == scheduler.get_last_lr()[0]
     sgd = normctl.CorrectedDecay(torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9))
     torch.optim.lr_scheduler.CyclicLR(sgd, base_lr=0.01, max_lr=0.1)  # needs momentum
+
+
+def test_the_plain_call_controls_and_decays_matrices_only_and_says_so():
+    model = _model()
+    matrices = [p for p in model.parameters() if p.dim() >= 2]
+    with pytest.warns(UserWarning, match=r"2 tensor\(s\) with 2 or more dimensions are controlled; 4 with fewer"):
+        optimizer = normctl.AdamWN(model.parameters(), lr=1e-2)
+    controlled, plain = optimizer.param_groups
+    assert controlled["control"] and controlled["params"] == matrices
+    assert not plain["control"] and plain["weight_decay"] == 0.0 and all(p.dim() < 2 for p in plain["params"])
+    # explicit groups keep full control: their author decides
+    assert len(normctl.AdamWN([{"params": model.parameters()}], lr=1e-2).param_groups) == 1
+    with pytest.warns(UserWarning, match=r"NormControl\(Adam\) over plain parameters"):
+        wrapped = normctl.NormControl(torch.optim.Adam(model.parameters(), lr=1e-2))
+    assert [g["control"] for g in wrapped.param_groups] == [True, False]
+    assert wrapped.param_groups is wrapped.optimizer.param_groups
+
+
+def test_the_plain_call_at_target_zero_is_torch_adamw_with_the_same_split():
+    # AdamW is AdamWN's τ = 0 case, over the split every mature trainer uses
+    twin, model = _model().double(), _model().double()
+    matrices = [p for p in twin.parameters() if p.dim() >= 2]
+    vectors = [p for p in twin.parameters() if p.dim() < 2]
+    reference = torch.optim.AdamW(
+        [{"params": matrices}, {"params": vectors, "weight_decay": 0.0}], lr=1e-2, weight_decay=0.1
+    )
+    optimizer = normctl.AdamWN(model.parameters(), lr=1e-2, target=0.0, rate=0.1, rate_scaling="lr")
+    wrapped_model = _model().double()
+    wrapped = normctl.NormControl(
+        torch.optim.AdamW(wrapped_model.parameters(), lr=1e-2, weight_decay=0.0),
+        target=0.0,
+        rate=0.1,
+        rate_scaling="lr",
+    )
+    for m, o in ((twin, reference), (model, optimizer), (wrapped_model, wrapped)):
+        _steps(m, o, 0, 20)
+    for a, b, c in zip(twin.parameters(), model.parameters(), wrapped_model.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+        torch.testing.assert_close(a, c, rtol=1e-12, atol=1e-14)

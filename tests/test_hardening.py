@@ -7,6 +7,7 @@ import warnings
 
 import pytest
 import torch
+from helpers import one_group
 from torch import nn
 
 import normctl
@@ -43,7 +44,7 @@ def assert_unchanged(optimizer, before):
 @pytest.mark.parametrize(
     "make",
     [
-        lambda ps, **kw: normctl.AdamWN(ps, lr=1e-3, **kw),
+        lambda ps, **kw: normctl.AdamWN(one_group(ps), lr=1e-3, **kw),
         lambda ps, **kw: normctl.AdamC(ps, lr=1e-3, weight_decay=0.1, **kw),
         lambda ps, **kw: normctl.SGDC(ps, lr=1e-1, momentum=0.9, weight_decay=1e-3, **kw),
         lambda ps, **kw: normctl.NormControl(torch.optim.Adam(ps, lr=1e-3), **kw),
@@ -81,7 +82,7 @@ def test_another_optimizers_state_is_refused():
 @pytest.mark.parametrize(
     "make",
     [
-        lambda ps: normctl.AdamWN(ps, lr=1e-3),
+        lambda ps: normctl.AdamWN(one_group(ps), lr=1e-3),
         lambda ps: normctl.AdamC(ps, lr=1e-3, weight_decay=0.1, normalized=True),
         lambda ps: normctl.SGDC(ps, lr=1e-1, momentum=0.9, weight_decay=1e-3, normalized=True),
         lambda ps: normctl.NormControl(torch.optim.Adam(ps, lr=1e-3)),
@@ -186,7 +187,7 @@ def test_wrappers_refuse_misspelt_group_keys():
 def test_meta_parameters_get_a_clear_error_at_the_first_step():
     with torch.device("meta"):
         layer = nn.Linear(4, 3)
-    optimizer = normctl.AdamWN(layer.parameters(), lr=1e-3)  # building it is fine
+    optimizer = normctl.AdamWN(one_group(layer.parameters()), lr=1e-3)  # building it is fine
     for p in layer.parameters():
         p.grad = torch.zeros_like(p)
     with pytest.raises(ValueError, match="cannot step meta-device parameters.*to_empty"):
@@ -204,9 +205,9 @@ def test_post_step_rate_one_is_an_exact_retraction_with_intermittent_gradients(s
     initial = math.sqrt(sum(float(p.detach().square().sum()) for p in params))
     settings = dict(target=1.5, rate=1.0, scope=scope, control_at="post_step")
     if wrapped:
-        optimizer = normctl.NormControl(torch.optim.Adam(params, lr=1e-2), **settings)
+        optimizer = normctl.NormControl(torch.optim.Adam(one_group(params), lr=1e-2), **settings)
     else:
-        optimizer = normctl.AdamWN(params, lr=1e-2, **settings)
+        optimizer = normctl.AdamWN(one_group(params), lr=1e-2, **settings)
     for step in range(30):
         for i, p in enumerate(params):  # tensor i has a gradient on some steps only
             p.grad = torch.randn_like(p) if (step + i) % 3 else None
@@ -320,7 +321,9 @@ def zero_init_model():
 @pytest.mark.parametrize("weight_decay", [0.0, 0.1])
 def test_zero_initialised_tensors_are_left_to_adam_or_adamw(path, weight_decay):
     model, twin = zero_init_model(), zero_init_model()
-    optimizer = normctl.AdamWN(model.parameters(), lr=1e-2, target=1.5, rate=0.1, weight_decay=weight_decay, **path)
+    optimizer = normctl.AdamWN(
+        one_group(model.parameters()), lr=1e-2, target=1.5, rate=0.1, weight_decay=weight_decay, **path
+    )
     reference = torch.optim.AdamW(twin.parameters(), lr=1e-2, weight_decay=weight_decay, foreach=False)
     zero = [i for i, p in enumerate(twin.parameters()) if not p.detach().any()]
     gradients = torch.Generator().manual_seed(1)
@@ -342,7 +345,7 @@ def test_zero_initialised_tensors_are_left_to_adam_or_adamw(path, weight_decay):
 
 def test_target_zero_never_needs_the_initial_norm():
     model = zero_init_model()
-    optimizer = normctl.AdamWN(model.parameters(), lr=1e-2, target=0.0, rate=0.01)
+    optimizer = normctl.AdamWN(one_group(model.parameters()), lr=1e-2, target=0.0, rate=0.01)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no "starts at norm 0" warning: AdamW's decay does not use ‖θ_0‖
         for _ in range(3):
@@ -363,7 +366,7 @@ def test_a_scope_that_starts_at_norm_zero_is_left_uncontrolled(scope):
 
 def test_norm_control_wrapper_takes_model_parameters_with_zero_tensors():
     model, twin = zero_init_model(), zero_init_model()
-    optimizer = normctl.NormControl(torch.optim.Adam(model.parameters(), lr=1e-2), target=1.5, rate=0.1)
+    optimizer = normctl.NormControl(torch.optim.Adam(one_group(model.parameters()), lr=1e-2), target=1.5, rate=0.1)
     reference = torch.optim.Adam(twin.parameters(), lr=1e-2)
     gradients = torch.Generator().manual_seed(1)
     with pytest.warns(UserWarning, match="start at norm 0"):

@@ -4,6 +4,7 @@ from unittest import mock
 
 import pytest
 import torch
+from helpers import one_group
 
 from normctl import AdamWN, NormControl, create_optimizer
 from normctl.monitor import MemorySink, NormMonitor
@@ -123,7 +124,7 @@ def test_lightning_with_adamwn_over_self_parameters():
             return torch.nn.functional.mse_loss(self.net(x), y)
 
         def configure_optimizers(self):
-            return AdamWN(self.parameters(), lr=1e-2, target=1.5)
+            return AdamWN(one_group(self.parameters()), lr=1e-2, target=1.5)
 
     torch.manual_seed(0)
     data = torch.utils.data.TensorDataset(torch.randn(64, 4), torch.randn(64, 1))

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from helpers import one_group
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -38,7 +39,9 @@ def step_with_random_grads(opt, params, seed, steps):
 def test_target_zero_is_torch_adamw(shape_list, dtype, lr, wd, foreach, seed):
     a, b = tensors(shape_list, dtype, seed), tensors(shape_list, dtype, seed)
     step_with_random_grads(torch.optim.AdamW(a, lr=lr, weight_decay=wd, foreach=foreach), a, seed, 5)
-    step_with_random_grads(AdamWN(b, lr=lr, target=0.0, rate=wd, rate_scaling="lr", foreach=foreach), b, seed, 5)
+    step_with_random_grads(
+        AdamWN(one_group(b), lr=lr, target=0.0, rate=wd, rate_scaling="lr", foreach=foreach), b, seed, 5
+    )
     assert all(torch.equal(x, y) for x, y in zip(a, b))
 
 
@@ -53,7 +56,7 @@ def test_target_zero_is_torch_adamw(shape_list, dtype, lr, wd, foreach, seed):
 def test_rate_one_post_step_lands_on_target_for_any_shape(shape_list, dtype, target, scope, seed):
     params = [p for p in tensors(shape_list, dtype, seed) if p.numel() > 0] or tensors([(3,)], dtype, seed)
     init = [p.detach().norm(dtype=torch.float64).item() for p in params]
-    opt = AdamWN(params, lr=1e-2, target=target, rate=1.0, scope=scope, control_at="post_step")
+    opt = AdamWN(one_group(params), lr=1e-2, target=target, rate=1.0, scope=scope, control_at="post_step")
     step_with_random_grads(opt, params, seed, 3)
     rel = 1e-5 if dtype == torch.float32 else 1e-10
     if scope == "tensor":
@@ -75,7 +78,7 @@ def test_rate_one_post_step_lands_on_target_for_any_shape(shape_list, dtype, tar
 def test_never_nan_for_finite_inputs(shape_list, dtype, rate, target, seed):
     params = [p for p in tensors(shape_list, dtype, seed)]
     for make in (
-        lambda: AdamWN(params, lr=1e-2, rate=rate, target=target, relative_target=False),
+        lambda: AdamWN(one_group(params), lr=1e-2, rate=rate, target=target, relative_target=False),
         lambda: AdamC(params, lr=1e-2, normalized=True),
     ):
         opt = make()

@@ -8,6 +8,7 @@ from helpers import (
     assert_same,
     cosine,
     make_params,
+    one_group,
     run,
     save_resume_and_continue,
     state_tensors,
@@ -32,7 +33,10 @@ def test_wrapped_adamw_without_decay_is_torch_adamw(foreach):
     ref, _ = run(lambda p: torch.optim.AdamW(p, lr=1e-2, weight_decay=0.1, foreach=foreach), scheduler=cosine())
     got, _ = run(
         lambda p: NormControl(
-            torch.optim.AdamW(p, lr=1e-2, weight_decay=0.0, foreach=foreach), target=0.0, rate=0.1, rate_scaling="lr"
+            torch.optim.AdamW(one_group(p), lr=1e-2, weight_decay=0.0, foreach=foreach),
+            target=0.0,
+            rate=0.1,
+            rate_scaling="lr",
         ),
         scheduler=cosine(),
     )
@@ -42,7 +46,9 @@ def test_wrapped_adamw_without_decay_is_torch_adamw(foreach):
 def test_wrapped_adamw_at_constant_lr_with_rate_lr_times_wd():
     lr, wd = 3e-3, 0.05
     ref, _ = run(lambda p: torch.optim.AdamW(p, lr=lr, weight_decay=wd))
-    got, _ = run(lambda p: NormControl(torch.optim.AdamW(p, lr=lr, weight_decay=0.0), target=0.0, rate=lr * wd))
+    got, _ = run(
+        lambda p: NormControl(torch.optim.AdamW(one_group(p), lr=lr, weight_decay=0.0), target=0.0, rate=lr * wd)
+    )
     assert_same(ref, got)
 
 
@@ -51,7 +57,9 @@ def test_wrapped_sgd_is_decoupled_decay_sgd(momentum):
     with pytest.warns(UserWarning, match="no param group has normalized=True"):  # plain decoupled SGD
         ref, _ = run(lambda p: SGDC(p, lr=0.1, momentum=momentum, weight_decay=0.01, decoupled_weight_decay=True))
     got, _ = run(
-        lambda p: NormControl(torch.optim.SGD(p, lr=0.1, momentum=momentum), target=0.0, rate=0.01, rate_scaling="lr")
+        lambda p: NormControl(
+            torch.optim.SGD(one_group(p), lr=0.1, momentum=momentum), target=0.0, rate=0.01, rate_scaling="lr"
+        )
     )
     assert_same(ref, got, exact=False, rtol=1e-12, atol=1e-14)
 
@@ -60,8 +68,8 @@ def test_wrapped_sgd_is_decoupled_decay_sgd(momentum):
 @pytest.mark.parametrize("control_at", ["pre_step", "post_step"])
 def test_wrapped_adam_is_adamwn(scope, control_at):
     kw = dict(target=schedules.linear_ramp(1.0, 1.6, 20), rate=0.1, scope=scope, control_at=control_at)
-    ref, ref_opt = run(lambda p: AdamWN(p, lr=1e-2, **kw), scheduler=cosine())
-    got, opt = run(lambda p: NormControl(torch.optim.Adam(p, lr=1e-2), **kw), scheduler=cosine())
+    ref, ref_opt = run(lambda p: AdamWN(one_group(p), lr=1e-2, **kw), scheduler=cosine())
+    got, opt = run(lambda p: NormControl(torch.optim.Adam(one_group(p), lr=1e-2), **kw), scheduler=cosine())
     assert_same(ref, got)
     assert opt.param_groups[0]["schedule_step"] == 100 and opt.param_groups is opt.optimizer.param_groups
 
@@ -79,8 +87,10 @@ def test_corrected_decay_around_adamw_is_adamc():
 @pytest.mark.parametrize(
     "make",
     [
-        lambda p: NormControl(torch.optim.SGD(p, lr=0.05, momentum=0.9), target=1.2, rate=0.2, scope="global"),
-        lambda p: NormControl(Lion(p, lr=1e-3), target=schedules.linear_ramp(1, 2, 8), rate=0.3),
+        lambda p: NormControl(
+            torch.optim.SGD(one_group(p), lr=0.05, momentum=0.9), target=1.2, rate=0.2, scope="global"
+        ),
+        lambda p: NormControl(Lion(one_group(p), lr=1e-3), target=schedules.linear_ramp(1, 2, 8), rate=0.3),
         lambda p: CorrectedDecay(Lion(p, lr=1e-3, weight_decay=0.5), normalized=True),
     ],
 )
@@ -95,7 +105,7 @@ def test_wrapper_state_dict_continue_equals_uninterrupted(make):
 def test_wrapper_behaves_as_an_optimizer():
     params = make_params(shapes=[(3, 3)])
     with pytest.warns(UserWarning, match="both shrink the weights"):
-        opt = NormControl(torch.optim.AdamW(params, lr=1e-2, weight_decay=0.1), target=1.0)
+        opt = NormControl(torch.optim.AdamW(one_group(params), lr=1e-2, weight_decay=0.1), target=1.0)
     assert isinstance(opt, torch.optim.Optimizer)
     params[0].grad = torch.ones(3, 3, dtype=torch.float64)
     opt.zero_grad()
@@ -111,7 +121,7 @@ def test_wrapper_behaves_as_an_optimizer():
     with pytest.raises(TypeError, match="must be a torch.optim.Optimizer"):
         NormControl(params)
     with pytest.raises(ValueError, match=r"rate must be in \[0, 1\]"):
-        NormControl(torch.optim.SGD(make_params(), lr=0.1), rate=3.0)
+        NormControl(torch.optim.SGD(one_group(make_params()), lr=0.1), rate=3.0)
     with pytest.raises(ValueError, match="needs an inner optimizer with weight_decay"):
         CorrectedDecay(torch.optim.Rprop(make_params()), normalized=True)
 
@@ -164,8 +174,10 @@ def _train_model(model, optimizer, gen: torch.Generator, steps: int) -> None:
 @pytest.mark.parametrize(
     "make",
     [
-        lambda m: NormControl(torch.optim.Adam(m.parameters(), lr=1e-2), target=0.8, rate=0.1),
-        lambda m: NormControl(torch.optim.Adam(m.parameters(), lr=1e-2), target=0.8, rate=0.1, scope="global"),
+        lambda m: NormControl(torch.optim.Adam(one_group(m.parameters()), lr=1e-2), target=0.8, rate=0.1),
+        lambda m: NormControl(
+            torch.optim.Adam(one_group(m.parameters()), lr=1e-2), target=0.8, rate=0.1, scope="global"
+        ),
         lambda m: CorrectedDecay(torch.optim.AdamW(m.parameters(), lr=1e-2, weight_decay=0.5), normalized=True),
     ],
     ids=["normcontrol-tensor", "normcontrol-global", "corrected-decay"],
@@ -214,7 +226,7 @@ def test_wrapper_through_distributed_checkpoint(make, tmp_path):
 
 def test_wrapper_state_dict_is_one_optimizer_state_dict():
     def make(params):
-        return NormControl(torch.optim.Adam(params, lr=1e-2), target=1.5, rate=0.1)
+        return NormControl(torch.optim.Adam(one_group(params), lr=1e-2), target=1.5, rate=0.1)
 
     _, opt = run(make, steps=2, shapes=[(3, 3), (4,)])
     state = opt.state_dict()
@@ -242,15 +254,19 @@ class SubclassedAdam(torch.optim.Adam):
 @pytest.mark.parametrize("scope", ["tensor", "global"])
 def test_wrapped_torch_adam_takes_adamwns_one_pass_kernel(dtype, scope):
     kw = dict(target=schedules.linear_ramp(1.0, 1.6, 20), rate=0.1, scope=scope)
-    ref, _ = run(lambda p: AdamWN(p, lr=1e-2, **kw), scheduler=cosine(), dtype=dtype, steps=40)
-    got, opt = run(lambda p: NormControl(torch.optim.Adam(p, lr=1e-2), **kw), scheduler=cosine(), dtype=dtype, steps=40)
+    ref, _ = run(lambda p: AdamWN(one_group(p), lr=1e-2, **kw), scheduler=cosine(), dtype=dtype, steps=40)
+    got, opt = run(
+        lambda p: NormControl(torch.optim.Adam(one_group(p), lr=1e-2), **kw), scheduler=cosine(), dtype=dtype, steps=40
+    )
     assert all(torch.equal(a, b) for a, b in zip(ref, got))  # the same kernel, the same factors
     assert opt._kept_norms._entries  # the kernel's norms served the steps after the first
-    generic, _ = run(lambda p: NormControl(SubclassedAdam(p, lr=1e-2), **kw), scheduler=cosine(), dtype=dtype, steps=40)
+    generic, _ = run(
+        lambda p: NormControl(SubclassedAdam(one_group(p), lr=1e-2), **kw), scheduler=cosine(), dtype=dtype, steps=40
+    )
     if dtype == torch.float32:
         assert all(torch.allclose(a, b, rtol=1e-5, atol=1e-5) for a, b in zip(got, generic))
     else:  # bfloat16: the three passes round θ in between, the kernel once; both against float64
-        exact, _ = run(lambda p: NormControl(SubclassedAdam(p, lr=1e-2), **kw), scheduler=cosine(), steps=40)
+        exact, _ = run(lambda p: NormControl(SubclassedAdam(one_group(p), lr=1e-2), **kw), scheduler=cosine(), steps=40)
         error = [float((a.double() - e).abs().max()) if e.numel() else 0.0 for a, e in zip(got, exact)]
         generic_error = [float((b.double() - e).abs().max()) if e.numel() else 0.0 for b, e in zip(generic, exact)]
         assert sum(error) < sum(generic_error) and max(error) < 0.05
@@ -264,7 +280,7 @@ def test_wrapped_adam_resumes_bit_identically_and_its_inner_optimizer_steps_on()
     import copy
 
     def make(p):
-        return NormControl(torch.optim.Adam(p, lr=1e-2), target=1.3, rate=0.05)
+        return NormControl(torch.optim.Adam(one_group(p), lr=1e-2), target=1.3, rate=0.05)
 
     def train(resume_at=None):
         params = make_params(torch.float32)
@@ -337,8 +353,10 @@ class SubclassedSGD(torch.optim.SGD):
 )
 def test_wrapped_torch_sgd_takes_the_one_pass_kernel(dtype, sgd):
     kw = dict(target=schedules.linear_ramp(1.0, 1.6, 20), rate=0.1)
-    got, opt = run(lambda p: NormControl(torch.optim.SGD(p, lr=0.05, **sgd), **kw), dtype=dtype, steps=40)
-    generic, generic_opt = run(lambda p: NormControl(SubclassedSGD(p, lr=0.05, **sgd), **kw), dtype=dtype, steps=40)
+    got, opt = run(lambda p: NormControl(torch.optim.SGD(one_group(p), lr=0.05, **sgd), **kw), dtype=dtype, steps=40)
+    generic, generic_opt = run(
+        lambda p: NormControl(SubclassedSGD(one_group(p), lr=0.05, **sgd), **kw), dtype=dtype, steps=40
+    )
     assert opt._kept_norms._entries and not generic_opt._kept_norms._entries
     if dtype == torch.float32:
         assert all(torch.allclose(a, b, rtol=1e-5, atol=1e-5) for a, b in zip(got, generic))
@@ -346,7 +364,7 @@ def test_wrapped_torch_sgd_takes_the_one_pass_kernel(dtype, sgd):
             ours, theirs = opt.optimizer.state[p]["momentum_buffer"], generic_opt.optimizer.state[q]["momentum_buffer"]
             assert ours.dtype == dtype and torch.allclose(ours, theirs, rtol=1e-5, atol=1e-5)
     else:  # bfloat16: the kernel rounds once per step, the three passes after each
-        exact, _ = run(lambda p: NormControl(SubclassedSGD(p, lr=0.05, **sgd), **kw), steps=40)
+        exact, _ = run(lambda p: NormControl(SubclassedSGD(one_group(p), lr=0.05, **sgd), **kw), steps=40)
         error = [float((a.double() - e).abs().max()) if e.numel() else 0.0 for a, e in zip(got, exact)]
         generic_error = [float((b.double() - e).abs().max()) if e.numel() else 0.0 for b, e in zip(generic, exact)]
         assert sum(error) <= 1.1 * sum(generic_error)
@@ -354,7 +372,7 @@ def test_wrapped_torch_sgd_takes_the_one_pass_kernel(dtype, sgd):
 
 @one_pass_kernel
 def test_wrapped_sgd_without_momentum_steps_through_torch():
-    opt = NormControl(torch.optim.SGD(make_params(torch.float32), lr=0.1), target=1.2)
+    opt = NormControl(torch.optim.SGD(one_group(make_params(torch.float32)), lr=0.1), target=1.2)
     for p in opt.param_groups[0]["params"]:
         p.grad = torch.ones_like(p)
     opt.step()
@@ -366,11 +384,11 @@ def test_the_wrapper_says_which_path_its_step_takes_without_changing_anything():
     params = make_params(torch.float32)
     for p in params:
         p.grad = torch.ones_like(p)
-    plain = NormControl(torch.optim.Adam(params, lr=1e-2))
+    plain = NormControl(torch.optim.Adam(one_group(params), lr=1e-2))
     assert plain.step_path().startswith("one_pass") and not plain.optimizer.state  # looked at in a copy
-    assert NormControl(torch.optim.Adam(params, lr=1e-2, amsgrad=True)).step_path().startswith("generic")
-    assert NormControl(SubclassedAdam(params, lr=1e-2)).step_path().startswith("generic — Eq. 3 as a scale")
-    assert NormControl(Lion(params, lr=1e-4)).step_path().startswith("generic")
+    assert NormControl(torch.optim.Adam(one_group(params), lr=1e-2, amsgrad=True)).step_path().startswith("generic")
+    assert NormControl(SubclassedAdam(one_group(params), lr=1e-2)).step_path().startswith("generic — Eq. 3 as a scale")
+    assert NormControl(Lion(one_group(params), lr=1e-4)).step_path().startswith("generic")
 
 
 @pytest.mark.skipif(torch.__version__ >= (2, 14), reason="torch 2.14 fixed its CPU fused SGD for bfloat16")
@@ -378,8 +396,8 @@ def test_wrapping_a_defective_fused_torch_sgd_warns():
     """torch < 2.14's CPU fused SGD skips most of a bfloat16 update (pytorch/pytorch#191763)."""
     weights = [torch.nn.Parameter(torch.randn(64).bfloat16())]
     with pytest.warns(UserWarning, match="191763"):
-        NormControl(torch.optim.SGD(weights, lr=0.1, momentum=0.9, fused=True))
+        NormControl(torch.optim.SGD(one_group(weights), lr=0.1, momentum=0.9, fused=True))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        NormControl(torch.optim.SGD(weights, lr=0.1, momentum=0.9, foreach=True))
-        NormControl(torch.optim.SGD([torch.nn.Parameter(torch.randn(64))], lr=0.1, fused=True))
+        NormControl(torch.optim.SGD(one_group(weights), lr=0.1, momentum=0.9, foreach=True))
+        NormControl(torch.optim.SGD(one_group([torch.nn.Parameter(torch.randn(64))]), lr=0.1, fused=True))

@@ -150,6 +150,8 @@ class NormctlOptimizer(Optimizer):
                 raise TypeError(f"{flag} must be None, True or False, got {defaults[flag]!r}")
         if defaults.get("foreach") and defaults.get("fused"):
             raise ValueError("foreach and fused cannot both be True")
+        check_bools(defaults, "skip_nonfinite")
+        self._validate_group(dict(defaults))  # a bad default is refused even where every group overrides it
         self._init_caches()
         super().__init__(params, defaults)
 

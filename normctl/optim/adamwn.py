@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from .. import rules
+from ..groups import split_plain
 from ..schedules import Schedule
 from . import _adamwn_paths as paths
 from . import _auto_target as auto_target
@@ -137,7 +138,7 @@ class AdamWN(NormctlOptimizer):
             fused=fused,
             skip_nonfinite=skip_nonfinite,
         )
-        super().__init__(params, defaults)
+        super().__init__(split_plain(params, "AdamWN", {"control": False, "weight_decay": 0.0}), defaults)
 
     def _init_caches(self) -> None:
         super()._init_caches()

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch.optim import Optimizer
 
+from ..groups import split_plain
 from ..schedules import Schedule
 from . import _auto_target as auto_target
 from . import _control as control
@@ -248,6 +249,8 @@ class NormControl(_Wrapper):
             control=control,
             max_lr=max_lr,
         )
+        if isinstance(optimizer, Optimizer):
+            _split_plain_group(optimizer)
         super().__init__(optimizer, defaults)
         self._kept_norms = KeptNorms()  # per tensor, as the one-pass kernel left the weights
 
@@ -371,6 +374,21 @@ class CorrectedDecay(_Wrapper):
         finally:
             for group, weight_decay in zip(self.param_groups, saved):
                 group["weight_decay"] = weight_decay
+
+
+def _split_plain_group(optimizer: Optimizer) -> None:
+    """An inner optimizer built over plain parameters — one group that neither normctl nor a
+    scheduler has written in — gets the plain call's split (:func:`normctl.groups.split_plain`):
+    its tensors with fewer than 2 dimensions in a group of their own, uncontrolled and not
+    decayed. The group list is changed in place, so whatever holds it sees the split."""
+    groups = optimizer.param_groups
+    if len(groups) != 1 or {"control", "initial_lr", "param_names"} & set(groups[0]):
+        return
+    settings = {k: v for k, v in groups[0].items() if k != "params"}
+    uncontrolled = {"control": False} | ({"weight_decay": 0.0} if "weight_decay" in settings else {})
+    split = split_plain(groups[0]["params"], f"NormControl({type(optimizer).__name__})", uncontrolled)
+    if len(split) > 1 or "control" in split[0]:
+        groups[:] = [{**settings, **group} for group in split]
 
 
 def _warn_if_inner_fused_sgd_is_defective(optimizer: Optimizer) -> None:
