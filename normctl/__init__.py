@@ -21,6 +21,9 @@ from .groups import format_roles, param_groups, param_roles  # noqa: E402
 from .monitor import NormMonitor  # noqa: E402
 from .optim import SGDC, AdamC, AdamWN, AutoTarget, CorrectedDecay, Lion, NormControl  # noqa: E402
 from .registry import available_optimizers, create_optimizer  # noqa: E402
+from .serialization import allow_normctl_objects  # noqa: E402
+
+allow_normctl_objects()
 
 __all__ = [
     "AdamWN",

@@ -218,3 +218,38 @@ def test_the_plain_call_at_target_zero_is_torch_adamw_with_the_same_split():
     for a, b, c in zip(twin.parameters(), model.parameters(), wrapped_model.parameters()):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
         torch.testing.assert_close(a, c, rtol=1e-12, atol=1e-14)
+
+
+TARGETS = [
+    normctl.schedules.target_from_adamw(2.0, 5),
+    normctl.schedules.cosine(1.0, 2.0, 10, warmup=2),
+    normctl.schedules.piecewise_linear([(0, 1.0), (5, 2.0)]),
+    normctl.schedules.constant(1.2),
+    normctl.AutoTarget(steps=2),
+    "auto",
+]
+
+
+@pytest.mark.parametrize("target", TARGETS, ids=lambda t: type(t).__name__)
+def test_every_normctl_state_loads_with_weights_only(tmp_path, target):
+    import io
+
+    from normctl.monitor import NormMonitor
+
+    model = _model()
+    built = {
+        "AdamWN": normctl.AdamWN(model.parameters(), lr=1e-2, target=target, rate=normctl.schedules.constant(0.1)),
+        "NormControl": normctl.NormControl(torch.optim.Adam(model.parameters(), lr=1e-2), target=target),
+    }
+    for name, optimizer in built.items():
+        monitor = NormMonitor(model, optimizer, every=1)
+        _train(model, optimizer, 3)
+        monitor.observe()
+        saved = {"optimizer": optimizer.state_dict(), "monitor": monitor.state_dict()}
+        buffer = io.BytesIO()
+        torch.save(saved, buffer)
+        buffer.seek(0)
+        loaded = torch.load(buffer, weights_only=True)  # torch's default since 2.6, and the Trainer's
+        assert loaded["optimizer"]["param_groups"][0]["target"] == optimizer.param_groups[0]["target"], name
+        optimizer.load_state_dict(loaded["optimizer"])
+        monitor.load_state_dict(loaded["monitor"])

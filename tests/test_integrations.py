@@ -6,7 +6,7 @@ import pytest
 import torch
 from helpers import one_group
 
-from normctl import AdamWN, NormControl, create_optimizer
+from normctl import AdamWN, NormControl, create_optimizer, schedules
 from normctl.monitor import MemorySink, NormMonitor
 
 
@@ -73,7 +73,7 @@ def quiet_trainer(pl, **arguments):
     return pl.Trainer(accelerator="cpu", **(quiet | arguments))
 
 
-def lightning_regression(pl, clip_log, method="adamwn"):
+def lightning_regression(pl, clip_log, method="adamwn", target=1.5):
     """A LayerNorm regression whose ``on_before_optimizer_step`` logs the gradients' global norm."""
 
     class Regression(pl.LightningModule):
@@ -92,7 +92,7 @@ def lightning_regression(pl, clip_log, method="adamwn"):
             clip_log.append(float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))))
 
         def configure_optimizers(self):
-            return create_optimizer(self, method, lr=0.05, target=1.5)
+            return create_optimizer(self, method, lr=0.05, target=target)
 
     return Regression()
 
@@ -182,7 +182,10 @@ def test_hf_records_gradient_norms_before_clipping_the_loss_and_reach_the_tracke
     assert not any(k.startswith("normctl/tensor/") for k in tracked[0])  # and only the headline
 
 
-def test_hf_resumed_run_records_what_an_uninterrupted_one_does(tmp_path):
+# the paper's recipe: a target schedule in every param group, which the Trainer's
+# torch.load(optimizer.pt, weights_only=True) must rebuild
+@pytest.mark.parametrize("target", [1.0, schedules.target_from_adamw(1.5, 2)])
+def test_hf_resumed_run_records_what_an_uninterrupted_one_does(tmp_path, target):
     transformers = pytest.importorskip("transformers")
     pytest.importorskip("accelerate")
     from normctl.integrations import hf
@@ -192,9 +195,8 @@ def test_hf_resumed_run_records_what_an_uninterrupted_one_does(tmp_path):
         model, data, args = tiny_gpt2(
             transformers, out, logging_steps=1000, save_strategy="steps", save_steps=2, data_seed=0
         )
-        trainer = transformers.Trainer(
-            model=model, args=args, train_dataset=data, optimizers=(create_optimizer(model, "adamwn", lr=1e-2), None)
-        )
+        optimizer = create_optimizer(model, "adamwn", lr=1e-2, target=target)
+        trainer = transformers.Trainer(model=model, args=args, train_dataset=data, optimizers=(optimizer, None))
         hf.attach(trainer, every=1, sinks=[JsonlSink(logs, resume=resume is not None)])
         trainer.train(resume_from_checkpoint=resume)
 
@@ -261,7 +263,8 @@ def test_lightning_records_the_steps_own_gradients_before_clipping_and_logs_to_t
     assert not any(k.startswith("normctl/tensor/") for k in ours[0][1])
 
 
-def test_lightning_resumed_run_records_what_an_uninterrupted_one_does(tmp_path):
+@pytest.mark.parametrize("target", [1.5, schedules.target_from_adamw(1.5, 2)])
+def test_lightning_resumed_run_records_what_an_uninterrupted_one_does(tmp_path, target):
     pl = pytest.importorskip("lightning.pytorch")
     from lightning.pytorch.callbacks import ModelCheckpoint
 
@@ -284,7 +287,7 @@ def test_lightning_resumed_run_records_what_an_uninterrupted_one_does(tmp_path):
         )
         # two steps an epoch: the checkpoint at step 2 ends an epoch, where Lightning resumes exactly
         loader = torch.utils.data.DataLoader(data, batch_size=32)
-        trainer.fit(lightning_regression(pl, []), loader, ckpt_path=ckpt_path)
+        trainer.fit(lightning_regression(pl, [], target=target), loader, ckpt_path=ckpt_path)
         return sink.records
 
     whole = fit(4)

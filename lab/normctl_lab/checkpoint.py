@@ -72,7 +72,7 @@ def load(path: Path) -> Any:
     if hashlib.sha256(payload).hexdigest().encode() != trailer[len(TRAILER_TAG) :]:
         raise CheckpointError(f"{path} is corrupt: its checksum does not match its contents. {_recovery(path)}")
     try:
-        return torch.load(io.BytesIO(payload), weights_only=False)
+        return torch.load(io.BytesIO(payload), weights_only=True)  # a foreign run directory runs no code
     except Exception as error:  # a checksum that matches a file torch cannot read: written by another program
         raise CheckpointError(f"{path} cannot be read ({type(error).__name__}: {error}). {_recovery(path)}") from error
 

@@ -164,4 +164,4 @@ def load_sharded(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer)
     state: dict[str, Any] = {"model": model_state, "optimizer": optim_state}
     dcp.load(state, checkpoint_id=str(path))
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
-    return torch.load(path / "meta.pt", weights_only=False)
+    return torch.load(path / "meta.pt", weights_only=True)
