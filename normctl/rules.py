@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Literal
 
 import torch
@@ -134,6 +134,19 @@ def adamw_equilibrium_norm(update_norm_sq: float, lr: float, weight_decay: float
 
     ``update_norm_sq`` is ‖u‖² (the update per unit of lr), ``lr`` γ, ``weight_decay`` λ."""
     return math.sqrt(lr * update_norm_sq / (weight_decay * (2 - lr * weight_decay)))
+
+
+def adamw_norm_sq_after(norm_sq: float, update_norm_sq: float, lrs: Iterable[float], weight_decay: float) -> float:
+    """‖θ_T‖², AdamW's squared norm after steps at learning rates ``lrs`` from ‖θ‖² = ``norm_sq``:
+    the step of :func:`adamw_equilibrium_norm` with ⟨θ, u⟩ ≈ 0, iterated::
+
+        ‖θ_{t+1}‖² = (1 − γ_t·λ)²·‖θ_t‖² + γ_t²·‖u‖²
+
+    It tends to ‖θ*‖² when the run is long against 1/(2γλ) and stays near ‖θ‖² when it is short
+    (docs/math.md, "a run of known length")."""
+    for lr in lrs:
+        norm_sq = (1 - lr * weight_decay) ** 2 * norm_sq + lr * lr * update_norm_sq
+    return norm_sq
 
 
 def control_rate(rate: float, scaling: str, lr: float, max_lr: float) -> float:

@@ -189,3 +189,49 @@ def test_auto_target_settings_are_checked():
     with pytest.raises(ValueError, match="AutoTarget steps must be an integer >= 1"):
         AutoTarget(steps=0)
     assert normctl.create_optimizer(nn.Linear(3, 3), "adamwn", target="auto").param_groups[0]["target"] == "auto"
+
+
+def test_adamw_norm_after_a_run_tends_to_the_equilibrium_and_stays_near_the_start_in_a_short_one():
+    from normctl.rules import adamw_norm_sq_after
+
+    long = adamw_norm_sq_after(4.0, 1e4, [1e-2] * 20_000, 0.1)
+    assert math.sqrt(long) == pytest.approx(adamw_equilibrium_norm(1e4, 1e-2, 0.1), rel=1e-9)
+    assert adamw_norm_sq_after(4.0, 1e4, [], 0.1) == 4.0
+    short = adamw_norm_sq_after(4.0, 1e4, [1e-4] * 10, 0.1)  # 10 steps at a tiny lr: barely moves
+    assert short == pytest.approx(4.0 * (1 - 1e-5) ** 20 + 10 * 1e-8 * 1e4)
+
+
+@pytest.mark.parametrize("schedule", [None, "cosine"])
+def test_auto_target_with_the_runs_length_targets_the_norm_adamw_reaches_in_it(schedule):
+    """A run shorter than AdamW's time scale 1/(2γλ) = 500 steps: AdamW's norm at its end is well
+    below the asymptotic equilibrium; the run-length-aware target finds it within a few per cent.
+    Noise gradients with β1 = 0 make u_t independent of θ (the rule's ⟨θ, u⟩ ≈ 0)."""
+    total, lr, decay, window = 400, 1e-2, 0.1, 50
+    lr_schedule = None if schedule is None else normctl.schedules.cosine(1.0, 0.0, total)
+    weights = torch.randn(10_000, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 0.02
+
+    def run(make):
+        p = nn.Parameter(weights.clone())
+        optimizer = make([p])
+        scheduler = None if lr_schedule is None else torch.optim.lr_scheduler.LambdaLR(optimizer, lr_schedule)
+        g = torch.Generator().manual_seed(1)
+        for _ in range(total):
+            p.grad = torch.randn(p.shape, generator=g, dtype=torch.float64)
+            optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
+        return p, optimizer
+
+    adamw, _ = run(lambda ps: torch.optim.AdamW(ps, lr=lr, betas=(0.0, 0.999), weight_decay=decay))
+    auto = AutoTarget(weight_decay=decay, steps=window, total_steps=total, lr_schedule=lr_schedule)
+    _, optimizer = run(lambda ps: AdamWN([{"params": ps}], lr=lr, betas=(0.0, 0.999), target=auto))
+    target = float(optimizer.state[optimizer.param_groups[0]["params"][0]]["auto_target"])
+    assert target == pytest.approx(float(adamw.norm()), rel=0.05)
+    with pytest.warns(UserWarning, match="asymptotic norm"):
+        _, asymptotic = run(
+            lambda ps: AdamWN(
+                [{"params": ps}], lr=lr, betas=(0.0, 0.999), target=AutoTarget(weight_decay=decay, steps=window)
+            )
+        )
+    far = float(asymptotic.state[asymptotic.param_groups[0]["params"][0]]["auto_target"])
+    assert far > 1.2 * float(adamw.norm())  # what the rule without the length targeted

@@ -297,3 +297,35 @@ def test_lightning_resumed_run_records_what_an_uninterrupted_one_does(tmp_path, 
     for a, b in zip(whole[2:], resumed):
         ratios = [k for k in a if k.endswith("/norm_ratio") and a[k] is not None]  # None: initial norm 0
         assert ratios and all(a[k] == pytest.approx(b[k], rel=1e-5) for k in ratios)
+
+
+def test_the_callbacks_give_an_automatic_target_the_runs_length():
+    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("accelerate")
+    pl = pytest.importorskip("lightning.pytorch")
+    import tempfile
+
+    from normctl import AutoTarget
+    from normctl.integrations import hf
+    from normctl.integrations.lightning import NormMonitorCallback
+
+    with tempfile.TemporaryDirectory() as out:
+        model, data, args = tiny_gpt2(transformers, out)
+        optimizer = create_optimizer(model, "adamwn", lr=1e-3, target="auto")
+        kept = create_optimizer(model, "adamwn", lr=1e-3, target=AutoTarget(total_steps=99))
+        trainer = transformers.Trainer(model=model, args=args, train_dataset=data, optimizers=(optimizer, None))
+        hf.attach(trainer, every=1)
+        trainer.train()
+        controlled = [g for g in optimizer.param_groups if g["control"]]
+        assert controlled and all(g["target"].total_steps == 4 for g in controlled)  # the Trainer's max_steps
+        hf.give_auto_targets_the_run_length(kept, 4)
+        assert all(g["target"].total_steps == 99 for g in kept.param_groups if g["control"])  # the user's is kept
+
+    module = lightning_regression(pl, [], target="auto")
+    trainer = quiet_trainer(pl, max_steps=3, callbacks=[NormMonitorCallback(every=1)])
+    trainer.fit(
+        module,
+        torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(8, 4), torch.randn(8, 1)), batch_size=4),
+    )
+    groups = [g for g in trainer.optimizers[0].param_groups if g["control"]]
+    assert groups and all(g["target"].total_steps == 3 for g in groups)

@@ -52,8 +52,8 @@ def test_methods_sharing_a_knob_try_the_same_values_of_it_whatever_their_other_k
     adamw, adamc = (search_spaces.candidates(spaces[m], base, 8) for m in ("adamw", "adamc"))
     assert [p["weight_decay"] for p in adamw] == [p["weight_decay"] for p in adamc]
     # the directories searched before keep their own points
-    old = search_spaces.candidates(spaces["adamwn"], base, 8, points="per_method")
-    assert [p["lr"] for p in old] != lrs["adamwn"]
+    old = search_spaces.candidates(spaces["adamw"], base, 8, points="per_method")
+    assert [p["lr"] for p in old] != lrs["adamw"]
     with pytest.raises(ValueError, match="points must be"):
         search_spaces.candidates(spaces["adamw"], base, 8, points="other")
 
@@ -446,3 +446,14 @@ def test_the_tail_rise_of_the_final_runs_is_summarised_and_tabled(tmp_path):
     }
     table = tune_report.summary_table(summary)
     assert "grad-norm tail rise" in table and "| 1.300 ± 0.141 |" in table
+
+
+def test_a_directory_written_before_a_config_field_existed_still_resumes(tmp_path):
+    base = with_overrides(RunConfig(), TINY_VORONOI)
+    saved = tune._protocol_key(base, ["adamw"], 2, [0])
+    del saved["base"]["auto_run_length"]  # written before the field was added
+    (tmp_path / "protocol.json").write_text(json.dumps(saved))
+    tune._check_same_protocol(tmp_path, tune._protocol_key(base, ["adamw"], 2, [0]))  # at its default: the same
+    with pytest.raises(ValueError, match="another base"):
+        changed = with_overrides(base, ["auto_run_length=true"])
+        tune._check_same_protocol(tmp_path, tune._protocol_key(changed, ["adamw"], 2, [0]))

@@ -59,6 +59,7 @@ class RunConfig:
     auto_decay: float = 0.1  # auto_target=equilibrium: the AdamW λ whose steady-state norm is targeted
     auto_steps: int = 200  # auto_target=equilibrium: the measuring window (AdamW with auto_decay meanwhile)
     auto_interval: int = 100  # auto_target=inflection: steps between growth measurements
+    auto_run_length: bool = False  # auto_target=equilibrium: AdamW's norm at the run's end, not its asymptotic one
     cpr_kappa_init: str = "inflection_point"  # method=adamcpr: its bound's rule (or warm_start, uniform, dependent)
     cpr_kappa_param: float = 1000.0  # method=adamcpr: that rule's parameter (warm-start steps, the bound, a factor)
     target_shape: str = "ramp"  # r_t: "ramp" 1 → r over 5 % of steps (the paper), "constant" r, "linear" over the run
@@ -159,9 +160,23 @@ class RunConfig:
             return None
         from normctl import AutoTarget
 
+        length = dict(total_steps=self.steps, lr_schedule=self.lr_multiplier) if self.auto_run_length else {}
         return AutoTarget(
-            rule=self.auto_target, weight_decay=self.auto_decay, steps=self.auto_steps, interval=self.auto_interval
+            rule=self.auto_target,
+            weight_decay=self.auto_decay,
+            steps=self.auto_steps,
+            interval=self.auto_interval,
+            **length,
         )
+
+    @property
+    def lr_multiplier(self):
+        """η_t, the run's lr multiplier (γ_t = lr·η_t): constant, or cosine to min_lr_ratio after warm-up."""
+        from normctl import schedules
+
+        if self.schedule == "constant":
+            return schedules.constant(1.0)
+        return schedules.cosine(1.0, self.min_lr_ratio, self.steps, warmup=min(self.warmup, self.steps))
 
     @property
     def adam_betas(self) -> tuple[float, float]:

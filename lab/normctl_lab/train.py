@@ -128,9 +128,7 @@ def to_device(pair: tuple[torch.Tensor, torch.Tensor], model: nn.Module) -> tupl
 
 
 def lr_multiplier(cfg: RunConfig) -> schedules.Schedule:
-    if cfg.schedule == "constant":
-        return schedules.constant(1.0)
-    return schedules.cosine(1.0, cfg.min_lr_ratio, cfg.steps, warmup=min(cfg.warmup, cfg.steps))
+    return cfg.lr_multiplier
 
 
 def _truncate_metrics(path: Path, last_step: int) -> None:

@@ -388,6 +388,9 @@ def _check_same_protocol(out: Path, protocol: dict[str, Any]) -> None:
     if "search_seed" in saved:  # written before several search seeds were possible
         saved["search_seeds"] = [saved.pop("search_seed")]
     new = json.loads(json.dumps(protocol))
+    # a RunConfig field added since the directory was written, at its default, changes nothing
+    defaults = json.loads(json.dumps(dataclasses.asdict(RunConfig())))
+    saved["base"] = {k: saved.get("base", {}).get(k, defaults.get(k)) for k in new["base"]}
     differs = [k for k in ("base", "budget", "search_seeds", "knobs", "ranges", "points") if saved.get(k) != new.get(k)]
     if differs:
         raise ValueError(f"{out} holds a tuning with another {', '.join(differs)}: use another --out")

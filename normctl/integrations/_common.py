@@ -3,6 +3,7 @@ pick the scalars the framework's trackers get."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable
 from typing import Any
 
@@ -23,6 +24,21 @@ def unwrap_optimizer(optimizer) -> torch.optim.Optimizer:
     while type(optimizer).__module__.split(".")[0] in ("accelerate", "lightning", "pytorch_lightning"):
         optimizer = optimizer.optimizer
     return optimizer
+
+
+def give_auto_targets_the_run_length(optimizer, total_steps: int | None) -> None:
+    """``target="auto"`` groups that do not know the run's length get the framework's: their
+    equilibrium rule then targets the norm AdamW reaches within the run (``AutoTarget.total_steps``)
+    rather than its asymptotic one. A length the user gave is kept."""
+    from ..optim._auto_target import as_auto_target
+
+    if not total_steps or total_steps < 1:
+        return
+    for group in getattr(unwrap_optimizer(optimizer), "param_groups", []):
+        target = group.get("target")
+        auto = as_auto_target(target) if isinstance(target, str) or type(target).__name__ == "AutoTarget" else None
+        if auto is not None and auto.total_steps is None:
+            group["target"] = dataclasses.replace(auto, total_steps=int(total_steps))
 
 
 class MonitorOwner:

@@ -35,7 +35,7 @@ from typing import Any
 from transformers import TrainerCallback
 
 from ..monitor.scalars import TRACKER_METRICS, TRACKER_SCOPES
-from ._common import MonitorOwner
+from ._common import MonitorOwner, give_auto_targets_the_run_length  # noqa: F401 (public here)
 
 CHECKPOINT_FILE = "normctl_monitor.json"
 UNCLIPPED_METRICS = ("grad_norm", "grad_weight_ratio")  # proportional to the gradient
@@ -82,6 +82,7 @@ class NormMonitorCallback(TrainerCallback):
 
     def on_train_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
         self.max_grad_norm = args.max_grad_norm or 0.0
+        give_auto_targets_the_run_length(optimizer, state.max_steps)
         self.owner.start(model, optimizer, _saved_state(args, state))
 
     def on_step_begin(self, args, state, control, **kwargs):

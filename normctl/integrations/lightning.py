@@ -29,7 +29,7 @@ except ImportError:  # the standalone package
     import pytorch_lightning as pl  # type: ignore[no-redef]
 
 from ..monitor.scalars import TRACKER_METRICS, TRACKER_SCOPES
-from ._common import MonitorOwner
+from ._common import MonitorOwner, give_auto_targets_the_run_length
 
 
 class NormMonitorCallback(pl.Callback):
@@ -57,6 +57,8 @@ class NormMonitorCallback(pl.Callback):
         return self.owner.monitor
 
     def on_train_start(self, trainer, pl_module) -> None:
+        steps = trainer.max_steps if trainer.max_steps and trainer.max_steps > 0 else trainer.estimated_stepping_batches
+        give_auto_targets_the_run_length(trainer.optimizers[0], steps if steps != float("inf") else None)
         self.owner.start(pl_module, trainer.optimizers[0], self._saved)
         # Lightning steps through a closure: the optimizer's pre-step hook runs before backward,
         # and on_before_optimizer_step below takes the gradients once they are there

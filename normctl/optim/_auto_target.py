@@ -2,15 +2,18 @@
 
 Two rules (derivations in ``docs/math.md``), each a frozen :class:`AutoTarget`:
 
-* ``"equilibrium"`` — the norm AdamW would settle at. For the first ``steps`` steps the
-  optimizer *is* AdamW with decay λ_ref (Eq. 3 with target 0 at rate γ_t·λ_ref), and it measures
-  the update per unit of lr, u_t = (f_t·θ_{t−1} − θ_t)/γ_t. Then it targets AdamW's steady
-  state, where the decay removes what the updates add::
+* ``"equilibrium"`` — the norm AdamW would reach. For the first ``steps`` steps the optimizer
+  *is* AdamW with decay λ_ref (Eq. 3 with target 0 at rate γ_t·λ_ref), and it measures the
+  update per unit of lr, u_t = (f_t·θ_{t−1} − θ_t)/γ_t. With the run's length known
+  (``total_steps``) it then targets AdamW's norm at the run's end, iterating AdamW's step on
+  ‖θ‖² over the remaining learning rates::
 
-      τ = sqrt(γ_max·‖u‖² / (λ_ref·(2 − γ_max·λ_ref))) ≈ sqrt(γ_max / (2·λ_ref))·‖u‖
+      ‖θ_{t+1}‖² = (1 − γ_t·λ_ref)²·‖θ_t‖² + γ_t²·‖u‖²
 
-  with ‖u‖² averaged over the window. It follows the weights wherever AdamW would take them:
-  up for small initialisations, down for N(0, 1) embeddings.
+  and without it AdamW's asymptotic norm, τ = sqrt(γ_max·‖u‖² / (λ_ref·(2 − γ_max·λ_ref))),
+  which a run shorter than about 1/(2γλ_ref) steps never reaches (said once, with a warning
+  where it would halve a norm). It follows the weights wherever AdamW would take them: up for
+  small initialisations, down for N(0, 1) embeddings.
 * ``"inflection"`` — the rule of CPR (Franke et al. 2023): train without decay, keep an EMA of
   ‖θ‖², and every ``interval`` steps compare its growth over the last interval with the one
   before; at the first slow-down (after three intervals), hold the norm reached.
@@ -26,6 +29,7 @@ AdamWN and NormControl share them (as they share :mod:`._control`).
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +37,7 @@ import torch
 from torch import Tensor
 
 from .. import rules
+from ..schedules import Schedule
 from ._base import Batch, peak_lr
 
 RULES = ("equilibrium", "inflection")
@@ -51,6 +56,13 @@ class AutoTarget:
         interval: the inflection rule's steps between two growth measurements.
         ema: the inflection rule's per-step decay of its ‖θ‖² average (CPR's 0.9).
         multiple: the target is this multiple of the measured norm.
+        total_steps: the run's length in optimizer steps: the equilibrium rule then targets the
+            norm AdamW reaches by the run's end rather than its asymptotic one (the Hugging Face
+            and Lightning callbacks fill it in from the trainer's max steps).
+        lr_schedule: the lr multiplier η_t of the run (γ_t = γ_max·η_t), a normctl schedule such
+            as the ``schedules.cosine(1, 0, total_steps, warmup=…)`` given to ``LambdaLR``; None
+            holds the lr of the window's end to the run's end (more decay than a decaying
+            schedule gives, so a target nearer the asymptote).
     """
 
     rule: str = "equilibrium"
@@ -59,6 +71,8 @@ class AutoTarget:
     interval: int = 100
     ema: float = 0.9
     multiple: float = 1.0
+    total_steps: int | None = None
+    lr_schedule: Schedule | None = None
 
     def __post_init__(self) -> None:
         if self.rule not in RULES:
@@ -73,6 +87,10 @@ class AutoTarget:
             raise ValueError(f"AutoTarget ema must be in [0, 1), got {self.ema!r}")
         if not 0 < self.multiple < math.inf:
             raise ValueError(f"AutoTarget multiple must be a finite number > 0, got {self.multiple!r}")
+        if self.total_steps is not None and not (isinstance(self.total_steps, int) and self.total_steps >= 1):
+            raise ValueError(f"AutoTarget total_steps must be None or an integer >= 1, got {self.total_steps!r}")
+        if self.lr_schedule is not None and not callable(self.lr_schedule):
+            raise TypeError(f"AutoTarget lr_schedule must be None or a schedule, got {type(self.lr_schedule).__name__}")
 
 
 def as_auto_target(target: Any) -> AutoTarget | None:
@@ -134,14 +152,57 @@ def observe(batches: list[Batch], before: list[list[Tensor] | None], groups: lis
                 state["auto_updates"] += 1
         if auto.rule == "inflection":
             _follow_norms(batch, auto)
+    halved, asymptotic = 0, None
     for params, states, auto, group, store in _undecided_units(batches, groups):
         step = group["schedule_step"] + 1  # the step just taken
         if auto.rule == "equilibrium":
             if step >= auto.steps:
                 update_sq = sum(float(s["auto_update_sq"]) / max(float(s["auto_updates"]), 1.0) for s in states)
-                store(auto.multiple * rules.adamw_equilibrium_norm(update_sq, peak_lr(group), auto.weight_decay))
+                norm = float(rules.combined_norm(rules.tensor_norms(params)))
+                tau = auto.multiple * equilibrium_target(auto, group, norm, update_sq, step)
+                store(tau)
+                halved += tau < 0.5 * norm
+                asymptotic = asymptotic or (None if auto.total_steps else (peak_lr(group), auto.weight_decay))
         elif step % auto.interval == 0:
             _compare_growth(params, states, auto, store)
+    _warn_asymptotic(halved, asymptotic)
+
+
+def equilibrium_target(auto: AutoTarget, group: dict, norm: float, update_sq: float, step: int) -> float:
+    """τ of the equilibrium rule for a tensor or scope at ``norm`` after ``step`` steps, its
+    updates' mean ‖u‖² = ``update_sq``: AdamW's norm at the run's end when ``total_steps`` is known
+    (:func:`rules.adamw_norm_sq_after` over the remaining learning rates), else its asymptotic one."""
+    if auto.total_steps is None:
+        return rules.adamw_equilibrium_norm(update_sq, peak_lr(group), auto.weight_decay)
+    remaining = range(step, auto.total_steps)
+    if auto.lr_schedule is None:
+        lrs: Any = (group["lr"] for _ in remaining)
+    else:
+        lrs = (peak_lr(group) * float(auto.lr_schedule(t)) for t in remaining)
+    return math.sqrt(rules.adamw_norm_sq_after(norm * norm, update_sq, lrs, auto.weight_decay))
+
+
+def _warn_asymptotic(halved: int, asymptotic: tuple[float, float] | None) -> None:
+    """Say once that an automatic target came from AdamW's asymptotic norm, and how many it
+    would pull below half their norm now — AdamW's decay alone needs ln 2/(γλ) steps to halve a
+    norm, so in a shorter run such a target is far below anything AdamW would reach."""
+    if asymptotic is None:
+        return
+    lr, weight_decay = asymptotic
+    settle = 1 / (2 * lr * weight_decay)
+    halve = math.log(2) / (lr * weight_decay)
+    below = (
+        f"; it pulls {halved} tensor(s)/scope(s) below half their norm now, which AdamW's decay alone takes "
+        f"{halve:.0f} steps to do"
+        if halved
+        else ""
+    )
+    warnings.warn(
+        f"target='auto' set its targets to AdamW's asymptotic norm, which it approaches over about "
+        f"1/(2γλ) = {settle:.0f} steps{below}. Pass AutoTarget(total_steps=<your run's steps>) to target the "
+        "norm AdamW reaches within your run.",
+        stacklevel=4,
+    )
 
 
 def _follow_norms(batch: Batch, auto: AutoTarget) -> None:
