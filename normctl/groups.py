@@ -285,5 +285,5 @@ def split_plain(params: Any, owner: str, uncontrolled: dict[str, Any]) -> Any:
             "[{'params': ..., 'control': True}].",
             stacklevel=3,
         )
-    groups = [{"params": matrices}] if matrices else []
-    return groups + ([{"params": vectors, **uncontrolled}] if vectors else [])
+    groups = [{"params": matrices, "name": "matrices"}] if matrices else []
+    return groups + ([{"params": vectors, "name": "vectors", **uncontrolled}] if vectors else [])

@@ -253,3 +253,25 @@ def test_every_normctl_state_loads_with_weights_only(tmp_path, target):
         assert loaded["optimizer"]["param_groups"][0]["target"] == optimizer.param_groups[0]["target"], name
         optimizer.load_state_dict(loaded["optimizer"])
         monitor.load_state_dict(loaded["monitor"])
+
+
+def test_describe_says_what_each_group_of_the_built_optimizer_gets():
+    model = nn.Sequential(nn.Embedding(10, 8), nn.Linear(8, 8), nn.LayerNorm(8), nn.Linear(8, 10))
+    rows = lambda text: {line.split()[0]: line for line in text.splitlines()[2:]}  # noqa: E731
+    with pytest.warns(UserWarning):
+        plain = rows(normctl.AdamWN(model.parameters(), lr=1e-3, target=1.5).describe())
+    assert "controlled" in plain["matrices"] and "r = 1.5×‖θ_0‖" in plain["matrices"] and "3 (224)" in plain["matrices"]
+    assert " plain " in plain["vectors"] and "gains, biases (plain call)" in plain["vectors"]
+    auto = rows(
+        normctl.AdamWN(normctl.param_groups(model), lr=1e-3, target=normctl.AutoTarget(total_steps=500)).describe()
+    )
+    assert "AdamW's norm by step 500" in auto["decay"]
+    adamc = rows(normctl.AdamC(normctl.param_groups(model), lr=1e-3, weight_decay=0.1).describe())
+    assert "corrected" in adamc["normalized"] and "λ = 0.1 × γ_t/γ_max" in adamc["normalized"]
+    assert " decayed " in adamc["decay"] and " plain " in adamc["no_decay"]
+    wrapped = normctl.NormControl(torch.optim.AdamW(normctl.param_groups(model), weight_decay=0), target=0.0, rate=0.1)
+    assert wrapped.describe().startswith("NormControl(AdamW)")
+    assert "AdamW decay at rate 0.1" in rows(wrapped.describe())["decay"]
+    sgdc = rows(normctl.SGDC(normctl.param_groups(model, weight_decay=1e-4), lr=0.1).describe())
+    assert "corrected" in sgdc["normalized"]
+    assert "decayed" in rows(normctl.Lion(model.parameters(), lr=1e-4, weight_decay=0.1).describe())["group"]

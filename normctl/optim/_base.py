@@ -143,6 +143,8 @@ class NormctlOptimizer(Optimizer):
     _eager_state: bool = True
     # the state a lazy optimizer creates at a tensor's first step (taken by ``continue_from``)
     _lazy_state_keys: frozenset[str] = frozenset()
+    # how describe() reads a group: "controlled", "corrected" or "decayed" (of ._describe)
+    _describe_role: str = "decayed"
 
     def __init__(self, params: Any, defaults: dict[str, Any]) -> None:
         for flag in ("foreach", "fused"):
@@ -230,6 +232,15 @@ class NormctlOptimizer(Optimizer):
                         f"saved by another optimizer. To continue another optimizer's run, use "
                         f"{type(self).__name__}(...).continue_from(that_optimizer)"
                     )
+
+    def describe(self) -> str:
+        """A table of what each param group gets — controlled (and toward what), decayed,
+        corrected, or the base step alone — its setting, and why it holds those tensors: the
+        optimizer-side twin of ``param_groups(model, verbose=True)``, for the optimizer you built
+        (``print(optimizer.describe())``)."""
+        from . import _describe
+
+        return _describe.table(type(self).__name__, self.param_groups, getattr(_describe, self._describe_role))
 
     def continue_from(self, source: Optimizer | dict[str, Any]) -> str:
         """Continue the run ``source`` (a torch optimizer, or its ``state_dict()``) trained over the

@@ -57,6 +57,8 @@ class AdamC(NormctlOptimizer):
     Equals ``torch.optim.AdamW`` whenever γ_t = γ_max (for instance at a constant lr).
     """
 
+    _describe_role = "corrected"
+
     def __init__(
         self,
         params: Any,

@@ -95,6 +95,8 @@ class AdamWN(NormctlOptimizer):
     ‖θ_0‖.
     """
 
+    _describe_role = "controlled"
+
     _own_group_keys = control.CONTROL_GROUP_KEYS
 
     def __init__(

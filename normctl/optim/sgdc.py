@@ -67,6 +67,8 @@ class SGDC(NormctlOptimizer):
     State per tensor: ``momentum_buffer`` (when ``momentum > 0``), as torch's SGD.
     """
 
+    _describe_role = "corrected"
+
     def __init__(
         self,
         params: Any,

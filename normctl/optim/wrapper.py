@@ -173,6 +173,16 @@ class _Wrapper(Optimizer):
             theirs.update({k: v for k, v in ours.items() if k != "params"})
         self.param_groups = self.optimizer.param_groups
 
+    _describe_role = "decayed"
+
+    def describe(self) -> str:
+        """A table of what each param group gets from the wrapper (the inner optimizer's decay
+        where the wrapper adds nothing), its setting, and why: see ``NormctlOptimizer.describe``."""
+        from . import _describe
+
+        title = f"{type(self).__name__}({type(self.optimizer).__name__})"
+        return _describe.table(title, self.param_groups, getattr(_describe, self._describe_role))
+
     def continue_from(self, source: Optimizer | dict[str, Any]) -> str:
         """Continue the run ``source`` (a torch optimizer, or its ``state_dict()``) trained over the
         same parameters in the same groups: its per-tensor state goes to the inner optimizer as
@@ -223,6 +233,10 @@ class NormControl(_Wrapper):
     ``NormControl(torch.optim.AdamW(params, lr, weight_decay=0), target=0, rate=λ,
     rate_scaling="lr")`` is ``torch.optim.AdamW(weight_decay=λ)``.
     """
+
+    _describe_role = "controlled"
+
+    _describe_role = "controlled"
 
     _own_group_keys = control.CONTROL_GROUP_KEYS
 
@@ -343,6 +357,10 @@ class CorrectedDecay(_Wrapper):
     Only meaningful where the inner decay is decoupled and proportional to γ_t·λ: around
     ``torch.optim.SGD`` (whose decay is folded into the gradient) it corrects that L2 term.
     """
+
+    _describe_role = "corrected"
+
+    _describe_role = "corrected"
 
     def __init__(self, optimizer: Optimizer, *, max_lr: float | None = None, normalized: bool = False) -> None:
         if "weight_decay" not in getattr(optimizer, "defaults", {}):
