@@ -109,6 +109,13 @@ def repro_auto(args: argparse.Namespace) -> None:
     run_repro(args.out, _seeds(args.seeds), inits=inits, peer_methods=peers, workers=args.workers)
 
 
+def plain_call(args: argparse.Namespace) -> None:
+    from .plain_call import run_plain_call
+
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None
+    run_plain_call(args.out, _seeds(args.seeds), tasks=tasks, workers=args.workers)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="normctl-lab", description="Experiments with normctl: the demo, runs, sweeps and reproductions."
@@ -232,6 +239,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--peers", default="adamcpr,hyperball", help="peer methods to train beside them ('' for none)")
     p.add_argument("--workers", type=int, default=2, help="runs at once (one thread each)")
     p.set_defaults(handler=repro_auto)
+
+    p = commands.add_parser(
+        "plain-call", help="each optimizer over model.parameters() with its defaults against AdamW's / SGD's, untuned"
+    )
+    p.add_argument("--out", default="results/plain_call", help="the comparison's directory")
+    p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
+    p.add_argument("--tasks", default=None, help="comma-separated, some of torchlm,gpt,fmnist (default all)")
+    p.add_argument("--workers", type=int, default=2, help="runs at once (one thread each)")
+    p.set_defaults(handler=plain_call)
     return parser
 
 

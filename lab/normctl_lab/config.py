@@ -16,7 +16,8 @@ from .parallel import DEVICES, PARALLEL_MODES
 from .voronoi import ACTIVATIONS as VORONOI_ACTIVATIONS
 from .voronoi import INITS
 
-TASKS = ("gpt", "voronoi", "fmnist")
+TASKS = ("gpt", "voronoi", "fmnist", "torchlm")
+PLAIN_METHODS = ("adamw", "adamwn", "adamc", "sgd", "sgdc")
 SCHEDULES = ("cosine", "constant")
 ON_NONFINITE = ("stop", "skip")
 AUTO_RULES = ("", "equilibrium", "inflection")
@@ -41,7 +42,7 @@ SIZES = (  # counts that must be at least 1
 
 @dataclass(frozen=True)
 class RunConfig:
-    task: str = "gpt"  # "gpt" (byte-level Jane Austen), "voronoi" (Yu 2022) or "fmnist" (ResNet)
+    task: str = "gpt"  # "gpt" (byte-level Austen), "voronoi" (Yu 2022), "fmnist" (ResNet), "torchlm" (torch's blocks)
     label: str = ""  # what the report groups seeds under (default: the method)
     method: str = "adamw"  # any normctl.create_optimizer name
     steps: int = 600  # optimizer steps
@@ -60,6 +61,7 @@ class RunConfig:
     auto_steps: int = 200  # auto_target=equilibrium: the measuring window (AdamW with auto_decay meanwhile)
     auto_interval: int = 100  # auto_target=inflection: steps between growth measurements
     auto_run_length: bool = False  # auto_target=equilibrium: AdamW's norm at the run's end, not its asymptotic one
+    plain: bool = False  # the optimizer over model.parameters() with its own defaults (the call users write)
     cpr_kappa_init: str = "inflection_point"  # method=adamcpr: its bound's rule (or warm_start, uniform, dependent)
     cpr_kappa_param: float = 1000.0  # method=adamcpr: that rule's parameter (warm-start steps, the bound, a factor)
     target_shape: str = "ramp"  # r_t: "ramp" 1 → r over 5 % of steps (the paper), "constant" r, "linear" over the run
@@ -148,6 +150,8 @@ class RunConfig:
                 raise ValueError(f"gains_target_ratio must be >= 0, got {self.gains_target_ratio}")
         if not 0 <= self.selection_split < 0.5:
             raise ValueError(f"selection_split must be in [0, 0.5), got {self.selection_split}")
+        if self.plain and self.method not in PLAIN_METHODS:
+            raise ValueError(f"plain=true is for methods {PLAIN_METHODS}, got {self.method!r}")
         if self.selection_split and self.task == "voronoi":
             raise ValueError("selection_split is for gpt and fmnist: the Voronoi task selects on its own val_acc draw")
         if not 0 <= self.min_lr_ratio <= 1:

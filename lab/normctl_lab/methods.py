@@ -76,6 +76,28 @@ def build_method(
         )
 
 
+def build_plain(
+    method: str, params, *, lr: float, weight_decay: float, target: AutoTarget | None = None
+) -> torch.optim.Optimizer:
+    """The call a user writes: ``method`` over ``model.parameters()`` with its own defaults, the
+    Adam-scale ``lr`` (SGD and SGDC at 100×, momentum 0.9) and AdamW's ``weight_decay`` where the
+    method decays (AdamWN keeps its default target, or ``target`` if given: ``"auto"``)."""
+    import normctl
+
+    lr = lr * BASE_LR_SCALE.get(method, 1.0)
+    if method == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    if method == "adamwn":
+        return normctl.AdamWN(params, lr=lr, **({} if target is None else {"target": target}))
+    if method == "adamc":
+        return normctl.AdamC(params, lr=lr, weight_decay=weight_decay)
+    if method == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay)
+    if method == "sgdc":
+        return normctl.SGDC(params, lr=lr, momentum=0.9, weight_decay=weight_decay)
+    raise ValueError(f"a plain call is built for adamw, adamwn, adamc, sgd and sgdc, not {method!r}")
+
+
 def target_schedule(shape: str, ratio: float, steps: int) -> schedules.Schedule:
     """AdamWN's target r_t for a run of ``steps``: ``"ramp"`` from 1 to ``ratio`` over the first
     5 % and then held (Loshchilov 2023), ``"constant"`` ``ratio`` from the first step, ``"linear"``

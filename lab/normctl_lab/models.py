@@ -123,6 +123,37 @@ class GPT(nn.Module):
         return logits, F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1))
 
 
+class TorchLM(nn.Module):
+    """A byte-level language model built as a newcomer builds one from torch's own blocks:
+    ``nn.Embedding`` tokens and positions, ``nn.TransformerEncoderLayer`` blocks (pre-LN, GELU,
+    a causal mask), a final ``nn.LayerNorm`` and an untied ``nn.Linear`` head — PyTorch's default
+    initialisation everywhere (N(0, 1) embeddings, Kaiming-uniform matrices, LayerNorm gains 1).
+    The call signature is :class:`GPT`'s: ``(idx, targets) -> (logits, loss)``."""
+
+    def __init__(self, vocab_size: int, block_size: int, n_layer: int, n_embd: int, n_head: int = 4) -> None:
+        super().__init__()
+        self.block_size = block_size
+        self.tokens = nn.Embedding(vocab_size, n_embd)
+        self.positions = nn.Embedding(block_size, n_embd)
+        layer = nn.TransformerEncoderLayer(
+            n_embd, n_head, 4 * n_embd, dropout=0.0, activation="gelu", batch_first=True, norm_first=True
+        )
+        self.blocks = nn.TransformerEncoder(layer, n_layer, enable_nested_tensor=False)
+        self.ln_f = nn.LayerNorm(n_embd)
+        self.head = nn.Linear(n_embd, vocab_size)
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
+        T = idx.shape[1]
+        if T > self.block_size:
+            raise ValueError(f"sequence length {T} exceeds block_size {self.block_size}")
+        x = self.tokens(idx) + self.positions(torch.arange(T, device=idx.device))
+        mask = nn.Transformer.generate_square_subsequent_mask(T, device=idx.device)
+        logits = self.head(self.ln_f(self.blocks(x, mask=mask, is_causal=True)))
+        if targets is None:
+            return logits, None
+        return logits, F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1))
+
+
 class BasicBlock(nn.Module):
     """conv-BN-ReLU-conv-BN plus shortcut, laid out as torchvision's ResNet writes it."""
 

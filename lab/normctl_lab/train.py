@@ -34,8 +34,8 @@ from .config import RunConfig
 from .data import byte_tokens, load_text, random_windows, train_val_split
 from .data.fashion_mnist import load_fashion_mnist
 from .lock import RunLock
-from .methods import build_method, target_schedule, with_gains_controlled
-from .models import GPT, GPTConfig, ResNet
+from .methods import build_method, build_plain, target_schedule, with_gains_controlled
+from .models import GPT, GPTConfig, ResNet, TorchLM
 from .progress import progress
 from .rundir import describe_environment, finish_run, record_environment, strict_json
 from .voronoi import VoronoiModel, VoronoiTask, held_out
@@ -55,20 +55,23 @@ class Task:
 
 def build_task(cfg: RunConfig) -> Task:
     torch.manual_seed(cfg.seed)
-    if cfg.task == "gpt":
+    if cfg.task in ("gpt", "torchlm"):
         train, val = train_val_split(byte_tokens(load_text(cfg.corpus)))
         # the selection split is the training stream's own tail: val (the corpus's tail) stays unseen
         train, selection = train_val_split(train, cfg.selection_split) if cfg.selection_split else (train, None)
-        model: nn.Module = GPT(
-            GPTConfig(
-                vocab_size=256,
-                block_size=cfg.block_size,
-                n_layer=cfg.n_layer,
-                n_head=4,
-                n_embd=cfg.n_embd,
-                init=cfg.gpt_init,
+        if cfg.task == "torchlm":
+            model: nn.Module = TorchLM(256, cfg.block_size, cfg.n_layer, cfg.n_embd)
+        else:
+            model = GPT(
+                GPTConfig(
+                    vocab_size=256,
+                    block_size=cfg.block_size,
+                    n_layer=cfg.n_layer,
+                    n_head=4,
+                    n_embd=cfg.n_embd,
+                    init=cfg.gpt_init,
+                )
             )
-        )
 
         @torch.no_grad()
         def mean_loss(m: nn.Module, tokens: torch.Tensor, batches: int) -> float:
@@ -300,6 +303,8 @@ def _global_and_group_keys(record: dict[str, Any], metric: str) -> list[str]:
 
 
 def _build_optimizer(cfg: RunConfig, net: nn.Module) -> torch.optim.Optimizer:
+    if cfg.plain:
+        return build_plain(cfg.method, net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, target=cfg.auto)
     groups = param_groups(net, weight_decay=cfg.weight_decay)
     if cfg.decay_all:  # every tensor decayed (and controlled, gains too unless left to decay)
         groups = [

@@ -59,6 +59,7 @@ class Metrics:
 
 TASK_METRICS = {
     "gpt": Metrics("selection_loss", "test_loss", higher_is_better=False),
+    "torchlm": Metrics("selection_loss", "test_loss", higher_is_better=False),
     "fmnist": Metrics("selection_acc", "test_acc", higher_is_better=True),
     "voronoi": Metrics("val_acc", "test_acc", higher_is_better=True),
 }
