@@ -72,11 +72,16 @@ def reduce_across_shards(values: Sequence[Tensor], tensors: Sequence[Tensor], op
 
 def all_agree(flag: Tensor, tensors: Sequence[Tensor]) -> bool:
     """True when a per-rank boolean ``flag`` is true on every rank that holds shards of
-    ``tensors`` (a NaN in one rank's slice of a gradient must stop the step on all ranks)."""
+    ``tensors`` (a NaN in one rank's slice of a gradient must stop the step on all ranks), or on
+    every rank of the default process group where the tensors are replicated (DDP: a rank whose
+    gradients turned non-finite after the all-reduce must not let the replicas part)."""
     meshes = {t.device_mesh for t in tensors if is_sharded(t)}
-    if not meshes:
-        return bool(flag)
     value = flag.to(torch.int32).reshape(1)
+    if not meshes:
+        # replicated (DDP): every rank steps its copy, so every rank must take the same decision
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            dist.all_reduce(value, op=dist.ReduceOp.MIN)
+        return bool(value.item())
     for mesh in meshes:
         for d in range(mesh.ndim):
             dist.all_reduce(value, op=dist.ReduceOp.MIN, group=mesh.get_group(d))
@@ -111,3 +116,14 @@ def _sharded_mesh_dims(tensor: Any) -> tuple[int, ...]:
         if isinstance(placement, Shard):
             dims.append(d)
     return tuple(dims)
+
+
+def process_rank() -> int:
+    """This process's rank in the default process group (0 outside torchrun)."""
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def is_writer(rank: int | None) -> bool:
+    """Whether this process writes what a run logs: ``rank`` None means every process does (each
+    to a directory of its own), else only the process of that rank (rank 0 by default)."""
+    return rank is None or process_rank() == rank

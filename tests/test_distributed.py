@@ -126,3 +126,22 @@ def test_flat_parameters_are_refused_where_norms_are_computed():
         AdamWN([zero3])
     AdamWN([{"params": [flat], "control": False}])  # no norms, no refusal
     AdamC([flat], normalized=True)  # elementwise: correct on any slice
+
+
+def test_under_torchrun_one_rank_writes_and_every_rank_takes_the_same_skip_decision(tmp_path):
+    out = tmp_path / "ranks"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    script = Path(__file__).with_name("distributed_ranks.py")
+    done = subprocess.run([*command, str(script), str(out)], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    from normctl.monitor import read_jsonl
+    from normctl.report import load_run
+
+    records = read_jsonl(tmp_path / "shared_run" / "metrics.jsonl")
+    assert [r["step"] for r in records] == [1, 2, 3, 4]  # rank 0 alone: each step once
+    assert len((tmp_path / "shared_run" / "metrics.csv").read_text().splitlines()) == 5
+    load_run(tmp_path / "shared_run")  # the report reads it
+    for rank in (0, 1):
+        report = json.loads((tmp_path / f"ranks.rank{rank}.json").read_text())
+        assert report["skipped_steps"] == 1 and report["replicas_max_diff"] == 0.0

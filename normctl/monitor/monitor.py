@@ -10,7 +10,7 @@ from typing import Any, cast
 import torch
 from torch import Tensor, nn
 
-from ..distributed import check_supported
+from ..distributed import check_supported, is_writer
 from ..optim import AdamWN
 from ..rules import tensor_norms
 from . import stats
@@ -42,6 +42,9 @@ class NormMonitor:
     of :mod:`normctl.monitor.stats`, and for AdamWN-controlled tensors ``target_norm`` and
     ``norm_deviation`` (‖θ‖/τ − 1).
 
+    Under ``torchrun`` every process measures (sharded norms need them all) and the process of
+    ``writer_rank`` (0; None: every process, each to sinks of its own) writes the records.
+
     Read-only: it never writes into param groups or state. Cost: nothing on the steps it skips;
     on a measured step one copy of the weights (for the update ratio), batched
     ``torch._foreach_norm`` calls and a single device-to-host transfer.
@@ -56,12 +59,15 @@ class NormMonitor:
         sinks: Iterable[Sink] = (),
         weighted_norms: bool = True,
         value_ranges: bool = True,
+        writer_rank: int | None = 0,
     ) -> None:
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
             raise ValueError(f"every must be an int >= 1, got {every!r}")
         self.optimizer = optimizer
         self.every = every
         self.sinks = list(sinks)
+        # under torchrun every rank measures (sharded norms need them all), one writes the records
+        self._writes = is_writer(writer_rank)
         self.weighted_norms = weighted_norms
         self.value_ranges = value_ranges
         names = {p: name for name, p in model.named_parameters()}
@@ -141,8 +147,9 @@ class NormMonitor:
         if loss is not None:
             record["loss"] = float(loss.detach() if isinstance(loss, Tensor) else loss)
         record.update({k: float(v) for k, v in extra.items()})
-        for sink in self.sinks:
-            sink.write(record)
+        if self._writes:
+            for sink in self.sinks:
+                sink.write(record)
         return record
 
     def state_dict(self) -> dict[str, Any]:

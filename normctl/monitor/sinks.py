@@ -16,6 +16,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Protocol
 
+from ..distributed import is_writer
 from .scalars import TRACKER_METRICS, TRACKER_SCOPES, select_scalars
 
 METRICS_JSONL = "metrics.jsonl"
@@ -52,8 +53,11 @@ class JsonlSink:
     whose steps jump back. ``resume=True`` continues such a file (a resumed run), and every
     record must then come after the file's last step."""
 
-    def __init__(self, run_dir: str | Path, *, resume: bool = False) -> None:
+    def __init__(self, run_dir: str | Path, *, resume: bool = False, rank: int | None = 0) -> None:
         self.path = Path(run_dir) / METRICS_JSONL
+        self._file: Any = None
+        if not is_writer(rank):  # under torchrun one process writes the file (rank None: each its own)
+            return
         existing = read_jsonl(self.path) if self.path.is_file() else []
         if existing and not resume:
             raise FileExistsError(
@@ -65,6 +69,8 @@ class JsonlSink:
         self._file = self.path.open("a", encoding="utf-8")
 
     def write(self, record: dict[str, Any]) -> None:
+        if self._file is None:
+            return
         step = record["step"]
         if self._last_step is not None and step <= self._last_step:
             raise ValueError(f"{self.path}: a record for step {step} cannot follow step {self._last_step}")
@@ -78,6 +84,8 @@ class JsonlSink:
     def drop_after(self, step: int) -> None:
         """Remove the records after ``step``, with a warning that counts them: a run resumed from
         its checkpoint at ``step`` writes those steps again. The file is replaced atomically."""
+        if self._file is None:
+            return
         records = read_jsonl(self.path)
         kept = [r for r in records if r["step"] <= step]
         if len(kept) == len(records):
@@ -95,7 +103,8 @@ class JsonlSink:
         self._last_step = kept[-1]["step"] if kept else None
 
     def close(self) -> None:
-        self._file.close()
+        if self._file is not None:
+            self._file.close()
 
 
 class CsvSink:
@@ -107,10 +116,13 @@ class CsvSink:
     stops a run. A file that already holds rows is refused, as :class:`JsonlSink` refuses one;
     ``resume=True`` continues it."""
 
-    def __init__(self, run_dir: str | Path, *, resume: bool = False) -> None:
+    def __init__(self, run_dir: str | Path, *, resume: bool = False, rank: int | None = 0) -> None:
         self.path = Path(run_dir) / METRICS_CSV
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._fields: list[str] = []
+        self._file: Any = None
+        if not is_writer(rank):  # under torchrun one process writes the file (rank None: each its own)
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         if self.path.is_file() and self.path.stat().st_size:
             if not resume:
                 raise FileExistsError(
@@ -122,6 +134,8 @@ class CsvSink:
         self._writer = csv.DictWriter(self._file, fieldnames=self._fields, restval="")
 
     def write(self, record: dict[str, Any]) -> None:
+        if self._file is None:
+            return
         new = [k for k in record if k not in self._fields]
         if new:
             self._widen(self._fields + new)
@@ -145,7 +159,8 @@ class CsvSink:
         self._writer = csv.DictWriter(self._file, fieldnames=fields, restval="")
 
     def close(self) -> None:
-        self._file.close()
+        if self._file is not None:
+            self._file.close()
 
 
 class TensorBoardSink:

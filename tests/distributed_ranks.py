@@ -1,0 +1,54 @@
+"""Run under ``torchrun --nproc_per_node=2`` by tests/test_distributed.py: what each rank writes
+and decides. Writes ``OUT.rank<r>.json`` per rank.
+
+* the monitor and its file sinks, given one shared run directory on every rank: rank 0 writes;
+* ``skip_nonfinite=True`` under DDP with a non-finite gradient on rank 1 only (after the
+  all-reduce): every rank skips, so the replicas stay equal.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+import normctl
+from normctl.monitor import CsvSink, JsonlSink, NormMonitor
+
+
+def main(out: str) -> None:
+    dist.init_process_group("gloo")
+    rank = dist.get_rank()
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.LayerNorm(8), nn.Linear(8, 2))
+    ddp = nn.parallel.DistributedDataParallel(model)
+    optimizer = normctl.AdamWN(normctl.param_groups(model), lr=1e-2, skip_nonfinite=True)
+    run_dir = Path(out).parent / "shared_run"
+    monitor = NormMonitor(model, optimizer, every=1, sinks=[JsonlSink(run_dir), CsvSink(run_dir)])
+    g = torch.Generator().manual_seed(rank)
+    for step in range(4):
+        loss = ddp(torch.randn(8, 4, generator=g)).square().mean()
+        optimizer.zero_grad()
+        loss.backward()  # gradients all-reduced: equal on both ranks
+        if step == 2 and rank == 1:
+            model[0].weight.grad[0, 0] = float("nan")  # one rank's gradient turns non-finite afterwards
+        optimizer.step()
+        monitor.observe(loss=loss)
+    monitor.close()
+    flat = torch.cat([p.detach().flatten() for p in model.parameters()])
+    gathered = [torch.zeros_like(flat) for _ in range(2)]
+    dist.all_gather(gathered, flat)
+    report = {
+        "replicas_max_diff": float((gathered[0] - gathered[1]).abs().max()),
+        "skipped_steps": optimizer.param_groups[0]["skipped_steps"],
+    }
+    Path(f"{out}.rank{rank}.json").write_text(json.dumps(report))
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
