@@ -49,22 +49,32 @@ def torchrun(run_dir, assignments: list[str]) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
 
 
-def kill_everything_running_in(run_dir) -> None:
-    """SIGKILL the launcher and its workers (torchrun starts each worker in a session of its
-    own, so killing the launcher's process group would leave them running)."""
+def running_in(run_dir) -> list[int]:
+    """The processes whose command line names ``run_dir`` (zombies excluded: they hold no lock)."""
+    found = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
             with open(f"/proc/{entry}/cmdline", "rb") as f:
                 command = f.read().split(b"\0")
-        except OSError:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                state = f.read().rsplit(b")", 1)[1].split()[0]
+        except (OSError, IndexError):
             continue
-        if str(run_dir).encode() in command:
-            try:
-                os.kill(int(entry), signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        if str(run_dir).encode() in command and state != b"Z":
+            found.append(int(entry))
+    return found
+
+
+def kill_everything_running_in(run_dir) -> None:
+    """SIGKILL the launcher and its workers (torchrun starts each worker in a session of its
+    own, so killing the launcher's process group would leave them running)."""
+    for pid in running_in(run_dir):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
 def assert_same_records(got_dir, want_dir, rel: float = 1e-4) -> None:
@@ -113,3 +123,28 @@ def test_killed_fsdp_run_resumes_from_its_sharded_checkpoint(tmp_path):
     uninterrupted = json.loads((tmp_path / "uninterrupted" / "final.json").read_text())
     assert untimed(final) == untimed(uninterrupted) and final["train_seconds"] > 0  # only the times differ
     assert_same_records(run_dir, tmp_path / "uninterrupted", rel=1e-6)
+
+
+def test_a_killed_two_process_run_continues_on_one_process(tmp_path):
+    # the DCP checkpoint loads at any world size; before, one process answered "no checkpoint to
+    # resume from; pass --restart" — and --restart deleted the checkpoint
+    assignments = [*SMALL, "steps=400", "parallel=fsdp"]
+    run_dir = tmp_path / "killed"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen(
+        torchrun_command(run_dir, assignments), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.time() + 300
+    while not (run_dir / SHARDED_CHECKPOINT / "meta.pt").is_file() and time.time() < deadline:
+        assert process.poll() is None, "the run stopped before writing a checkpoint"
+        time.sleep(0.05)
+    kill_everything_running_in(run_dir)
+    process.wait()
+    assert not (run_dir / "final.json").exists(), "the run finished before it could be killed"
+    while running_in(run_dir) and time.time() < deadline:  # the killed workers release the run's lock on exit
+        time.sleep(0.05)
+    config = with_overrides(RunConfig(), assignments)
+    resumed = train(config, run_dir, verbose=False)  # one process, no torchrun
+    whole = train(config, tmp_path / "whole", verbose=False)
+    assert resumed["val_loss"] == pytest.approx(whole["val_loss"], rel=1e-4)
+    assert_same_records(run_dir, tmp_path / "whole", rel=1e-3)

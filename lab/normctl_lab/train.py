@@ -340,13 +340,14 @@ def _restore(cfg, run_dir, world, model, optimizer, scheduler, data_order) -> di
     checkpoint = _find_checkpoint(run_dir, world)
     if checkpoint is None:
         return None
-    if world.distributed:
+    sharded = checkpoint.is_dir()  # a DCP directory: loaded at this world's size, resharded
+    if sharded:
         state = parallel.load_sharded(checkpoint, model, optimizer)
     else:
         state = checkpoints.load(checkpoint)
     if not _same_config(state["config"], cfg):
         raise ValueError(f"{run_dir} holds a checkpoint of a different config; use another directory")
-    if not world.distributed:
+    if not sharded:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
@@ -378,10 +379,12 @@ def _refuse_orphaned_metrics(run_dir: Path) -> None:
     """A directory with an earlier run's records but no checkpoint to continue them: starting
     over would delete them, so only ``restart`` may."""
     left = [name for name in RUN_FILES if (run_dir / name).is_file()]
+    left += [name for name in (SHARDED_CHECKPOINT, SHARDED_CHECKPOINT + ".old") if (run_dir / name).exists()]
     if left:
         raise ValueError(
             f"{run_dir} holds {', '.join(left)} of an earlier run but no checkpoint to resume from; "
-            "pass --restart to train it again from step 0 (deleting them), or train into another directory"
+            f"pass --restart to train it again from step 0, which deletes {', '.join(left)}, or train into "
+            "another directory"
         )
 
 
@@ -402,12 +405,20 @@ def _same_config(saved: dict[str, Any], cfg: RunConfig) -> bool:
 
 
 def _find_checkpoint(run_dir: Path, world: parallel.World) -> Path | None:
-    """The checkpoint to resume from: ``checkpoint.pt`` for one process, the DCP directory
-    (or, after a kill between its two renames, the previous one) for several."""
-    if not world.distributed:
-        path = run_dir / CHECKPOINT
-        return path if path.is_file() else None
-    for path in (run_dir / SHARDED_CHECKPOINT, run_dir / (SHARDED_CHECKPOINT + ".old")):
-        if (path / "meta.pt").is_file():
-            return path
-    return None
+    """The checkpoint to resume from, whichever world size wrote it: the newer of
+    ``checkpoint.pt`` (one process) and the DCP directory (several; after a kill between its two
+    renames, the previous one), which DCP loads at any world size. Several processes cannot
+    continue a one-process checkpoint that is newer: they refuse, naming it."""
+    single = run_dir / CHECKPOINT
+    candidates = (run_dir / SHARDED_CHECKPOINT, run_dir / (SHARDED_CHECKPOINT + ".old"))
+    sharded = next((p for p in candidates if (p / "meta.pt").is_file()), None)
+    found = [p for p in (single if single.is_file() else None, sharded) if p is not None]
+    if not found:
+        return None
+    newest = max(found, key=lambda p: (p / "meta.pt" if p.is_dir() else p).stat().st_mtime)
+    if world.distributed and not newest.is_dir():
+        raise ValueError(
+            f"{newest} was written by one process after the last sharded checkpoint: continue the run with "
+            "one process, or move that file away to resume from the older sharded checkpoint"
+        )
+    return newest
