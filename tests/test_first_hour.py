@@ -275,3 +275,20 @@ def test_describe_says_what_each_group_of_the_built_optimizer_gets():
     sgdc = rows(normctl.SGDC(normctl.param_groups(model, weight_decay=1e-4), lr=0.1).describe())
     assert "corrected" in sgdc["normalized"]
     assert "decayed" in rows(normctl.Lion(model.parameters(), lr=1e-4, weight_decay=0.1).describe())["group"]
+
+
+def test_under_torch_compile_no_step_takes_the_cpp_kernel(monkeypatch):
+    from normctl.optim import _inner_one_pass, _one_pass_cpu
+
+    if _one_pass_cpu.kernel() is None:
+        pytest.skip("the C++ kernel is not built here")
+    model = _model()
+    adamwn = normctl.AdamWN(normctl.param_groups(model), lr=1e-2)
+    wrapped = normctl.NormControl(torch.optim.Adam(normctl.param_groups(_model()), lr=1e-2))
+    _train(model, adamwn, 1)
+    assert any(c and c.path.value == "cpu_one_pass" for c in adamwn.step_paths())  # eager: the kernel
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    assert not any(c and c.path.value == "cpu_one_pass" for c in adamwn.step_paths())
+    from normctl.optim._base import collect_batches
+
+    assert _inner_one_pass.plan("adam", collect_batches(wrapped.param_groups, "t"), wrapped.optimizer.state) is None

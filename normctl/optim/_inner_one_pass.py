@@ -48,6 +48,8 @@ def plan(inner_kind: str, batches: list[Batch], inner_state: MutableMapping[Tens
     """Each batch with gradients as the kernel takes it, the inner state created as torch would
     where it is missing — or None where any batch cannot take the kernel (the inner optimizer
     then steps them all)."""
+    if torch.compiler.is_compiling():
+        return None  # dynamo cannot trace the C++ kernel: the inner optimizer steps, which inductor fuses
     out = []
     for batch in batches:
         group = batch.group

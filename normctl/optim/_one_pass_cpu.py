@@ -105,8 +105,8 @@ def _is_built(cpp_extension: Any, name: str) -> bool:
 def eligible(params: Sequence[Tensor], states: Sequence[dict], group: dict) -> bool:
     """Whether a batch can take the kernel: controlled before the step, CPU tensors that suit
     a one-pass kernel (:func:`._adam.suit_one_pass`), and the kernel at hand."""
-    if not (params and group["control"] and group["control_at"] == "pre_step"):
-        return False
+    if not (params and group["control"] and group["control_at"] == "pre_step") or torch.compiler.is_compiling():
+        return False  # (dynamo cannot trace the C++ kernel: the foreach path, which inductor fuses)
     return params[0].device.type == "cpu" and suit_one_pass(params, states) and kernel() is not None
 
 
