@@ -106,7 +106,7 @@ def test_lightning_with_normctl_optimizer_and_monitor():
     sink = MemorySink()
     trainer = quiet_trainer(pl, max_steps=6, callbacks=[NormMonitorCallback(every=2, sinks=[sink])])
     trainer.fit(lightning_regression(pl, [], "sgd+wn"), torch.utils.data.DataLoader(data, batch_size=8))
-    assert [r["step"] for r in sink.records] == [1, 3, 5] and all("loss" in r for r in sink.records)
+    assert [r["step"] for r in sink.records] == [2, 4, 6] and all("loss" in r for r in sink.records)
     assert isinstance(trainer.optimizers[0], NormControl)
 
 
@@ -167,7 +167,7 @@ def test_hf_records_gradient_norms_before_clipping_the_loss_and_reach_the_tracke
     )
     hf.attach(trainer, every=2, sinks=[sink])
     trainer.train()
-    assert [r["step"] for r in sink.records] == [1, 3]
+    assert [r["step"] for r in sink.records] == [2, 4]  # the steps every=2 divides, as the Trainer counts
     logged = {h["step"]: h for h in trainer.state.log_history if "grad_norm" in h}
     for record in sink.records:
         step = record["step"]
@@ -259,7 +259,7 @@ def test_lightning_records_the_steps_own_gradients_before_clipping_and_logs_to_t
         assert record["global/grad_norm"] == pytest.approx(norm, rel=1e-5) and norm > 0.1
         assert record["global/clipped_grad_norm"] == pytest.approx(0.01, rel=1e-3)
     ours = [(step, m) for step, m in logger.metrics if "normctl/global/weight_norm" in m]
-    assert [step for step, _ in ours] == [1, 2, 3, 4]
+    assert [step for step, _ in ours] == [0, 1, 2, 3]  # where Lightning logs the same steps' own metrics
     assert not any(k.startswith("normctl/tensor/") for k in ours[0][1])
 
 
@@ -329,3 +329,52 @@ def test_the_callbacks_give_an_automatic_target_the_runs_length():
     )
     groups = [g for g in trainer.optimizers[0].param_groups if g["control"]]
     assert groups and all(g["target"].total_steps == 3 for g in groups)
+
+
+def test_hf_monitor_records_on_the_trainers_logging_steps(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("accelerate")
+    from normctl.integrations import hf
+
+    model, data, args = tiny_gpt2(transformers, tmp_path, logging_steps=2)
+    sink = MemorySink()
+    trainer = transformers.Trainer(
+        model=model, args=args, train_dataset=data, optimizers=(create_optimizer(model, "adamc", lr=1e-3), None)
+    )
+    hf.attach(trainer, sinks=[sink])  # no every: the Trainer's logging_steps
+    trainer.train()
+    logged = [h["step"] for h in trainer.state.log_history if "loss" in h]
+    assert [r["step"] for r in sink.records] == logged == [2, 4]
+    # for Adam the prediction sits beside the ratio it predicts, the A-weighted one
+    record = sink.records[-1]
+    assert "group/normalized/adam_grad_weight_ratio" in record and "group/normalized/pred_ratio" in record
+
+
+def test_lightning_records_the_steps_loss_on_its_logging_steps_and_keeps_its_state_after_fit(tmp_path):
+    pl = pytest.importorskip("lightning.pytorch")
+    from normctl.integrations.lightning import NormMonitorCallback
+
+    torch.manual_seed(0)
+    data = torch.utils.data.TensorDataset(torch.randn(64, 4), torch.randn(64, 1))
+    module, losses = lightning_regression(pl, []), []
+    step = module.training_step
+    module.training_step = lambda *a, **k: (loss := step(*a, **k), losses.append(float(loss)))[0]
+    sink = MemorySink()
+    callback = NormMonitorCallback(sinks=[sink])
+    trainer = quiet_trainer(
+        pl,
+        max_steps=4,
+        accumulate_grad_batches=2,
+        log_every_n_steps=2,
+        callbacks=[callback],
+        enable_checkpointing=False,
+        default_root_dir=str(tmp_path),
+    )
+    trainer.fit(module, torch.utils.data.DataLoader(data, batch_size=8))
+    assert [r["step"] for r in sink.records] == [2, 4]  # log_every_n_steps
+    for record in sink.records:  # the mean of the step's two micro-batch losses
+        s = record["step"]
+        assert record["loss"] == pytest.approx((losses[2 * s - 2] + losses[2 * s - 1]) / 2, rel=1e-6)
+    trainer.save_checkpoint(tmp_path / "after_fit.ckpt")
+    saved = torch.load(tmp_path / "after_fit.ckpt", weights_only=True)["callbacks"]
+    assert [state["monitor"]["steps"] for state in saved.values()] == [4]

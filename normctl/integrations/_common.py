@@ -48,7 +48,7 @@ class MonitorOwner:
     def __init__(
         self,
         *,
-        every: int = 10,
+        every: int | None = None,
         sinks: Iterable[Sink] = (),
         tracker_scopes: Iterable[str] | None = TRACKER_SCOPES,
         tracker_metrics: Iterable[str] | None = TRACKER_METRICS,
@@ -59,12 +59,19 @@ class MonitorOwner:
         self.tracker_metrics = None if tracker_metrics is None else tuple(tracker_metrics)
         self.monitor: NormMonitor | None = None
 
-    def start(self, model: nn.Module, optimizer, saved: dict[str, Any] | None = None) -> NormMonitor:
-        """The monitor; ``saved`` (its ``state_dict`` from the checkpoint a run resumes from) keeps
-        the step count and the initial norms, which the resumed weights no longer show, and drops
-        the records the sinks hold past that step (the resumed run writes them again)."""
+    def start(
+        self, model: nn.Module, optimizer, saved: dict[str, Any] | None = None, logging_every: int = 10
+    ) -> NormMonitor:
+        """The monitor, measuring on the framework's logging steps (every ``logging_every``-th,
+        unless ``every`` was given); ``saved`` (its ``state_dict`` from the checkpoint a run
+        resumes from) keeps the step count and the initial norms, which the resumed weights no
+        longer show, and drops the records the sinks hold past that step (the resumed run writes
+        them again)."""
         if self.monitor is None:
-            self.monitor = NormMonitor(model, unwrap_optimizer(optimizer), every=self.every, sinks=self.sinks)
+            every = self.every or max(1, int(logging_every))
+            self.monitor = NormMonitor(
+                model, unwrap_optimizer(optimizer), every=every, sinks=self.sinks, on_multiples=True
+            )
             if saved is not None:
                 self.monitor.load_state_dict(saved)
                 for sink in self.sinks:

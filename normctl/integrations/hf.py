@@ -28,6 +28,7 @@ clipped ones, as ``global/clipped_grad_norm`` then shows by its absence.)
 from __future__ import annotations
 
 import json
+import math
 import os
 import warnings
 from typing import Any
@@ -60,13 +61,15 @@ def unclipped(record: dict[str, Any], factor: float) -> dict[str, Any]:
 class NormMonitorCallback(TrainerCallback):
     """Attaches a NormMonitor to the Trainer's model and optimizer for the whole of training.
 
-    ``tracker_scopes`` / ``tracker_metrics`` choose what reaches the Trainer's trackers (None:
-    everything, one chart per tensor and metric); the sinks get the whole record."""
+    It measures on the Trainer's logging steps (``logging_steps``: steps 10, 20, … beside the
+    Trainer's own logs) unless ``every`` is given. ``tracker_scopes`` / ``tracker_metrics`` choose
+    what reaches the Trainer's trackers (None: everything, one chart per tensor and metric); the
+    sinks get the whole record."""
 
     def __init__(
         self,
         *,
-        every: int = 10,
+        every: int | None = None,
         sinks=(),
         tracker_scopes=TRACKER_SCOPES,
         tracker_metrics=TRACKER_METRICS,
@@ -83,7 +86,7 @@ class NormMonitorCallback(TrainerCallback):
     def on_train_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
         self.max_grad_norm = args.max_grad_norm or 0.0
         give_auto_targets_the_run_length(optimizer, state.max_steps)
-        self.owner.start(model, optimizer, _saved_state(args, state))
+        self.owner.start(model, optimizer, _saved_state(args, state), logging_every=_logging_steps(args, state))
 
     def on_step_begin(self, args, state, control, **kwargs):
         if self.monitor is not None and self.monitor.pending is not None:  # the Trainer did not log it
@@ -127,6 +130,12 @@ def attach(trainer, **kwargs) -> NormMonitorCallback:
     callback = NormMonitorCallback(**kwargs)
     trainer.callback_handler.callbacks.insert(0, callback)
     return callback
+
+
+def _logging_steps(args, state) -> int:
+    """The Trainer's logging interval in steps (``logging_steps`` below 1 is a fraction of the run)."""
+    steps = args.logging_steps
+    return max(1, math.ceil(steps * state.max_steps)) if 0 < steps < 1 else max(1, int(steps))
 
 
 def _saved_state(args, state) -> dict[str, Any] | None:

@@ -35,13 +35,16 @@ from ._common import MonitorOwner, give_auto_targets_the_run_length
 class NormMonitorCallback(pl.Callback):
     """Monitors the first optimizer of the LightningModule, with the training loss.
 
-    ``tracker_scopes`` / ``tracker_metrics`` choose what reaches ``trainer.loggers`` (None:
-    everything, one chart per tensor and metric)."""
+    It measures on Lightning's logging steps (``log_every_n_steps``) unless ``every`` is given,
+    and logs at the x Lightning plots that step's own metrics at. The loss recorded is the step's:
+    the mean of its micro-batches' losses under ``accumulate_grad_batches`` (Lightning hands the
+    callback each one divided by their number). ``tracker_scopes`` / ``tracker_metrics`` choose
+    what reaches ``trainer.loggers`` (None: everything, one chart per tensor and metric)."""
 
     def __init__(
         self,
         *,
-        every: int = 10,
+        every: int | None = None,
         sinks=(),
         tracker_scopes=TRACKER_SCOPES,
         tracker_metrics=TRACKER_METRICS,
@@ -51,6 +54,8 @@ class NormMonitorCallback(pl.Callback):
             every=every, sinks=sinks, tracker_scopes=tracker_scopes, tracker_metrics=tracker_metrics
         )
         self._saved: dict[str, Any] | None = None
+        self._losses: list[float] = []  # the micro-batches' losses since the last optimizer step
+        self._stepped = 0  # trainer.global_step at the last optimizer step seen
 
     @property
     def monitor(self):
@@ -59,7 +64,8 @@ class NormMonitorCallback(pl.Callback):
     def on_train_start(self, trainer, pl_module) -> None:
         steps = trainer.max_steps if trainer.max_steps and trainer.max_steps > 0 else trainer.estimated_stepping_batches
         give_auto_targets_the_run_length(trainer.optimizers[0], steps if steps != float("inf") else None)
-        self.owner.start(pl_module, trainer.optimizers[0], self._saved)
+        self.owner.start(pl_module, trainer.optimizers[0], self._saved, logging_every=trainer.log_every_n_steps)
+        self._losses, self._stepped = [], trainer.global_step
         # Lightning steps through a closure: the optimizer's pre-step hook runs before backward,
         # and on_before_optimizer_step below takes the gradients once they are there
         self.monitor.gradients_captured = True
@@ -70,17 +76,26 @@ class NormMonitorCallback(pl.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
-        record = self.monitor.observe(loss) if self.monitor is not None else None
+        if loss is not None:  # Lightning divides each micro-batch's loss by their number
+            self._losses.append(float(loss) * trainer.accumulate_grad_batches)
+        if trainer.global_step == self._stepped or self.monitor is None:
+            return  # an accumulating micro-batch: the optimizer has not stepped
+        self._stepped = trainer.global_step
+        losses, self._losses = self._losses, []
+        record = self.monitor.observe(sum(losses) / len(losses) if losses else None)
         if record is not None and trainer.loggers:
             scalars = self.owner.tracker_scalars(record)
-            for logger in trainer.loggers:
-                logger.log_metrics(scalars, step=trainer.global_step)
+            for logger in trainer.loggers:  # the x Lightning logs this step's own metrics at
+                logger.log_metrics(scalars, step=trainer.global_step - 1)
 
     def on_train_end(self, trainer, pl_module) -> None:
+        if self.monitor is not None:  # a checkpoint saved after fit still continues the records
+            self._saved = self.monitor.state_dict()
         self.owner.stop()
 
     def state_dict(self) -> dict[str, Any]:
-        return {"monitor": self.monitor.state_dict()} if self.monitor is not None else {}
+        state = self.monitor.state_dict() if self.monitor is not None else self._saved
+        return {"monitor": state} if state is not None else {}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._saved = state_dict.get("monitor")

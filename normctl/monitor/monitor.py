@@ -42,6 +42,9 @@ class NormMonitor:
     of :mod:`normctl.monitor.stats`, and for AdamWN-controlled tensors ``target_norm`` and
     ``norm_deviation`` (‖θ‖/τ − 1).
 
+    ``on_multiples=True`` measures steps every, 2·every, … instead of 1, 1 + every, …: the steps a
+    framework logs on (the callbacks use it, with the framework's logging interval).
+
     Under ``torchrun`` every process measures (sharded norms need them all) and the process of
     ``writer_rank`` (0; None: every process, each to sinks of its own) writes the records.
 
@@ -60,12 +63,14 @@ class NormMonitor:
         weighted_norms: bool = True,
         value_ranges: bool = True,
         writer_rank: int | None = 0,
+        on_multiples: bool = False,
     ) -> None:
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
             raise ValueError(f"every must be an int >= 1, got {every!r}")
         self.optimizer = optimizer
         self.every = every
         self.sinks = list(sinks)
+        self.on_multiples = on_multiples
         # under torchrun every rank measures (sharded norms need them all), one writes the records
         self._writes = is_writer(writer_rank)
         self.weighted_norms = weighted_norms
@@ -95,11 +100,16 @@ class NormMonitor:
             optimizer.register_step_post_hook(self._after_step),
         ]
 
+    def _due(self) -> bool:
+        """Whether the coming step is measured: steps 1, 1 + every, … or, ``on_multiples``,
+        every, 2·every, … (a framework's logging steps)."""
+        return (self.steps + 1) % self.every == 0 if self.on_multiples else self.steps % self.every == 0
+
     # -- hooks --------------------------------------------------------------------------------
 
     @torch.no_grad()
     def _before_step(self, optimizer, args, kwargs) -> None:
-        if self.steps % self.every:
+        if not self._due():
             return
         self._flush()
         # a closure's backward runs after this hook: capture_gradients may still come
@@ -127,7 +137,7 @@ class NormMonitor:
         after the hook this monitor measures in). The record then reports these norms as
         ``grad_norm`` and the global norm the optimizer stepped with as
         ``global/clipped_grad_norm``. Does nothing on steps that are not measured."""
-        if self.steps % self.every == 0:
+        if self._due():
             self._captured = self._grad_norms()
 
     @property
@@ -226,6 +236,7 @@ class NormMonitor:
             record[t + "grad_norm"] = g
             record[t + "grad_weight_ratio"] = stats.ratio(g, w)
             record[t + "update_weight_ratio"] = stats.ratio(host.get(upd_slot[i]), w_prev)
+            ga = wa = None
             if weighted_slots[i] is not None:
                 ga, wa = host.get_all(weighted_slots[i])
                 record[t + "adam_grad_weight_ratio"] = stats.ratio(ga, wa)
@@ -243,6 +254,9 @@ class NormMonitor:
                 squares[scope]["w2"].append(w * w)
                 squares[scope]["g2"].append(g * g if g is not None else 0.0)
                 squares[scope]["i2"].append(self._initial[i] ** 2)
+                if weighted_slots[i] is not None and ga is not None and wa is not None:
+                    squares[scope]["ga2"].append(ga * ga)
+                    squares[scope]["wa2"].append(wa * wa)
         record |= _scope_entries(squares)
         if captured is not None:
             stepped = host.get_all(stepped_slot)
@@ -291,6 +305,9 @@ def _scope_entries(squares: dict[str, dict[str, list[float]]]) -> dict[str, floa
         entries[f"{scope}/grad_norm"] = g
         entries[f"{scope}/grad_weight_ratio"] = stats.ratio(g, w)
         entries[f"{scope}/norm_ratio"] = stats.ratio(w, init)
+        if parts.get("wa2"):  # Adam's A-weighted ratio, which its pred_ratio predicts
+            weighted = math.sqrt(sum(parts["ga2"])), math.sqrt(sum(parts["wa2"]))
+            entries[f"{scope}/adam_grad_weight_ratio"] = stats.ratio(*weighted)
     return entries
 
 

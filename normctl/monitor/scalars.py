@@ -20,6 +20,7 @@ TRACKER_METRICS = (
     "grad_norm",
     "clipped_grad_norm",
     "grad_weight_ratio",
+    "adam_grad_weight_ratio",  # for Adam-family groups the ratio pred_ratio predicts (‖g‖_{A⁻¹}/‖θ‖_A)
     "pred_ratio",
 )
 
