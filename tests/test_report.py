@@ -233,7 +233,9 @@ def test_an_interactive_report_draws_the_run_charts_with_plotly_in_one_offline_f
     pytest.importorskip("plotly")
     path = build_report(runs, tmp_path / "report.html", interactive=True)
     page = path.read_text()
-    assert page.count('class="plotly-graph-div"') == 3  # loss, gradient norm, norm ratio
+    groups = {k for r in runs for k in load_run(r).keys("group", "norm_ratio")}
+    # loss, gradient norm, global norm ratio, and each param group's norm ratio
+    assert groups and page.count('class="plotly-graph-div"') == 3 + min(4, len(groups))
     assert page.count("window.PlotlyConfig") == 1  # plotly.js written once, into the page
     assert not re.search(r"<script[^>]*\bsrc=", page) and '"name":"adamw (2 seeds)"' in page  # nothing to fetch
     assert page.count('src="data:image/png;base64,') >= 2  # the per-layer figures stay images
@@ -251,3 +253,36 @@ def test_an_interactive_report_without_plotly_names_the_extra(runs, tmp_path, mo
         main(["report", str(runs[0]), "-o", str(tmp_path / "r.html"), "--interactive"])
     assert exit_info.value.code == 2 and "pip install 'normctl[interactive]'" in capsys.readouterr().err
     assert not (tmp_path / "r.html").exists()
+
+
+def test_a_library_run_reports_every_panel_with_its_seeds_grouped_and_its_end_known(tmp_path):
+    """NormMonitor + JsonlSink, no lab: AdamWN's panel of norms against targets (it has no
+    steady-state prediction), per-group norm ratios, seeds on one curve, status finished."""
+    pytest.importorskip("matplotlib")
+    from normctl import AdamWN, param_groups
+    from normctl.monitor import JsonlSink, NormMonitor
+
+    dirs = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.LayerNorm(8), torch.nn.Linear(8, 2))
+        optimizer = AdamWN(param_groups(model), lr=1e-2, target=1.5)
+        run_dir = tmp_path / f"adamwn-s{seed}"
+        with NormMonitor(model, optimizer, every=2, sinks=[JsonlSink(run_dir, label="adamwn", seed=seed)]) as monitor:
+            for _ in range(10):
+                loss = model(torch.randn(8, 4)).square().mean()
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                monitor.observe(loss=loss)
+        dirs.append(run_dir)
+    runs = [load_run(d) for d in dirs]
+    assert [r.status for r in runs] == ["finished", "finished"] and {r.label for r in runs} == {"adamwn"}
+    from normctl.report.html import method_summary
+
+    assert [(row["method"], row["seeds"]) for row in method_summary(runs)] == [("adamwn", 2)]  # one curve
+    page = build_report(dirs, tmp_path / "report.html").read_text()
+    assert "norms against their targets" in page and "no steady-state ratio to predict" in page
+    assert "Weight norm ratio of the decay group" in page
+    with pytest.raises(ValueError, match="is given twice"):
+        build_report([dirs[0], dirs[0]], tmp_path / "twice.html")

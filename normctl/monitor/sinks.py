@@ -21,6 +21,7 @@ from .scalars import TRACKER_METRICS, TRACKER_SCOPES, select_scalars
 
 METRICS_JSONL = "metrics.jsonl"
 METRICS_CSV = "metrics.csv"
+RUN_JSON = "run.json"  # a library run's label and seed, and whether its monitor was closed
 
 
 class Sink(Protocol):
@@ -51,12 +52,26 @@ class JsonlSink:
 
     A file that already holds records is refused: two runs appended to one file read as one run
     whose steps jump back. ``resume=True`` continues such a file (a resumed run), and every
-    record must then come after the file's last step."""
+    record must then come after the file's last step.
 
-    def __init__(self, run_dir: str | Path, *, resume: bool = False, rank: int | None = 0) -> None:
+    ``label`` and ``seed`` go to ``RUN_DIR/run.json``, which ``normctl report`` reads to put the
+    seeds of one method on one curve (``label``: the method, or any name for the configuration);
+    ``close()`` marks the run there as ended, which the report shows as ``finished``. Under
+    ``torchrun`` the process of ``rank`` (0; None: every process, each to a directory of its own)
+    writes the files."""
+
+    def __init__(
+        self,
+        run_dir: str | Path,
+        *,
+        resume: bool = False,
+        rank: int | None = 0,
+        label: str | None = None,
+        seed: int | None = None,
+    ) -> None:
         self.path = Path(run_dir) / METRICS_JSONL
         self._file: Any = None
-        if not is_writer(rank):  # under torchrun one process writes the file (rank None: each its own)
+        if not is_writer(rank):
             return
         existing = read_jsonl(self.path) if self.path.is_file() else []
         if existing and not resume:
@@ -66,7 +81,16 @@ class JsonlSink:
             )
         self._last_step = existing[-1]["step"] if existing else None
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._about = self.path.parent / RUN_JSON
+        known = json.loads(self._about.read_text()) if resume and self._about.is_file() else {}
+        given = {k: v for k, v in (("label", label), ("seed", seed)) if v is not None}
+        self._write_about({k: v for k, v in known.items() if k != "ended"} | given)
         self._file = self.path.open("a", encoding="utf-8")
+
+    def _write_about(self, about: dict[str, Any]) -> None:
+        temporary = self._about.with_suffix(".json.tmp")
+        temporary.write_text(json.dumps(about), encoding="utf-8")
+        temporary.replace(self._about)
 
     def write(self, record: dict[str, Any]) -> None:
         if self._file is None:
@@ -105,6 +129,9 @@ class JsonlSink:
     def close(self) -> None:
         if self._file is not None:
             self._file.close()
+            about = json.loads(self._about.read_text()) if self._about.is_file() else {}
+            self._write_about(about | {"ended": True, "last_step": self._last_step})
+            self._file = None
 
 
 class CsvSink:

@@ -104,6 +104,12 @@ def build_report(
         raise ValueError("run_dirs must name at least one run directory")
     if labels is not None and len(labels) != len(run_dirs):
         raise ValueError(f"labels must name one group per run: {len(labels)} labels for {len(run_dirs)} runs")
+    seen: dict[Path, str] = {}
+    for d in run_dirs:  # the same run twice would read as two seeds that agree exactly
+        resolved = Path(d).resolve()
+        if resolved in seen:
+            raise ValueError(f"run directory {d} is given twice (as {seen[resolved]!s} too): pass each run once")
+        seen[resolved] = str(d)
     runs = [load_run(d) for d in run_dirs]
     if labels is not None:
         runs = [dataclasses.replace(run, label=label) for run, label in zip(runs, labels)]
@@ -115,8 +121,12 @@ def build_report(
             True,
             "Global gradient norm — a rise at the end is the tail blow-up",
         ),
-        ("global/norm_ratio", "‖θ‖ / ‖θ₀‖", False, "Weight norm ratio to initialisation"),
+        ("global/norm_ratio", "‖θ‖ / ‖θ₀‖", False, "Weight norm ratio to initialisation, all parameters"),
     ]
+    # each param group's own ratio: the global one is dominated by whatever holds most of the norm
+    # (norm gains, in a small model), which says little about the matrices decay or control acts on
+    group_keys = list(dict.fromkeys(k for run in runs for k in run.keys("group", "norm_ratio")))
+    charts += [(k, "‖θ‖ / ‖θ₀‖", False, f"Weight norm ratio of the {k.split('/')[1]} group") for k in group_keys[:4]]
     if interactive:
         figures = [
             _interactive_figure(interactive_module.curves(runs, key, ylabel, log=log, include_plotlyjs=i == 0), caption)
@@ -133,8 +143,17 @@ def build_report(
                 f"<h3>{html.escape(label)} ({html.escape(first.path.name)})</h3>"
                 + _table(rows, f"phases-{html.escape(label)}")
             )
-        if first.keys("tensor", "pred_ratio"):
+        predicted = [k for k in first.keys("tensor", "pred_ratio") if first.series(k)[0]]
+        if predicted:
             figures.append(_figure(plots.ratio_vs_prediction(first), f"{label}: ratio vs predicted steady state"))
+        if first.keys("tensor", "target_norm"):
+            why = (
+                ""
+                if predicted
+                else " (its controlled tensors have no steady-state ratio to predict: they are held "
+                "at a target norm, so this panel takes the place of the ratio against its prediction)"
+            )
+            figures.append(_figure(plots.norms_vs_targets(first), f"{label}: norms against their targets{why}"))
         if first.keys("tensor", "weight_min"):
             figures.append(_figure(plots.weight_values(first), f"{label}: weight values"))
     page = f"""<!doctype html>

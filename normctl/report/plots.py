@@ -50,14 +50,31 @@ def ratio_vs_prediction(run: Run, *, max_lines: int = 24):
         layers = names[0] if len(names) == 1 else f"{len(names)} layers, {names[0]} …"
         label = f"predicted steady state ({layers})"
         ax.plot(steps, values, color="darkred", lw=2, ls=("--", ":", "-.")[i % 3], label=label)
+    names = [k[len("tensor/") : -len("/pred_ratio")] for k in preds]
+    weighted = any(run.series(f"tensor/{name}/adam_grad_weight_ratio")[0] for name in names)
     ax.set(
         yscale="log",
         xlabel="step",
-        ylabel="‖g‖/‖θ‖ per layer",
+        # Adam's prediction is of its A-weighted ratio, which is what is drawn for Adam-family runs
+        ylabel="‖g‖_A⁻¹ / ‖θ‖_A per layer (Adam)" if weighted else "‖g‖/‖θ‖ per layer",
         title=f"{run.label}: gradient-to-weight ratio vs prediction",
     )
     if preds:
         _legend(ax, many=len(preds) > MANY_GROUPS)
+    fig.tight_layout()
+    return fig
+
+
+def norms_vs_targets(run: Run, *, max_lines: int = 24):
+    """AdamWN's controlled tensors: ‖θ‖/τ − 1, each norm's distance to its target (0: on it)."""
+    keys = [k for k in run.keys("tensor", "norm_deviation") if run.series(k)[0]][:max_lines]
+    fig, ax = new_figure(figsize=(9.5, 4.8) if len(keys) > MANY_GROUPS else (6, 3.6))
+    for i, key in enumerate(keys):
+        name = key[len("tensor/") : -len("/norm_deviation")]
+        ax.plot(*run.series(key), lw=0.8, alpha=0.7, ls=LINESTYLES[i % len(LINESTYLES)], label=name)
+    ax.axhline(0.0, color="darkred", lw=1.5, label="on target")
+    ax.set(xlabel="step", ylabel="‖θ‖/τ − 1", title=f"{run.label}: norm against target")
+    _legend(ax, many=len(keys) > MANY_GROUPS)
     fig.tight_layout()
     return fig
 
@@ -69,7 +86,7 @@ def _band(ax, steps, mean, std, label, linestyle="-"):
         ax.fill_between(steps, lower, upper, alpha=0.2, color=line.get_color())
 
 
-LINESTYLES = ("-", "--", ":", "-.")  # a new style each time the colour cycle comes round
+LINESTYLES = ("-", "--", ":", "-.")  # one per group in turn, so curves that coincide stay apart
 
 
 def curves(runs: list[Run], key: str, ylabel: str, *, log: bool = False):
@@ -77,14 +94,13 @@ def curves(runs: list[Run], key: str, ylabel: str, *, log: bool = False):
     groups = by_label(runs)
     many = len(groups) > MANY_GROUPS
     fig, ax = new_figure(figsize=(9.5, 4.8) if many else (6, 3.6))
-    import matplotlib
-
-    colours = len(matplotlib.rcParams["axes.prop_cycle"].by_key().get("color", [None]))
     for i, (label, group) in enumerate(groups.items()):
         steps, mean, std = mean_std(group, key)
         if steps:
             n = f" ({len(group)} seeds)" if len(group) > 1 else ""
-            _band(ax, steps, mean, std, label + n, LINESTYLES[i // colours % len(LINESTYLES)])
+            # a style of its own per group: a curve lying on another (AdamC = AdamW where nothing is
+            # normalised) still shows, dashed over solid
+            _band(ax, steps, mean, std, label + n, LINESTYLES[i % len(LINESTYLES)])
     ax.set(xlabel="step", ylabel=ylabel, yscale="log" if log else "linear")
     _legend(ax, many=many)
     fig.tight_layout()

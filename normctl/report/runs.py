@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ..monitor.phases import detect_phases, tail_blowup_score
-from ..monitor.sinks import METRICS_JSONL, read_jsonl
+from ..monitor.sinks import METRICS_JSONL, RUN_JSON, read_jsonl
 
 
 @dataclass
@@ -21,13 +21,15 @@ class Run:
     records: list[dict[str, Any]] = field(repr=False)
     final: dict[str, Any] = field(default_factory=dict, repr=False)  # final.json, where the run wrote one
 
+    ended: bool = False  # the monitor was closed (run.json), for runs without the lab's final.json
+
     @property
     def status(self) -> str:
-        """ "finished", "diverged at step N" or "unfinished" (no final.json: running, killed, or
-        logged by a script that writes none)."""
+        """ "finished" (the lab's final.json, or a monitor closed at the run's end), "diverged at
+        step N", or "unfinished" (running, killed, or a monitor never closed)."""
         if self.final.get("status") == "diverged":
             return f"diverged at step {self.final.get('diverged_at_step')}"
-        return "finished" if self.final else "unfinished"
+        return "finished" if self.final or self.ended else "unfinished"
 
     def series(self, key: str) -> tuple[list[int], list[float]]:
         pairs = [
@@ -107,10 +109,13 @@ def load_run(path: str | Path) -> Run:
                 f"{metrics}: step {after['step']} follows step {before['step']}; the file holds more than one "
                 "run (two runs logged into one directory?)"
             )
-    config = _json_or_empty(path / "config.json")
+    # the lab's config.json, else what JsonlSink(label=, seed=) wrote
+    about = _json_or_empty(path / RUN_JSON)
+    config = _json_or_empty(path / "config.json") or about
     label = str(config.get("label") or config.get("method") or path.name)
     seed = config.get("seed")
-    return Run(path, label, int(seed) if seed is not None else None, records, _json_or_empty(path / "final.json"))
+    final = _json_or_empty(path / "final.json")
+    return Run(path, label, int(seed) if seed is not None else None, records, final, bool(about.get("ended")))
 
 
 def _json_or_empty(path: Path) -> dict[str, Any]:
