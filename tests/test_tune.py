@@ -457,3 +457,20 @@ def test_a_directory_written_before_a_config_field_existed_still_resumes(tmp_pat
     with pytest.raises(ValueError, match="another base"):
         changed = with_overrides(base, ["auto_run_length=true"])
         tune._check_same_protocol(tmp_path, tune._protocol_key(changed, ["adamw"], 2, [0]))
+
+
+def test_verdict_words_follow_from_the_interval_alone():
+    def diff(mean, low, high):
+        return {"mean": mean, "ci95": [low, high], "seeds": [1, 2, 3]}
+
+    # Yu's min decay: -0.0182 [-0.0277, -0.0087]: worse, and "not within 0.01" cannot be said
+    said = tune_report.verdict("min", "l2", diff(-0.0182, -0.0277, -0.0087), higher_is_better=True, margin=0.01)
+    assert said.startswith("min is worse than l2") and "not decided (the interval crosses ±0.01)" in said
+    said = tune_report.verdict("a", "b", diff(-0.03, -0.04, -0.02), higher_is_better=True, margin=0.01)
+    assert "not within ±0.01" in said
+    said = tune_report.verdict("a", "b", diff(0.001, -0.004, 0.006), higher_is_better=True, margin=0.01)
+    assert "level" in said and "within ±0.01" in said and "not" not in said.split(";")[1]
+    assert "better" in tune_report.verdict("a", "b", diff(-0.05, -0.08, -0.02), higher_is_better=False)
+    assert "not decided" in tune_report.verdict(
+        "a", "b", {"mean": 0.1, "ci95": None, "seeds": [1]}, higher_is_better=True
+    )

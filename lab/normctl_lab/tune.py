@@ -44,7 +44,7 @@ from .repro_gpt import SCALES as GPT_SCALES
 from .rundir import strict_json
 from .search_spaces import POINTS, SearchSpace, as_overrides, candidates, checked_ranges, restricted, search_space
 from .sweep import final_metrics, train_runs
-from .tune_report import cost_line, selection_notes, summary_table
+from .tune_report import cost_line, selection_notes, summary_table, verdicts
 
 SELECTION_SPLIT = 0.05  # of the training data, for gpt and fmnist
 CLOSE_CALL_SEEDS = 5  # seeds for two methods within 2 std of each other
@@ -70,6 +70,7 @@ TASK_METRICS = {
 # ResNet-20 on the full Fashion-MNIST; the Voronoi task is already the study's size.
 GPU_SCALE = {
     "gpt": GPT_SCALES["gpu"],
+    "torchlm": [s for s in GPT_SCALES["gpu"] if not s.startswith(("task=", "gpt_init="))],
     "fmnist": ["width=16", "blocks_per_stage=3", "full_data=true", "device=cuda"],
     "voronoi": ["device=cuda"],
 }
@@ -167,7 +168,7 @@ def run_tune(
     (out / "summary.json").write_text(strict_json(summary, indent=2))  # a diverged run's NaN: null
     if verbose:
         print(summary_table(summary), flush=True)
-        for line in selection_notes(summary):
+        for line in verdicts(summary) + selection_notes(summary):
             print(line, flush=True)
         print(cost_line(summary), flush=True)
     return summary

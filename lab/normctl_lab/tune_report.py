@@ -37,6 +37,46 @@ def selection_notes(summary: dict[str, Any]) -> list[str]:
     return notes
 
 
+def verdict(
+    method: str, reference: str, diff: dict[str, Any], *, higher_is_better: bool, margin: float | None = None
+) -> str:
+    """One sentence for ``method − reference`` (a paired difference with its 95 % interval) whose
+    words follow from the interval alone: "better"/"worse" only where it excludes 0, "level"
+    otherwise; with ``margin``, "within ±margin" only where the interval lies inside it and "not
+    within" only where it lies wholly outside — else the interval cannot say, and the sentence
+    says that. Results documents take their verdict words from here, not from prose."""
+    interval = diff.get("ci95")
+    mean = diff["mean"]
+    if interval is None or not all(v is not None and math.isfinite(v) for v in interval) or not math.isfinite(mean):
+        return f"{method} − {reference}: {_number(mean, '+.4f')}, no interval (fewer than 2 finite seeds): not decided"
+    low, high = interval
+    shown = f"{mean:+.4f} [{low:+.4f}, {high:+.4f}]"
+    if low > 0 or high < 0:
+        ahead = (low > 0) == higher_is_better
+        words = f"{method} is {'better' if ahead else 'worse'} than {reference}"
+    else:
+        words = f"{method} and {reference} are level (the interval holds 0: no difference shown)"
+    if margin is not None:
+        if -margin <= low and high <= margin:
+            words += f"; within ±{margin:g}"
+        elif low > margin or high < -margin:
+            words += f"; not within ±{margin:g}"
+        else:
+            words += f"; whether within ±{margin:g} is not decided (the interval crosses ±{margin:g})"
+    return f"{words}: {shown}, {len(diff['seeds'])} seeds"
+
+
+def verdicts(summary: dict[str, Any], margin: float | None = None) -> list[str]:
+    """:func:`verdict` for every method against the tuning's reference."""
+    protocol = summary["protocol"]
+    reference, higher = protocol["reference"], protocol["higher_is_better"]
+    return [
+        verdict(method, reference, row[f"minus_{reference}"], higher_is_better=higher, margin=margin)
+        for method, row in summary["methods"].items()
+        if f"minus_{reference}" in row
+    ]
+
+
 def cost_line(summary: dict[str, Any]) -> str:
     """What the tuning cost: its runs' training time, summed over runs, for the search and the
     final runs."""
