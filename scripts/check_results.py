@@ -116,7 +116,15 @@ def step_speed_table(bench: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
+def plain_call_table(summary: dict[str, Any]) -> str:
+    """``normctl-lab plain-call``: each task's plain calls against AdamW's / SGD's."""
+    from normctl_lab.plain_call import tables
+
+    return tables(summary)
+
+
 RENDERERS: dict[str, Callable[[dict[str, Any]], str]] = {
+    "plain_call_table": plain_call_table,
     "auto_target_table": auto_target_table,
     "step_speed_table": step_speed_table,
     "tune_table": tune_table,

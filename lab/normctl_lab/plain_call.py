@@ -113,6 +113,12 @@ def compare(directory: Path, runs: dict[str, list[tuple[str, RunConfig]]], task:
     return by_call
 
 
+def tables(summary: dict[str, Any]) -> str:
+    """Every task's table under its name: what ``results/plain_call``'s README and REPRODUCTION.md
+    generate (``make check-results``)."""
+    return "\n\n".join(f"**{task}**\n\n{table(summary, task)}" for task in summary["tasks"])
+
+
 def table(summary: dict[str, Any], task: str) -> str:
     """The task's rows as Markdown: held-out loss (and accuracy), the paired difference and its
     interval against the reference call."""
