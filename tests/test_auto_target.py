@@ -27,7 +27,7 @@ def test_equilibrium_rule_is_adamw_while_it_measures_then_targets_the_closed_for
     """A constant gradient makes Adam's update sign(g)·|g|/(|g| + ε): ‖u‖² = n, known exactly."""
     w = torch.randn(10, 10, dtype=torch.float64)
     p, q = nn.Parameter(w.clone()), nn.Parameter(w.clone())
-    auto = AutoTarget(weight_decay=0.2, steps=50, multiple=1.5)
+    auto = AutoTarget(weight_decay=0.2, steps=50, multiple=1.5, without_length="asymptotic")
     optimizer = AdamWN([p], lr=1e-2, target=auto, rate=0.05, **path)
     adamw = torch.optim.AdamW([q], lr=1e-2, weight_decay=0.2, foreach=False)
     for _ in range(50):
@@ -46,7 +46,9 @@ def test_equilibrium_rule_is_adamw_while_it_measures_then_targets_the_closed_for
 
 def test_equilibrium_rule_over_a_scope_uses_the_scopes_update():
     params = [nn.Parameter(torch.randn(4, 4, dtype=torch.float64)), nn.Parameter(torch.randn(9, dtype=torch.float64))]
-    optimizer = AdamWN(one_group(params), lr=1e-2, target=AutoTarget(steps=5), scope="global")
+    optimizer = AdamWN(
+        one_group(params), lr=1e-2, target=AutoTarget(steps=5, without_length="asymptotic"), scope="global"
+    )
     for _ in range(5):
         for p in params:
             p.grad = -torch.ones_like(p)
@@ -155,7 +157,7 @@ def test_an_n01_embedding_gets_a_target_below_its_initial_norm():
     torch.manual_seed(0)
     embedding = nn.Embedding(64, 32)
     initial = embedding.weight.detach().norm().item()
-    optimizer = AdamWN(one_group(embedding.parameters()), lr=1e-3, target="auto")
+    optimizer = AdamWN(one_group(embedding.parameters()), lr=1e-3, target=AutoTarget(without_length="asymptotic"))
     g = torch.Generator().manual_seed(1)
     for _ in range(200):
         optimizer.zero_grad()
@@ -230,8 +232,24 @@ def test_auto_target_with_the_runs_length_targets_the_norm_adamw_reaches_in_it(s
     with pytest.warns(UserWarning, match="asymptotic norm"):
         _, asymptotic = run(
             lambda ps: AdamWN(
-                [{"params": ps}], lr=lr, betas=(0.0, 0.999), target=AutoTarget(weight_decay=decay, steps=window)
+                [{"params": ps}],
+                lr=lr,
+                betas=(0.0, 0.999),
+                target=AutoTarget(weight_decay=decay, steps=window, without_length="asymptotic"),
             )
         )
     far = float(asymptotic.state[asymptotic.param_groups[0]["params"][0]]["auto_target"])
     assert far > 1.2 * float(adamw.norm())  # what the rule without the length targeted
+
+
+def test_without_the_runs_length_the_rule_holds_the_norm_adamw_had_and_says_so():
+    torch.manual_seed(0)
+    p = nn.Parameter(torch.randn(64, 32, dtype=torch.float64))
+    optimizer = AdamWN([{"params": [p]}], lr=1e-2, target=AutoTarget(steps=5))
+    with pytest.warns(UserWarning, match="does not know the run's length"):
+        for _ in range(5):
+            p.grad = torch.randn_like(p)
+            optimizer.step()
+    assert float(optimizer.state[p]["auto_target"]) == pytest.approx(float(p.norm()), rel=1e-12)
+    with pytest.raises(ValueError, match="without_length must be 'hold' or 'asymptotic'"):
+        AutoTarget(without_length="guess")

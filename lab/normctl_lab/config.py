@@ -61,6 +61,7 @@ class RunConfig:
     auto_steps: int = 200  # auto_target=equilibrium: the measuring window (AdamW with auto_decay meanwhile)
     auto_interval: int = 100  # auto_target=inflection: steps between growth measurements
     auto_run_length: bool = False  # auto_target=equilibrium: AdamW's norm at the run's end, not its asymptotic one
+    auto_without_length: str = "asymptotic"  # auto_target=equilibrium without auto_run_length: or "hold"
     plain: bool = False  # the optimizer over model.parameters() with its own defaults (the call users write)
     cpr_kappa_init: str = "inflection_point"  # method=adamcpr: its bound's rule (or warm_start, uniform, dependent)
     cpr_kappa_param: float = 1000.0  # method=adamcpr: that rule's parameter (warm-start steps, the bound, a factor)
@@ -164,7 +165,12 @@ class RunConfig:
             return None
         from normctl import AutoTarget
 
-        length = dict(total_steps=self.steps, lr_schedule=self.lr_multiplier) if self.auto_run_length else {}
+        # the lab's runs without the length keep the asymptotic rule they were made with
+        length = (
+            dict(total_steps=self.steps, lr_schedule=self.lr_multiplier)
+            if self.auto_run_length
+            else dict(without_length=self.auto_without_length)
+        )
         return AutoTarget(
             rule=self.auto_target,
             weight_decay=self.auto_decay,

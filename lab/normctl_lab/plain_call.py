@@ -5,8 +5,9 @@
 
 Per task, at AdamW's lr and λ (SGD's for the SGD family): ``torch.optim.AdamW(model.parameters())``
 and, as a user would swap it in, ``AdamWN(model.parameters())`` (the default target),
-``AdamWN(..., target="auto")`` as a plain training loop calls it (no run length: AdamW's asymptotic
-norm) and as the Hugging Face / Lightning callbacks give it (``AutoTarget(total_steps=…)``), and
+``AdamWN(..., target="auto")`` without the run's length (AdamW's asymptotic norm, the rule until
+now; and holding the norm AdamW had after the window, what a plain loop gets now) and with it, as
+the Hugging Face / Lightning callbacks give it (``AutoTarget(total_steps=…)``), and
 ``AdamC(model.parameters())``; on the classifier, ``SGD`` against ``SGDC``. Every model keeps
 PyTorch's default initialisation. Each row: the held-out loss (and accuracy on the classifier),
 mean ± std over the seeds, and the paired per-seed difference against the reference call with a
@@ -39,7 +40,11 @@ TASKS: dict[str, list[str]] = {
 ADAM_CALLS: dict[str, list[str]] = {
     "adamw": ["method=adamw"],
     "adamwn": ["method=adamwn"],
+    # target="auto" without the run's length: AdamW's asymptotic norm (the rule until now) ...
     "adamwn-auto": ["method=adamwn", "auto_target=equilibrium"],
+    # ... and the norm AdamW had at the window's end (what a plain loop's target="auto" does now)
+    "adamwn-auto-hold": ["method=adamwn", "auto_target=equilibrium", "auto_without_length=hold"],
+    # with the run's length, as the Hugging Face and Lightning callbacks give it
     "adamwn-auto-length": ["method=adamwn", "auto_target=equilibrium", "auto_run_length=true"],
     "adamc": ["method=adamc"],
 }

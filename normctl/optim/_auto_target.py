@@ -10,10 +10,13 @@ Two rules (derivations in ``docs/math.md``), each a frozen :class:`AutoTarget`:
 
       ‖θ_{t+1}‖² = (1 − γ_t·λ_ref)²·‖θ_t‖² + γ_t²·‖u‖²
 
-  and without it AdamW's asymptotic norm, τ = sqrt(γ_max·‖u‖² / (λ_ref·(2 − γ_max·λ_ref))),
-  which a run shorter than about 1/(2γλ_ref) steps never reaches (said once, with a warning
-  where it would halve a norm). It follows the weights wherever AdamW would take them: up for
-  small initialisations, down for N(0, 1) embeddings.
+  Without the length it holds each norm where AdamW had it at the window's end and says so once
+  (``without_length="hold"``, the default); ``"asymptotic"`` targets AdamW's asymptotic norm,
+  τ = sqrt(γ_max·‖u‖² / (λ_ref·(2 − γ_max·λ_ref))), which a run shorter than about 1/(2γλ_ref)
+  steps never reaches (said once, counting the norms it would halve) — the rule before the
+  length was known, which pinned a default-initialised GPT's tied embedding and lost 0.8 nats.
+  It follows the weights wherever AdamW would take them: up for small initialisations, down for
+  N(0, 1) embeddings.
 * ``"inflection"`` — the rule of CPR (Franke et al. 2023): train without decay, keep an EMA of
   ‖θ‖², and every ``interval`` steps compare its growth over the last interval with the one
   before; at the first slow-down (after three intervals), hold the norm reached.
@@ -63,6 +66,9 @@ class AutoTarget:
             as the ``schedules.cosine(1, 0, total_steps, warmup=…)`` given to ``LambdaLR``; None
             holds the lr of the window's end to the run's end (more decay than a decaying
             schedule gives, so a target nearer the asymptote).
+        without_length: what the equilibrium rule targets when ``total_steps`` is None:
+            ``"hold"`` the norm AdamW had at the window's end, ``"asymptotic"`` AdamW's asymptotic
+            norm (runs made before the length was known).
     """
 
     rule: str = "equilibrium"
@@ -73,6 +79,7 @@ class AutoTarget:
     multiple: float = 1.0
     total_steps: int | None = None
     lr_schedule: Schedule | None = None
+    without_length: str = "hold"
 
     def __post_init__(self) -> None:
         if self.rule not in RULES:
@@ -89,6 +96,8 @@ class AutoTarget:
             raise ValueError(f"AutoTarget multiple must be a finite number > 0, got {self.multiple!r}")
         if self.total_steps is not None and not (isinstance(self.total_steps, int) and self.total_steps >= 1):
             raise ValueError(f"AutoTarget total_steps must be None or an integer >= 1, got {self.total_steps!r}")
+        if self.without_length not in ("hold", "asymptotic"):
+            raise ValueError(f"AutoTarget without_length must be 'hold' or 'asymptotic', got {self.without_length!r}")
         if self.lr_schedule is not None and not callable(self.lr_schedule):
             raise TypeError(f"AutoTarget lr_schedule must be None or a schedule, got {type(self.lr_schedule).__name__}")
 
@@ -162,17 +171,21 @@ def observe(batches: list[Batch], before: list[list[Tensor] | None], groups: lis
                 tau = auto.multiple * equilibrium_target(auto, group, norm, update_sq, step)
                 store(tau)
                 halved += tau < 0.5 * norm
-                asymptotic = asymptotic or (None if auto.total_steps else (peak_lr(group), auto.weight_decay))
+                if auto.total_steps is None:
+                    asymptotic = asymptotic or (peak_lr(group), auto.weight_decay, auto.without_length)
         elif step % auto.interval == 0:
             _compare_growth(params, states, auto, store)
-    _warn_asymptotic(halved, asymptotic)
+    _warn_without_length(halved, asymptotic)
 
 
 def equilibrium_target(auto: AutoTarget, group: dict, norm: float, update_sq: float, step: int) -> float:
     """τ of the equilibrium rule for a tensor or scope at ``norm`` after ``step`` steps, its
     updates' mean ‖u‖² = ``update_sq``: AdamW's norm at the run's end when ``total_steps`` is known
-    (:func:`rules.adamw_norm_sq_after` over the remaining learning rates), else its asymptotic one."""
+    (:func:`rules.adamw_norm_sq_after` over the remaining learning rates), else ``norm`` itself
+    (``without_length="hold"``) or AdamW's asymptotic norm."""
     if auto.total_steps is None:
+        if auto.without_length == "hold":
+            return norm
         return rules.adamw_equilibrium_norm(update_sq, peak_lr(group), auto.weight_decay)
     remaining = range(step, auto.total_steps)
     if auto.lr_schedule is None:
@@ -182,13 +195,22 @@ def equilibrium_target(auto: AutoTarget, group: dict, norm: float, update_sq: fl
     return math.sqrt(rules.adamw_norm_sq_after(norm * norm, update_sq, lrs, auto.weight_decay))
 
 
-def _warn_asymptotic(halved: int, asymptotic: tuple[float, float] | None) -> None:
-    """Say once that an automatic target came from AdamW's asymptotic norm, and how many it
-    would pull below half their norm now — AdamW's decay alone needs ln 2/(γλ) steps to halve a
-    norm, so in a shorter run such a target is far below anything AdamW would reach."""
-    if asymptotic is None:
+def _warn_without_length(halved: int, unknown: tuple[float, float, str] | None) -> None:
+    """Say once that an automatic target was set without the run's length: held where AdamW had
+    the norm, or from AdamW's asymptotic norm — then with how many it would pull below half their
+    norm now (AdamW's decay alone needs ln 2/(γλ) steps to halve a norm, so in a shorter run such
+    a target is far below anything AdamW would reach)."""
+    if unknown is None:
         return
-    lr, weight_decay = asymptotic
+    lr, weight_decay, without_length = unknown
+    if without_length == "hold":
+        warnings.warn(
+            "target='auto' does not know the run's length, so it holds each norm where AdamW had it at the end of "
+            "its measuring window. Pass AutoTarget(total_steps=<your run's steps>) to target the norm AdamW reaches "
+            "within your run (the Hugging Face and Lightning callbacks pass it for you).",
+            stacklevel=4,
+        )
+        return
     settle = 1 / (2 * lr * weight_decay)
     halve = math.log(2) / (lr * weight_decay)
     below = (
