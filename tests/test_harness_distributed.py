@@ -77,6 +77,24 @@ def kill_everything_running_in(run_dir) -> None:
             pass
 
 
+def kill_after_its_first_sharded_checkpoint(run_dir, assignments: list[str]) -> None:
+    """Start a 2-process run, SIGKILL it once its first DCP checkpoint is written, and wait until
+    every killed process is gone (and has released the run directory's lock)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen(
+        torchrun_command(run_dir, assignments), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.time() + 300
+    while not (run_dir / SHARDED_CHECKPOINT / "meta.pt").is_file() and time.time() < deadline:
+        assert process.poll() is None, "the run stopped before writing a checkpoint"
+        time.sleep(0.05)
+    kill_everything_running_in(run_dir)
+    process.wait()
+    assert not (run_dir / "final.json").exists(), "the run finished before it could be killed"
+    while running_in(run_dir) and time.time() < deadline:
+        time.sleep(0.05)
+
+
 def assert_same_records(got_dir, want_dir, rel: float = 1e-4) -> None:
     got, want = read_jsonl(got_dir / "metrics.jsonl"), read_jsonl(want_dir / "metrics.jsonl")
     assert [r["step"] for r in got] == [r["step"] for r in want], ([r["step"] for r in got], [r["step"] for r in want])
@@ -102,21 +120,7 @@ def test_two_processes_train_like_one(tmp_path, mode):
 def test_killed_fsdp_run_resumes_from_its_sharded_checkpoint(tmp_path):
     assignments = [*SMALL, "steps=400", "parallel=fsdp"]
     run_dir = tmp_path / "killed"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    process = subprocess.Popen(
-        torchrun_command(run_dir, assignments),
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.time() + 300
-    while not (run_dir / SHARDED_CHECKPOINT / "meta.pt").is_file() and time.time() < deadline:
-        assert process.poll() is None, "the run stopped before writing a checkpoint"
-        time.sleep(0.05)
-    kill_everything_running_in(run_dir)
-    process.wait()
-    assert not (run_dir / "final.json").exists(), "the run finished before it could be killed"
-
+    kill_after_its_first_sharded_checkpoint(run_dir, assignments)
     torchrun(run_dir, assignments)  # resumes
     torchrun(tmp_path / "uninterrupted", assignments)
     final = json.loads((run_dir / "final.json").read_text())
@@ -130,19 +134,7 @@ def test_a_killed_two_process_run_continues_on_one_process(tmp_path):
     # resume from; pass --restart" — and --restart deleted the checkpoint
     assignments = [*SMALL, "steps=400", "parallel=fsdp"]
     run_dir = tmp_path / "killed"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    process = subprocess.Popen(
-        torchrun_command(run_dir, assignments), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    deadline = time.time() + 300
-    while not (run_dir / SHARDED_CHECKPOINT / "meta.pt").is_file() and time.time() < deadline:
-        assert process.poll() is None, "the run stopped before writing a checkpoint"
-        time.sleep(0.05)
-    kill_everything_running_in(run_dir)
-    process.wait()
-    assert not (run_dir / "final.json").exists(), "the run finished before it could be killed"
-    while running_in(run_dir) and time.time() < deadline:  # the killed workers release the run's lock on exit
-        time.sleep(0.05)
+    kill_after_its_first_sharded_checkpoint(run_dir, assignments)
     config = with_overrides(RunConfig(), assignments)
     resumed = train(config, run_dir, verbose=False)  # one process, no torchrun
     whole = train(config, tmp_path / "whole", verbose=False)

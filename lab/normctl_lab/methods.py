@@ -88,7 +88,7 @@ def build_plain(
     if method == "adamw":
         return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     if method == "adamwn":
-        return normctl.AdamWN(params, lr=lr, **({} if target is None else {"target": target}))
+        return normctl.AdamWN(params, lr=lr) if target is None else normctl.AdamWN(params, lr=lr, target=target)
     if method == "adamc":
         return normctl.AdamC(params, lr=lr, weight_decay=weight_decay)
     if method == "sgd":

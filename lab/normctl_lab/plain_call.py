@@ -16,13 +16,12 @@ mean ± std over the seeds, and the paired per-seed difference against the refer
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from .config import RunConfig, with_overrides
 from .paired import mean_std, paired_difference
-from .rundir import strict_json
+from .rundir import resumable_summary, strict_json
 from .sweep import final_metrics, train_runs
 
 # Each task as a plain script would train it: the lab's small sizes, PyTorch's initialisation.
@@ -71,10 +70,7 @@ def run_plain_call(
         raise ValueError(f"seeds must be at least 3 (mean ± std and a paired interval), got {seeds}")
     out = Path(out)
     summary_path = out / "summary.json"
-    summary: dict[str, Any] = json.loads(summary_path.read_text()) if summary_path.is_file() else {"tasks": {}}
-    if summary.get("seeds", seeds) != seeds:
-        raise ValueError(f"{summary_path} summarises seeds {summary['seeds']}, not {seeds}: use another --out")
-    summary["seeds"] = seeds
+    summary = resumable_summary(summary_path, seeds, {"tasks": {}})
     for task in tasks:
         base = with_overrides(RunConfig(), [*TASKS[task], "plain=true", "monitor_every=20", "checkpoint_every=500"])
         runs = {

@@ -17,7 +17,6 @@ Every method runs at the one setting shared with ``repro-gpt``: no method's knob
 from __future__ import annotations
 
 import dataclasses
-import json
 import statistics
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,7 @@ from .config import RunConfig, with_overrides
 from .paired import mean_std, paired_difference
 from .peers import PEERS, peer_package
 from .repro_gpt import SCALES
-from .rundir import strict_json, write_report
+from .rundir import resumable_summary, strict_json, write_report
 from .sweep import controlled_norm_ratio, final_metrics, sweep_configs, train_runs
 
 INITS = ("gpt2", "torch")
@@ -52,10 +51,7 @@ def run_repro(
     out = Path(out)
     summary_path = out / "summary.json"
     # each initialisation is summarised as soon as it is done, beside those an earlier call summarised
-    summary: dict[str, Any] = json.loads(summary_path.read_text()) if summary_path.is_file() else {"inits": {}}
-    if summary.get("seeds", seeds) != seeds:
-        raise ValueError(f"{summary_path} summarises seeds {summary['seeds']}, not {seeds}: use another --out")
-    summary["seeds"] = seeds
+    summary = resumable_summary(summary_path, seeds, {"inits": {}})
     for init in inits:
         directory = out / init
         base = with_overrides(RunConfig(), [*(base_overrides or SCALES["laptop"]), f"gpt_init={init}"])

@@ -112,3 +112,13 @@ def write_report(
     if verbose:
         print(f"report: {path}")
     return path
+
+
+def resumable_summary(path: Path, seeds: list[int], empty: dict[str, Any]) -> dict[str, Any]:
+    """The summary.json a comparison keeps adding to (``empty`` where there is none yet), refused
+    where it summarises other seeds — its parts must pair seed by seed."""
+    summary: dict[str, Any] = json.loads(path.read_text()) if path.is_file() else empty
+    if summary.get("seeds", seeds) != seeds:
+        raise ValueError(f"{path} summarises seeds {summary['seeds']}, not {seeds}: use another --out")
+    summary["seeds"] = seeds
+    return summary

@@ -83,7 +83,8 @@ SEARCH_SPACES = {
     "adamwn": SearchSpace({"method": "adamwn"}, (LR, Knob("target_ratio", 0.25, 8.0), Knob("rate", 1e-3, 1e-1))),
     # the automatic target's knob is the AdamW λ whose steady-state norm it aims for
     "adamwn-auto": SearchSpace(
-        {"method": "adamwn", "auto_target": "equilibrium", "auto_run_length": True}, (LR, Knob("auto_decay", 1e-2, 1.0))
+        {"method": "adamwn", "auto_target": "equilibrium", "auto_run_length": "true"},
+        (LR, Knob("auto_decay", 1e-2, 1.0)),
     ),
     "adamcpr": SearchSpace(
         {"method": "adamcpr"},

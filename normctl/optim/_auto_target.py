@@ -167,10 +167,10 @@ def observe(batches: list[Batch], before: list[list[Tensor] | None], groups: lis
         if auto.rule == "equilibrium":
             if step >= auto.steps:
                 update_sq = sum(float(s["auto_update_sq"]) / max(float(s["auto_updates"]), 1.0) for s in states)
-                norm = float(rules.combined_norm(rules.tensor_norms(params)))
-                tau = auto.multiple * equilibrium_target(auto, group, norm, update_sq, step)
+                current = float(rules.combined_norm(rules.tensor_norms(params)))
+                tau = auto.multiple * equilibrium_target(auto, group, current, update_sq, step)
                 store(tau)
-                halved += tau < 0.5 * norm
+                halved += tau < 0.5 * current
                 if auto.total_steps is None:
                     asymptotic = asymptotic or (peak_lr(group), auto.weight_decay, auto.without_length)
         elif step % auto.interval == 0:
