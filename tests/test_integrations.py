@@ -378,3 +378,18 @@ def test_lightning_records_the_steps_loss_on_its_logging_steps_and_keeps_its_sta
     trainer.save_checkpoint(tmp_path / "after_fit.ckpt")
     saved = torch.load(tmp_path / "after_fit.ckpt", weights_only=True)["callbacks"]
     assert [state["monitor"]["steps"] for state in saved.values()] == [4]
+
+
+def test_hf_names_the_tensors_a_warning_is_about(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("accelerate")
+    from normctl.integrations import hf
+
+    model, data, args = tiny_gpt2(transformers, tmp_path)
+    # the Trainer's own groups (decay / no decay) hold zero-initialised biases that AdamWN controls
+    optimizer = AdamWN([{"params": [p for p in model.parameters()]}], lr=1e-3)
+    trainer = transformers.Trainer(model=model, args=args, train_dataset=data, optimizers=(optimizer, None))
+    hf.attach(trainer)
+    with pytest.warns(UserWarning, match=r"start at norm 0 \(transformer\.h\.0\.") as caught:
+        trainer.train()
+    assert not any("group 0 tensor" in str(w.message) for w in caught)

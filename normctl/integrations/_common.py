@@ -41,6 +41,16 @@ def give_auto_targets_the_run_length(optimizer, total_steps: int | None) -> None
             group["target"] = dataclasses.replace(auto, total_steps=int(total_steps))
 
 
+def name_the_parameters(optimizer, model: nn.Module) -> None:
+    """Give each param group without ``param_names`` the model's names for its tensors (torch's
+    own group key), so a warning about a tensor names it rather than its position. Groups where
+    a tensor is not the model's are left as they are."""
+    names = {p: name for name, p in model.named_parameters()}
+    for group in getattr(unwrap_optimizer(optimizer), "param_groups", []):
+        if "param_names" not in group and all(p in names for p in group["params"]):
+            group["param_names"] = [names[p] for p in group["params"]]
+
+
 class MonitorOwner:
     """Creates the monitor when training starts (continuing a saved state on a resume), closes it
     when training ends, and picks the scalars a record sends to the framework's trackers."""

@@ -36,7 +36,7 @@ from typing import Any
 from transformers import TrainerCallback
 
 from ..monitor.scalars import TRACKER_METRICS, TRACKER_SCOPES
-from ._common import MonitorOwner, give_auto_targets_the_run_length  # noqa: F401 (public here)
+from ._common import MonitorOwner, give_auto_targets_the_run_length, name_the_parameters  # noqa: F401
 
 CHECKPOINT_FILE = "normctl_monitor.json"
 UNCLIPPED_METRICS = ("grad_norm", "grad_weight_ratio")  # proportional to the gradient
@@ -86,6 +86,8 @@ class NormMonitorCallback(TrainerCallback):
     def on_train_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
         self.max_grad_norm = args.max_grad_norm or 0.0
         give_auto_targets_the_run_length(optimizer, state.max_steps)
+        if model is not None:
+            name_the_parameters(optimizer, model)
         self.owner.start(model, optimizer, _saved_state(args, state), logging_every=_logging_steps(args, state))
 
     def on_step_begin(self, args, state, control, **kwargs):

@@ -29,7 +29,7 @@ except ImportError:  # the standalone package
     import pytorch_lightning as pl  # type: ignore[no-redef]
 
 from ..monitor.scalars import TRACKER_METRICS, TRACKER_SCOPES
-from ._common import MonitorOwner, give_auto_targets_the_run_length
+from ._common import MonitorOwner, give_auto_targets_the_run_length, name_the_parameters
 
 
 class NormMonitorCallback(pl.Callback):
@@ -64,6 +64,7 @@ class NormMonitorCallback(pl.Callback):
     def on_train_start(self, trainer, pl_module) -> None:
         steps = trainer.max_steps if trainer.max_steps and trainer.max_steps > 0 else trainer.estimated_stepping_batches
         give_auto_targets_the_run_length(trainer.optimizers[0], steps if steps != float("inf") else None)
+        name_the_parameters(trainer.optimizers[0], pl_module)
         self.owner.start(pl_module, trainer.optimizers[0], self._saved, logging_every=trainer.log_every_n_steps)
         self._losses, self._stepped = [], trainer.global_step
         # Lightning steps through a closure: the optimizer's pre-step hook runs before backward,
