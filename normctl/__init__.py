@@ -8,6 +8,7 @@
 * :func:`create_optimizer` — any of them by name (``"adamwn"``, ``"lion+wn"``, ``"adamw+c"`` …).
 * :mod:`normctl.schedules` — target, rate and learning-rate schedules.
 * :class:`NormMonitor` — what weight decay and norm control do to a run (``normctl.monitor``).
+* :func:`check` — what weight decay will do to a run, said before it starts.
 """
 
 import warnings
@@ -17,6 +18,7 @@ with warnings.catch_warnings():  # torch without NumPy warns at import; normctl 
     import torch  # noqa: F401
 
 from . import schedules  # noqa: E402
+from .checks import check  # noqa: E402
 from .groups import format_roles, param_groups, param_roles  # noqa: E402
 from .monitor import NormMonitor  # noqa: E402
 from .optim import SGDC, AdamC, AdamWN, AutoTarget, CorrectedDecay, Lion, NormControl  # noqa: E402
@@ -40,5 +42,6 @@ __all__ = [
     "create_optimizer",
     "available_optimizers",
     "NormMonitor",
+    "check",
 ]
 __version__ = "0.1.0"

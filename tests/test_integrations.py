@@ -393,3 +393,17 @@ def test_hf_names_the_tensors_a_warning_is_about(tmp_path):
     with pytest.warns(UserWarning, match=r"start at norm 0 \(transformer\.h\.0\.") as caught:
         trainer.train()
     assert not any("group 0 tensor" in str(w.message) for w in caught)
+
+
+def test_hf_prints_the_check_when_training_starts(tmp_path, capsys):
+    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("accelerate")
+    from normctl.integrations import hf
+
+    model, data, args = tiny_gpt2(transformers, tmp_path)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)  # decays the LayerNorm gains too
+    trainer = transformers.Trainer(model=model, args=args, train_dataset=data, optimizers=(optimizer, None))
+    hf.attach(trainer)
+    trainer.train()
+    printed = capsys.readouterr().out
+    assert "[warning]" in printed and "fewer than 2 dimensions" in printed and "transformer.h.0.ln_1.weight" in printed

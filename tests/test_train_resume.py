@@ -533,7 +533,9 @@ def test_target_ratio_auto_measures_the_target_in_the_run(tmp_path):
         ["steps=6", "n_layer=1", "n_embd=32", "block_size=16", "batch_size=4", "method=adamwn", "target_ratio=auto"]
         + ["auto_steps=3", "auto_decay=0.2"],
     )
-    assert cfg.auto == normctl.AutoTarget(rule="equilibrium", weight_decay=0.2, steps=3, interval=100)
+    assert cfg.auto == normctl.AutoTarget(
+        rule="equilibrium", weight_decay=0.2, steps=3, interval=100, without_length="asymptotic"
+    )
     train(cfg, tmp_path, verbose=False)
     state = checkpoint.load(tmp_path / "checkpoint.pt")["optimizer"]["state"]
     taus = [float(s["auto_target"]) for s in state.values() if "auto_target" in s]

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+import normctl
 from normctl import schedules
 from normctl.groups import param_groups
 from normctl.monitor import JsonlSink, NormMonitor, read_jsonl, tail_rise
@@ -203,6 +204,8 @@ def _train(cfg: RunConfig, run_dir: Path, world: parallel.World, *, verbose: boo
     monitor = NormMonitor(net, optimizer, every=cfg.monitor_every)
     if state is not None:
         monitor.load_state_dict(state["monitor"])
+    elif verbose:  # what decay will do to this run, before its first step
+        print(normctl.check(optimizer, net, steps=cfg.steps, lr_schedule=cfg.lr_multiplier), flush=True)
     if main:
         environment = describe_environment(device=str(world.device), world_size=world.size, parallel=cfg.parallel)
         record_environment(run_dir, environment, resumed_at=None if state is None else start)

@@ -35,8 +35,9 @@ from typing import Any
 
 from transformers import TrainerCallback
 
+from ..checks import check
 from ..monitor.scalars import TRACKER_METRICS, TRACKER_SCOPES
-from ._common import MonitorOwner, give_auto_targets_the_run_length, name_the_parameters  # noqa: F401
+from ._common import MonitorOwner, give_auto_targets_the_run_length, name_the_parameters, unwrap_optimizer  # noqa: F401
 
 CHECKPOINT_FILE = "normctl_monitor.json"
 UNCLIPPED_METRICS = ("grad_norm", "grad_weight_ratio")  # proportional to the gradient
@@ -73,7 +74,9 @@ class NormMonitorCallback(TrainerCallback):
         sinks=(),
         tracker_scopes=TRACKER_SCOPES,
         tracker_metrics=TRACKER_METRICS,
+        check: bool = True,
     ) -> None:
+        self.check = check  # print normctl.check's findings when training starts
         self.owner = MonitorOwner(
             every=every, sinks=sinks, tracker_scopes=tracker_scopes, tracker_metrics=tracker_metrics
         )
@@ -88,6 +91,8 @@ class NormMonitorCallback(TrainerCallback):
         give_auto_targets_the_run_length(optimizer, state.max_steps)
         if model is not None:
             name_the_parameters(optimizer, model)
+        if self.check and state.is_world_process_zero and model is not None and optimizer is not None:
+            print(check(unwrap_optimizer(optimizer), model, steps=state.max_steps or None), flush=True)
         self.owner.start(model, optimizer, _saved_state(args, state), logging_every=_logging_steps(args, state))
 
     def on_step_begin(self, args, state, control, **kwargs):
