@@ -92,7 +92,8 @@ def lightning_regression(pl, clip_log, method="adamwn", target=1.5):
             clip_log.append(float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))))
 
         def configure_optimizers(self):
-            return create_optimizer(self, method, lr=0.05, target=target)
+            controlled = method == "adamwn" or method.endswith("+wn")
+            return create_optimizer(self, method, lr=0.05, **({"target": target} if controlled else {}))
 
     return Regression()
 
@@ -407,3 +408,14 @@ def test_hf_prints_the_check_when_training_starts(tmp_path, capsys):
     trainer.train()
     printed = capsys.readouterr().out
     assert "[warning]" in printed and "fewer than 2 dimensions" in printed and "transformer.h.0.ln_1.weight" in printed
+
+
+def test_lightning_prints_the_check_when_training_starts(capsys):
+    pl = pytest.importorskip("lightning.pytorch")
+    from normctl.integrations.lightning import NormMonitorCallback
+
+    data = torch.utils.data.TensorDataset(torch.randn(16, 4), torch.randn(16, 1))
+    trainer = quiet_trainer(pl, max_steps=2, callbacks=[NormMonitorCallback()])
+    trainer.fit(lightning_regression(pl, [], method="adamc"), torch.utils.data.DataLoader(data, batch_size=8))
+    printed = capsys.readouterr().out
+    assert "[info]" in printed and "decay never reaches its steady state in this run" in printed

@@ -28,8 +28,9 @@ try:
 except ImportError:  # the standalone package
     import pytorch_lightning as pl  # type: ignore[no-redef]
 
+from ..checks import check
 from ..monitor.scalars import TRACKER_METRICS, TRACKER_SCOPES
-from ._common import MonitorOwner, give_auto_targets_the_run_length, name_the_parameters
+from ._common import MonitorOwner, give_auto_targets_the_run_length, name_the_parameters, unwrap_optimizer
 
 
 class NormMonitorCallback(pl.Callback):
@@ -48,8 +49,10 @@ class NormMonitorCallback(pl.Callback):
         sinks=(),
         tracker_scopes=TRACKER_SCOPES,
         tracker_metrics=TRACKER_METRICS,
+        check: bool = True,
     ) -> None:
         super().__init__()
+        self.check = check  # print normctl.check's findings when training starts
         self.owner = MonitorOwner(
             every=every, sinks=sinks, tracker_scopes=tracker_scopes, tracker_metrics=tracker_metrics
         )
@@ -63,8 +66,11 @@ class NormMonitorCallback(pl.Callback):
 
     def on_train_start(self, trainer, pl_module) -> None:
         steps = trainer.max_steps if trainer.max_steps and trainer.max_steps > 0 else trainer.estimated_stepping_batches
-        give_auto_targets_the_run_length(trainer.optimizers[0], steps if steps != float("inf") else None)
+        known = int(steps) if steps != float("inf") and steps > 0 else None
+        give_auto_targets_the_run_length(trainer.optimizers[0], known)
         name_the_parameters(trainer.optimizers[0], pl_module)
+        if self.check and trainer.is_global_zero:  # what decay will do to this run, before its first step
+            print(check(unwrap_optimizer(trainer.optimizers[0]), pl_module, steps=known), flush=True)
         self.owner.start(pl_module, trainer.optimizers[0], self._saved, logging_every=trainer.log_every_n_steps)
         self._losses, self._stepped = [], trainer.global_step
         # Lightning steps through a closure: the optimizer's pre-step hook runs before backward,
