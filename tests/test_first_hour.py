@@ -266,6 +266,8 @@ def test_describe_says_what_each_group_of_the_built_optimizer_gets():
         normctl.AdamWN(normctl.param_groups(model), lr=1e-3, target=normctl.AutoTarget(total_steps=500)).describe()
     )
     assert "AdamW's norm by step 500" in auto["decay"]
+    held = rows(normctl.AdamWN(normctl.param_groups(model), lr=1e-3, target="auto").describe())
+    assert "the norm AdamW had after 200 steps" in held["decay"]  # without the run's length it holds
     adamc = rows(normctl.AdamC(normctl.param_groups(model), lr=1e-3, weight_decay=0.1).describe())
     assert "corrected" in adamc["normalized"] and "λ = 0.1 × γ_t/γ_max" in adamc["normalized"]
     assert " decayed " in adamc["decay"] and " plain " in adamc["no_decay"]

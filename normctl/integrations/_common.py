@@ -30,13 +30,17 @@ def give_auto_targets_the_run_length(optimizer, total_steps: int | None) -> None
     """``target="auto"`` groups that do not know the run's length get the framework's: their
     equilibrium rule then targets the norm AdamW reaches within the run (``AutoTarget.total_steps``)
     rather than its asymptotic one. A length the user gave is kept."""
-    from ..optim._auto_target import as_auto_target
+    from ..optim._auto_target import AutoTarget, as_auto_target
 
     if not total_steps or total_steps < 1:
         return
     for group in getattr(unwrap_optimizer(optimizer), "param_groups", []):
-        target = group.get("target")
-        auto = as_auto_target(target) if isinstance(target, str) or type(target).__name__ == "AutoTarget" else None
+        target = group.get("target")  # another optimizer's group may hold something else under "target"
+        auto = (
+            as_auto_target(target)
+            if target == "auto" and isinstance(target, str) or isinstance(target, AutoTarget)
+            else None
+        )
         if auto is not None and auto.total_steps is None:
             group["target"] = dataclasses.replace(auto, total_steps=int(total_steps))
 

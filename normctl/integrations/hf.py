@@ -37,7 +37,7 @@ from transformers import TrainerCallback
 
 from ..checks import check
 from ..monitor.scalars import TRACKER_METRICS, TRACKER_SCOPES
-from ._common import MonitorOwner, give_auto_targets_the_run_length, name_the_parameters, unwrap_optimizer  # noqa: F401
+from ._common import MonitorOwner, give_auto_targets_the_run_length, name_the_parameters, unwrap_optimizer
 
 CHECKPOINT_FILE = "normctl_monitor.json"
 UNCLIPPED_METRICS = ("grad_norm", "grad_weight_ratio")  # proportional to the gradient

@@ -161,7 +161,7 @@ def observe(batches: list[Batch], before: list[list[Tensor] | None], groups: lis
                 state["auto_updates"] += 1
         if auto.rule == "inflection":
             _follow_norms(batch, auto)
-    halved, asymptotic = 0, None
+    halved, unknown_length = 0, None  # what the warning without the run's length says
     for params, states, auto, group, store in _undecided_units(batches, groups):
         step = group["schedule_step"] + 1  # the step just taken
         if auto.rule == "equilibrium":
@@ -172,10 +172,10 @@ def observe(batches: list[Batch], before: list[list[Tensor] | None], groups: lis
                 store(tau)
                 halved += tau < 0.5 * current
                 if auto.total_steps is None:
-                    asymptotic = asymptotic or (peak_lr(group), auto.weight_decay, auto.without_length)
+                    unknown_length = unknown_length or (peak_lr(group), auto.weight_decay, auto.without_length)
         elif step % auto.interval == 0:
             _compare_growth(params, states, auto, store)
-    _warn_without_length(halved, asymptotic)
+    _warn_without_length(halved, unknown_length)
 
 
 def equilibrium_target(auto: AutoTarget, group: dict, norm: float, update_sq: float, step: int) -> float:

@@ -29,10 +29,15 @@ def controlled(group: dict[str, Any]) -> tuple[str, str]:
     if not group["control"]:
         return decayed(group)
     target = group["target"]
-    auto = as_auto_target(target) if isinstance(target, str) or type(target).__name__ == "AutoTarget" else None
+    auto = as_auto_target(target)  # the group's target was validated: "auto", an AutoTarget, or none
     if auto is not None:
-        length = f"AdamW's norm by step {auto.total_steps}" if auto.total_steps else "AdamW's asymptotic norm"
-        what = f"auto ({auto.rule}, λ_ref {auto.weight_decay:g}: {length})"
+        if auto.total_steps:
+            aim = f"AdamW's norm by step {auto.total_steps}"
+        elif auto.without_length == "hold":
+            aim = f"the norm AdamW had after {auto.steps} steps"
+        else:
+            aim = "AdamW's asymptotic norm"
+        what = f"auto ({auto.rule}, λ_ref {auto.weight_decay:g}: {aim})"
     elif callable(target):
         what = f"r_t = {target!r}"
     else:

@@ -50,6 +50,7 @@ class _Wrapper(Optimizer):
     """
 
     _own_group_keys: frozenset[str] = frozenset()
+    _describe_role = "decayed"  # how describe() reads a group (of ._describe)
 
     def __init__(self, optimizer: Optimizer, defaults: dict[str, Any]) -> None:
         if not isinstance(optimizer, Optimizer):
@@ -112,9 +113,9 @@ class _Wrapper(Optimizer):
             raise RuntimeError(
                 f"{type(self).__name__}: the inner {type(self.optimizer).__name__}'s param groups were replaced "
                 "(its load_state_dict was called?), so a scheduler on the wrapper no longer moves the lr the inner "
-                "optimizer steps with. Load state through the wrapper's load_state_dict; to continue a "
-                f"{type(self.optimizer).__name__} run, load its state dict into the wrapper (what the wrapper adds "
-                "is initialised). Nothing was changed."
+                "optimizer steps with. Load the wrapper's own state through the wrapper's load_state_dict; to "
+                f"continue another optimizer's run, build a fresh wrapper and call its continue_from(that_optimizer). "
+                "Nothing was changed."
             )
         loss = None
         if closure is not None:
@@ -172,8 +173,6 @@ class _Wrapper(Optimizer):
         for ours, theirs in zip(self.param_groups, self.optimizer.param_groups):
             theirs.update({k: v for k, v in ours.items() if k != "params"})
         self.param_groups = self.optimizer.param_groups
-
-    _describe_role = "decayed"
 
     def describe(self) -> str:
         """A table of what each param group gets from the wrapper (the inner optimizer's decay
@@ -233,8 +232,6 @@ class NormControl(_Wrapper):
     ``NormControl(torch.optim.AdamW(params, lr, weight_decay=0), target=0, rate=λ,
     rate_scaling="lr")`` is ``torch.optim.AdamW(weight_decay=λ)``.
     """
-
-    _describe_role = "controlled"
 
     _describe_role = "controlled"
 
@@ -357,8 +354,6 @@ class CorrectedDecay(_Wrapper):
     Only meaningful where the inner decay is decoupled and proportional to γ_t·λ: around
     ``torch.optim.SGD`` (whose decay is folded into the gradient) it corrects that L2 term.
     """
-
-    _describe_role = "corrected"
 
     _describe_role = "corrected"
 
