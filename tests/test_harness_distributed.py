@@ -14,6 +14,7 @@ import pytest
 import torch.distributed as dist
 from helpers import untimed
 from normctl_lab.config import RunConfig, with_overrides
+from normctl_lab.lock import RunDirectoryBusy, RunLock
 from normctl_lab.train import SHARDED_CHECKPOINT, train
 
 from normctl.monitor import read_jsonl
@@ -93,6 +94,15 @@ def kill_after_its_first_sharded_checkpoint(run_dir, assignments: list[str]) -> 
     assert not (run_dir / "final.json").exists(), "the run finished before it could be killed"
     while running_in(run_dir) and time.time() < deadline:
         time.sleep(0.05)
+    # and until the run directory's lock is free: the next step takes it, and a process outside the
+    # list above (one a worker started) may hold it a little longer
+    while time.time() < deadline:
+        try:
+            with RunLock(run_dir):
+                return
+        except RunDirectoryBusy:
+            time.sleep(0.05)
+    raise AssertionError(f"{run_dir}'s lock was still held 300 s after its run was killed")
 
 
 def assert_same_records(got_dir, want_dir, rel: float = 1e-4) -> None:
