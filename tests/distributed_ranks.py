@@ -2,8 +2,9 @@
 and decides. Writes ``OUT.rank<r>.json`` per rank.
 
 * the monitor and its file sinks, given one shared run directory on every rank: rank 0 writes;
-* ``skip_nonfinite=True`` under DDP with a non-finite gradient on rank 1 only (after the
-  all-reduce): every rank skips, so the replicas stay equal.
+* ``skip_nonfinite=True`` with replicated weights, gradients averaged over the ranks as DDP
+  averages them (done by hand: DDP's reducer threads abort gloo's teardown now and then), and a
+  non-finite gradient on rank 1 only after the average: every rank skips, the replicas stay equal.
 """
 
 from __future__ import annotations
@@ -25,15 +26,17 @@ def main(out: str) -> None:
     rank = dist.get_rank()
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 8), nn.LayerNorm(8), nn.Linear(8, 2))
-    ddp = nn.parallel.DistributedDataParallel(model)
     optimizer = normctl.AdamWN(normctl.param_groups(model), lr=1e-2, skip_nonfinite=True)
     run_dir = Path(out).parent / "shared_run"
     monitor = NormMonitor(model, optimizer, every=1, sinks=[JsonlSink(run_dir), CsvSink(run_dir)])
     g = torch.Generator().manual_seed(rank)
     for step in range(4):
-        loss = ddp(torch.randn(8, 4, generator=g)).square().mean()
+        loss = model(torch.randn(8, 4, generator=g)).square().mean()
         optimizer.zero_grad()
-        loss.backward()  # gradients all-reduced: equal on both ranks
+        loss.backward()
+        for p in model.parameters():  # DDP's average: the gradients equal on both ranks
+            dist.all_reduce(p.grad)
+            p.grad /= dist.get_world_size()
         if step == 2 and rank == 1:
             model[0].weight.grad[0, 0] = float("nan")  # one rank's gradient turns non-finite afterwards
         optimizer.step()
@@ -47,6 +50,7 @@ def main(out: str) -> None:
         "skipped_steps": optimizer.param_groups[0]["skipped_steps"],
     }
     Path(f"{out}.rank{rank}.json").write_text(json.dumps(report))
+    dist.barrier()  # no rank tears the group down while another still uses it
     dist.destroy_process_group()
 
 
