@@ -165,6 +165,7 @@ def main(out_path: str) -> None:
 
     if world.is_main:
         Path(out_path).write_text(json.dumps(report))
+    dist.barrier()  # no rank tears the group down while another still works in it
     dist.destroy_process_group()
 
 
