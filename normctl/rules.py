@@ -247,7 +247,11 @@ def add_coupled_decay(
     if weight_decay == 0:
         return list(grads)
     if kind == "l2":
+        if isinstance(scale, Tensor):  # a compiled step's γ_t/γ_max: alpha takes numbers only
+            return list(torch._foreach_add(list(grads), torch._foreach_mul(list(params), weight_decay * scale)))
         if foreach:
             return list(torch._foreach_add(list(grads), list(params), alpha=weight_decay * scale))
         return [g.add(p, alpha=weight_decay * scale) for g, p in zip(grads, params)]
+    if isinstance(scale, Tensor):
+        return [g.add(decay_term(p, kind, weight_decay) * scale) for g, p in zip(grads, params)]
     return [g.add(decay_term(p, kind, weight_decay), alpha=scale) for g, p in zip(grads, params)]

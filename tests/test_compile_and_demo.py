@@ -8,7 +8,7 @@ import torch
 from normctl_lab.cli import main
 from normctl_lab.demo import DemoConfig, run_demo
 
-from normctl import AdamWN, param_groups
+from normctl import SGDC, AdamC, AdamWN, Lion, param_groups
 
 
 def test_compiled_training_step_matches_eager():
@@ -125,3 +125,78 @@ def test_a_diverging_method_keeps_the_demos_results(tmp_path, capsys):
     assert final["val_loss"] is None  # a diverged run's record is strict JSON, as the harness's are
     stats = finite_stats([1.0, math.nan, 3.0])
     assert (stats["mean"], stats["n"], stats["nonfinite"]) == (2.0, 2, 1)
+
+
+def _scheduled_run(make_optimizer, lr, steps, *, compile_backend=None):
+    """``steps`` steps of a small LayerNorm net under CosineAnnealingLR; the weights after each."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.LayerNorm(16), torch.nn.Linear(16, 4))
+    opt = make_optimizer(param_groups(model), lr)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
+    step = torch.compile(opt.step, backend=compile_backend) if compile_backend else opt.step
+    data = torch.Generator().manual_seed(1)
+    for _ in range(steps):
+        model(torch.randn(4, 8, generator=data)).square().mean().backward()
+        step()
+        opt.zero_grad()
+        scheduler.step()
+    return opt, torch.cat([p.detach().flatten() for p in model.parameters()])
+
+
+OPTIMIZERS = {
+    "AdamWN": lambda groups, lr: AdamWN(groups, lr=lr, target=1.5, rate=0.05),
+    "AdamC": lambda groups, lr: AdamC(groups, lr=lr, weight_decay=0.1),
+    "SGDC": lambda groups, lr: SGDC(groups, lr=lr, momentum=0.9, weight_decay=1e-2),
+    "Lion": lambda groups, lr: Lion(groups, lr=lr, weight_decay=0.1),
+}
+
+
+@pytest.mark.parametrize("name", OPTIMIZERS)
+def test_a_tensor_lr_steps_as_its_number_and_stays_the_schedulers_tensor(name, tmp_path):
+    make = OPTIMIZERS[name]
+    lr = torch.tensor(1e-2, dtype=torch.float64)  # float32 would round each scheduled lr, as in torch
+    opt, with_tensor = _scheduled_run(make, lr, 20)
+    _, with_float = _scheduled_run(make, 1e-2, 20)
+    torch.testing.assert_close(with_tensor, with_float, rtol=0, atol=0)
+    assert opt.param_groups[-1]["lr"] is lr and lr.item() == pytest.approx(with_cosine(1e-2, 20, 20))
+    assert opt.param_groups[-1]["construction_lr"] == pytest.approx(1e-2)  # a number, not the moving tensor
+    torch.save(opt.state_dict(), tmp_path / "opt.pt")
+    assert torch.load(tmp_path / "opt.pt", weights_only=True)["param_groups"][0]["lr"] == lr
+
+
+def with_cosine(base, t, total):
+    import math
+
+    return base * (1 + math.cos(math.pi * t / total)) / 2
+
+
+@pytest.mark.parametrize(
+    "bad", [torch.tensor([1e-3, 1e-3]), torch.tensor(1e-3, requires_grad=True), torch.tensor(-1.0)]
+)
+def test_a_bad_tensor_lr_is_refused_by_name(bad):
+    with pytest.raises(ValueError, match="lr"):
+        AdamWN(torch.nn.Linear(2, 2).parameters(), lr=bad)
+
+
+@pytest.mark.parametrize("name", ["AdamWN", "AdamC"])
+def test_a_compiled_step_under_a_scheduler_compiles_no_new_graph_after_its_first_steps(name):
+    """torch's recipe: a tensor lr, so that the scheduler's new lr is data. The first step makes the
+    state eagerly (one graph break) and the second recompiles once for the state it now finds;
+    from then on no step compiles anything, and the weights follow the eager run's."""
+    torch._dynamo.reset()
+    graphs = []
+
+    def counting_backend(graph, example_inputs):
+        graphs.append(graph)
+        return graph.forward
+
+    make = OPTIMIZERS[name]
+    compiled_after = {}
+    for steps in (3, 50):
+        torch._dynamo.reset()
+        graphs.clear()
+        _, weights = _scheduled_run(make, torch.tensor(1e-2), steps, compile_backend=counting_backend)
+        compiled_after[steps] = len(graphs)
+        _, eager = _scheduled_run(make, torch.tensor(1e-2), steps)
+        torch.testing.assert_close(weights, eager, rtol=1e-5, atol=1e-6)
+    assert compiled_after[50] == compiled_after[3] > 0

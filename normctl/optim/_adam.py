@@ -61,7 +61,13 @@ def adam_step_foreach_(
     denom = torch._foreach_sqrt(exp_avg_sqs)
     torch._foreach_div_(denom, bias_correction2_sqrt)
     torch._foreach_add_(denom, eps)
-    torch._foreach_addcdiv_(params, exp_avgs, denom, step_sizes)
+    if torch.compiler.is_compiling():
+        # the step sizes are tensors here (step counters, a tensor lr): divided into the
+        # denominators, as torch's capturable Adam does, since addcdiv takes numbers as its scale
+        torch._foreach_div_(denom, step_sizes)
+        torch._foreach_addcdiv_(params, exp_avgs, denom)
+    else:
+        torch._foreach_addcdiv_(params, exp_avgs, denom, step_sizes)
 
 
 def adam_state(param: Tensor, *, fused: bool = False) -> dict[str, Tensor]:
@@ -74,13 +80,15 @@ def adam_state(param: Tensor, *, fused: bool = False) -> dict[str, Tensor]:
     }
 
 
-def advance_steps(states: Sequence[dict]) -> list[float]:
-    """Increment each tensor's Adam step counter and return the new values."""
-    steps = []
+def advance_steps(states: Sequence[dict]) -> list[Any]:
+    """Increment each tensor's Adam step counter and return the new values: numbers in an eager
+    step, the counters themselves under ``torch.compile`` (reading them on the host would break
+    the graph every step, as torch's ``_get_value`` avoids too)."""
     for state in states:
         state["step"] += 1
-        steps.append(float(state["step"]))
-    return steps
+    if torch.compiler.is_compiling():
+        return [state["step"] for state in states]
+    return [float(state["step"]) for state in states]
 
 
 def adam_update(

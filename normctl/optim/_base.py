@@ -47,6 +47,20 @@ SHARED_GROUP_KEYS = frozenset(
 )
 
 
+def check_lr(value: Any) -> None:
+    """γ: a finite number >= 0, or — torch's recipe for a compiled step under an LR scheduler,
+    which then writes the new lr into the tensor instead of replacing it — a 1-element
+    floating-point tensor holding one."""
+    if isinstance(value, Tensor):
+        if value.numel() != 1 or not value.is_floating_point() or value.requires_grad:
+            raise ValueError(
+                f"lr as a tensor must have 1 floating-point element and no grad, got shape "
+                f"{tuple(value.shape)}, dtype {value.dtype}, requires_grad={value.requires_grad}"
+            )
+        value = value.item()
+    check_nonnegative("lr", value)
+
+
 def check_nonnegative(name: str, value: Any) -> None:
     _check_real(name, value)
     if not (value >= 0 and math.isfinite(value)):
@@ -93,6 +107,34 @@ def check_peak_lr_known(group: Mapping[str, Any], needed: bool, why: str) -> Non
             f"lr is 0 at construction, so γ_max, which {why} divides by, cannot be read from it: "
             "pass max_lr= the peak lr of your schedule"
         )
+
+
+def as_number(value: Any) -> Any:
+    """A 1-element tensor (a tensor lr) as the Python number it holds; anything else as it is."""
+    return value.item() if isinstance(value, Tensor) else value
+
+
+# The group values a tensor lr puts in a group: the lr, and the copies LR schedulers make of it.
+TENSOR_LR_KEYS = ("lr", "initial_lr", "max_lr", "min_lr")
+
+
+def numbers_for_tensor_lrs(groups: list[dict]) -> list[tuple[dict, str, Tensor]]:
+    """An eager step reads a tensor lr as the number it holds (as torch's optimizers do,
+    ``.item()`` on the host being faster than tensor arithmetic there); :func:`put_back_tensor_lrs`
+    puts the tensors back after the step, so that schedulers keep writing into them. Under
+    ``torch.compile`` the step reads the tensors themselves: a changed lr is then new data, not a
+    new graph. Returns what to put back."""
+    if torch.compiler.is_compiling():
+        return []
+    held = [(g, k, g[k]) for g in groups for k in TENSOR_LR_KEYS if isinstance(g.get(k), Tensor)]
+    for group, key, tensor in held:
+        group[key] = tensor.item()
+    return held
+
+
+def put_back_tensor_lrs(held: list[tuple[dict, str, Tensor]]) -> None:
+    for group, key, tensor in held:
+        group[key] = tensor
 
 
 def is_real(value: Any) -> bool:
@@ -196,7 +238,7 @@ class NormctlOptimizer(Optimizer):
                 raise TypeError(f"{type(self).__name__} does not support complex parameters (got dtype {p.dtype})")
         super().add_param_group({**param_group, "params": tensors})
         group = self.param_groups[-1]
-        group.setdefault("construction_lr", group["lr"])
+        group.setdefault("construction_lr", as_number(group["lr"]))  # a tensor lr changes in place
         group.setdefault("skipped_steps", 0)
         self._init_group(group)
 
@@ -285,7 +327,6 @@ class NormctlOptimizer(Optimizer):
 
     # -- the step -----------------------------------------------------------------------------
 
-    @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """One optimisation step. ``closure`` re-evaluates the model and returns the loss."""
         loss = None
@@ -293,17 +334,58 @@ class NormctlOptimizer(Optimizer):
             with torch.enable_grad():
                 loss = closure()
         batches = self._collect()
+        # A step that makes state runs eagerly, outside any try block, so that torch.compile
+        # resumes its graph after it; the steps after it have no host read and no graph break.
+        if not self._has_state(batches) and self._first_step(batches):
+            return loss
+        # grad mode set and reset by hand, as torch's optimizers do: a compiled step cannot break
+        # its graph inside a ``no_grad`` block
+        grad_enabled = torch.is_grad_enabled()
+        torch.set_grad_enabled(False)
+        try:
+            if not self._skips_nonfinite(batches):
+                self._update_with_tensor_lrs(batches)
+        finally:
+            torch.set_grad_enabled(grad_enabled)
+        return loss
+
+    def _has_state(self, batches: list[Batch]) -> bool:
+        return all(p in self.state for b in batches for p in b.params)
+
+    @torch.compiler.disable
+    @torch.no_grad()
+    def _first_step(self, batches: list[Batch]) -> bool:
+        """The start of a step on which some tensor has no state yet: DCP's state-initialisation
+        step, a skipped non-finite step, or the checks of :meth:`_check_step` and the new state.
+        Returns whether the step ends here."""
         if self._eager_state and not self.state and is_state_initialisation(batches):
             self._attach_state(batches)
-            return loss
-        # One group asking to skip skips the whole step: groups must stay in step together.
-        skip = any(g["skip_nonfinite"] for g in self.param_groups)
-        if skip and not _all_finite(batches):
-            for group in self.param_groups:
-                group["skipped_steps"] += 1
-            return loss
-        self._update(batches)
-        return loss
+            return True
+        if self._skips_nonfinite(batches):
+            return True
+        self._check_step(batches)
+        self._attach_state(batches)
+        return False
+
+    def _skips_nonfinite(self, batches: list[Batch]) -> bool:
+        """Whether ``skip_nonfinite`` skips this step, counted where it does. One group asking to
+        skip skips the whole step: groups must stay in step together."""
+        if not any(g["skip_nonfinite"] for g in self.param_groups) or _all_finite(batches):
+            return False
+        for group in self.param_groups:
+            group["skipped_steps"] += 1
+        return True
+
+    def _update_with_tensor_lrs(self, batches: list[Batch]) -> None:
+        held = numbers_for_tensor_lrs(self.param_groups)
+        try:
+            self._update(batches)
+        finally:
+            put_back_tensor_lrs(held)
+
+    def _check_step(self, batches: list[Batch]) -> None:
+        """Refuse this step's settings before a first step makes any state (a schedule's value
+        out of range); :meth:`_update` checks them again on every step."""
 
     def _collect(self) -> list[Batch]:
         return collect_batches(self.param_groups, type(self).__name__)
@@ -410,6 +492,7 @@ def collect_batches(param_groups: list[dict], owner: str) -> list[Batch]:
     return batches
 
 
+@torch.compiler.disable  # reads gradients and lrs on the host; runs only before any state exists
 def is_state_initialisation(batches: list[Batch]) -> bool:
     """A first step with every lr and every gradient 0 is how ``torch.distributed.checkpoint``
     creates optimizer state before loading into it (``get_optimizer_state_dict``). Such a step
@@ -444,7 +527,7 @@ def corrected_lr_ratio(group: dict) -> float:
     if not group["normalized"]:
         return 1.0
     lr, max_lr = group["lr"], peak_lr(group)
-    if lr > max_lr * (1 + 1e-6):
+    if is_real(lr) and is_real(max_lr) and lr > max_lr * (1 + 1e-6):  # tensors: a compiled step, no host read
         warnings.warn(
             f"lr {lr:g} exceeds max_lr {max_lr:g}, so the corrected decay is larger than "
             "uncorrected decay; pass max_lr= the peak of your schedule",

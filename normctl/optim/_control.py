@@ -106,7 +106,9 @@ def plan(group: dict) -> ControlPlan | None:
     auto = as_auto_target(group["target"])
     target = auto.multiple if auto is not None else as_schedule(group["target"], "target")(t)
     k = rules.control_rate(rate, group["rate_scaling"], group["lr"], peak_lr(group))
-    if not (is_real(k) and 0 <= k <= 1):
+    # k is a tensor only under torch.compile with a tensor lr (rate_scaling "lr"/"lr_ratio"), where
+    # reading it on the host would break the graph; eager steps of the same run check it
+    if not (isinstance(k, Tensor) or (is_real(k) and 0 <= k <= 1)):
         raise ValueError(
             f"rate k_t must be in [0, 1] at step {t}, got {k} (rate={rate}, rate_scaling={group['rate_scaling']!r})"
         )

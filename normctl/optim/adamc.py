@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from torch import Tensor
+
 from .. import rules
 from ._adam import adam_state, adam_update, fused_adamw_
 from ._base import (
@@ -12,6 +14,7 @@ from ._base import (
     check_betas,
     check_bools,
     check_choice,
+    check_lr,
     check_max_lr,
     check_nonnegative,
     check_peak_lr_known,
@@ -40,7 +43,8 @@ class AdamC(NormctlOptimizer):
     marks them and says why. Not on embeddings, the output layer, or norm gains.
 
     Args:
-        lr: γ_t, driven by your LR scheduler as usual.
+        lr: γ_t, driven by your LR scheduler as usual (a 1-element tensor for a compiled step, as
+            for :class:`AdamWN`).
         weight_decay: λ, as in ``torch.optim.AdamW`` (decay per unit learning rate). At the
             peak lr the corrected decay equals AdamW's, so an AdamW λ carries over unchanged;
             below the peak it is weaker by γ_t/γ_max.
@@ -62,7 +66,7 @@ class AdamC(NormctlOptimizer):
     def __init__(
         self,
         params: Any,
-        lr: float = 1e-3,
+        lr: float | Tensor = 1e-3,
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
         weight_decay: float = 1e-2,
@@ -92,7 +96,7 @@ class AdamC(NormctlOptimizer):
         warn_if_nothing_normalized(self)
 
     def _validate_group(self, group: dict[str, Any]) -> None:
-        check_nonnegative("lr", group["lr"])
+        check_lr(group["lr"])
         check_nonnegative("eps", group["eps"])
         check_betas(group["betas"])
         check_nonnegative("weight_decay", group["weight_decay"])

@@ -17,7 +17,7 @@ from . import _one_pass
 from ._adam import adam_state
 from ._adamwn_paths import Path
 from ._auto_target import AutoTarget
-from ._base import Batch, NormctlOptimizer, check_betas, check_bools, check_choice, check_nonnegative
+from ._base import Batch, NormctlOptimizer, check_betas, check_bools, check_choice, check_lr, check_nonnegative
 from ._kept_norms import KeptNorms
 
 
@@ -43,6 +43,8 @@ class AdamWN(NormctlOptimizer):
         params: parameters or param groups. Group keys: any argument below, plus ``control``
             (bool, default True) and ``weight_decay`` (used only by groups with control off).
         lr: γ, the Adam learning rate (units of parameter value per step; LR schedulers drive it).
+            A 1-element tensor also, for a compiled step under a scheduler (torch's recipe: the
+            scheduler writes into it, so a new lr does not recompile the step).
         betas, eps: as in ``torch.optim.Adam``.
         target: r_t, the wanted ratio ‖θ_t‖/‖θ_0‖ (dimensionless, >= 0): a float or a schedule
             ``step -> float`` from :mod:`normctl.schedules`. With ``relative_target=False`` it is
@@ -102,7 +104,7 @@ class AdamWN(NormctlOptimizer):
     def __init__(
         self,
         params: Any,
-        lr: float = 1e-3,
+        lr: float | Tensor = 1e-3,
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
         *,
@@ -158,7 +160,7 @@ class AdamWN(NormctlOptimizer):
     # -- construction -------------------------------------------------------------------------
 
     def _validate_group(self, group: dict[str, Any]) -> None:
-        check_nonnegative("lr", group["lr"])
+        check_lr(group["lr"])
         check_nonnegative("eps", group["eps"])
         check_betas(group["betas"])
         check_nonnegative("weight_decay", group["weight_decay"])
@@ -177,6 +179,10 @@ class AdamWN(NormctlOptimizer):
         control.warn_zero_initial_norms(batches, self.state, type(self).__name__)
 
     # -- the step -----------------------------------------------------------------------------
+
+    def _check_step(self, batches: list[Batch]) -> None:
+        for b in batches:
+            control.plan(b.group)
 
     def _update(self, batches: list[Batch]) -> None:
         """Plan → state → path → Eq. 3's factors → the path's step → after the step → advance."""

@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from torch import Tensor
 
 from .. import rules
-from ._base import Batch, NormctlOptimizer, check_betas, check_bools, check_nonnegative
+from ._base import Batch, NormctlOptimizer, check_betas, check_bools, check_lr, check_nonnegative
 
 
 def lion_step_(param, grad, exp_avg, *, lr: float, beta1: float, beta2: float) -> None:
@@ -31,7 +32,7 @@ class Lion(NormctlOptimizer):
     def __init__(
         self,
         params: Any,
-        lr: float = 1e-4,
+        lr: float | Tensor = 1e-4,
         betas: tuple[float, float] = (0.9, 0.99),
         weight_decay: float = 0.0,
         *,
@@ -52,7 +53,7 @@ class Lion(NormctlOptimizer):
         super().__init__(params, defaults)
 
     def _validate_group(self, group: dict[str, Any]) -> None:
-        check_nonnegative("lr", group["lr"])
+        check_lr(group["lr"])
         check_betas(group["betas"])
         check_nonnegative("weight_decay", group["weight_decay"])
         check_bools(group, "maximize")

@@ -14,6 +14,7 @@ from ._base import (
     Batch,
     NormctlOptimizer,
     check_bools,
+    check_lr,
     check_nonnegative,
     check_unit_interval,
     corrected_lr_ratio,
@@ -72,7 +73,7 @@ class SGDC(NormctlOptimizer):
     def __init__(
         self,
         params: Any,
-        lr: float = 1e-3,
+        lr: float | Tensor = 1e-3,
         momentum: float = 0.0,
         dampening: float = 0.0,
         weight_decay: float = 0.0,
@@ -106,7 +107,7 @@ class SGDC(NormctlOptimizer):
         warn_if_nothing_normalized(self)
 
     def _validate_group(self, group: dict[str, Any]) -> None:
-        check_nonnegative("lr", group["lr"])
+        check_lr(group["lr"])
         check_unit_interval("momentum", group["momentum"])
         check_unit_interval("dampening", group["dampening"])
         check_nonnegative("weight_decay", group["weight_decay"])
@@ -161,7 +162,9 @@ class SGDC(NormctlOptimizer):
                 )
             else:
                 grads = bufs
-        if foreach:
+        if isinstance(lr, Tensor):  # a compiled step's tensor lr: alpha takes numbers only
+            torch._foreach_add_(params, torch._foreach_mul(grads, -lr))
+        elif foreach:
             torch._foreach_add_(params, grads, alpha=-lr)
         else:
             for p, g in zip(params, grads):

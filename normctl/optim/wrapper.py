@@ -99,7 +99,6 @@ class _Wrapper(Optimizer):
     def _init_group(self, group: dict[str, Any]) -> None:
         pass
 
-    @torch.no_grad()
     def step(self, closure=None):
         """One step of the inner optimizer with the wrapper's rule around it.
 
@@ -121,14 +120,23 @@ class _Wrapper(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        if all(group["lr"] == 0 for group in self.param_groups):  # the cheap test first
+        # the cheap test first; never under torch.compile, where it would read a tensor lr on the
+        # host (DCP makes state eagerly)
+        if not torch.compiler.is_compiling() and all(group["lr"] == 0 for group in self.param_groups):
             batches = collect_batches(self.param_groups, type(self).__name__)
             if is_state_initialisation(batches):
                 if not self.optimizer.state:
                     self.optimizer.step()
                 self._create_state(batches)
                 return loss
-        self._wrapped_step()
+        # grad mode set and reset by hand, as in NormctlOptimizer.step: a compiled step cannot
+        # break its graph inside a ``no_grad`` block (the inner torch optimizer breaks it)
+        grad_enabled = torch.is_grad_enabled()
+        torch.set_grad_enabled(False)
+        try:
+            self._wrapped_step()
+        finally:
+            torch.set_grad_enabled(grad_enabled)
         return loss
 
     def _create_state(self, batches: list[Batch]) -> None:
