@@ -46,7 +46,7 @@ class Findings(list):
             return "normctl.check: nothing to report"
         lines = []
         for f in self:
-            lines.append(f"[{f.severity}] {f.what}\n    evidence: {f.evidence}")
+            lines.append(f"[{f.severity}] {f.what}" + (f"\n    evidence: {f.evidence}" if f.evidence else ""))
             if f.fix:
                 lines.append(f"    fix: {f.fix}")
         return "\n".join(lines)

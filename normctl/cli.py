@@ -1,4 +1,5 @@
-"""The ``normctl`` command line: the report over monitored run directories, and ``doctor``.
+"""The ``normctl`` command line: the report over monitored run directories, and ``doctor``
+(what decay did to those runs; alone, the kernels this machine's steps take).
 
 Training runs, sweeps, the demo and the reproductions are the lab's (``normctl-lab``, the
 ``lab/`` package of this repository); asked for here, they say where they went.
@@ -21,9 +22,18 @@ def report(args: argparse.Namespace) -> None:
 
 
 def doctor(args: argparse.Namespace) -> None:
-    from .doctor import report
+    if not args.runs:
+        from .doctor import report
 
-    print(report())
+        print(report())
+        return
+    from .report.runs import load_run
+    from .verdict import diagnose
+
+    for path in args.runs:
+        run = load_run(path)
+        print(f"== {run.path} ({run.status}, last measured step {run.records[-1]['step'] if run.records else 0})")
+        print(diagnose(run))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,7 +48,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--interactive", action="store_true", help="zoomable plotly charts (pip install 'normctl[interactive]')"
     )
     p.set_defaults(handler=report)
-    p = commands.add_parser("doctor", help="which kernel each optimizer's step takes on this machine, and why")
+    p = commands.add_parser(
+        "doctor",
+        help="what weight decay did to monitored runs (given their directories), or, alone, which kernel each "
+        "optimizer's step takes on this machine",
+    )
+    p.add_argument("runs", nargs="*", help="run directories holding metrics.jsonl")
     p.set_defaults(handler=doctor)
     return parser
 

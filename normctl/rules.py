@@ -144,8 +144,24 @@ def adamw_norm_sq_after(norm_sq: float, update_norm_sq: float, lrs: Iterable[flo
 
     It tends to ‖θ*‖² when the run is long against 1/(2γλ) and stays near ‖θ‖² when it is short
     (docs/math.md, "a run of known length")."""
-    for lr in lrs:
-        norm_sq = (1 - lr * weight_decay) ** 2 * norm_sq + lr * lr * update_norm_sq
+    return decayed_norm_sq_after(norm_sq, update_norm_sq, ((lr, weight_decay) for lr in lrs))
+
+
+def decayed_norm_sq_after(
+    norm_sq: float, update_norm_sq: float, steps: Iterable[tuple[float, float]], cosine: float = 0.0
+) -> float:
+    """:func:`adamw_norm_sq_after` with a decay of its own at each step, ``steps`` the pairs
+    (γ_t, λ_t): AdamC's λ_t = λ·γ_t/γ_max, or AdamW's constant λ; and where the update is not
+    orthogonal to the weight, its measured ``cosine`` c = cos(θ, −u) (> 0: outward)::
+
+        ‖θ_{t+1}‖² = f²·‖θ_t‖² + 2f·γ_t·c·‖θ_t‖·‖u‖ + γ_t²·‖u‖²,      f = 1 − γ_t·λ_t
+
+    What ``target="auto"`` targets (c = 0) and what ``NormMonitor.forecast`` predicts, from the
+    same measured ‖u‖²."""
+    update_norm = math.sqrt(update_norm_sq)
+    for lr, weight_decay in steps:
+        f = 1 - lr * weight_decay
+        norm_sq = f * f * norm_sq + 2 * f * lr * cosine * math.sqrt(norm_sq) * update_norm + lr * lr * update_norm_sq
     return norm_sq
 
 

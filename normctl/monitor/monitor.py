@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
 
-from ..distributed import check_supported, is_writer
+from ..distributed import check_supported, is_writer, local, reduce_across_shards
 from ..optim import AdamWN
+from ..optim._base import as_number, peak_lr
 from ..rules import tensor_norms
-from . import stats
+from . import forecast, stats
+from .forecast import Forecast, Series
 from .sinks import Sink
 
 
@@ -40,7 +42,10 @@ class NormMonitor:
     ``update_weight_ratio`` (‖θ_t − θ_{t−1}‖/‖θ_{t−1}‖), ``adam_grad_weight_ratio``
     (‖g‖_{A⁻¹}/‖θ‖_A for Adam-family state), the predictions ``pred_ratio`` and ``pred_linf``
     of :mod:`normctl.monitor.stats`, and for AdamWN-controlled tensors ``target_norm`` and
-    ``norm_deviation`` (‖θ‖/τ − 1).
+    ``norm_deviation`` (‖θ‖/τ − 1). Per group of a decoupled-decay Adam (AdamW, AdamC,
+    AdamWN's uncontrolled groups), what :meth:`forecast` reads: ``update_size`` (‖u‖, the update
+    per unit of lr without the decay), ``update_cosine`` (its cosine with −θ: > 0 outward) and
+    ``weight_decay`` (the λ applied this step).
 
     ``on_multiples=True`` measures steps every, 2·every, … instead of 1, 1 + every, …: the steps a
     framework logs on (the callbacks use it, with the framework's logging interval).
@@ -89,6 +94,7 @@ class NormMonitor:
         with torch.no_grad():
             self._initial = [float(n) for n in tensor_norms([p.detach() for p in self._params])]
         self.steps = 0
+        self._group_records: list[dict[str, Any]] = []
         self._before: tuple[list[Tensor], list[Tensor | None] | None] | None = None
         self._captured: list[Tensor | None] | None = None
         # Set by an integration that calls capture_gradients() on every measured step (Lightning):
@@ -154,6 +160,8 @@ class NormMonitor:
         record, self._pending = self._pending, None
         if record is None:
             return None
+        # what a forecast reads, kept for the run: the group-level entries (a few per group)
+        self._group_records.append({k: v for k, v in record.items() if k == "step" or k.startswith(("group/", "lr/"))})
         if loss is not None:
             record["loss"] = float(loss.detach() if isinstance(loss, Tensor) else loss)
         record.update({k: float(v) for k, v in extra.items()})
@@ -162,10 +170,38 @@ class NormMonitor:
                 sink.write(record)
         return record
 
+    def forecast(self, total_steps: int, lr_schedule: Callable[[int], float] | None = None) -> list[Forecast]:
+        """Each group's norm ratio and ‖g‖/‖θ‖ at step ``total_steps``, predicted from the updates
+        measured so far (a few % of the run is enough) by the ODE ``target="auto"`` uses
+        (:mod:`normctl.monitor.forecast`). ``lr_schedule`` is the lr multiplier η_t of the run
+        (γ_t = γ_max·η_t, the function given to ``LambdaLR``); without it the lr and decay of
+        the last measured step are held, which overstates the decay of a decaying schedule.
+        Groups with decoupled decay in the Adam family (AdamW, AdamC, AdamWN's uncontrolled
+        groups) are forecast; ``print(*monitor.forecast(...), sep="\n")`` says it in words."""
+        if isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps < self.steps:
+            raise ValueError(f"total_steps must be an int >= the steps taken ({self.steps}), got {total_steps!r}")
+
+        def future(label: str) -> tuple[Series, Series] | None:
+            if lr_schedule is None:
+                return None
+            group = self.optimizer.param_groups[self._labels.index(label)]
+            peak = as_number(peak_lr(group))
+
+            def lr_at(s: int) -> float:  # the s-th step takes the multiplier after s − 1 scheduler steps
+                return peak * float(lr_schedule(s - 1))
+
+            decay = group.get("weight_decay", 0.0)
+            if stats.is_corrected(self.optimizer, group):  # λ_t = λ·γ_t/γ_max
+                return lr_at, lambda s: decay * lr_at(s) / peak
+            return lr_at, lambda s: decay
+
+        return forecast.from_records(self._group_records, total_steps=total_steps, future=future)
+
     def state_dict(self) -> dict[str, Any]:
-        """What a resumed run needs to continue the same records: the step count and the
-        initial norms (which the resumed weights no longer show)."""
-        return {"steps": self.steps, "initial_norms": list(self._initial)}
+        """What a resumed run needs to continue the same records: the step count, the initial
+        norms (which the resumed weights no longer show) and the group-level records a forecast
+        reads."""
+        return {"steps": self.steps, "initial_norms": list(self._initial), "group_records": list(self._group_records)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if len(state["initial_norms"]) != len(self._params):
@@ -174,6 +210,7 @@ class NormMonitor:
             )
         self.steps = int(state["steps"])
         self._initial = [float(n) for n in state["initial_norms"]]
+        self._group_records = list(state.get("group_records", []))  # states saved before forecasts: none
 
     def close(self) -> None:
         """Write any unobserved record, remove the hooks and close the sinks."""
@@ -212,6 +249,7 @@ class NormMonitor:
         ranges = stats.value_ranges(params) if self.value_ranges else [None] * len(params)
         range_slots = [host.add(r) if r is not None else None for r in ranges]
         weighted_slots = self._enqueue_weighted_norms(params, host.add)
+        update_slots = self._enqueue_update_sizes(params, before, host.add)
         stepped_slot = host.add(self._grad_norms()) if captured is not None else []  # those the step used
         host.transfer()
 
@@ -220,7 +258,7 @@ class NormMonitor:
         targets = self._adamwn_targets()
         record: dict[str, Any] = {"step": self.steps}
         for gi, label in enumerate(self._labels):
-            record[f"lr/{label}"] = groups[gi].get("lr")
+            record[f"lr/{label}"] = as_number(groups[gi].get("lr"))  # a tensor lr as its number
         squares: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
         for i, name in enumerate(self._names):
             w = cast(float, host.get(w_slot[i]))  # every parameter has a norm
@@ -264,7 +302,40 @@ class NormMonitor:
         for gi, label in enumerate(self._labels):
             record[f"group/{label}/pred_ratio"] = predictions[gi].ratio
             record[f"group/{label}/pred_linf"] = predictions[gi].linf
+            if gi in update_slots:
+                decay, size_slots, dot_slots, before_norm_slots = update_slots[gi]
+                lr = as_number(groups[gi]["lr"])
+                size = math.sqrt(sum(v * v for v in host.get_all(size_slots) if v))
+                before_norm = math.sqrt(sum(v * v for v in host.get_all(before_norm_slots) if v))
+                record[f"group/{label}/weight_decay"] = decay
+                record[f"group/{label}/update_size"] = size / lr
+                # cos(θ_{t−1}, −γu): > 0 where the update points outward and grows the norm
+                outward = sum(v for v in host.get_all(dot_slots) if v)
+                record[f"group/{label}/update_cosine"] = stats.ratio(outward, size * before_norm)
         return record
+
+    def _enqueue_update_sizes(
+        self, params: list[Tensor], before: list[Tensor], enqueue
+    ) -> dict[int, tuple[float, list[int | None], list[int | None], list[int | None]]]:
+        """Per group of a decoupled-decay Adam (AdamW, AdamC, AdamWN's uncontrolled groups), its
+        effective λ_t and the slots, per tensor, of ‖f·θ_{t−1} − θ_t‖ (f = 1 − γ_t·λ_t: the update
+        γ_t·u without the decay, as ``target="auto"`` measures it), of ⟨θ_{t−1}, θ_t − f·θ_{t−1}⟩
+        and of ‖θ_{t−1}‖, for :mod:`.forecast`."""
+        out: dict[int, tuple[float, list[int | None], list[int | None], list[int | None]]] = {}
+        for gi, group in enumerate(self.optimizer.param_groups):
+            lr = as_number(group.get("lr", 0.0))
+            if not lr > 0 or stats.predict(self.optimizer, group).family != "adam":
+                continue
+            decay = stats.effective_weight_decay(self.optimizer, group)
+            idx = [i for i, g in enumerate(self._group_index) if g == gi]
+            if not idx:
+                continue
+            olds = [before[i] for i in idx]
+            steps = torch._foreach_sub([params[i] for i in idx], torch._foreach_mul(olds, 1 - lr * decay))
+            dots = [(local(old).float() * local(step).float()).sum() for old, step in zip(olds, steps)]
+            dots = reduce_across_shards(dots, olds, "sum")
+            out[gi] = (decay, enqueue(tensor_norms(steps)), enqueue(dots), enqueue(tensor_norms(olds)))
+        return out
 
     def _enqueue_weighted_norms(self, params: list[Tensor], enqueue) -> list[list[int | None] | None]:
         slots: list[list[int | None] | None] = [None] * len(params)

@@ -32,7 +32,7 @@ from torch import Tensor
 from ..distributed import local, reduce_across_shards
 from ..optim import SGDC, AdamC, AdamWN
 from ..optim._auto_target import as_auto_target
-from ..optim._base import peak_lr
+from ..optim._base import as_number, peak_lr
 from ..rules import tensor_norms
 from ..schedules import as_schedule
 
@@ -65,17 +65,22 @@ def adam_steady_linf(lr: float, weight_decay: float) -> float | None:
     return math.sqrt(lr / (2 * weight_decay)) if lr > 0 and weight_decay > 0 else None
 
 
+def is_corrected(optimizer: torch.optim.Optimizer, group: dict) -> bool:
+    """Whether ``group``'s decay follows the schedule, λ·γ_t/γ_max (AdamC, SGDC on normalised groups)."""
+    return isinstance(optimizer, (AdamC, SGDC)) and bool(group.get("normalized"))
+
+
 def effective_weight_decay(optimizer: torch.optim.Optimizer, group: dict) -> float:
     """λ as the optimizer applies it this step: λ·γ_t/γ_max on corrected groups, else λ."""
     weight_decay = group.get("weight_decay", 0.0)
-    if isinstance(optimizer, (AdamC, SGDC)) and group.get("normalized"):
-        return weight_decay * group["lr"] / peak_lr(group)
+    if is_corrected(optimizer, group):
+        return weight_decay * as_number(group["lr"]) / as_number(peak_lr(group))
     return weight_decay
 
 
 def predict(optimizer: torch.optim.Optimizer, group: dict) -> Prediction:
     """The steady state Defazio (2025) predicts for ``group`` of any torch or normctl optimizer."""
-    lr, wd = group.get("lr", 0.0), effective_weight_decay(optimizer, group)
+    lr, wd = as_number(group.get("lr", 0.0)), effective_weight_decay(optimizer, group)
     if isinstance(optimizer, AdamWN):
         if group["control"]:
             return Prediction(None)  # norm control: the target norm is the prediction

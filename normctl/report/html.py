@@ -10,6 +10,7 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
+from ..verdict import diagnose
 from . import interactive as interactive_module
 from . import plots
 from .runs import Run, by_label, load_run
@@ -134,6 +135,11 @@ def build_report(
         ]
     else:
         figures = [_figure(plots.curves(runs, key, ylabel, log=log), caption) for key, ylabel, log, caption in charts]
+    verdicts = [
+        f"<h3>{html.escape(label)} ({html.escape(group[0].path.name)})</h3>"
+        f"<pre>{html.escape(str(diagnose(group[0])))}</pre>"
+        for label, group in by_label(runs).items()
+    ]
     phase_tables = []
     for label, group in by_label(runs).items():
         first = group[0]
@@ -162,6 +168,11 @@ def build_report(
 <h1>{html.escape(title)}</h1>
 <p>{len(runs)} run(s). Tail blow-up = final global gradient norm over its minimum in the second half
 of training (smoothed); 1 means no end-of-training rise. Norm ratio = ‖θ‖/‖θ₀‖ over all parameters.</p>
+<h2>What decay did</h2>
+<p>The findings of <code>normctl doctor</code> for the first run of each method: whether decay reached
+its steady state, the forecast made at 10 % of the run against where the norm ended, an end-of-run
+rise of ‖g‖/‖θ‖, AdamWN's norms against their targets.</p>
+{"".join(verdicts)}
 <h2>Summary by method</h2>
 {_table(method_summary(runs), "methods")}
 <h2>Runs</h2>

@@ -1,0 +1,181 @@
+"""What decay will have done to each group's norm by the run's end, from the updates seen so far.
+
+The same ODE as ``target="auto"`` (docs/math.md, "a run of known length"): decoupled decay and the
+update u (the step per unit of lr, without the decay) move the squared norm as::
+
+    ‖θ_{t+1}‖² = (1 − γ_t·λ_t)²·‖θ_t‖² + γ_t²·‖u‖²
+
+with ‖u‖² the mean of what the monitor measured (``group/<g>/update_size``, Adam-family groups
+with decoupled decay: AdamW, AdamC, AdamWN's uncontrolled groups) and λ_t the decay the optimizer
+applied (``group/<g>/weight_decay``: AdamC's follows γ_t/γ_max). Adam's update is not orthogonal
+to the weight (its preconditioner breaks the orthogonality of a normalised layer's gradient), and
+its measured cosine with the weight (``update_cosine``) adds the term 2f·γ·c·‖θ‖·‖u‖: without it
+the forecasts of a small LayerNorm net came out 2–5× below the norms reached. Iterated from the
+last measured step to the run's end (:func:`normctl.rules.decayed_norm_sq_after`) it gives the
+norm there. ‖u‖² and the cosine are the means over the recent half of the measured steps: Adam's
+‖u‖ grows early in a run as v̂ forgets the first, large gradients. Where the updates pull the
+weights inward (cosine < 0, the loss shrinking an output layer) there is no forecast.
+
+For a layer followed by a normalisation the gradient scales as 1/‖θ‖, so ‖g‖/‖θ‖ scales as
+1/‖θ‖² — the mechanism of the end-of-run rise of Defazio (2025): when the lr decays, AdamW's
+steady-state norm shrinks with it and the gradient grows. The forecast of ‖g‖/‖θ‖ assumes this
+and a gradient direction whose size stays as measured; for other layers it is a bound of that
+kind, not a measurement.
+"""
+
+from __future__ import annotations
+
+import math
+from bisect import bisect_right
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ..rules import decayed_norm_sq_after
+
+Series = Callable[[int], float]  # a value of the s-th optimizer step, s counted from 1 (as records' "step")
+
+
+@dataclass(frozen=True)
+class Forecast:
+    """One group's norm and ‖g‖/‖θ‖ now (at ``at_step``) and predicted at ``total_steps``."""
+
+    group: str
+    at_step: int
+    total_steps: int
+    norm_ratio_now: float  # ‖θ‖/‖θ_0‖
+    norm_ratio_end: float | None  # None: the updates pull the weights inward, see ``cosine``
+    grad_ratio_now: float | None  # ‖g‖/‖θ‖, mean of the last measured steps
+    grad_ratio_end: float | None
+    time_scale: float | None  # 1/(2γλ) at the largest γ_t·λ_t still to come: steps to the steady state
+    cosine: float = 0.0  # cos(θ, −u), the recent mean: > 0 outward, < 0 the loss pulls inward
+
+    def __str__(self) -> str:
+        if self.norm_ratio_end is None:
+            return (
+                f"{self.group}: ‖θ‖/‖θ0‖ {self.norm_ratio_now:.3g} at step {self.at_step}; not forecast: the updates "
+                f"pull these weights inward (cos(θ, −u) = {self.cosine:.2f}), a pull of the loss that decay's "
+                "steady state does not describe"
+            )
+        line = (
+            f"{self.group}: ‖θ‖/‖θ0‖ {self.norm_ratio_now:.3g} at step {self.at_step} → "
+            f"{self.norm_ratio_end:.3g} at step {self.total_steps}"
+        )
+        if self.grad_ratio_now is not None and self.grad_ratio_end is not None:
+            line += f"; ‖g‖/‖θ‖ {self.grad_ratio_now:.3g} → {self.grad_ratio_end:.3g}"
+        if self.time_scale is None:
+            return line + " (no decay)"
+        settles = "settles" if self.total_steps - self.at_step >= 3 * self.time_scale else "does not settle"
+        return line + f" (decay's time scale {self.time_scale:.0f} steps: {settles} by the end)"
+
+
+def forecast_group(
+    group: str,
+    *,
+    at_step: int,
+    total_steps: int,
+    norm: float,
+    init_norm: float,
+    update_sq: float,
+    cosine: float = 0.0,
+    grad_ratio: float | None,
+    lr_at: Series,
+    decay_at: Series,
+) -> Forecast:
+    """The forecast for one group from its norm ``norm`` after ``at_step`` steps, its mean ‖u‖²
+    ``update_sq`` and the lr and decay of every step to come."""
+    if cosine < 0:  # the loss, not the decay, sets where these weights go: extrapolating it could reach 0
+        return Forecast(group, at_step, total_steps, norm / init_norm, None, grad_ratio, None, None, cosine)
+    remaining = range(at_step + 1, total_steps + 1)  # the steps still to take, counted from 1
+    steps = ((lr_at(t), decay_at(t)) for t in remaining)
+    end = math.sqrt(decayed_norm_sq_after(norm * norm, update_sq, steps, cosine))
+    rate = max((lr_at(t) * decay_at(t) for t in remaining), default=0.0)
+    grad_end = grad_ratio * (norm / end) ** 2 if grad_ratio is not None and end > 0 else None
+    return Forecast(
+        group,
+        at_step,
+        total_steps,
+        norm / init_norm,
+        end / init_norm,
+        grad_ratio,
+        grad_end,
+        1 / (2 * rate) if rate > 0 else None,
+        cosine,
+    )
+
+
+def from_records(
+    records: Sequence[dict[str, Any]],
+    *,
+    at_step: int | None = None,
+    total_steps: int | None = None,
+    future: Callable[[str], tuple[Series, Series] | None] | None = None,
+) -> list[Forecast]:
+    """Each group's forecast from monitor records up to ``at_step`` (default: the last), to
+    ``total_steps`` (default: the last record's step). The lr and decay of the steps to come are
+    ``future(group)`` where it gives them (a schedule known in advance), else read off the records
+    (a finished run, seen in hindsight: linear between measured steps, the last value held)."""
+    if not records:
+        return []
+    at_step = records[-1]["step"] if at_step is None else at_step
+    total_steps = records[-1]["step"] if total_steps is None else total_steps
+    seen = [r for r in records if r["step"] <= at_step]
+    out = []
+    for label in _groups_with_updates(seen):
+        key = f"group/{label}/"
+        sizes = [r[key + "update_size"] for r in seen if _finite(r.get(key + "update_size"))]
+        sizes = sizes[len(sizes) // 2 :]  # the recent half: Adam's ‖u‖ grows as v̂ forgets the first gradients
+        last = next((r for r in reversed(seen) if _finite(r.get(key + "norm_ratio"))), None)
+        if not sizes or last is None or not last[key + "norm_ratio"] > 0:
+            continue
+        norm = last[key + "weight_norm"]
+        ratios = [r[key + "grad_weight_ratio"] for r in seen if _finite(r.get(key + "grad_weight_ratio"))][-3:]
+        cosines = [r[key + "update_cosine"] for r in seen if _finite(r.get(key + "update_cosine"))]
+        cosines = cosines[len(cosines) // 2 :]
+        given = future(label) if future is not None else None
+        lr_at, decay_at = given or (_interpolated(records, f"lr/{label}"), _interpolated(records, key + "weight_decay"))
+        out.append(
+            forecast_group(
+                label,
+                at_step=last["step"],
+                total_steps=total_steps,
+                norm=norm,
+                init_norm=norm / last[key + "norm_ratio"],
+                update_sq=sum(s * s for s in sizes) / len(sizes),
+                cosine=sum(cosines) / len(cosines) if cosines else 0.0,
+                grad_ratio=sum(ratios) / len(ratios) if ratios else None,
+                lr_at=lr_at,
+                decay_at=decay_at,
+            )
+        )
+    return out
+
+
+def _groups_with_updates(records: Sequence[dict[str, Any]]) -> list[str]:
+    seen: dict[str, None] = {}
+    for r in records:
+        for k in r:
+            if k.startswith("group/") and k.endswith("/update_size"):
+                seen[k[len("group/") : -len("/update_size")]] = None
+    return list(seen)
+
+
+def _interpolated(records: Sequence[dict[str, Any]], key: str) -> Series:
+    """``key``'s value at any step: linear between the records that hold it, held past either end."""
+    points = [(r["step"], r[key]) for r in records if _finite(r.get(key))]
+    steps = [s for s, _ in points]
+
+    def at(t: int) -> float:
+        i = bisect_right(steps, t)
+        if i == 0:
+            return points[0][1]
+        if i == len(points):
+            return points[-1][1]
+        (s0, v0), (s1, v1) = points[i - 1], points[i]
+        return v0 + (v1 - v0) * (t - s0) / (s1 - s0)
+
+    return at if points else (lambda t: 0.0)
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
