@@ -18,6 +18,7 @@ Every number comes from the records as they were written (a thinned file gives c
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 from .checks import RISE, SETTLED, TAIL, Finding, Findings
@@ -27,6 +28,12 @@ from .report.runs import Run
 
 FORECAST_AT = 0.1  # the fraction of the run at which the forecast is made
 SHRUNK = 0.5  # a norm below this fraction of its initial value is reported
+
+
+def diagnose_records(records: list[dict[str, Any]], name: str = "this run") -> Findings:
+    """:func:`diagnose` of monitor records held in memory (``NormMonitor.group_records``: the
+    framework callbacks' verdict when training ends)."""
+    return diagnose(Run(Path(name), name, None, list(records)))
 
 
 def diagnose(run: Run) -> Findings:

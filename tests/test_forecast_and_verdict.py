@@ -172,3 +172,18 @@ def test_the_reports_first_section_is_the_verdict(tmp_path):
     page = build_report([tmp_path / "fixed"], tmp_path / "report.html").read_text()
     assert page.index("<h2>What decay did</h2>") < page.index("<h2>Summary by method</h2>")
     assert "[warning] g: ‖g‖/‖θ‖ rose 2.00×" in page
+
+
+def test_a_long_runs_group_records_stay_in_bounds_keeping_the_last(monkeypatch):
+    from normctl.monitor import monitor as monitor_module
+
+    monkeypatch.setattr(monitor_module, "KEPT_GROUP_RECORDS", 8)
+    model, opt = _linear_adamw()
+    monitor = NormMonitor(model, opt, every=1)
+    for _ in range(30):
+        model(torch.randn(8, 6)).square().mean().backward()
+        opt.step()
+        monitor.observe()
+        opt.zero_grad()
+    steps = [r["step"] for r in monitor.group_records]
+    assert len(steps) <= 8 and steps[-1] == 30 and steps == sorted(steps)

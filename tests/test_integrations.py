@@ -401,13 +401,15 @@ def test_hf_prints_the_check_when_training_starts(tmp_path, capsys):
     pytest.importorskip("accelerate")
     from normctl.integrations import hf
 
-    model, data, args = tiny_gpt2(transformers, tmp_path)
+    model, data, args = tiny_gpt2(transformers, tmp_path, logging_steps=1)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)  # decays the LayerNorm gains too
     trainer = transformers.Trainer(model=model, args=args, train_dataset=data, optimizers=(optimizer, None))
     hf.attach(trainer)
     trainer.train()
     printed = capsys.readouterr().out
     assert "[warning]" in printed and "fewer than 2 dimensions" in printed and "transformer.h.0.ln_1.weight" in printed
+    verdict = printed[printed.index("normctl doctor — what weight decay did to this run") :]  # at the end
+    assert "‖θ‖/‖θ0‖ ended at" in verdict
 
 
 def test_lightning_prints_the_check_when_training_starts(capsys):
@@ -415,7 +417,8 @@ def test_lightning_prints_the_check_when_training_starts(capsys):
     from normctl.integrations.lightning import NormMonitorCallback
 
     data = torch.utils.data.TensorDataset(torch.randn(16, 4), torch.randn(16, 1))
-    trainer = quiet_trainer(pl, max_steps=2, callbacks=[NormMonitorCallback()])
+    trainer = quiet_trainer(pl, max_steps=2, log_every_n_steps=1, callbacks=[NormMonitorCallback()])
     trainer.fit(lightning_regression(pl, [], method="adamc"), torch.utils.data.DataLoader(data, batch_size=8))
     printed = capsys.readouterr().out
     assert "[info]" in printed and "decay never reaches its steady state in this run" in printed
+    assert printed.index("normctl doctor — what weight decay did") > printed.index("decay never reaches")

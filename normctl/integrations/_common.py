@@ -96,7 +96,14 @@ class MonitorOwner:
     def tracker_scalars(self, record: dict[str, Any]) -> dict[str, float]:
         return select_scalars(record, self.tracker_scopes, self.tracker_metrics, prefix=TRACKER_PREFIX)
 
-    def stop(self) -> None:
+    def stop(self, *, verdict: bool = False) -> None:
+        """Close the monitor; ``verdict``: print what decay did to the run (``normctl doctor``'s
+        findings, from the records this monitor wrote)."""
         if self.monitor is not None:
             self.monitor.close()
+            if verdict and self.monitor.group_records:
+                from ..verdict import diagnose_records
+
+                findings = diagnose_records(self.monitor.group_records)
+                print(f"normctl doctor — what weight decay did to this run:\n{findings}")
             self.monitor = None

@@ -76,7 +76,7 @@ class NormMonitorCallback(TrainerCallback):
         tracker_metrics=TRACKER_METRICS,
         check: bool = True,
     ) -> None:
-        self.check = check  # print normctl.check's findings when training starts
+        self.check = check  # print normctl.check's findings when training starts, the verdict when it ends
         self.owner = MonitorOwner(
             every=every, sinks=sinks, tracker_scopes=tracker_scopes, tracker_metrics=tracker_metrics
         )
@@ -128,7 +128,8 @@ class NormMonitorCallback(TrainerCallback):
                 json.dump(self.monitor.state_dict(), f)
 
     def on_train_end(self, args, state, control, **kwargs):
-        self.owner.stop()  # closing the monitor writes a record still pending
+        # closing the monitor writes a record still pending; then the verdict, on the main process
+        self.owner.stop(verdict=self.check and state.is_world_process_zero)
 
 
 def attach(trainer, **kwargs) -> NormMonitorCallback:

@@ -52,7 +52,7 @@ class NormMonitorCallback(pl.Callback):
         check: bool = True,
     ) -> None:
         super().__init__()
-        self.check = check  # print normctl.check's findings when training starts
+        self.check = check  # print normctl.check's findings when training starts, the verdict when it ends
         self.owner = MonitorOwner(
             every=every, sinks=sinks, tracker_scopes=tracker_scopes, tracker_metrics=tracker_metrics
         )
@@ -98,7 +98,7 @@ class NormMonitorCallback(pl.Callback):
     def on_train_end(self, trainer, pl_module) -> None:
         if self.monitor is not None:  # a checkpoint saved after fit still continues the records
             self._saved = self.monitor.state_dict()
-        self.owner.stop()
+        self.owner.stop(verdict=self.check and trainer.is_global_zero)
 
     def state_dict(self) -> dict[str, Any]:
         state = self.monitor.state_dict() if self.monitor is not None else self._saved

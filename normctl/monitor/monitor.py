@@ -18,6 +18,8 @@ from . import forecast, stats
 from .forecast import Forecast, Series
 from .sinks import Sink
 
+KEPT_GROUP_RECORDS = 2048  # the group-level records a monitor keeps for its forecast
+
 
 class NormMonitor:
     """Per-tensor, per-layer, per-group and global norms, ratios and steady-state predictions.
@@ -160,8 +162,11 @@ class NormMonitor:
         record, self._pending = self._pending, None
         if record is None:
             return None
-        # what a forecast reads, kept for the run: the group-level entries (a few per group)
+        # what a forecast reads, kept for the run: the group-level entries (a few per group), every
+        # other one dropped past KEPT_GROUP_RECORDS (a long run's history stays in bounds, the last kept)
         self._group_records.append({k: v for k, v in record.items() if k == "step" or k.startswith(("group/", "lr/"))})
+        if len(self._group_records) > KEPT_GROUP_RECORDS:
+            self._group_records = self._group_records[-2::-2][::-1] + self._group_records[-1:]
         if loss is not None:
             record["loss"] = float(loss.detach() if isinstance(loss, Tensor) else loss)
         record.update({k: float(v) for k, v in extra.items()})
@@ -196,6 +201,12 @@ class NormMonitor:
             return lr_at, lambda s: decay
 
         return forecast.from_records(self._group_records, total_steps=total_steps, future=future)
+
+    @property
+    def group_records(self) -> list[dict[str, Any]]:
+        """The group-level entries of the records written so far (thinned past
+        ``KEPT_GROUP_RECORDS``): what :meth:`forecast` and the callbacks' verdict read."""
+        return list(self._group_records)
 
     def state_dict(self) -> dict[str, Any]:
         """What a resumed run needs to continue the same records: the step count, the initial

@@ -10,7 +10,6 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..verdict import diagnose
 from . import interactive as interactive_module
 from . import plots
 from .runs import Run, by_label, load_run
@@ -135,6 +134,8 @@ def build_report(
         ]
     else:
         figures = [_figure(plots.curves(runs, key, ylabel, log=log), caption) for key, ylabel, log, caption in charts]
+    from ..verdict import diagnose  # here: the verdict reads runs through this package
+
     verdicts = [
         f"<h3>{html.escape(label)} ({html.escape(group[0].path.name)})</h3>"
         f"<pre>{html.escape(str(diagnose(group[0])))}</pre>"
