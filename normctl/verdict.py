@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from .checks import RISE, SETTLED, TAIL, Finding, Findings
-from .monitor.forecast import Forecast, from_records
+from .monitor.forecast import Forecast, from_records, group_labels
 from .monitor.phases import tail_rise
 from .report.runs import Run
 
@@ -45,7 +45,7 @@ def diagnose(run: Run) -> Findings:
     early = {f.group: f for f in from_records(records, at_step=max(1, int(total * FORECAST_AT)))}
     final = {f.group: f for f in from_records(records)}
     findings = Findings()
-    for label in _group_labels(records):
+    for label in group_labels(records, "norm_ratio"):
         findings += _time_scale(run, label, total)
         if label in early and label in final:
             findings.append(_forecast_judged(label, early[label], final[label]))
@@ -53,15 +53,6 @@ def diagnose(run: Run) -> Findings:
         findings += _shrunk(run, label)
     findings += _controlled(run)
     return findings
-
-
-def _group_labels(records: list[dict[str, Any]]) -> list[str]:
-    seen: dict[str, None] = {}
-    for r in records:
-        for k in r:
-            if k.startswith("group/") and k.endswith("/norm_ratio"):
-                seen[k[len("group/") : -len("/norm_ratio")]] = None
-    return list(seen)
 
 
 def _time_scale(run: Run, label: str, total: int) -> list[Finding]:

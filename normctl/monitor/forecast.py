@@ -121,7 +121,7 @@ def from_records(
     total_steps = records[-1]["step"] if total_steps is None else total_steps
     seen = [r for r in records if r["step"] <= at_step]
     out = []
-    for label in _groups_with_updates(seen):
+    for label in group_labels(seen, "update_size"):
         key = f"group/{label}/"
         sizes = [r[key + "update_size"] for r in seen if _finite(r.get(key + "update_size"))]
         sizes = sizes[len(sizes) // 2 :]  # the recent half: Adam's ‖u‖ grows as v̂ forgets the first gradients
@@ -151,12 +151,13 @@ def from_records(
     return out
 
 
-def _groups_with_updates(records: Sequence[dict[str, Any]]) -> list[str]:
+def group_labels(records: Sequence[dict[str, Any]], metric: str) -> list[str]:
+    """The groups whose ``group/<label>/<metric>`` appears in ``records``, in first-seen order."""
     seen: dict[str, None] = {}
     for r in records:
         for k in r:
-            if k.startswith("group/") and k.endswith("/update_size"):
-                seen[k[len("group/") : -len("/update_size")]] = None
+            if k.startswith("group/") and k.endswith(f"/{metric}"):
+                seen[k[len("group/") : -len(metric) - 1]] = None
     return list(seen)
 
 

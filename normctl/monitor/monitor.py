@@ -180,7 +180,8 @@ class NormMonitor:
         measured so far (a few % of the run is enough) by the ODE ``target="auto"`` uses
         (:mod:`normctl.monitor.forecast`). ``lr_schedule`` is the lr multiplier η_t of the run
         (γ_t = γ_max·η_t, the function given to ``LambdaLR``); without it the lr and decay of
-        the last measured step are held, which overstates the decay of a decaying schedule.
+        the last measured step are held to the end (the norm then heads for that lr's steady state,
+        not for the norm a decaying schedule freezes at).
         Groups with decoupled decay in the Adam family (AdamW, AdamC, AdamWN's uncontrolled
         groups) are forecast; ``print(*monitor.forecast(...), sep="\n")`` says it in words."""
         if isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps < self.steps:
