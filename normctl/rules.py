@@ -136,6 +136,21 @@ def adamw_equilibrium_norm(update_norm_sq: float, lr: float, weight_decay: float
     return math.sqrt(lr * update_norm_sq / (weight_decay * (2 - lr * weight_decay)))
 
 
+def decayed_steady_norm(update_norm: float, lr: float, weight_decay: float, cosine: float = 0.0) -> float:
+    """‖θ*‖ of decoupled decay at a constant lr when the update keeps a cosine c = cos(θ, −u) with
+    the weight: the fixed point of :func:`decayed_norm_sq_after`'s step, f = 1 − γλ::
+
+        (1 − f²)·‖θ‖² − 2f·γ·c·‖u‖·‖θ‖ − γ²‖u‖² = 0
+        ‖θ*‖ = γ‖u‖·(f·c + sqrt(f²c² + 1 − f²)) / (1 − f²)
+
+    c = 0 is :func:`adamw_equilibrium_norm`. For Muon (u = s·O, s its ``adjust_lr_fn`` factor)
+    c is not 0: momentum makes successive orthogonalised updates alike, so each points partly
+    along the weight the earlier ones built — with noise gradients and momentum 0.95, c ≈ 0.16
+    and ‖θ*‖ is 5× the orthogonal form, and this fixed point is exact (docs/math.md)."""
+    f = 1 - lr * weight_decay
+    return lr * update_norm * (f * cosine + math.sqrt(f * f * cosine * cosine + 1 - f * f)) / (1 - f * f)
+
+
 def adamw_norm_sq_after(norm_sq: float, update_norm_sq: float, lrs: Iterable[float], weight_decay: float) -> float:
     """‖θ_T‖², AdamW's squared norm after steps at learning rates ``lrs`` from ‖θ‖² = ``norm_sq``:
     the step of :func:`adamw_equilibrium_norm` with ⟨θ, u⟩ ≈ 0, iterated::

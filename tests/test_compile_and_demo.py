@@ -41,7 +41,7 @@ def test_compiled_training_step_matches_eager():
 
 
 def test_demo_runs_every_method_on_every_seed_and_reports_mean_and_std(capsys, tmp_path):
-    from normctl_lab.demo import format_results, what_it_shows
+    from normctl_lab.demo import claims, format_results, what_it_shows
 
     out_dir = tmp_path / "demo"
     cfg = dataclasses.replace(
@@ -51,7 +51,12 @@ def test_demo_runs_every_method_on_every_seed_and_reports_mean_and_std(capsys, t
     assert (out_dir / "report.html").is_file() and (out_dir / "adamwn_s1" / "metrics.jsonl").is_file()
     assert [(r.method, r.seed) for r in results] == [(m, s) for s in (0, 1) for m in ("adamw", "adamwn", "adamc")]
     for r in results:
-        assert all(map(torch.isfinite, map(torch.tensor, (r.val_loss, r.train_loss, r.norm_ratio, r.grad_rise))))
+        assert all(
+            map(
+                torch.isfinite,
+                map(torch.tensor, (r.val_loss, r.train_loss, r.norm_ratio, r.grad_rise, r.ratio_rise, r.norm_drift)),
+            )
+        )
     adamw = {r.seed: r.norm_ratio for r in results if r.method == "adamw"}
     out = capsys.readouterr().out
     for seed, ratio in adamw.items():  # AdamWN's target is its own seed's AdamW ratio
@@ -61,11 +66,23 @@ def test_demo_runs_every_method_on_every_seed_and_reports_mean_and_std(capsys, t
     mean, std = sum(losses) / 2, abs(losses[0] - losses[1]) / 2**0.5
     assert f"{mean:.4f} ± {std:.4f}" in table.splitlines()[3]  # AdamC's row
     assert table in out and what_it_shows(cfg) in out
+    for line in claims(results):  # one line per claim, with the seeds that agree
+        assert line in out
+    adamw = {r.seed: r for r in results if r.method == "adamw"}
+    adamc = {r.seed: r for r in results if r.method == "adamc"}
+    removed = sum(adamc[s].ratio_rise < min(adamw[s].ratio_rise, 1.25) for s in (0, 1))
+    assert f"removed the end-of-run rise of the normalised layers' ‖g‖/‖θ‖ on {removed} of 2 seeds" in out
     summary = json.loads((out_dir / "summary.json").read_text())  # the table's numbers, for quoting
     assert summary["methods"]["adamc"]["val_loss"]["mean"] == pytest.approx(mean)
     assert summary["methods"]["adamc"]["val_loss_by_seed"] == {
         str(r.seed): r.val_loss for r in results if r.method == "adamc"
     }
+    assert summary["methods"]["adamwn"]["norm_drift_by_seed"] == {
+        str(r.seed): r.norm_drift for r in results if r.method == "adamwn"
+    }
+    assert summary["claims"] == claims(results)
+    report = (out_dir / "report.html").read_text()  # its first figure is the demo's
+    assert report.index("of the normalised layers: AdamW") < report.index("Training loss (mean")
     assert (out_dir / "adamc_s1" / "environment.json").is_file()
     assert json.loads((out_dir / "adamc_s1" / "final.json").read_text()) == dataclasses.asdict(results[-1])
 

@@ -5,8 +5,8 @@ update u (the step per unit of lr, without the decay) move the squared norm as::
 
     ‖θ_{t+1}‖² = (1 − γ_t·λ_t)²·‖θ_t‖² + γ_t²·‖u‖²
 
-with ‖u‖² the mean of what the monitor measured (``group/<g>/update_size``, Adam-family groups
-with decoupled decay: AdamW, AdamC, AdamWN's uncontrolled groups) and λ_t the decay the optimizer
+with ‖u‖² the mean of what the monitor measured (``group/<g>/update_size``, groups with
+decoupled decay: AdamW, AdamC, AdamWN's uncontrolled groups, torch's Muon) and λ_t the decay the optimizer
 applied (``group/<g>/weight_decay``: AdamC's follows γ_t/γ_max). Adam's update is not orthogonal
 to the weight (its preconditioner breaks the orthogonality of a normalised layer's gradient), and
 its measured cosine with the weight (``update_cosine``) adds the term 2f·γ·c·‖θ‖·‖u‖: without it

@@ -44,9 +44,9 @@ class NormMonitor:
     ``update_weight_ratio`` (‖θ_t − θ_{t−1}‖/‖θ_{t−1}‖), ``adam_grad_weight_ratio``
     (‖g‖_{A⁻¹}/‖θ‖_A for Adam-family state), the predictions ``pred_ratio`` and ``pred_linf``
     of :mod:`normctl.monitor.stats`, and for AdamWN-controlled tensors ``target_norm`` and
-    ``norm_deviation`` (‖θ‖/τ − 1). Per group of a decoupled-decay Adam (AdamW, AdamC,
-    AdamWN's uncontrolled groups), what :meth:`forecast` reads: ``update_size`` (‖u‖, the update
-    per unit of lr without the decay), ``update_cosine`` (its cosine with −θ: > 0 outward) and
+    ``norm_deviation`` (‖θ‖/τ − 1). Per group with decoupled decay (AdamW, AdamC, AdamWN's
+    uncontrolled groups, torch's Muon), what :meth:`forecast` reads: ``update_size`` (‖u‖, the
+    update per unit of lr without the decay), ``update_cosine`` (its cosine with −θ: > 0 outward) and
     ``weight_decay`` (the λ applied this step).
 
     ``on_multiples=True`` measures steps every, 2·every, … instead of 1, 1 + every, …: the steps a
@@ -182,8 +182,8 @@ class NormMonitor:
         (γ_t = γ_max·η_t, the function given to ``LambdaLR``); without it the lr and decay of
         the last measured step are held to the end (the norm then heads for that lr's steady state,
         not for the norm a decaying schedule freezes at).
-        Groups with decoupled decay in the Adam family (AdamW, AdamC, AdamWN's uncontrolled
-        groups) are forecast; ``print(*monitor.forecast(...), sep="\n")`` says it in words."""
+        Groups with decoupled decay (AdamW, AdamC, AdamWN's uncontrolled groups, torch's Muon)
+        are forecast; ``print(*monitor.forecast(...), sep="\n")`` says it in words."""
         if isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps < self.steps:
             raise ValueError(f"total_steps must be an int >= the steps taken ({self.steps}), got {total_steps!r}")
 
@@ -329,14 +329,14 @@ class NormMonitor:
     def _enqueue_update_sizes(
         self, params: list[Tensor], before: list[Tensor], enqueue
     ) -> dict[int, tuple[float, list[int | None], list[int | None], list[int | None]]]:
-        """Per group of a decoupled-decay Adam (AdamW, AdamC, AdamWN's uncontrolled groups), its
+        """Per group with decoupled decay (AdamW, AdamC, AdamWN's uncontrolled groups, Muon), its
         effective λ_t and the slots, per tensor, of ‖f·θ_{t−1} − θ_t‖ (f = 1 − γ_t·λ_t: the update
         γ_t·u without the decay, as ``target="auto"`` measures it), of ⟨θ_{t−1}, θ_t − f·θ_{t−1}⟩
         and of ‖θ_{t−1}‖, for :mod:`.forecast`."""
         out: dict[int, tuple[float, list[int | None], list[int | None], list[int | None]]] = {}
         for gi, group in enumerate(self.optimizer.param_groups):
             lr = as_number(group.get("lr", 0.0))
-            if not lr > 0 or stats.predict(self.optimizer, group).family != "adam":
+            if not lr > 0 or stats.predict(self.optimizer, group).family not in ("adam", "muon"):
                 continue
             decay = stats.effective_weight_decay(self.optimizer, group)
             idx = [i for i, g in enumerate(self._group_index) if g == gi]

@@ -41,7 +41,7 @@ from ..schedules import as_schedule
 class Prediction:
     """What Defazio (2025) predicts for a group at its current learning rate (None: not defined)."""
 
-    family: str | None  # "sgd", "adam", or None when no decay model applies
+    family: str | None  # "sgd", "adam", "muon", or None when no decay model applies
     ratio: float | None = None  # ‖g‖/‖θ‖ (SGD) or ‖g‖_{A⁻¹}/‖θ‖_A (Adam family)
     linf: float | None = None  # ‖θ‖_∞ (Adam family)
 
@@ -85,6 +85,8 @@ def predict(optimizer: torch.optim.Optimizer, group: dict) -> Prediction:
         if group["control"]:
             return Prediction(None)  # norm control: the target norm is the prediction
         return Prediction("adam", adam_steady_ratio(lr, wd), adam_steady_linf(lr, wd))
+    if _is_muon(optimizer):  # decoupled decay on orthogonalised updates: its norm is forecast, not a ratio
+        return Prediction("muon")
     if isinstance(optimizer, SGDC) or type(optimizer) is torch.optim.SGD:
         decoupled = bool(group.get("decoupled_weight_decay", False))
         return Prediction("sgd", sgd_steady_ratio(lr, wd, group.get("momentum", 0.0), decoupled=decoupled))
@@ -94,6 +96,11 @@ def predict(optimizer: torch.optim.Optimizer, group: dict) -> Prediction:
     if decoupled_adam:
         return Prediction("adam", adam_steady_ratio(lr, wd), adam_steady_linf(lr, wd))
     return Prediction(None)
+
+
+def _is_muon(optimizer: torch.optim.Optimizer) -> bool:
+    muon = getattr(torch.optim, "Muon", None)  # torch >= 2.9
+    return muon is not None and isinstance(optimizer, muon)
 
 
 def adamwn_target_norms(optimizer: AdamWN, group: dict, params: Sequence[Tensor]) -> list[float | None]:

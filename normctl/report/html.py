@@ -90,6 +90,7 @@ def build_report(
     title: str = "normctl report",
     labels: Sequence[str] | None = None,
     interactive: bool = False,
+    lead: Sequence[tuple[str, str, bool, str]] = (),
 ) -> Path:
     """Write the HTML report for ``run_dirs`` to ``output`` and return its path.
 
@@ -97,7 +98,8 @@ def build_report(
     method; ``labels``, one per run, groups them otherwise — e.g. by ablation variant, where
     every variant trains with the same method. ``interactive`` draws the run-level charts (loss,
     gradient norm, norm ratio) with plotly (``normctl[interactive]``), to zoom and hover; the
-    per-layer figures stay images."""
+    per-layer figures stay images. ``lead``: charts drawn first, each (record key, y label, log
+    scale, caption) — the figure a comparison is about, before the standard ones."""
     if interactive:
         interactive_module.require_plotly()  # before any work: a missing extra is said at once
     if not run_dirs:
@@ -114,6 +116,7 @@ def build_report(
     if labels is not None:
         runs = [dataclasses.replace(run, label=label) for run, label in zip(runs, labels)]
     charts = [
+        *lead,
         ("loss", "training loss", False, "Training loss (mean ± std over seeds)"),
         (
             "global/grad_norm",
