@@ -23,6 +23,7 @@ from torch import nn
 
 from .groups import param_roles
 from .optim import SGDC, AdamC, CorrectedDecay
+from .optim._auto_target import as_auto_target
 
 CORRECTING = (AdamC, SGDC, CorrectedDecay)
 SETTLED = 3  # time scales after which a norm is at its steady state (e^-3 of the way left)
@@ -74,6 +75,7 @@ def check(
         findings += _unmarked_normalized(optimizer, roles)
         findings += _held_output_layer(optimizer, names, roles)
     findings += _time_scales(optimizer, steps)
+    findings += _controlled_targets(optimizer, names, steps)
     if steps is not None and lr_schedule is not None:
         findings += _tail_rise(optimizer, names, roles, steps, lr_schedule)
     return findings
@@ -142,6 +144,48 @@ def _held_output_layer(optimizer, names, roles) -> list[Finding]:
             "move it to an uncontrolled group: [{'params': head.parameters(), 'control': False, 'weight_decay': λ}]",
         )
     ]
+
+
+def _controlled_targets(optimizer, names, steps) -> list[Finding]:
+    """AdamWN / NormControl targets that cannot do what they say: a relative target on tensors
+    that start at norm 0 (r·0 = 0: left uncontrolled), and ``target="auto"`` on a run no longer
+    than its measuring window (the run ends as AdamW, before any target is set)."""
+    out = []
+    unset: dict[str, tuple] = {}  # groups whose automatic target the run ends before setting
+    for i, group in enumerate(optimizer.param_groups):
+        if not (group.get("control", False) and "target" in group):
+            continue
+        label = group.get("name", f"group {i}")
+        auto = as_auto_target(group["target"])
+        if auto is not None:
+            window = auto.steps if auto.rule == "equilibrium" else 3 * auto.interval
+            if steps is not None and steps <= window:
+                unset[label] = (auto, window)
+            continue
+        zero = [p for p in group["params"] if p.requires_grad and p.numel() and not p.detach().abs().max() > 0]
+        if zero and group.get("relative_target", True) and group.get("scope", "tensor") == "tensor":
+            out.append(
+                Finding(
+                    "info",
+                    f"{label}: {len(zero)} tensor(s) start at norm 0, where a relative target r·‖θ_0‖ is 0: they are "
+                    "left uncontrolled (Adam's step only)",
+                    _label(zero, names),
+                    "put them in an uncontrolled group (normctl.param_groups does), or give relative_target=False "
+                    "with the norm you want",
+                )
+            )
+    if unset:
+        auto, window = next(iter(unset.values()))
+        out.append(
+            Finding(
+                "warning",
+                f"{', '.join(unset)}: target='auto' measures for {window} steps and the run has {steps}: it trains "
+                "as AdamW to the end and never sets a target",
+                f"AutoTarget(rule={auto.rule!r}, steps={auto.steps}, interval={auto.interval})",
+                f"normctl.AutoTarget(steps={max(1, steps // 20)}) (a few % of the run), or a fixed target",
+            )
+        )
+    return out
 
 
 def _time_scale(group: dict) -> float | None:

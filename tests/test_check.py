@@ -89,3 +89,24 @@ def test_check_refuses_what_it_cannot_read_and_prints():
     text = str(normctl.check(torch.optim.AdamW(model.parameters()), model))
     assert text.startswith("[warning]") and "fix:" in text
     assert str(normctl.check(torch.optim.SGD(model.parameters(), lr=0.1))) == "normctl.check: nothing to report"
+
+
+def test_a_relative_target_on_a_zero_initialised_matrix_is_named():
+    model = transformerish()
+    with torch.no_grad():
+        model[1].weight.zero_()  # an output projection zero-initialised, as some recipes do
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        found = normctl.check(normctl.AdamWN(normctl.param_groups(model), lr=1e-3), model)
+    (zero,) = [f for f in found if "start at norm 0" in f.what]
+    assert zero.evidence == "1.weight" and "uncontrolled" in zero.fix
+    quiet = normctl.check(normctl.AdamWN(normctl.param_groups(transformerish()), lr=1e-3), transformerish())
+    assert not any("start at norm 0" in w for w in whats(quiet))
+
+
+def test_target_auto_on_a_run_shorter_than_its_window_is_a_warning():
+    model = transformerish()
+    optimizer = normctl.AdamWN(normctl.param_groups(model), lr=1e-3, target="auto")
+    short = [f for f in normctl.check(optimizer, model, steps=150) if "target='auto'" in f.what]
+    assert len(short) == 1 and short[0].severity == "warning" and "AutoTarget(steps=7)" in short[0].fix
+    assert not [f for f in normctl.check(optimizer, model, steps=10_000) if "target='auto'" in f.what]
