@@ -1,20 +1,30 @@
 """``normctl-lab demo``: AdamW, AdamWN and AdamC on a small GPT trained on Jane Austen, 3 seeds.
 
-A setting where both papers' mechanisms have room to act in a few minutes on two cores: the
-decay's time scale 1/(2λγ) = 333 steps sits well inside the 600-step run (λ = 0.5, peak lr
-3e-3), and the lr falls to 0 by the end (the end-of-training regime AdamC corrects). AdamW runs
-first on each seed; AdamWN's target is that seed's AdamW final norm ratio, reached by a ramp
-over the first 5 % (Loshchilov 2023); AdamC uses AdamW's λ with the correction on the normalised
-layers (Defazio 2025). All share data order, initial weights and the warm-up + cosine lr.
+A setting where both papers' mechanisms act in a couple of minutes on two cores, on every seed:
+the decay's time scale 1/(2λγ) = 333 steps sits well inside the 600-step run (λ = 0.5, peak lr
+3e-3), the lr falls to 0 by the end (the end-of-training regime AdamC corrects), and Adam's
+β2 = 0.95 (nanoGPT's for small models) takes every seed off the byte-unigram plateau (≈ 3.1 nats)
+in its first 300 steps — with β2 = 0.999 one seed of three stayed on it for all 600 steps and a
+late escape, not the decay, set its end-of-run gradient (measured, 3 seeds of each). AdamW runs
+first on each seed; AdamWN's target is that seed's AdamW final norm ratio, reached by a ramp over
+the first 5 % (Loshchilov 2023); AdamC uses AdamW's λ with the correction on the normalised layers
+(Defazio 2025). All share data order, initial weights and the warm-up + cosine lr.
 
-The table gives, per method, mean ± std over the seeds of the held-out loss, the controlled
-weights' final norm ratio, and the rise of the normalised layers' gradient norm at the end of
-the run (its mean over the last 10 % of steps over its mean over steps 40-60 %, every step
-counted) — the rise Defazio (2025) explains and AdamC removes.
+It prints one line per claim with the seeds that agree, each from a per-seed statistic over every
+step (kept in summary.json as ``methods.<name>.<stat>_by_seed``):
+
+* the end-of-run rise of ‖g‖/‖θ‖ on the normalised layers (its mean over the last 10 % of steps
+  over its mean at 40–60 %): AdamW's rises as the lr decays under a fixed λ, AdamC's does not;
+* AdamWN's controlled norm at the end against its target (AdamW's final norm on that seed), and
+  how far each method's norm moved over the run's second half, |‖θ_T‖/‖θ_{T/2}‖ − 1|.
+
+The table adds the held-out loss and the final norm ratio, mean ± std over the seeds.
 """
 
 from __future__ import annotations
 
+import json
+import math
 import statistics
 import time
 from dataclasses import asdict, dataclass
@@ -57,6 +67,7 @@ class DemoConfig:
     warmup: int = 20  # linear warm-up steps
     min_lr_ratio: float = 0.0  # the cosine's end, as a fraction of the peak: down to 0
     weight_decay: float = 0.5  # λ of AdamW and AdamC: 1/(2λγ) = 333 steps
+    beta2: float = 0.95  # Adam's β2: every seed leaves the unigram plateau early (see the module docstring)
     rate: float = 1e-2  # AdamWN's k
     eval_batches: int = 16
     seeds: tuple[int, ...] = (0, 1, 2)
@@ -74,6 +85,8 @@ class DemoResult:
     norm_ratio: float  # ‖θ_T‖/‖θ_0‖ over the decayed/controlled weights
     grad_rise: float  # the normalised layers' gradient-norm rise at the end (normctl.monitor.tail_rise)
     seconds: float
+    ratio_rise: float = math.nan  # … of their ‖g‖/‖θ‖, every step counted
+    norm_drift: float = math.nan  # |‖θ_T‖/‖θ_{T/2}‖ − 1| of the decayed/controlled weights
 
 
 def controlled_norm(groups: list[dict]) -> float:
@@ -95,7 +108,14 @@ def train_one(
     model = GPT(GPTConfig(vocab_size=256, block_size=cfg.block_size, n_layer=cfg.n_layer, n_head=4, n_embd=cfg.n_embd))
     groups = param_groups(model, weight_decay=cfg.weight_decay)
     optimizer = build_method(
-        method, model, groups, lr=cfg.lr, steps=cfg.steps, rate=cfg.rate, adamw_norm_ratio=adamw_norm_ratio
+        method,
+        model,
+        groups,
+        lr=cfg.lr,
+        steps=cfg.steps,
+        rate=cfg.rate,
+        adamw_norm_ratio=adamw_norm_ratio,
+        betas=(0.9, cfg.beta2),
     )
     lr_multiplier = schedules.cosine(1.0, cfg.min_lr_ratio, cfg.steps, warmup=cfg.warmup)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_multiplier)
@@ -106,31 +126,40 @@ def train_one(
     initial_norm = controlled_norm(groups)
     normalized = [p for g in groups if g.get("normalized") for p in g["params"]]
     data_order = torch.Generator().manual_seed(seed)
-    grad_norms = []
+    grad_norms, ratios = [], []
+    midway_norm = math.nan
     start = time.perf_counter()
     model.train()
     with progress(cfg.steps, desc=f"{method} seed {seed}", enabled=verbose) as bar:
-        for _ in range(cfg.steps):
+        for step in range(cfg.steps):
             x, y = random_windows(train, cfg.batch_size, cfg.block_size, data_order)
             _, loss = model(x, y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             grad_norms.append(combined_norm(tensor_norms([p.grad for p in normalized])))
+            ratios.append(grad_norms[-1] / combined_norm(tensor_norms([p.detach() for p in normalized])))
+            if step == cfg.steps // 2:
+                midway_norm = controlled_norm(groups)
             optimizer.step()
             monitor.observe(loss=loss)
             scheduler.step()
             bar.update(1)
     seconds = time.perf_counter() - start
     monitor.close()
+    final_norm = controlled_norm(groups)
     result = DemoResult(
         method,
         seed,
         evaluate(model, val, cfg),
         float(loss.detach()),
-        controlled_norm(groups) / initial_norm,
+        final_norm / initial_norm,
         tail_rise(torch.stack(grad_norms).tolist()),
         seconds,
+        tail_rise(torch.stack(ratios).tolist()),
+        abs(final_norm / midway_norm - 1),
     )
+    if run_dir is not None:  # every step's ratio, for the demo's figure (the monitor keeps every 10th)
+        (run_dir / "ratio_by_step.json").write_text(json.dumps([float(r) for r in ratios]))
     finish_run(run_dir, asdict(result))
     return result
 
@@ -171,11 +200,94 @@ def run_demo(cfg: DemoConfig = DemoConfig(), *, verbose: bool = True) -> list[De
     if out is not None:  # written before anything is printed: the runs are the work
         (out / "summary.json").write_text(strict_json(summarize(cfg, results), indent=2))
         names = [f"{r.method}_s{r.seed}" for r in results]
-        write_report(out, names, "normctl-lab demo", labels=[r.method for r in results], verbose=verbose)
+        report = write_report(
+            out, names, "normctl-lab demo", labels=[r.method for r in results], verbose=verbose, lead=LEAD_CHARTS
+        )
+        if report is not None:  # the figure alone, for a README
+            _lead_figure(out, names, [r.method for r in results]).savefig(out / "figure.png", dpi=120)
     if verbose:
         print(format_results(results))
+        for line in claims(results):
+            print(line)
         print(what_it_shows(cfg))
     return results
+
+
+# the report's first figure: what the demo is about
+LEAD_CHARTS = (
+    (
+        "group/normalized/grad_weight_ratio",
+        "‖g‖/‖θ‖",
+        True,
+        "‖g‖/‖θ‖ of the normalised layers: AdamW's rises as the lr decays to 0, AdamC's does not",
+    ),
+)
+
+
+def _lead_figure(out: Path, names: list[str], labels: list[str]):
+    """The demo's figure: each method's ‖g‖/‖θ‖ of the normalised layers over the second half of
+    the run, every step, as a multiple of its mean at 40–60 % (the denominator of ``ratio_rise``),
+    smoothed over 5 % of the run; mean ± std over the seeds."""
+    from normctl.monitor.phases import smooth
+    from normctl.report import plots
+
+    by_method: dict[str, list[list[float]]] = {}
+    start = 0
+    for name, label in zip(names, labels):
+        ratios = json.loads((out / name / "ratio_by_step.json").read_text())
+        n, start = len(ratios), len(ratios) // 2
+        middle = statistics.mean(ratios[round(0.4 * n) : round(0.6 * n)]) or math.nan  # no gradient: no curve
+        by_method.setdefault(label, []).append(smooth([r / middle for r in ratios], max(1, n // 20))[start:])
+    figure, ax = plots.new_figure(figsize=(6, 3.6))
+    for i, (label, curves) in enumerate(by_method.items()):
+        columns = [[v for v in column if math.isfinite(v)] for column in zip(*curves)]  # a diverged seed drops out
+        mean = [statistics.mean(c) if c else math.nan for c in columns]
+        std = [statistics.stdev(c) if len(c) > 1 else 0.0 for c in columns]
+        steps = [start + s for s in range(len(columns))]
+        plots.band(ax, steps, mean, std, f"{label} ({len(curves)} seeds)", plots.LINESTYLES[i % len(plots.LINESTYLES)])
+    ax.axhline(RISE, color="grey", linewidth=0.5, linestyle=":")
+    ax.set(xlabel="step", ylabel="‖g‖/‖θ‖ ÷ its mean at 40–60 %")
+    ax.set_title("Normalised layers as the lr decays to 0: AdamW's ‖g‖/‖θ‖ rises, AdamC's does not", fontsize=8)
+    ax.legend(fontsize=7)
+    figure.tight_layout()
+    return figure
+
+
+RISE = 1.25  # a rise of ‖g‖/‖θ‖ from this counts (normctl.check's threshold)
+ON_TARGET = 0.05  # a controlled norm this close to its target is on it (normctl doctor's threshold)
+
+
+def claims(results: list[DemoResult]) -> list[str]:
+    """One line per claim, with how many seeds agree and each seed's numbers."""
+    by = {(r.method, r.seed): r for r in results}
+    seeds = sorted({r.seed for r in results})
+    lines = []
+    pairs = [(by[("adamw", s)], by[("adamc", s)]) for s in seeds if ("adamw", s) in by and ("adamc", s) in by]
+    if pairs:
+        rose = [(w, c) for w, c in pairs if w.ratio_rise >= RISE]
+        flat = [c for _, c in pairs if c.ratio_rise < RISE]
+        removed = [c for _, c in rose if c.ratio_rise < RISE]
+        numbers = ", ".join(f"seed {w.seed} {w.ratio_rise:.2f}× → {c.ratio_rise:.2f}×" for w, c in pairs)
+        lines.append(
+            f"End-of-run rise of the normalised layers' ‖g‖/‖θ‖ (≥ {RISE}×): AdamW rose on {len(rose)} of "
+            f"{len(pairs)} seeds, AdamC on {len(pairs) - len(flat)}; where AdamW rose, AdamC removed it on "
+            f"{len(removed)} of {len(rose)} (AdamW → AdamC, same seed: {numbers})"
+        )
+    pairs = [(by[("adamw", s)], by[("adamwn", s)]) for s in seeds if ("adamw", s) in by and ("adamwn", s) in by]
+    if pairs:
+        # AdamWN's target is the seed's AdamW final norm ratio (the demo's recipe)
+        off = {w.seed: abs(n.norm_ratio / w.norm_ratio - 1) for w, n in pairs}
+        on = [seed for seed, d in off.items() if d < ON_TARGET]
+        numbers = ", ".join(
+            f"seed {w.seed} {off[w.seed]:.1%} off, moved {n.norm_drift:.1%} (AdamW {w.norm_drift:.1%})"
+            for w, n in pairs
+        )
+        lines.append(
+            f"AdamWN ended within {ON_TARGET:.0%} of its target norm on {len(on)} of {len(pairs)} seeds, moving less "
+            f"over the run's second half than AdamW on {sum(n.norm_drift < w.norm_drift for w, n in pairs)} "
+            f"({numbers})"
+        )
+    return lines
 
 
 def summarize(cfg: DemoConfig, results: list[DemoResult]) -> dict:
@@ -184,21 +296,21 @@ def summarize(cfg: DemoConfig, results: list[DemoResult]) -> dict:
     for method in dict.fromkeys(r.method for r in results):
         rows = [r for r in results if r.method == method]
         methods[method] = {"seeds": [r.seed for r in rows]}
-        for key in ("val_loss", "train_loss", "norm_ratio", "grad_rise"):
+        for key in ("val_loss", "train_loss", "norm_ratio", "grad_rise", "ratio_rise", "norm_drift"):
             methods[method][key] = finite_stats([getattr(r, key) for r in rows])
             methods[method][f"{key}_by_seed"] = {str(r.seed): getattr(r, key) for r in rows}
-    return {"config": asdict(cfg), "methods": methods}
+    return {"config": asdict(cfg), "methods": methods, "claims": claims(results)}
 
 
 def format_results(results: list[DemoResult]) -> str:
     """Mean ± std over the seeds of each method."""
-    header = f"{'method':<8} {'seeds':>5} {'val loss':>17} {'‖θ‖/‖θ0‖':>15} {'end grad rise':>15} {'s/run':>6}"
+    header = f"{'method':<8} {'seeds':>5} {'val loss':>17} {'‖θ‖/‖θ0‖':>15} {'‖g‖/‖θ‖ rise':>15} {'s/run':>6}"
     lines = [header]
     for method in dict.fromkeys(r.method for r in results):
         rows = [r for r in results if r.method == method]
         cells = [
             _mean_std([getattr(r, key) for r in rows], digits)
-            for key, digits in (("val_loss", 4), ("norm_ratio", 3), ("grad_rise", 2))
+            for key, digits in (("val_loss", 4), ("norm_ratio", 3), ("ratio_rise", 2))
         ]
         seconds = statistics.mean(r.seconds for r in rows)
         lines.append(f"{method:<8} {len(rows):>5} {cells[0]:>17} {cells[1]:>15} {cells[2]:>15} {seconds:>6.1f}")

@@ -96,10 +96,16 @@ def _git(args: list[str]) -> str | None:
 
 
 def write_report(
-    out: Path, run_names: list[str], title: str, *, labels: list[str] | None = None, verbose: bool = True
+    out: Path,
+    run_names: list[str],
+    title: str,
+    *,
+    labels: list[str] | None = None,
+    verbose: bool = True,
+    lead: tuple[tuple[str, str, bool, str], ...] = (),
 ) -> Path | None:
-    """``out/report.html`` over ``out/<name>`` for each name, grouped by ``labels`` where given
-    (skipped without matplotlib)."""
+    """``out/report.html`` over ``out/<name>`` for each name, grouped by ``labels`` where given,
+    ``lead`` its first charts (skipped without matplotlib)."""
     from normctl.report import build_report
 
     try:
@@ -108,7 +114,7 @@ def write_report(
         if verbose:
             print(f"metrics in {out}/*/metrics.jsonl (install matplotlib for the HTML report)")
         return None
-    path = build_report([out / name for name in run_names], out / "report.html", title=title, labels=labels)
+    path = build_report([out / name for name in run_names], out / "report.html", title=title, labels=labels, lead=lead)
     if verbose:
         print(f"report: {path}")
     return path

@@ -79,7 +79,8 @@ def norms_vs_targets(run: Run, *, max_lines: int = 24):
     return fig
 
 
-def _band(ax, steps, mean, std, label, linestyle="-"):
+def band(ax, steps, mean, std, label, linestyle="-"):
+    """A mean curve with its ±1 std band."""
     (line,) = ax.plot(steps, mean, label=label, linestyle=linestyle)
     if any(std):
         upper, lower = [m + s for m, s in zip(mean, std)], [m - s for m, s in zip(mean, std)]
@@ -100,7 +101,7 @@ def curves(runs: list[Run], key: str, ylabel: str, *, log: bool = False):
             n = f" ({len(group)} seeds)" if len(group) > 1 else ""
             # a style of its own per group: a curve lying on another (AdamC = AdamW where nothing is
             # normalised) still shows, dashed over solid
-            _band(ax, steps, mean, std, label + n, LINESTYLES[i % len(LINESTYLES)])
+            band(ax, steps, mean, std, label + n, LINESTYLES[i % len(LINESTYLES)])
     ax.set(xlabel="step", ylabel=ylabel, yscale="log" if log else "linear")
     _legend(ax, many=many)
     fig.tight_layout()
