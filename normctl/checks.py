@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from . import distributed
 from .groups import param_roles
 from .optim import SGDC, AdamC, CorrectedDecay
 from .optim._auto_target import as_auto_target
@@ -62,7 +63,9 @@ def check(
 ) -> Findings:
     """What decay will do to this run: findings about ``optimizer`` (any torch optimizer), read
     with ``model`` (names, norm layers, the output layer), the run's ``steps`` and its lr
-    multiplier ``lr_schedule`` (γ_t = lr·η_t) where given. Reads only; changes nothing."""
+    multiplier ``lr_schedule`` (γ_t = lr·η_t) where given. Reads only; changes nothing; reads no
+    other rank's data (shapes and settings, and the values of unsharded tensors), so one rank may
+    call it alone under torchrun."""
     if not isinstance(optimizer, torch.optim.Optimizer):
         raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
     if steps is not None and not (isinstance(steps, int) and steps >= 1):
@@ -162,7 +165,12 @@ def _controlled_targets(optimizer, names, steps) -> list[Finding]:
             if steps is not None and steps <= window:
                 unset[label] = (auto, window)
             continue
-        zero = [p for p in group["params"] if p.requires_grad and p.numel() and not p.detach().abs().max() > 0]
+        # unsharded tensors only: a check runs on one rank and must not wait for the others
+        zero = [
+            p
+            for p in group["params"]
+            if p.requires_grad and p.numel() and not distributed.is_sharded(p) and not p.detach().abs().max() > 0
+        ]
         if zero and group.get("relative_target", True) and group.get("scope", "tensor") == "tensor":
             out.append(
                 Finding(

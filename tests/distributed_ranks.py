@@ -4,18 +4,22 @@ and decides. Writes ``OUT.rank<r>.json`` per rank.
 * the monitor and its file sinks, given one shared run directory on every rank: rank 0 writes;
 * ``skip_nonfinite=True`` with replicated weights, gradients averaged over the ranks as DDP
   averages them (done by hand: DDP's reducer threads abort gloo's teardown now and then), and a
-  non-finite gradient on rank 1 only after the average: every rank skips, the replicas stay equal.
+  non-finite gradient on rank 1 only after the average: every rank skips, the replicas stay equal;
+* ``normctl.check`` called by rank 0 alone on an FSDP2-sharded model (as the lab and the framework
+  callbacks print it) returns without waiting for rank 1.
 """
 
 from __future__ import annotations
 
 import json
 import sys
+from datetime import timedelta
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.distributed.fsdp import fully_shard
 
 import normctl
 from normctl.monitor import CsvSink, JsonlSink, NormMonitor
@@ -49,6 +53,13 @@ def main(out: str) -> None:
         "replicas_max_diff": float((gathered[0] - gathered[1]).abs().max()),
         "skipped_steps": optimizer.param_groups[0]["skipped_steps"],
     }
+    sharded = nn.Sequential(nn.Linear(4, 8), nn.LayerNorm(8), nn.Linear(8, 2))
+    nn.init.zeros_(sharded[2].weight)  # a zero-norm controlled tensor: the check reads values
+    fully_shard(sharded)
+    checked = normctl.AdamWN(normctl.param_groups(sharded), lr=1e-2)
+    if rank == 0:
+        report["check_findings"] = len(normctl.check(checked, sharded))
+    dist.monitored_barrier(timeout=timedelta(seconds=60))  # rank 1 waits here; a check that waits for it never ends
     Path(f"{out}.rank{rank}.json").write_text(json.dumps(report))
     dist.barrier()  # no rank tears the group down while another still uses it
     dist.destroy_process_group()
