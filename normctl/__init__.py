@@ -21,7 +21,7 @@ from . import schedules  # noqa: E402
 from .checks import check  # noqa: E402
 from .groups import format_roles, param_groups, param_roles  # noqa: E402
 from .monitor import NormMonitor  # noqa: E402
-from .optim import SGDC, AdamC, AdamWN, AutoTarget, CorrectedDecay, Lion, NormControl  # noqa: E402
+from .optim import SGDC, AdamC, AdamWN, AutoTarget, CorrectedDecay, Lion, MuonAdamW, MuonC, NormControl  # noqa: E402
 from .registry import available_optimizers, create_optimizer  # noqa: E402
 from .serialization import allow_normctl_objects  # noqa: E402
 
@@ -32,6 +32,8 @@ __all__ = [
     "AdamC",
     "SGDC",
     "Lion",
+    "MuonAdamW",
+    "MuonC",
     "NormControl",
     "CorrectedDecay",
     "AutoTarget",

@@ -23,10 +23,10 @@ from torch import nn
 
 from . import distributed
 from .groups import param_roles
-from .optim import SGDC, AdamC, CorrectedDecay
+from .optim import SGDC, AdamC, CorrectedDecay, MuonC
 from .optim._auto_target import as_auto_target
 
-CORRECTING = (AdamC, SGDC, CorrectedDecay)
+CORRECTING = (AdamC, SGDC, MuonC, CorrectedDecay)
 SETTLED = 3  # time scales after which a norm is at its steady state (e^-3 of the way left)
 TAIL = 0.1  # the last fraction of the run whose gradient-norm rise is predicted
 RISE = 1.25  # a predicted rise above this is worth a warning

@@ -55,6 +55,7 @@ class ParamRole:
     shape: tuple[int, ...]
     group: str  # a key of GROUP_FLAGS
     reason: str
+    kind: str = "matrix"  # "norm", "vector", "embedding", "output" or "matrix"
 
     @property
     def control(self) -> bool:
@@ -132,14 +133,15 @@ def param_roles(
         modules = [m for _, m in entries]
         module_names = [n.rpartition(".")[0] for n, _ in entries]
         norm = next((m for m in modules if is_norm_layer(m)), None)
+        kind = "matrix"
         if norm is not None:
-            group, reason = "no_decay", f"gain/bias of {type(norm).__name__}"
+            group, reason, kind = "no_decay", f"gain/bias of {type(norm).__name__}", "norm"
         elif p.ndim < 2:
-            group, reason = "no_decay", f"{p.ndim}-d tensor (bias or scale)"
+            group, reason, kind = "no_decay", f"{p.ndim}-d tensor (bias or scale)", "vector"
         elif any(isinstance(m, nn.Embedding) for m in modules):
-            group, reason = embeddings, f"embedding{tied}"
+            group, reason, kind = embeddings, f"embedding{tied}", "embedding"
         elif output_name is not None and output_name in module_names:
-            group, reason = "decay", f"output layer {output_name}{tied}"
+            group, reason, kind = "decay", f"output layer {output_name}{tied}", "output"
         elif not isinstance(rule, str):
             in_set = bool(set(rule) & {n for n, _ in entries})
             group = "normalized" if in_set else "decay"
@@ -151,7 +153,7 @@ def param_roles(
             group, reason = "normalized", f"output feeds {norm_name}"
         else:
             group, reason = "decay", "matrix (ndim >= 2)"
-        roles.append(ParamRole(name, tuple(p.shape), group, reason))
+        roles.append(ParamRole(name, tuple(p.shape), group, reason, kind))
     return roles
 
 
@@ -162,6 +164,7 @@ def param_groups(
     normalized: str | Collection[str] = "auto",
     embeddings: str = "decay",
     output_layer: str | None = None,
+    muon: bool = False,
     verbose: bool = False,
 ) -> list[dict]:
     """Param groups for any normctl optimizer (and torch's, which ignore the extra keys).
@@ -169,6 +172,10 @@ def param_groups(
     Each group has ``name`` (``normalized``/``decay``/``no_decay``), ``params``, ``control``,
     ``normalized`` and ``weight_decay`` (``weight_decay`` for decayed groups, 0 otherwise).
     Empty groups are left out. ``verbose=True`` prints :func:`format_roles`.
+
+    ``muon=True`` (for :class:`normctl.MuonC`) adds the key ``muon`` and splits each group in
+    two, as every Muon recipe does: the hidden matrices — 2-d, neither an embedding nor the
+    output layer — step by Muon (``name`` with ``_muon`` appended), the rest by Adam.
     """
     if isinstance(weight_decay, bool) or not isinstance(weight_decay, (int, float)) or weight_decay < 0:
         raise ValueError(f"weight_decay must be a number >= 0, got {weight_decay!r}")
@@ -178,18 +185,24 @@ def param_groups(
     by_name = dict(model.named_parameters())
     groups = []
     for label, (control, is_normalized, decayed) in GROUP_FLAGS.items():
-        params = [by_name[r.name] for r in roles if r.group == label]
-        if params:
-            groups.append(
-                {
-                    "name": label,
+        for by_muon in (True, False) if muon else (None,):
+            params = [by_name[r.name] for r in roles if r.group == label and by_muon in (None, takes_muon(r))]
+            if params:
+                group = {
+                    "name": label + ("_muon" if by_muon else ""),
                     "params": params,
                     "control": control,
                     "normalized": is_normalized,
                     "weight_decay": float(weight_decay) if decayed else 0.0,
                 }
-            )
+                groups.append(group if by_muon is None else {**group, "muon": by_muon})
     return groups
+
+
+def takes_muon(role: ParamRole) -> bool:
+    """Whether Muon steps this tensor: a hidden matrix (2-d, not an embedding, not the output
+    layer), as Jordan (2024) and Moonshot (2025) apply it; the rest is Adam's."""
+    return role.kind == "matrix" and len(role.shape) == 2
 
 
 def format_roles(roles: list[ParamRole]) -> str:

@@ -2,7 +2,9 @@
 
 Names with ``+wn`` wrap a base optimizer in :class:`NormControl` (its own weight decay set to 0
 on the controlled groups, since norm control replaces it); ``+c`` wraps it in
-:class:`CorrectedDecay`. The groups come from :func:`normctl.param_groups`.
+:class:`CorrectedDecay`. The groups come from :func:`normctl.param_groups` — with ``muon=True``
+for ``"muon"``, ``"muonc"`` and ``"muon+wn"``, whose hidden matrices step by Muon and the rest by
+Adam in the same optimizer.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from torch import nn
 from .groups import param_groups
 from .optim import SGDC, AdamC, AdamWN
 from .optim.lion import Lion
+from .optim.muon import MuonAdamW, MuonC
 from .optim.wrapper import CorrectedDecay, NormControl
 
 
@@ -37,14 +40,18 @@ BASE: dict[str, Entry] = {
     "adamwn": Entry(AdamWN, {"lr": 1e-3, "target": 1.0, "rate": 1e-2}, "Adam with weight norm control"),
     "adamc": Entry(AdamC, {"lr": 1e-3}, "Adam with corrected weight decay"),
     "sgdc": Entry(SGDC, {"lr": 0.1, "momentum": 0.9}, "SGD with corrected weight decay"),
+    "muon": Entry(MuonAdamW, {"lr": 1e-3}, "Muon on the hidden matrices, AdamW on the rest (one optimizer)"),
+    "muonc": Entry(MuonC, {"lr": 1e-3}, "Muon and Adam with corrected weight decay"),
 }
+# the names whose groups split the hidden matrices (Muon) from the rest (Adam)
+MUON_BASES = ("muon", "muonc")
 WRAPPER_KEYS = {"wn": ("target", "rate", "rate_scaling", "scope", "relative_target", "control_at"), "c": ("max_lr",)}
 
 
 def available_optimizers() -> dict[str, str]:
     """Every accepted name with a one-line description and its defaults."""
     names = {name: f"{e.description}; defaults {e.defaults}" for name, e in BASE.items()}
-    for base in ("adam", "sgd", "lion", "adamw"):
+    for base in ("adam", "sgd", "lion", "adamw", "muon"):
         names[f"{base}+wn"] = f"{BASE[base].description} + NormControl (Eq. 3)"
     for base in ("adamw", "lion", "sgd"):
         names[f"{base}+c"] = f"{BASE[base].description} + CorrectedDecay"
@@ -62,7 +69,8 @@ def create_optimizer(
     if name not in available_optimizers():
         raise ValueError(f"unknown optimizer {name!r}; available: {sorted(available_optimizers())}")
     base_name, _, wrapper = name.partition("+")
-    groups = groups if groups is not None else param_groups(model, weight_decay=weight_decay)
+    if groups is None:
+        groups = param_groups(model, weight_decay=weight_decay, muon=base_name in MUON_BASES)
     entry = BASE[base_name]
     return wrapped(entry.factory, wrapper, groups, **{**entry.defaults, **kwargs})
 

@@ -92,6 +92,16 @@ def _bfloat16_cpu_norms(tensors: list[Tensor]) -> list[Tensor] | None:
     return _one_pass_cpu.bfloat16_norms(tensors)
 
 
+def inner_products(first: Sequence[Tensor], second: Sequence[Tensor]) -> list[Tensor]:
+    """⟨a_i, b_i⟩ for each pair, as 0-d tensors in :func:`norm_dtype` (of full tensors where they
+    are sharded: the shards' sums are all-reduced)."""
+    local = [
+        (distributed.local(a).to(norm_dtype(a)) * distributed.local(b).to(norm_dtype(a))).sum()
+        for a, b in zip(first, second)
+    ]
+    return distributed.reduce_across_shards(local, first, "sum")
+
+
 def combined_norm(norms: Sequence[Tensor]) -> Tensor:
     """‖(θ_1, …, θ_n)‖ = sqrt(Σ ‖θ_i‖²): one norm over several tensors (group/global scope)."""
     if not norms:
@@ -178,6 +188,35 @@ def decayed_norm_sq_after(
         f = 1 - lr * weight_decay
         norm_sq = f * f * norm_sq + 2 * f * lr * cosine * math.sqrt(norm_sq) * update_norm + lr * lr * update_norm_sq
     return norm_sq
+
+
+def aligned_norm_sq_after(
+    norm_sq: float, update_norm_sq: float, steps: Iterable[tuple[float, float]], alignment: float
+) -> float:
+    """:func:`decayed_norm_sq_after` where the update's inner product with the weight comes from
+    momentum rather than from the norm: ⟨θ_t, −u_t⟩ = γ_t·a·‖u‖², with ``alignment`` a measured
+    (``target="auto"``'s window), so that::
+
+        ‖θ_{t+1}‖² = f²·‖θ_t‖² + γ_t²·‖u‖²·(1 + 2f·a),      f = 1 − γ_t·λ_t
+
+    Momentum μ makes each update a sum over the last ~1/(1 − μ) gradients, so the update and the
+    weight those updates built share a component of size γ·Σ_k⟨u_{t−k}, u_t⟩, whatever ‖θ‖ is:
+    the aligned part acts as a larger update, and the norm settles sqrt(1 + 2a)× above the a = 0
+    form (:func:`aligned_steady_norm`). a < 0 (the loss pulling the weights inward, an inner
+    product that shrinks with the norm) is taken as 0: the form has no sound fixed point there."""
+    a = max(alignment, 0.0)
+    for lr, weight_decay in steps:
+        f = 1 - lr * weight_decay
+        norm_sq = f * f * norm_sq + lr * lr * update_norm_sq * (1 + 2 * f * a)
+    return norm_sq
+
+
+def aligned_steady_norm(update_norm_sq: float, lr: float, weight_decay: float, alignment: float) -> float:
+    """The fixed point of :func:`aligned_norm_sq_after` at a constant lr:
+    ‖θ*‖ = sqrt(γ·‖u‖²·(1 + 2f·a) / (λ·(2 − γλ))) — :func:`adamw_equilibrium_norm` of the larger
+    update."""
+    f = 1 - lr * weight_decay
+    return adamw_equilibrium_norm(update_norm_sq * (1 + 2 * f * max(alignment, 0.0)), lr, weight_decay)
 
 
 def control_rate(rate: float, scaling: str, lr: float, max_lr: float) -> float:

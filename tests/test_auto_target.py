@@ -27,7 +27,7 @@ def test_equilibrium_rule_is_adamw_while_it_measures_then_targets_the_closed_for
     """A constant gradient makes Adam's update sign(g)·|g|/(|g| + ε): ‖u‖² = n, known exactly."""
     w = torch.randn(10, 10, dtype=torch.float64)
     p, q = nn.Parameter(w.clone()), nn.Parameter(w.clone())
-    auto = AutoTarget(weight_decay=0.2, steps=50, multiple=1.5, without_length="asymptotic")
+    auto = AutoTarget(weight_decay=0.2, steps=50, multiple=1.5, without_length="asymptotic", alignment=False)
     optimizer = AdamWN([p], lr=1e-2, target=auto, rate=0.05, **path)
     adamw = torch.optim.AdamW([q], lr=1e-2, weight_decay=0.2, foreach=False)
     for _ in range(50):
@@ -44,10 +44,67 @@ def test_equilibrium_rule_is_adamw_while_it_measures_then_targets_the_closed_for
     assert 0 < float(optimizer.state[p]["auto_target"]) < norm
 
 
+@pytest.mark.parametrize("scope", ["tensor", "global"])
+def test_equilibrium_rule_measures_the_updates_alignment_with_the_weight(scope):
+    """A constant gradient keeps Adam's update u = 1 in every element, so the weights drift along
+    −u: a = Σ⟨θ_{t−1}, −u_t⟩/γ ÷ Σ‖u_t‖² > 0, and the target is the fixed point with it (over the
+    scope's tensors together), a computed here from AdamW's own twin."""
+    torch.manual_seed(0)
+    shapes = [(6, 5), (7,)]
+    weights = [0.1 * torch.randn(shape, dtype=torch.float64) for shape in shapes]
+    params = [nn.Parameter(w.clone()) for w in weights]
+    twins = [nn.Parameter(w.clone()) for w in weights]
+    auto = AutoTarget(weight_decay=0.2, steps=30, without_length="asymptotic")
+    optimizer = AdamWN(one_group(params), lr=1e-2, target=auto, scope=scope)
+    adamw = torch.optim.AdamW(twins, lr=1e-2, weight_decay=0.2, foreach=False)
+    inner = [0.0, 0.0]
+    for _ in range(30):
+        for i, twin in enumerate(twins):  # u = 1 exactly (up to ε): ⟨θ, −u⟩ = −Σθ
+            inner[i] += -float(twin.detach().sum()) / 1e-2
+        for p in params + twins:
+            p.grad = torch.ones_like(p)
+        optimizer.step()
+        adamw.step()
+    sizes = [math.prod(shape) for shape in shapes]
+    for unit in [[0], [1]] if scope == "tensor" else [[0, 1]]:
+        update_sq = sum(sizes[i] for i in unit)
+        alignment = sum(inner[i] for i in unit) / (30 * update_sq)
+        assert alignment > 1  # the drift along −u, which the a = 0 form leaves out
+        expected = normctl.rules.aligned_steady_norm(update_sq, 1e-2, 0.2, alignment)
+        if scope == "tensor":
+            got = float(optimizer.state[params[unit[0]]]["auto_target"])
+        else:
+            got = optimizer.param_groups[0]["auto_target"]
+        assert got == pytest.approx(expected, rel=1e-6)
+        assert got > 1.5 * normctl.rules.adamw_equilibrium_norm(update_sq, 1e-2, 0.2)
+
+
+def test_the_aligned_step_is_the_decayed_step_at_the_inner_product_it_implies():
+    """aligned_norm_sq_after is decayed_norm_sq_after with c·‖θ‖·‖u‖ = γ·a·‖u‖² at every step, and
+    its fixed point is aligned_steady_norm; a < 0 counts as 0."""
+    lr, decay, update_sq, alignment = 0.02, 0.1, 9.0, 3.0
+    norm_sq = 4.0
+    for _ in range(50):
+        cosine = lr * alignment * update_sq / (math.sqrt(norm_sq) * math.sqrt(update_sq))
+        step = normctl.rules.decayed_norm_sq_after(norm_sq, update_sq, [(lr, decay)], cosine)
+        assert normctl.rules.aligned_norm_sq_after(norm_sq, update_sq, [(lr, decay)], alignment) == pytest.approx(
+            step, rel=1e-12
+        )
+        norm_sq = step
+    settled = normctl.rules.aligned_norm_sq_after(1.0, update_sq, [(lr, decay)] * 20000, alignment)
+    assert math.sqrt(settled) == pytest.approx(normctl.rules.aligned_steady_norm(update_sq, lr, decay, alignment))
+    assert normctl.rules.aligned_steady_norm(update_sq, lr, decay, -2.0) == normctl.rules.adamw_equilibrium_norm(
+        update_sq, lr, decay
+    )
+
+
 def test_equilibrium_rule_over_a_scope_uses_the_scopes_update():
     params = [nn.Parameter(torch.randn(4, 4, dtype=torch.float64)), nn.Parameter(torch.randn(9, dtype=torch.float64))]
     optimizer = AdamWN(
-        one_group(params), lr=1e-2, target=AutoTarget(steps=5, without_length="asymptotic"), scope="global"
+        one_group(params),
+        lr=1e-2,
+        target=AutoTarget(steps=5, without_length="asymptotic", alignment=False),
+        scope="global",
     )
     for _ in range(5):
         for p in params:

@@ -76,6 +76,26 @@ def test_with_normctl_param_groups_timm_builds_what_create_optimizer_builds(name
     assert same(train(net, optimizer), train(reference_net, reference))
 
 
+@pytest.mark.parametrize("name", ["muonc", "muon+wn"])
+def test_muon_names_split_timms_groups_by_dimension_and_take_normctls_muon_groups(name):
+    """Without param_group_fn each timm group's 2-d tensors step by Muon and the rest by Adam; with
+    normctl.param_groups(m, muon=True) timm builds what create_optimizer builds."""
+    net, reference_net = model(), model()
+    optimizer = create_optimizer_v2(net, name, lr=1e-3, weight_decay=0.05)
+    groups = normctl_timm.by_dimension(timm.optim.param_groups_weight_decay(reference_net, weight_decay=0.05))
+    assert {g["muon"] for g in optimizer.param_groups} == {True, False}
+    assert all((p.dim() == 2) == g["muon"] for g in optimizer.param_groups for p in g["params"])
+    factory = normctl_timm.OPTIMIZERS[name].factory
+    reference = factory(groups, lr=1e-3, weight_decay=0.05)
+    assert same(train(net, optimizer), train(reference_net, reference))
+    net, reference_net = model(), model()
+    muon_groups = lambda m: normctl.param_groups(m, weight_decay=0.05, muon=True)  # noqa: E731
+    optimizer = create_optimizer_v2(net, name, lr=1e-3, param_group_fn=muon_groups)
+    reference = normctl.create_optimizer(reference_net, name, weight_decay=0.05, lr=1e-3)
+    assert type(optimizer) is type(reference)
+    assert same(train(net, optimizer), train(reference_net, reference))
+
+
 def test_corrected_decay_without_normctl_groups_says_it_corrects_nothing():
     with pytest.warns(UserWarning, match="no param group has normalized=True"):
         create_optimizer_v2(model(), "adamc", lr=1e-3, weight_decay=0.05)

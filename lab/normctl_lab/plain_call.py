@@ -7,8 +7,9 @@ Per task, at AdamW's lr and λ (SGD's for the SGD family): ``torch.optim.AdamW(m
 and, as a user would swap it in, ``AdamWN(model.parameters())`` (the default target),
 ``AdamWN(..., target="auto")`` without the run's length (AdamW's asymptotic norm, the rule until
 now; and holding the norm AdamW had after the window, what a plain loop gets now) and with it, as
-the Hugging Face / Lightning callbacks give it (``AutoTarget(total_steps=…)``), and
-``AdamC(model.parameters())``; on the classifier, ``SGD`` against ``SGDC``. Every model keeps
+the Hugging Face / Lightning callbacks give it (``AutoTarget(total_steps=…)``, without and with
+the update's measured alignment, the rule's default since), and ``AdamC(model.parameters())``;
+on the classifier, ``SGD`` against ``SGDC``. Every model keeps
 PyTorch's default initialisation. Each row: the held-out loss (and accuracy on the classifier),
 mean ± std over the seeds, and the paired per-seed difference against the reference call with a
 95 % t interval. No knob is tuned here: the question is what the first call does, not the best one.
@@ -45,6 +46,8 @@ ADAM_CALLS: dict[str, list[str]] = {
     "adamwn-auto-hold": ["method=adamwn", "auto_target=equilibrium", "auto_without_length=hold"],
     # with the run's length, as the Hugging Face and Lightning callbacks give it
     "adamwn-auto-length": ["method=adamwn", "auto_target=equilibrium", "auto_run_length=true"],
+    # ... and with the update's alignment measured too: target="auto" with the run's length today
+    "adamwn-auto-aligned": ["method=adamwn", "auto_target=equilibrium", "auto_run_length=true", "auto_alignment=true"],
     "adamc": ["method=adamc"],
 }
 SGD_CALLS: dict[str, list[str]] = {  # SGD's usual λ, coupled: 5e-4 at 100× the Adam lr

@@ -1,7 +1,8 @@
 """normctl's optimizers in timm's optimizer factory.
 
 After :func:`register`, ``timm.optim.create_optimizer_v2(model, "adamwn", lr=1e-3)`` (and
-``"adamc"``, ``"sgdc"``, and the wrappers ``"adam+wn"``, ``"sgd+wn"``, ``"adamw+c"``) builds
+``"adamc"``, ``"sgdc"``, ``"muonc"``, ``"muon+wn"``, and the wrappers ``"adam+wn"``, ``"sgd+wn"``,
+``"adamw+c"``) builds
 normctl's optimizer, so a timm training script (``train.py --opt adamwn``) needs no other change::
 
     import timm.optim
@@ -20,7 +21,10 @@ those keys, and they are used as given — the recommended route. Without it:
   kernels, embeddings — what :func:`normctl.param_groups` controls) and leaves the others
   (biases, norm gains) to Adam's step, with AdamW's decay if their timm group has one;
 * AdamC and SGDC (and ``+c``) keep timm's decay groups, but cannot tell which layers feed a
-  normalisation layer, so they correct none and warn that they then behave as AdamW / SGD.
+  normalisation layer, so they correct none and warn that they then behave as AdamW / SGD;
+* ``muonc`` and ``muon+wn`` step every 2-d tensor by Muon — embeddings and the classifier too,
+  which Muon recipes leave to Adam — and the others by Adam: pass
+  ``param_group_fn=lambda m: normctl.param_groups(m, muon=True)``.
 
 timm is an optional dependency (``pip install normctl[timm]``); this module imports it only
 inside :func:`register`.
@@ -36,6 +40,7 @@ import torch
 
 from ..optim import SGDC, AdamC, AdamWN
 from ..optim.lion import Lion
+from ..optim.muon import MuonAdamW, MuonC
 from ..registry import wrapped
 
 NORMCTL_KEYS = ("control", "normalized")  # set by normctl.param_groups, unknown to timm
@@ -93,6 +98,32 @@ def sgdc(params: Any, **kwargs: Any) -> SGDC:
     return SGDC(_groups(params), **kwargs)
 
 
+def by_dimension(groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each group without a ``muon`` key split into its 2-d tensors (Muon) and the others (Adam);
+    groups from ``normctl.param_groups(model, muon=True)`` are kept as they are."""
+    out = []
+    for group in groups:
+        if "muon" in group:
+            out.append(group)
+            continue
+        for muon in (True, False):
+            params = [p for p in group["params"] if (p.dim() == 2) == muon]
+            if params:
+                out.append({**group, "params": params, "muon": muon})
+    return out
+
+
+def muonc(params: Any, **kwargs: Any) -> MuonC:
+    """MuonC over timm's params, split by :func:`by_dimension`."""
+    return MuonC(by_dimension(_groups(params)), **kwargs)
+
+
+def muon_wn(params: Any, **kwargs: Any) -> torch.optim.Optimizer:
+    """MuonAdamW inside NormControl over timm's params (:func:`by_dimension`, then
+    :func:`control_by_shape`: every tensor with ≥ 2 dimensions controlled)."""
+    return wrapped(MuonAdamW, "wn", control_by_shape(by_dimension(_groups(params))), **kwargs)
+
+
 @dataclass(frozen=True)
 class Entry:
     factory: Callable[..., torch.optim.Optimizer]
@@ -110,6 +141,9 @@ OPTIMIZERS = {
     "sgd+wn": Entry(_controlled(torch.optim.SGD), "torch SGD inside NormControl", False, True, False),
     "lion+wn": Entry(_controlled(Lion), "normctl's Lion inside NormControl", False, False, True),
     "adamw+c": Entry(_corrected(torch.optim.AdamW), "torch AdamW inside CorrectedDecay", True, False, True),
+    # has_momentum False: timm would pass its SGD default (0.9) over Muon's 0.95
+    "muonc": Entry(muonc, "Muon and Adam with corrected weight decay (Defazio 2025)", True, False, True),
+    "muon+wn": Entry(muon_wn, "Muon and Adam inside NormControl", True, False, True),
     "sgd+c": Entry(_corrected(torch.optim.SGD), "torch SGD inside CorrectedDecay", False, True, False),
 }
 

@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 
 from ..distributed import local, reduce_across_shards
-from ..optim import SGDC, AdamC, AdamWN
+from ..optim import SGDC, AdamC, AdamWN, MuonAdamW, MuonC
 from ..optim._auto_target import as_auto_target
 from ..optim._base import as_number, peak_lr
 from ..rules import tensor_norms
@@ -67,7 +67,7 @@ def adam_steady_linf(lr: float, weight_decay: float) -> float | None:
 
 def is_corrected(optimizer: torch.optim.Optimizer, group: dict) -> bool:
     """Whether ``group``'s decay follows the schedule, λ·γ_t/γ_max (AdamC, SGDC on normalised groups)."""
-    return isinstance(optimizer, (AdamC, SGDC)) and bool(group.get("normalized"))
+    return isinstance(optimizer, (AdamC, SGDC, MuonC)) and bool(group.get("normalized"))
 
 
 def effective_weight_decay(optimizer: torch.optim.Optimizer, group: dict) -> float:
@@ -85,12 +85,12 @@ def predict(optimizer: torch.optim.Optimizer, group: dict) -> Prediction:
         if group["control"]:
             return Prediction(None)  # norm control: the target norm is the prediction
         return Prediction("adam", adam_steady_ratio(lr, wd), adam_steady_linf(lr, wd))
-    if _is_muon(optimizer):  # decoupled decay on orthogonalised updates: its norm is forecast, not a ratio
-        return Prediction("muon")
+    if _is_muon(optimizer) or (isinstance(optimizer, MuonAdamW) and group["muon"]):
+        return Prediction("muon")  # decoupled decay on orthogonalised updates: its norm is forecast, not a ratio
     if isinstance(optimizer, SGDC) or type(optimizer) is torch.optim.SGD:
         decoupled = bool(group.get("decoupled_weight_decay", False))
         return Prediction("sgd", sgd_steady_ratio(lr, wd, group.get("momentum", 0.0), decoupled=decoupled))
-    decoupled_adam = isinstance(optimizer, (torch.optim.AdamW, AdamC)) or (
+    decoupled_adam = isinstance(optimizer, (torch.optim.AdamW, AdamC, MuonAdamW)) or (
         isinstance(optimizer, torch.optim.Adam) and group.get("decoupled_weight_decay", False)
     )
     if decoupled_adam:

@@ -5,7 +5,19 @@ from ._base import peak_lr
 from .adamc import AdamC
 from .adamwn import AdamWN
 from .lion import Lion
+from .muon import MuonAdamW, MuonC
 from .sgdc import SGDC
 from .wrapper import CorrectedDecay, NormControl
 
-__all__ = ["AdamWN", "AdamC", "SGDC", "Lion", "NormControl", "CorrectedDecay", "AutoTarget", "peak_lr"]
+__all__ = [
+    "AdamWN",
+    "AdamC",
+    "SGDC",
+    "Lion",
+    "MuonAdamW",
+    "MuonC",
+    "NormControl",
+    "CorrectedDecay",
+    "AutoTarget",
+    "peak_lr",
+]

@@ -69,6 +69,12 @@ class AutoTarget:
         without_length: what the equilibrium rule targets when ``total_steps`` is None:
             ``"hold"`` the norm AdamW had at the window's end, ``"asymptotic"`` AdamW's asymptotic
             norm (runs made before the length was known).
+        alignment: the equilibrium rule measures, beside ‖u‖², the update's alignment with the
+            weight the earlier updates built, a = ⟨θ_{t−1}, −u_t⟩/(γ_t·‖u‖²) (ratio of the
+            window's sums), and iterates the step with it (``rules.aligned_norm_sq_after``).
+            Momentum — Adam's and Muon's — correlates successive updates, so a > 0 and the norm
+            settles sqrt(1 + 2a)× above the a = 0 form (5× for Muon at momentum 0.95 on noise
+            gradients). ``False``: a = 0 (runs made before a was measured).
     """
 
     rule: str = "equilibrium"
@@ -80,6 +86,7 @@ class AutoTarget:
     total_steps: int | None = None
     lr_schedule: Schedule | None = None
     without_length: str = "hold"
+    alignment: bool = True
 
     def __post_init__(self) -> None:
         if self.rule not in RULES:
@@ -130,6 +137,7 @@ def init_tensor_state(param: Tensor, state: dict, group: dict) -> None:
             auto_target=scalar(math.nan),  # τ of this tensor (tensor scope), NaN until set
             auto_update_sq=scalar(0.0),  # equilibrium: Σ ‖u_t‖² over the window
             auto_updates=scalar(0.0),  # … over this many steps
+            auto_alignment=scalar(0.0),  # equilibrium: Σ ⟨θ_{t−1}, −u_t⟩/γ_t over the window
             auto_norm_sq=scalar(0.0),  # inflection: EMA of ‖θ‖²
             auto_last=scalar(0.0),  # … its value at the last interval
             auto_growth=scalar(math.nan),  # … its growth over the last interval
@@ -156,9 +164,13 @@ def observe(batches: list[Batch], before: list[list[Tensor] | None], groups: lis
         if previous is not None and lr > 0:
             factor = measuring_factor(auto, batch.group)
             updates = [(factor * old - new.detach()) / lr for old, new in zip(previous, batch.params)]
-            for state, norm in zip(batch.states, rules.tensor_norms(updates)):
-                state["auto_update_sq"] += norm.float().square().to(state["auto_update_sq"].device)
+            inners = rules.inner_products(previous, updates)
+            for state, norm, inner in zip(batch.states, rules.tensor_norms(updates), inners):
+                device = state["auto_update_sq"].device
+                state["auto_update_sq"] += norm.float().square().to(device)
                 state["auto_updates"] += 1
+                if "auto_alignment" in state:  # state saved before a was measured has none
+                    state["auto_alignment"] -= inner.float().to(device) / lr
         if auto.rule == "inflection":
             _follow_norms(batch, auto)
     halved, unknown_length = 0, None  # what the warning without the run's length says
@@ -168,7 +180,8 @@ def observe(batches: list[Batch], before: list[list[Tensor] | None], groups: lis
             if step >= auto.steps:
                 update_sq = sum(float(s["auto_update_sq"]) / max(float(s["auto_updates"]), 1.0) for s in states)
                 current = float(rules.combined_norm(rules.tensor_norms(params)))
-                tau = auto.multiple * equilibrium_target(auto, group, current, update_sq, step)
+                alignment = measured_alignment(states) if auto.alignment else 0.0
+                tau = auto.multiple * equilibrium_target(auto, group, current, update_sq, step, alignment)
                 store(tau)
                 halved += tau < 0.5 * current
                 if auto.total_steps is None:
@@ -178,21 +191,36 @@ def observe(batches: list[Batch], before: list[list[Tensor] | None], groups: lis
     _warn_without_length(halved, unknown_length)
 
 
-def equilibrium_target(auto: AutoTarget, group: dict, norm: float, update_sq: float, step: int) -> float:
+def measured_alignment(states: list[dict]) -> float:
+    """a = Σ⟨θ_{t−1}, −u_t⟩/γ_t ÷ Σ‖u_t‖² over the measuring window (sums over tensors give a
+    scope's); 0 where nothing was measured. The inner product, not the cosine, is carried
+    forward: momentum makes it γ·Σ_k⟨u_{t−k}, u_t⟩ whatever the norm, while the cosine of a
+    window that starts from a small initialisation is far above the one of the settled norm."""
+    update_sq = sum(float(s["auto_update_sq"]) for s in states)
+    if not all("auto_alignment" in s for s in states) or update_sq <= 0:
+        return 0.0
+    return sum(float(s["auto_alignment"]) for s in states) / update_sq
+
+
+def equilibrium_target(
+    auto: AutoTarget, group: dict, norm: float, update_sq: float, step: int, alignment: float = 0.0
+) -> float:
     """τ of the equilibrium rule for a tensor or scope at ``norm`` after ``step`` steps, its
-    updates' mean ‖u‖² = ``update_sq``: AdamW's norm at the run's end when ``total_steps`` is known
-    (:func:`rules.adamw_norm_sq_after` over the remaining learning rates), else ``norm`` itself
-    (``without_length="hold"``) or AdamW's asymptotic norm."""
+    updates' mean ‖u‖² = ``update_sq`` and ``alignment`` a: AdamW's norm at the run's end when
+    ``total_steps`` is known (:func:`rules.aligned_norm_sq_after` over the remaining learning
+    rates), else ``norm`` itself (``without_length="hold"``) or AdamW's asymptotic norm at the
+    peak lr."""
     if auto.total_steps is None:
         if auto.without_length == "hold":
             return norm
-        return rules.adamw_equilibrium_norm(update_sq, peak_lr(group), auto.weight_decay)
+        return rules.aligned_steady_norm(update_sq, peak_lr(group), auto.weight_decay, alignment)
     remaining = range(step, auto.total_steps)
     if auto.lr_schedule is None:
         lrs: Any = (group["lr"] for _ in remaining)
     else:
         lrs = (peak_lr(group) * float(auto.lr_schedule(t)) for t in remaining)
-    return math.sqrt(rules.adamw_norm_sq_after(norm * norm, update_sq, lrs, auto.weight_decay))
+    steps = ((lr, auto.weight_decay) for lr in lrs)
+    return math.sqrt(rules.aligned_norm_sq_after(norm * norm, update_sq, steps, alignment))
 
 
 def _warn_without_length(halved: int, unknown: tuple[float, float, str] | None) -> None:

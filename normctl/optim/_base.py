@@ -267,7 +267,7 @@ class NormctlOptimizer(Optimizer):
             fresh: dict[str, Any] = {}
             self._init_state(entries[0][1], fresh, {**group, **{k: v for k, v in saved.items() if k != "params"}})
             for index, _ in entries:
-                missing = sorted(set(fresh) - set(state[index]))
+                missing = sorted(set(fresh) - set(state[index]) - ADDED_STATE_KEYS)
                 if missing:
                     raise ValueError(
                         f"{type(self).__name__}: state of tensor {index} (param group {g}) lacks {missing}: it was "
@@ -457,10 +457,16 @@ KEPT_DTYPE_KEYS = (
     "auto_target",
     "auto_update_sq",
     "auto_updates",
+    "auto_alignment",
     "auto_norm_sq",
     "auto_last",
     "auto_growth",
 )
+
+
+# State added after runs were saved without it, whose absence the step handles: the alignment of
+# target="auto" (a target measured without it takes a = 0).
+ADDED_STATE_KEYS = frozenset({"auto_alignment"})
 
 
 def keep_saved_dtypes(optimizer: Optimizer, state_dict: dict[str, Any], keys: Iterable[str]) -> None:

@@ -21,6 +21,9 @@ WHY = {
     "no_decay": "gains, biases, zero-initialised (param_groups)",
     "matrices": "2+ dimensions (plain call)",
     "vectors": "fewer than 2 dimensions: gains, biases (plain call)",
+    "normalized_muon": "normalised hidden matrices (param_groups, muon=True)",
+    "decay_muon": "hidden matrices (param_groups, muon=True)",
+    "other tensors": "more than 2 dimensions (plain call)",
 }
 
 
@@ -53,6 +56,18 @@ def corrected(group: dict[str, Any]) -> tuple[str, str]:
     if group.get("normalized") and group.get("weight_decay", 0) > 0:
         return "corrected", f"λ = {group['weight_decay']:g} × γ_t/γ_max"
     return decayed(group)
+
+
+def muon(group: dict[str, Any]) -> tuple[str, str]:
+    """The role and setting of a group of MuonAdamW: which step, and its decay."""
+    kind, setting = decayed(group)
+    return f"{'Muon' if group['muon'] else 'Adam'}, {kind}", setting
+
+
+def muon_corrected(group: dict[str, Any]) -> tuple[str, str]:
+    """The same for MuonC, whose normalised groups' decay is corrected."""
+    kind, setting = corrected(group)
+    return f"{'Muon' if group['muon'] else 'Adam'}, {kind}", setting
 
 
 def decayed(group: dict[str, Any]) -> tuple[str, str]:

@@ -108,16 +108,21 @@ class AdamC(NormctlOptimizer):
     def _update(self, batches: list[Batch]) -> None:
         self._attach_state(batches)
         for batch in batches:
-            group = batch.group
-            ratio = corrected_lr_ratio(group)
-            if group["decay"] == "l2" and self._use_fused(group, batch.params):
-                fused_adamw_(batch.params, batch.grads, batch.states, group, weight_decay=group["weight_decay"] * ratio)
-                continue
-            foreach = self._use_foreach(group)
-            rules.apply_decoupled_decay_(
-                batch.params, group["decay"], group["lr"] * ratio, group["weight_decay"], foreach=foreach
-            )
-            adam_update(batch.params, batch.grads, batch.states, group, foreach=foreach)
+            decayed_adam_step_(self, batch, corrected_lr_ratio(batch.group))
+
+
+def decayed_adam_step_(optimizer: NormctlOptimizer, batch: Batch, ratio: float) -> None:
+    """AdamW's step on one group's tensors with its decay scaled by ``ratio`` (AdamC's γ_t/γ_max,
+    1 for AdamW): torch's fused kernel where it takes them, else the decay then Adam's step."""
+    group = batch.group
+    if group["decay"] == "l2" and optimizer._use_fused(group, batch.params):
+        fused_adamw_(batch.params, batch.grads, batch.states, group, weight_decay=group["weight_decay"] * ratio)
+        return
+    foreach = optimizer._use_foreach(group)
+    rules.apply_decoupled_decay_(
+        batch.params, group["decay"], group["lr"] * ratio, group["weight_decay"], foreach=foreach
+    )
+    adam_update(batch.params, batch.grads, batch.states, group, foreach=foreach)
 
 
 def check_corrected_decay_keys(group: dict[str, Any]) -> None:
