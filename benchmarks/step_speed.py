@@ -1,12 +1,15 @@
 """optimizer.step() time on GPT-2-small and ResNet-50 parameter shapes, against torch in one run.
 
-    python benchmarks/step_speed.py [--family gpt2|resnet50|both] [--repeats 7] [--rounds 3]
+    python benchmarks/step_speed.py [--family gpt2|resnet50|gpt4x384|both] [--repeats 7] [--rounds 3]
                                     [--dtype float32|bfloat16] [--device cpu|cuda]
 
 Parameters get fixed random gradients. Each optimizer's steps alternate with those of its
 baseline — torch's fused AdamW for the Adam family, torch's fused SGD (foreach where there is
 no fused kernel, or where torch's fused SGD is defective: bfloat16/float16 CPU weights before
-torch 2.14, pytorch/pytorch#191763) for SGD, normctl's Lion for Lion — each on its own copy of the weights, so
+torch 2.14, pytorch/pytorch#191763) for SGD, normctl's Lion for Lion, torch's Muon over the hidden
+matrices plus its fused AdamW over the rest for the Muon family (timed on ``gpt4x384``, a 4-block
+d = 384 GPT: Newton–Schulz on GPT-2 small's matrices takes seconds per step on a laptop's CPU;
+``both`` is gpt2 and resnet50) — each on its own copy of the weights, so
 that a slow stretch of a shared machine falls on both alike; the baseline paired with a second
 instance of itself shows the method's own noise; ``--only`` times some of them alone.
 ``--rounds`` passes over the whole list, each in its own shuffled order. Prints the median and
@@ -28,7 +31,7 @@ import warnings
 import torch
 from common import machine, summary, write_json
 
-from normctl import SGDC, AdamC, AdamWN, CorrectedDecay, Lion, NormControl
+from normctl import SGDC, AdamC, AdamWN, CorrectedDecay, Lion, MuonAdamW, MuonC, NormControl
 from normctl.optim import _one_pass_cpu
 from normctl.optim.sgdc import fused_sgd_defect
 
@@ -37,6 +40,14 @@ def gpt2_small_shapes() -> list[tuple[int, ...]]:
     """nanoGPT's GPT-2 small (124M, tied head): embeddings, 12 blocks, final LayerNorm."""
     d, shapes = 768, [(50304, 768), (1024, 768)]
     for _ in range(12):
+        shapes += [(d,), (d,), (3 * d, d), (3 * d,), (d, d), (d,), (d,), (d,), (4 * d, d), (4 * d,), (d, 4 * d), (d,)]
+    return shapes + [(d,), (d,)]
+
+
+def gpt4x384_shapes() -> list[tuple[int, ...]]:
+    """A nanoGPT of 4 blocks at d = 384 (GPT-2's vocabulary, tied head): the Muon family's model."""
+    d, shapes = 384, [(50304, 384), (1024, 384)]
+    for _ in range(4):
         shapes += [(d,), (d,), (3 * d, d), (3 * d,), (d, d), (d,), (d,), (d,), (4 * d, d), (4 * d,), (d, 4 * d), (d,)]
     return shapes + [(d,), (d,)]
 
@@ -73,6 +84,35 @@ def groups_for(params: list[torch.Tensor]) -> list[dict]:
     ]
 
 
+def muon_groups_for(params: list[torch.Tensor]) -> list[dict]:
+    """Muon's split: the block matrices by Muon (normalised), the two embeddings (the first two
+    tensors) and the vectors by AdamW."""
+    hidden = [p for p in params[2:] if p.ndim == 2]
+    vectors = [p for p in params if p.ndim < 2]
+    return [
+        {"params": hidden, "weight_decay": 0.1, "normalized": True, "control": True, "muon": True},
+        {"params": params[:2], "weight_decay": 0.1, "normalized": False, "control": True, "muon": False},
+        {"params": vectors, "weight_decay": 0.0, "normalized": False, "control": False, "muon": False},
+    ]
+
+
+class TorchMuonPlusAdamW:
+    """torch's Muon over the groups with ``muon=True`` and its fused AdamW over the rest: the two
+    optimizers a Muon recipe steps one after the other."""
+
+    def __init__(self, groups: list[dict]) -> None:
+        keep = ("params", "weight_decay")
+        muon = [{k: g[k] for k in keep} for g in groups if g["muon"]]
+        self.muon = torch.optim.Muon(muon, lr=1e-3, adjust_lr_fn="match_rms_adamw")
+        self.adamw = torch.optim.AdamW([{k: g[k] for k in keep} for g in groups if not g["muon"]], lr=1e-3, fused=True)
+        self.state = {**self.muon.state, **self.adamw.state}
+
+    def step(self) -> None:
+        self.muon.step()
+        self.adamw.step()
+        self.state = {**self.muon.state, **self.adamw.state}
+
+
 ADAM_FAMILY = {
     "torch AdamW for-loop": lambda g: torch.optim.AdamW(g, lr=1e-3, foreach=False),
     "torch AdamW foreach": lambda g: torch.optim.AdamW(g, lr=1e-3, foreach=True),
@@ -103,7 +143,17 @@ LION_FAMILY = {
 }
 
 
-MAKERS = {**ADAM_FAMILY, **SGD_FAMILY, **LION_FAMILY}
+MUON_FAMILY = {
+    "torch Muon + AdamW fused": TorchMuonPlusAdamW,
+    "MuonAdamW": lambda g: MuonAdamW(g, lr=1e-3),
+    "MuonC": lambda g: MuonC(g, lr=1e-3),
+    "NormControl(MuonAdamW)": lambda g: NormControl(
+        MuonAdamW([{**x, "weight_decay": 0.0} for x in g], lr=1e-3), target=1.5
+    ),
+}
+
+
+MAKERS = {**ADAM_FAMILY, **SGD_FAMILY, **LION_FAMILY, **MUON_FAMILY}
 
 
 def random_params(shapes, dtype, device: str) -> list[torch.Tensor]:
@@ -119,13 +169,20 @@ BASELINES = {  # each optimizer's steps alternate with those of torch's one-pass
     **{label: ("torch AdamW fused",) for label in ADAM_FAMILY},
     **{label: ("torch SGD fused", "torch SGD foreach") for label in SGD_FAMILY},  # foreach where unfused
     **{label: ("Lion",) for label in LION_FAMILY},  # normctl's Lion: torch has none
+    **{label: ("torch Muon + AdamW fused",) for label in MUON_FAMILY},
+}
+FAMILY_LABELS = {  # the optimizers each model is timed with (Muon: its matrices are 2-d)
+    "gpt2": [*ADAM_FAMILY, *SGD_FAMILY, *LION_FAMILY],
+    "resnet50": [*ADAM_FAMILY, *SGD_FAMILY, *LION_FAMILY],
+    "gpt4x384": list(MUON_FAMILY),
 }
 
 
 def build(make, params: list[torch.Tensor]) -> torch.optim.Optimizer:
+    muon = make in MUON_FAMILY.values()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return make(groups_for(params))
+        return make(muon_groups_for(params) if muon else groups_for(params))
 
 
 def state_bytes(opt) -> int:
@@ -251,7 +308,7 @@ def ratio(samples: list[float], baseline_samples: list[float]) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--family", choices=["gpt2", "resnet50", "both"], default="both")
+    parser.add_argument("--family", choices=["gpt2", "resnet50", "gpt4x384", "both"], default="both")
     parser.add_argument("--repeats", type=int, default=7, help="timed steps per optimizer and round")
     parser.add_argument("--rounds", type=int, default=3, help="passes over all optimizers, samples pooled")
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
@@ -266,9 +323,12 @@ def main() -> None:
     if not labels:
         parser.error(f"--only {args.only!r} matches none of {list(MAKERS)}")
     dtype = getattr(torch, args.dtype)
-    families = {"gpt2": gpt2_small_shapes, "resnet50": resnet50_shapes}
-    for family in families if args.family == "both" else [args.family]:
-        result = run_family(family, families[family](), dtype, args.repeats, args.rounds, args.device, labels)
+    families = {"gpt2": gpt2_small_shapes, "resnet50": resnet50_shapes, "gpt4x384": gpt4x384_shapes}
+    for family in ["gpt2", "resnet50"] if args.family == "both" else [args.family]:
+        chosen = [label for label in labels if label in FAMILY_LABELS[family]]
+        if not chosen:
+            continue
+        result = run_family(family, families[family](), dtype, args.repeats, args.rounds, args.device, chosen)
         if parts:
             continue
         result["machine"] = machine()

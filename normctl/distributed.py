@@ -105,6 +105,11 @@ def check_supported(params: Sequence[Any], owner: str) -> None:
             )
 
 
+def is_split(tensor: Any) -> bool:
+    """True for a DTensor sharded on some mesh dimension: no rank holds it whole."""
+    return is_sharded(tensor) and bool(_sharded_mesh_dims(tensor))
+
+
 def _sharded_mesh_dims(tensor: Any) -> tuple[int, ...]:
     dims = []
     for d, placement in enumerate(tensor.placements):

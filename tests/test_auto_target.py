@@ -27,7 +27,7 @@ def test_equilibrium_rule_is_adamw_while_it_measures_then_targets_the_closed_for
     """A constant gradient makes Adam's update sign(g)·|g|/(|g| + ε): ‖u‖² = n, known exactly."""
     w = torch.randn(10, 10, dtype=torch.float64)
     p, q = nn.Parameter(w.clone()), nn.Parameter(w.clone())
-    auto = AutoTarget(weight_decay=0.2, steps=50, multiple=1.5, without_length="asymptotic", alignment=False)
+    auto = AutoTarget(weight_decay=0.2, steps=50, multiple=1.5, without_length="asymptotic")
     optimizer = AdamWN([p], lr=1e-2, target=auto, rate=0.05, **path)
     adamw = torch.optim.AdamW([q], lr=1e-2, weight_decay=0.2, foreach=False)
     for _ in range(50):
@@ -54,7 +54,7 @@ def test_equilibrium_rule_measures_the_updates_alignment_with_the_weight(scope):
     weights = [0.1 * torch.randn(shape, dtype=torch.float64) for shape in shapes]
     params = [nn.Parameter(w.clone()) for w in weights]
     twins = [nn.Parameter(w.clone()) for w in weights]
-    auto = AutoTarget(weight_decay=0.2, steps=30, without_length="asymptotic")
+    auto = AutoTarget(weight_decay=0.2, steps=30, without_length="asymptotic", alignment=True)
     optimizer = AdamWN(one_group(params), lr=1e-2, target=auto, scope=scope)
     adamw = torch.optim.AdamW(twins, lr=1e-2, weight_decay=0.2, foreach=False)
     inner = [0.0, 0.0]
@@ -103,7 +103,7 @@ def test_equilibrium_rule_over_a_scope_uses_the_scopes_update():
     optimizer = AdamWN(
         one_group(params),
         lr=1e-2,
-        target=AutoTarget(steps=5, without_length="asymptotic", alignment=False),
+        target=AutoTarget(steps=5, without_length="asymptotic"),
         scope="global",
     )
     for _ in range(5):

@@ -249,3 +249,23 @@ def test_target_auto_on_muon_finds_the_norm_decayed_muon_settles_at():
         targets[aligned] = float(optimizer.state[weight]["auto_target"])
     assert targets[True] == pytest.approx(settled, rel=0.1)
     assert targets[False] < 0.4 * settled
+
+
+def test_a_sharded_matrix_in_a_muon_group_is_refused_before_any_state():
+    """FSDP2 shards each matrix across ranks; Newton–Schulz needs it whole (a one-process mesh)."""
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Shard, distribute_tensor
+
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        mesh = init_device_mesh("cpu", (1,))
+        weight = nn.Parameter(distribute_tensor(torch.randn(8, 4), mesh, [Shard(0)]))
+        optimizer = normctl.MuonAdamW([{"params": [weight], "muon": True}], lr=1e-3)
+        weight.grad = distribute_tensor(torch.randn(8, 4), mesh, [Shard(0)])
+        before = weight.detach().full_tensor().clone()
+        with pytest.raises(ValueError, match="orthogonalises each matrix whole"):
+            optimizer.step()
+        assert not optimizer.state and torch.equal(weight.detach().full_tensor(), before)
+    finally:
+        dist.destroy_process_group()

@@ -62,8 +62,7 @@ class RunConfig:
     auto_interval: int = 100  # auto_target=inflection: steps between growth measurements
     auto_run_length: bool = False  # auto_target=equilibrium: AdamW's norm at the run's end, not its asymptotic one
     auto_without_length: str = "asymptotic"  # auto_target=equilibrium without auto_run_length: or "hold"
-    # auto_target=equilibrium: carry the update's measured alignment forward (the library's default);
-    # false, as the lab's runs before it were made
+    # auto_target=equilibrium: carry the update's measured alignment forward (AutoTarget(alignment=True))
     auto_alignment: bool = False
     plain: bool = False  # the optimizer over model.parameters() with its own defaults (the call users write)
     cpr_kappa_init: str = "inflection_point"  # method=adamcpr: its bound's rule (or warm_start, uniform, dependent)

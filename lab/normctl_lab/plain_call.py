@@ -8,7 +8,7 @@ and, as a user would swap it in, ``AdamWN(model.parameters())`` (the default tar
 ``AdamWN(..., target="auto")`` without the run's length (AdamW's asymptotic norm, the rule until
 now; and holding the norm AdamW had after the window, what a plain loop gets now) and with it, as
 the Hugging Face / Lightning callbacks give it (``AutoTarget(total_steps=…)``, without and with
-the update's measured alignment, the rule's default since), and ``AdamC(model.parameters())``;
+the update's measured alignment, ``AutoTarget(alignment=True)``), and ``AdamC(model.parameters())``;
 on the classifier, ``SGD`` against ``SGDC``. Every model keeps
 PyTorch's default initialisation. Each row: the held-out loss (and accuracy on the classifier),
 mean ± std over the seeds, and the paired per-seed difference against the reference call with a
@@ -46,7 +46,7 @@ ADAM_CALLS: dict[str, list[str]] = {
     "adamwn-auto-hold": ["method=adamwn", "auto_target=equilibrium", "auto_without_length=hold"],
     # with the run's length, as the Hugging Face and Lightning callbacks give it
     "adamwn-auto-length": ["method=adamwn", "auto_target=equilibrium", "auto_run_length=true"],
-    # ... and with the update's alignment measured too: target="auto" with the run's length today
+    # ... and with the update's alignment measured too (AutoTarget(alignment=True))
     "adamwn-auto-aligned": ["method=adamwn", "auto_target=equilibrium", "auto_run_length=true", "auto_alignment=true"],
     "adamc": ["method=adamc"],
 }

@@ -69,12 +69,15 @@ class AutoTarget:
         without_length: what the equilibrium rule targets when ``total_steps`` is None:
             ``"hold"`` the norm AdamW had at the window's end, ``"asymptotic"`` AdamW's asymptotic
             norm (runs made before the length was known).
-        alignment: the equilibrium rule measures, beside ‖u‖², the update's alignment with the
-            weight the earlier updates built, a = ⟨θ_{t−1}, −u_t⟩/(γ_t·‖u‖²) (ratio of the
-            window's sums), and iterates the step with it (``rules.aligned_norm_sq_after``).
-            Momentum — Adam's and Muon's — correlates successive updates, so a > 0 and the norm
-            settles sqrt(1 + 2a)× above the a = 0 form (5× for Muon at momentum 0.95 on noise
-            gradients). ``False``: a = 0 (runs made before a was measured).
+        alignment: ``True``: the equilibrium rule also measures the update's alignment with
+            the weight the earlier updates built, a = ⟨θ_{t−1}, −u_t⟩/(γ_t·‖u‖²) (ratio of the
+            window's sums), and iterates the step with it (``rules.aligned_norm_sq_after``):
+            momentum correlates successive updates, and the norm settles sqrt(1 + 2a)× above
+            the a = 0 form. Right where the updates' correlation stays what it was in the
+            window (Muon on noise gradients: 0.94× the settled norm, against 0.20× with a = 0);
+            too high where early updates are more alike than later ones (a GPT's hidden
+            matrices: 1.5–2.5× AdamW's end norms, and 0.12 nats worse than AdamW). ``False``
+            (the default): a = 0 (docs/math.md).
     """
 
     rule: str = "equilibrium"
@@ -86,7 +89,7 @@ class AutoTarget:
     total_steps: int | None = None
     lr_schedule: Schedule | None = None
     without_length: str = "hold"
-    alignment: bool = True
+    alignment: bool = False
 
     def __post_init__(self) -> None:
         if self.rule not in RULES:

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .. import rules
+from .. import distributed, rules
 from ._adam import adam_state
 from ._base import (
     Batch,
@@ -182,6 +182,18 @@ class MuonAdamW(NormctlOptimizer):
     def _decay_ratio(self, group: dict) -> float:
         """The factor on λ this step: 1 (decoupled decay as AdamW's)."""
         return 1.0
+
+    def _check_new_params(self, batches: list[Batch]) -> None:
+        """Newton–Schulz needs each matrix whole: a Muon group's sharded DTensor (FSDP2) is refused
+        before any state is made (DDP's replicated weights step as they are)."""
+        for batch in batches:
+            split = [tuple(p.shape) for p in batch.params if batch.group["muon"] and distributed.is_split(p)]
+            if split:
+                raise ValueError(
+                    f"{type(self).__name__}: Muon orthogonalises each matrix whole, and shapes {split[:3]} are "
+                    "sharded across ranks (FSDP2). Keep the Muon matrices replicated (DDP), or put them in Adam "
+                    "groups (muon=False)."
+                )
 
     def _update(self, batches: list[Batch]) -> None:
         self._attach_state(batches)
