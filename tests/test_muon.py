@@ -269,3 +269,18 @@ def test_a_sharded_matrix_in_a_muon_group_is_refused_before_any_state():
         assert not optimizer.state and torch.equal(weight.detach().full_tensor(), before)
     finally:
         dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("method", ["muon", "muonc", "muon+wn"])
+def test_the_lab_trains_the_muon_methods_with_muons_split(tmp_path, method):
+    """normctl-lab's GPT under each Muon method: its groups from param_groups(model, muon=True), a
+    finite loss after a few steps, and the Muon groups in the run's records."""
+    from normctl_lab.config import RunConfig, with_overrides
+    from normctl_lab.train import _build_optimizer, build_task, train
+
+    tiny = ["task=gpt", "n_layer=1", "n_embd=32", "block_size=16", "batch_size=4", "steps=6", "monitor_every=2"]
+    cfg = with_overrides(RunConfig(), [*tiny, f"method={method}"])
+    optimizer = _build_optimizer(cfg, build_task(cfg).model)
+    assert {g["muon"] for g in optimizer.param_groups} == {True, False}
+    final = train(cfg, tmp_path / "run", verbose=False)
+    assert math.isfinite(final["val_loss"]) and "group/normalized_muon/norm_ratio" in final["norm_ratio"]

@@ -474,3 +474,12 @@ def test_verdict_words_follow_from_the_interval_alone():
     assert "not decided" in tune_report.verdict(
         "a", "b", {"mean": 0.1, "ci95": None, "seeds": [1]}, higher_is_better=True
     )
+
+
+def test_a_space_whose_name_holds_a_plus_is_told_from_a_field_fixed_after_a_name():
+    assert search_spaces.search_space("muon+wn") == search_spaces.SEARCH_SPACES["muon+wn"]
+    fixed = search_spaces.search_space("muon+wn+rate=0.05")
+    assert fixed.fixed["rate"] == "0.05" and fixed.fixed["method"] == "muon+wn"
+    assert search_spaces.search_space("adamw+decay=min").fixed["decay"] == "min"
+    with pytest.raises(ValueError, match="KEY=VALUE"):
+        search_spaces.search_space("muon+c")

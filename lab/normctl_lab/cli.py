@@ -150,7 +150,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = _config_command(
         commands, "tune", "each method tuned with the same budget, selected on validation, reported on test"
     )
-    spaces = "adamw, adamc, sgd, sgdc, adamwn, adamwn-auto, adamcpr, hyperball"
+    from .search_spaces import SEARCH_SPACES
+
+    spaces = ", ".join(SEARCH_SPACES)
     p.add_argument(
         "--methods",
         required=True,

@@ -10,13 +10,18 @@ from torch import nn
 
 from normctl import AutoTarget, schedules
 from normctl.groups import is_norm_layer
-from normctl.registry import available_optimizers, create_optimizer
+from normctl.registry import MUON_BASES, available_optimizers, create_optimizer
 
 from .peers import PEERS, build_peer
 
 # Peak learning rates for the base optimizers that do not share Adam's scale.
 BASE_LR_SCALE = {"sgd": 100.0, "sgdc": 100.0, "lion": 0.1}
-ADAM_FAMILY = ("adam", "adamw", "adamwn", "adamc")
+ADAM_FAMILY = ("adam", "adamw", "adamwn", "adamc", "muon", "muonc")  # betas: Muon's Adam part takes them
+
+
+def uses_muon(method: str) -> bool:
+    """Whether ``method`` steps the hidden matrices by Muon (its groups from ``param_groups(muon=True)``)."""
+    return method.partition("+")[0] in MUON_BASES
 
 
 def is_norm_controlled(method: str) -> bool:

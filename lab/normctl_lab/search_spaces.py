@@ -86,6 +86,10 @@ SEARCH_SPACES = {
         {"method": "adamwn", "auto_target": "equilibrium", "auto_run_length": "true"},
         (LR, Knob("auto_decay", 1e-2, 1.0)),
     ),
+    # Muon on the hidden matrices, AdamW (AdamC) on the rest, one lr and λ (adjust_lr_fn="match_rms_adamw")
+    "muon": SearchSpace({"method": "muon"}, (LR, ADAM_DECAY)),
+    "muonc": SearchSpace({"method": "muonc"}, (LR, ADAM_DECAY)),
+    "muon+wn": SearchSpace({"method": "muon+wn"}, (LR, Knob("target_ratio", 0.25, 8.0), Knob("rate", 1e-3, 1e-1))),
     "adamcpr": SearchSpace(
         {"method": "adamcpr"},
         (
@@ -151,7 +155,11 @@ def search_space(method: str) -> SearchSpace:
     it — ``adamw+decay=min`` (``+weight_decay=1``, …) is AdamW with Yu's (2022) min decay, its
     remaining knobs searched as AdamW's: how ablations are tuned against their baseline in one
     tuning, with the same budget and paired differences."""
-    name, *assignments = method.split("+")
+    # the longest space the name starts with: "muon+wn" is a space, "adamw+decay=min" one with a field fixed
+    name = max(
+        (n for n in SEARCH_SPACES if method == n or method.startswith(n + "+")), key=len, default=method.split("+")[0]
+    )
+    assignments = method[len(name) :].split("+")[1:]
     if name not in SEARCH_SPACES:
         raise ValueError(f"methods must be some of {sorted(SEARCH_SPACES)} (+KEY=VALUE fixes a field), got {method!r}")
     space = SEARCH_SPACES[name]

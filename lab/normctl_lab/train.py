@@ -35,7 +35,7 @@ from .config import RunConfig
 from .data import byte_tokens, load_text, random_windows, train_val_split
 from .data.fashion_mnist import load_fashion_mnist
 from .lock import RunLock
-from .methods import build_method, build_plain, target_schedule, with_gains_controlled
+from .methods import build_method, build_plain, target_schedule, uses_muon, with_gains_controlled
 from .models import GPT, GPTConfig, ResNet, TorchLM
 from .progress import progress
 from .rundir import describe_environment, finish_run, record_environment, strict_json
@@ -308,7 +308,7 @@ def _global_and_group_keys(record: dict[str, Any], metric: str) -> list[str]:
 def _build_optimizer(cfg: RunConfig, net: nn.Module) -> torch.optim.Optimizer:
     if cfg.plain:
         return build_plain(cfg.method, net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, target=cfg.auto)
-    groups = param_groups(net, weight_decay=cfg.weight_decay)
+    groups = param_groups(net, weight_decay=cfg.weight_decay, muon=uses_muon(cfg.method))
     if cfg.decay_all:  # every tensor decayed (and controlled, gains too unless left to decay)
         groups = [
             {**g, "weight_decay": cfg.weight_decay, "control": not (cfg.gains_by_decay and g["name"] == "no_decay")}
