@@ -23,7 +23,7 @@ from torch import nn
 
 from . import distributed
 from .groups import param_roles
-from .optim import SGDC, AdamC, CorrectedDecay, MuonC
+from .optim import SGDC, AdamC, CorrectedDecay, MuonAdamW, MuonC
 from .optim._auto_target import as_auto_target
 
 CORRECTING = (AdamC, SGDC, MuonC, CorrectedDecay)
@@ -269,7 +269,15 @@ def _tail_rise(optimizer, names, roles, steps, lr_schedule) -> list[Finding]:
                 f"{group.get('name', f'group {i}')}: ‖g‖/‖θ‖ of the normalised layers is predicted to rise "
                 f"{rise:.1f}× over the last {TAIL:.0%} of the run{steady}",
                 f"sqrt(2λ/γ_t) at step {int(steps * (1 - TAIL / 2))} against mid-run (η {late:.3g} vs {mid:.3g})",
-                "AdamC / SGDC with the same hyperparameters (over normctl.param_groups(model)) remove it",
+                _correcting_fix(optimizer),
             )
         )
     return out
+
+
+def _correcting_fix(optimizer: torch.optim.Optimizer) -> str:
+    """The corrected twin of ``optimizer`` that removes the end-of-run rise."""
+    inner = getattr(optimizer, "optimizer", optimizer)  # a wrapper's base optimizer
+    if isinstance(inner, MuonAdamW):
+        return "MuonC with the same hyperparameters (over normctl.param_groups(model, muon=True)) removes it"
+    return "AdamC / SGDC with the same hyperparameters (over normctl.param_groups(model)) remove it"

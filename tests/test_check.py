@@ -68,6 +68,16 @@ def test_the_end_of_run_rise_is_predicted_for_adamw_and_not_for_adamc():
     assert not any("rise" in w for w in whats(normctl.check(adamw, model, steps=300, lr_schedule=cosine)))
 
 
+def test_muon_users_are_told_the_rise_and_that_muonc_removes_it():
+    model = transformerish()
+    cosine = schedules.cosine(1.0, 0.0, 10_000)
+    muon = normctl.MuonAdamW(normctl.param_groups(model, muon=True), lr=1e-2, weight_decay=0.1)
+    rise = [f for f in normctl.check(muon, model, steps=10_000, lr_schedule=cosine) if "predicted to rise" in f.what]
+    assert rise and all("MuonC" in f.fix for f in rise)
+    muonc = normctl.MuonC(normctl.param_groups(model, muon=True), lr=1e-2, weight_decay=0.1)
+    assert not any("rise" in w for w in whats(normctl.check(muonc, model, steps=10_000, lr_schedule=cosine)))
+
+
 def test_a_norm_controlled_output_layer_is_found():
     model = transformerish()
     held = normctl.AdamWN(normctl.param_groups(model), lr=1e-3)

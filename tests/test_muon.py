@@ -284,3 +284,26 @@ def test_the_lab_trains_the_muon_methods_with_muons_split(tmp_path, method):
     assert {g["muon"] for g in optimizer.param_groups} == {True, False}
     final = train(cfg, tmp_path / "run", verbose=False)
     assert math.isfinite(final["val_loss"]) and "group/normalized_muon/norm_ratio" in final["norm_ratio"]
+
+
+def test_the_monitor_records_and_forecasts_muonadamws_groups():
+    """Both parts of MuonAdamW are decoupled decay: the monitor records each group's update size,
+    cosine and λ, and forecasts every decayed group; the Muon groups are predicted as Muon."""
+    from normctl.monitor import stats
+
+    torch.manual_seed(0)
+    model = Block()
+    optimizer = normctl.MuonC(normctl.param_groups(model, weight_decay=0.1, muon=True), lr=0.01)
+    monitor = NormMonitor(model, optimizer, every=2)
+    for step in range(20):
+        optimizer.zero_grad()
+        _loss(model, step).backward()
+        optimizer.step()
+        monitor.observe()
+    record = monitor.group_records[-1]
+    for label in ("normalized_muon", "decay"):
+        assert record[f"group/{label}/update_size"] > 0 and record[f"group/{label}/weight_decay"] == pytest.approx(0.1)
+    families = {g["name"]: stats.predict(optimizer, g).family for g in optimizer.param_groups}
+    assert families == {"normalized_muon": "muon", "decay": "adam", "no_decay": "adam"}
+    forecasts = {f.group for f in monitor.forecast(200)}
+    assert {"normalized_muon", "decay"} <= forecasts
