@@ -16,7 +16,7 @@ import pytest
 import torch
 import torch.distributed as dist
 from distributed_parity import CASES as PARITY_CASES
-from distributed_parity import CHECKPOINTED
+from distributed_parity import CHECKPOINTED, REFUSED_UNDER_FSDP
 from normctl_lab.models import GPT, GPTConfig
 from torch import nn
 
@@ -53,6 +53,9 @@ CASES = list(PARITY_CASES)
 @pytest.mark.parametrize("case", CASES)
 def test_two_processes_match_one(report, mode, case):
     assert report["world_size"] == 2
+    if mode == "fsdp" and case in REFUSED_UNDER_FSDP:  # refused before its first step, saying why
+        assert REFUSED_UNDER_FSDP[case] in report["cases"][f"{mode}/{case}"]["refused"]
+        return
     assert report["cases"][f"{mode}/{case}"]["max_rel_diff"] < TOLERANCE
 
 
@@ -72,6 +75,8 @@ def test_monitor_reports_full_tensor_values(report, mode):
     """Under FSDP2 each rank holds slices; the monitor's norms, ℓ∞ and min/mean/max must be
     those of the whole tensors, as one process measures them."""
     for case in CASES:
+        if mode == "fsdp" and case in REFUSED_UNDER_FSDP:
+            continue
         result = report["cases"][f"{mode}/{case}"]
         assert len(result["monitor"]) == len(result["reference_monitor"]) == 4
         for got, want in zip(result["monitor"], result["reference_monitor"]):
