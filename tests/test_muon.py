@@ -167,6 +167,10 @@ def test_a_group_that_mixes_dimensions_or_asks_muon_for_a_vector_is_refused_and_
     with pytest.raises(ValueError, match="muon=True needs 2-d tensors"):
         optimizer.add_param_group({"params": [model.down.bias], "muon": True})
     assert len(optimizer.param_groups) == 1
+    with pytest.raises(TypeError, match="weight_dacay"):
+        normctl.MuonAdamW([model.up.weight], weight_dacay=0.1)
+    with pytest.raises(TypeError, match="max_lr"):
+        normctl.MuonAdamW([model.up.weight], max_lr=0.1)  # MuonC's, not MuonAdamW's
     for bad, message in [
         ({"momentum": 1.0}, "momentum"),
         ({"adjust_lr_fn": "rms"}, "adjust_lr_fn"),

@@ -92,6 +92,7 @@ class MuonAdamW(NormctlOptimizer):
 
     _describe_role = "muon"
     _eager_state = True
+    _corrected_keys: frozenset[str] = frozenset()  # MuonC's max_lr and normalized
 
     def __init__(
         self,
@@ -113,6 +114,9 @@ class MuonAdamW(NormctlOptimizer):
         skip_nonfinite: bool = False,
         **corrected: Any,
     ) -> None:
+        unexpected = sorted(set(corrected) - self._corrected_keys)
+        if unexpected:
+            raise TypeError(f"{type(self).__name__} got unexpected keyword argument(s) {unexpected}")
         defaults = dict(
             lr=lr,
             weight_decay=weight_decay,
@@ -241,6 +245,7 @@ class MuonC(MuonAdamW):
     """
 
     _describe_role = "muon_corrected"
+    _corrected_keys = frozenset({"max_lr", "normalized"})
 
     def __init__(
         self, params: Any, lr: float | Tensor = 1e-3, *, max_lr: float | None = None, normalized: bool = False, **kwargs
