@@ -85,15 +85,17 @@ def groups_for(params: list[torch.Tensor]) -> list[dict]:
 
 
 def muon_groups_for(params: list[torch.Tensor]) -> list[dict]:
-    """Muon's split: the block matrices by Muon (normalised), the two embeddings (the first two
-    tensors) and the vectors by AdamW."""
+    """Muon's split: the block matrices by Muon (normalised); the two embeddings (the first two
+    tensors), any tensor of more than 2 dimensions and the vectors by AdamW."""
     hidden = [p for p in params[2:] if p.ndim == 2]
+    adam = [p for p in params[:2] if p.ndim >= 2] + [p for p in params[2:] if p.ndim > 2]
     vectors = [p for p in params if p.ndim < 2]
-    return [
+    groups = [
         {"params": hidden, "weight_decay": 0.1, "normalized": True, "control": True, "muon": True},
-        {"params": params[:2], "weight_decay": 0.1, "normalized": False, "control": True, "muon": False},
+        {"params": adam, "weight_decay": 0.1, "normalized": False, "control": True, "muon": False},
         {"params": vectors, "weight_decay": 0.0, "normalized": False, "control": False, "muon": False},
     ]
+    return [g for g in groups if g["params"]]
 
 
 class TorchMuonPlusAdamW:

@@ -13,7 +13,7 @@ import step_speed  # noqa: E402
 
 def test_step_speed_times_every_optimizer_against_its_paired_baseline(monkeypatch):
     monkeypatch.setattr(step_speed.gc, "collect", lambda: 0)  # 0.3 s a call with torch loaded
-    shapes = [(8, 4), (4,), (3, 2, 2, 2)]
+    shapes = [(8, 4), (4,), (3, 2, 2, 2), (6, 5)]  # the last: a hidden matrix for the Muon family
     out = step_speed.run_family(
         "tiny", shapes, torch.float32, repeats=2, rounds=2, device="cpu", labels=list(step_speed.MAKERS)
     )

@@ -62,8 +62,7 @@ class RunConfig:
     auto_interval: int = 100  # auto_target=inflection: steps between growth measurements
     auto_run_length: bool = False  # auto_target=equilibrium: AdamW's norm at the run's end, not its asymptotic one
     auto_without_length: str = "asymptotic"  # auto_target=equilibrium without auto_run_length: or "hold"
-    # auto_target=equilibrium: carry the update's measured alignment forward (AutoTarget(alignment=True))
-    auto_alignment: bool = False
+    auto_alignment: bool = False  # auto_target=equilibrium: carry the update's alignment forward (docs/math.md)
     plain: bool = False  # the optimizer over model.parameters() with its own defaults (the call users write)
     cpr_kappa_init: str = "inflection_point"  # method=adamcpr: its bound's rule (or warm_start, uniform, dependent)
     cpr_kappa_param: float = 1000.0  # method=adamcpr: that rule's parameter (warm-start steps, the bound, a factor)
