@@ -168,7 +168,8 @@ def adamw_norm_sq_after(norm_sq: float, update_norm_sq: float, lrs: Iterable[flo
         ‖θ_{t+1}‖² = (1 − γ_t·λ)²·‖θ_t‖² + γ_t²·‖u‖²
 
     It tends to ‖θ*‖² when the run is long against 1/(2γλ) and stays near ‖θ‖² when it is short
-    (docs/math.md, "a run of known length")."""
+    (docs/math.md, "a run of known length"). ``target="auto"``'s rule is this at its default
+    alignment a = 0 (:func:`aligned_norm_sq_after`)."""
     return decayed_norm_sq_after(norm_sq, update_norm_sq, ((lr, weight_decay) for lr in lrs))
 
 
@@ -181,8 +182,8 @@ def decayed_norm_sq_after(
 
         ‖θ_{t+1}‖² = f²·‖θ_t‖² + 2f·γ_t·c·‖θ_t‖·‖u‖ + γ_t²·‖u‖²,      f = 1 − γ_t·λ_t
 
-    What ``target="auto"`` targets (c = 0) and what ``NormMonitor.forecast`` predicts, from the
-    same measured ‖u‖²."""
+    What ``NormMonitor.forecast`` predicts from the measured ‖u‖² and c (``target="auto"`` takes
+    :func:`aligned_norm_sq_after` instead, which at a = 0 is this at c = 0)."""
     update_norm = math.sqrt(update_norm_sq)
     for lr, weight_decay in steps:
         f = 1 - lr * weight_decay

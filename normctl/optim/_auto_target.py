@@ -167,12 +167,13 @@ def observe(batches: list[Batch], before: list[list[Tensor] | None], groups: lis
         if previous is not None and lr > 0:
             factor = measuring_factor(auto, batch.group)
             updates = [(factor * old - new.detach()) / lr for old, new in zip(previous, batch.params)]
-            inners = rules.inner_products(previous, updates)
+            # ⟨θ_{t−1}, u_t⟩ is one more pass over the weights: taken only where the rule uses it
+            inners = rules.inner_products(previous, updates) if auto.alignment else [None] * len(updates)
             for state, norm, inner in zip(batch.states, rules.tensor_norms(updates), inners):
                 device = state["auto_update_sq"].device
                 state["auto_update_sq"] += norm.float().square().to(device)
                 state["auto_updates"] += 1
-                if "auto_alignment" in state:  # state saved before a was measured has none
+                if inner is not None and "auto_alignment" in state:  # state saved before a was measured has none
                     state["auto_alignment"] -= inner.float().to(device) / lr
         if auto.rule == "inflection":
             _follow_norms(batch, auto)
