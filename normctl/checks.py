@@ -135,7 +135,7 @@ def _held_output_layer(optimizer, names, roles) -> list[Finding]:
         for g in optimizer.param_groups
         if g.get("control", False) and "target" in g
         for p in g["params"]
-        if names.get(p) in roles and roles[names[p]].reason.startswith("output layer")
+        if names.get(p) in roles and roles[names[p]].kind == "output"
     ]
     if not held:
         return []
@@ -144,7 +144,8 @@ def _held_output_layer(optimizer, names, roles) -> list[Finding]:
             "warning",
             "the output layer is norm-controlled: its norm sets the logits' scale",
             _label(held, names) + " (a BatchNorm classifier's held head kept accuracy but lost held-out loss)",
-            "move it to an uncontrolled group: [{'params': head.parameters(), 'control': False, 'weight_decay': λ}]",
+            "normctl.param_groups(model, control_output=False) (AdamW's decay there), or your own group: "
+            "{'params': head.parameters(), 'control': False, 'weight_decay': λ}",
         )
     ]
 

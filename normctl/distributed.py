@@ -88,20 +88,27 @@ def all_agree(flag: Tensor, tensors: Sequence[Tensor]) -> bool:
     return bool(value.item())
 
 
-def check_supported(params: Sequence[Any], owner: str) -> None:
-    """Refuse parameters whose per-tensor norm cannot be computed (FSDP1, DeepSpeed ZeRO-3)."""
+def check_supported(
+    params: Sequence[Any], owner: str, needs: str = "computes per-tensor norms", instead: str | None = None
+) -> None:
+    """Refuse parameters that are not whole tensors (FSDP1, DeepSpeed ZeRO-3): ``owner`` ``needs``
+    them (per-tensor norms; Muon's whole matrices); ``instead`` says what to use (default: FSDP2,
+    whose DTensor parameters normctl reduces to full-tensor norms)."""
     for p in params:
         if getattr(p, "_fsdp_flattened", False) or type(p).__name__ == "FlatParameter":
             raise TypeError(
-                f"{owner} computes per-tensor norms, which FSDP1's flat parameters (FullyShardedDataParallel) "
-                "do not have: each rank holds a slice of many tensors concatenated. Shard the model with "
-                "FSDP2 (torch.distributed.fsdp.fully_shard), whose DTensor parameters normctl reduces "
-                "to full-tensor norms."
+                f"{owner} {needs}, which FSDP1's flat parameters (FullyShardedDataParallel) do not have: each "
+                "rank holds a slice of many tensors concatenated. "
+                + (
+                    instead
+                    or "Shard the model with FSDP2 (torch.distributed.fsdp.fully_shard), whose DTensor "
+                    "parameters normctl reduces to full-tensor norms."
+                )
             )
         if hasattr(p, "ds_id") or hasattr(p, "ds_tensor"):
             raise TypeError(
-                f"{owner} computes per-tensor norms, which DeepSpeed ZeRO-3's partitioned parameters "
-                "do not expose. Use FSDP2 (torch.distributed.fsdp.fully_shard) or ZeRO stage 0 (DDP)."
+                f"{owner} {needs}, which DeepSpeed ZeRO-3's partitioned parameters do not expose. "
+                + (instead or "Use FSDP2 (torch.distributed.fsdp.fully_shard) or ZeRO stage 0 (DDP).")
             )
 
 

@@ -7,6 +7,9 @@ The optimizers never look at parameter names; they read three keys of each param
   decay gets the γ_t/γ_max correction;
 * ``weight_decay``: λ for the groups that are decayed, 0 for the others.
 
+A fourth label, ``output``, holds the output layer when it is not to be norm-controlled
+(``control_output=False``): decayed as AdamW decays it, never controlled, never normalised.
+
 :func:`param_groups` builds those groups for a model; :func:`param_roles` returns the decision
 for every tensor with the reason, and :func:`format_roles` prints it as a table.
 
@@ -15,7 +18,8 @@ The rules, in order (the first that matches decides):
 1. gains and biases of normalisation layers → ``no_decay``;
 2. tensors with fewer than 2 dimensions (biases, scalars) → ``no_decay``;
 3. embeddings (and weights tied to one) → ``decay`` or ``no_decay`` (``embeddings=``);
-4. the output layer (unembedding / classifier) → ``decay``, never normalised;
+4. the output layer (unembedding / classifier) → ``decay`` (``output`` with
+   ``control_output=False``), never normalised;
 5. normalised matrices → ``normalized`` (decayed, controlled and corrected), by the rule
    ``normalized=``: ``"transformer"`` — every other matrix, as Defazio (2025) treats
    transformers; ``"structural"`` — a Linear/Conv whose next registered layer is a norm layer
@@ -41,6 +45,7 @@ from . import distributed
 GROUP_FLAGS = {  # group label -> (control, normalized, decayed)
     "normalized": (True, True, True),
     "decay": (True, False, True),
+    "output": (False, False, True),  # the output layer with control_output=False: AdamW's decay
     "no_decay": (False, False, False),
 }
 
@@ -86,6 +91,7 @@ def param_roles(
     normalized: str | Collection[str] = "auto",
     embeddings: str = "decay",
     output_layer: str | None = None,
+    control_output: bool = True,
 ) -> list[ParamRole]:
     """The group of every parameter of ``model`` and why (rules in the module docstring).
 
@@ -93,14 +99,19 @@ def param_roles(
         normalized: ``"auto"``, ``"transformer"``, ``"structural"``, ``"none"``, or the names
             of the parameters that are normalised.
         embeddings: ``"decay"`` (nanoGPT's choice, default) or ``"no_decay"``.
-        output_layer: name of the output module (e.g. ``"lm_head"``); by default the last
-            ``nn.Linear`` registered in a transformer, or one tied to an embedding.
+        output_layer: name of the output module (e.g. ``"lm_head"``); by default a Linear
+            tied to an embedding, else the last ``nn.Linear`` registered (unless a norm layer
+            follows it): an LM head, a classifier.
+        control_output: whether norm control (AdamWN, NormControl) holds the output layer's
+            norm (group ``decay``) or leaves it to AdamW's decay (group ``output``).
     """
     if not isinstance(model, nn.Module):
         raise TypeError(
             f"model must be the nn.Module itself (param_groups(model)), got {type(model).__name__}: the roles "
             "are read from its modules and parameter names, which model.parameters() does not carry"
         )
+    if not isinstance(control_output, bool):
+        raise TypeError(f"control_output must be True or False, got {control_output!r}")
     if embeddings not in ("decay", "no_decay"):
         raise ValueError(f"embeddings must be 'decay' or 'no_decay', got {embeddings!r}")
     if isinstance(normalized, str) and normalized not in ("auto", "transformer", "structural", "none"):
@@ -120,10 +131,11 @@ def param_roles(
     rule = normalized
     if rule == "auto":
         rule = "transformer" if has_embedding and has_norm else "structural"
-    output_name = output_layer if output_layer is not None else _default_output_layer(model, rule)
+    feeds_norm = _modules_feeding_a_norm(model)
+    output_name = output_layer if output_layer is not None else _default_output_layer(model, feeds_norm)
     if output_name is not None and output_name not in dict(model.named_modules()):
         raise ValueError(f"output_layer {output_name!r} is not a module of the model")
-    feeds_norm = _modules_feeding_a_norm(model) if rule == "structural" else {}
+    output_group = "decay" if control_output else "output"
 
     roles = []
     for name, p in named:
@@ -141,7 +153,7 @@ def param_roles(
         elif any(isinstance(m, nn.Embedding) for m in modules):
             group, reason, kind = embeddings, f"embedding{tied}", "embedding"
         elif output_name is not None and output_name in module_names:
-            group, reason, kind = "decay", f"output layer {output_name}{tied}", "output"
+            group, reason, kind = output_group, f"output layer {output_name}{tied}", "output"
         elif not isinstance(rule, str):
             in_set = bool(set(rule) & {n for n, _ in entries})
             group = "normalized" if in_set else "decay"
@@ -164,12 +176,13 @@ def param_groups(
     normalized: str | Collection[str] = "auto",
     embeddings: str = "decay",
     output_layer: str | None = None,
+    control_output: bool = True,
     muon: bool = False,
     verbose: bool = False,
 ) -> list[dict]:
     """Param groups for any normctl optimizer (and torch's, which ignore the extra keys).
 
-    Each group has ``name`` (``normalized``/``decay``/``no_decay``), ``params``, ``control``,
+    Each group has ``name`` (``normalized``/``decay``/``output``/``no_decay``), ``params``, ``control``,
     ``normalized`` and ``weight_decay`` (``weight_decay`` for decayed groups, 0 otherwise).
     Empty groups are left out. ``verbose=True`` prints :func:`format_roles`.
 
@@ -179,7 +192,9 @@ def param_groups(
     """
     if isinstance(weight_decay, bool) or not isinstance(weight_decay, (int, float)) or weight_decay < 0:
         raise ValueError(f"weight_decay must be a number >= 0, got {weight_decay!r}")
-    roles = param_roles(model, normalized=normalized, embeddings=embeddings, output_layer=output_layer)
+    roles = param_roles(
+        model, normalized=normalized, embeddings=embeddings, output_layer=output_layer, control_output=control_output
+    )
     if verbose:
         print(format_roles(roles))
     by_name = dict(model.named_parameters())
@@ -230,14 +245,16 @@ def _owners(model: nn.Module) -> dict[int, list[tuple[str, nn.Module]]]:
     return owners
 
 
-def _default_output_layer(model: nn.Module, rule: str | Collection[str]) -> str | None:
-    """A Linear tied to an embedding, else (in a transformer) the last Linear registered."""
+def _default_output_layer(model: nn.Module, feeds_norm: dict[int, str]) -> str | None:
+    """A Linear tied to an embedding, else the last Linear registered — an LM head, a classifier
+    — unless a norm layer follows it (then it is a hidden layer, and the model has no Linear
+    output)."""
     embedding_weights = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
     linears = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
     for name, module in linears:
         if id(module.weight) in embedding_weights:
             return name
-    if rule == "transformer" and linears:
+    if linears and id(linears[-1][1]) not in feeds_norm:
         return linears[-1][0]
     return None
 

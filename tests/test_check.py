@@ -88,6 +88,8 @@ def test_a_norm_controlled_output_layer_is_found():
     groups.append({"params": [head], "control": False, "weight_decay": 0.1})
     free = normctl.AdamWN([g for g in groups if g["params"]], lr=1e-3)
     assert not any("output layer" in w for w in whats(normctl.check(free, model)))
+    decayed = normctl.AdamWN(normctl.param_groups(model, control_output=False), lr=1e-3)
+    assert not any("output layer" in w for w in whats(normctl.check(decayed, model)))
 
 
 def test_check_refuses_what_it_cannot_read_and_prints():

@@ -20,7 +20,7 @@ from distributed_parity import CHECKPOINTED, REFUSED_UNDER_FSDP
 from normctl_lab.models import GPT, GPTConfig
 from torch import nn
 
-from normctl import AdamC, AdamWN, NormMonitor, param_groups
+from normctl import AdamC, AdamWN, MuonAdamW, NormMonitor, param_groups
 
 pytestmark = pytest.mark.skipif(
     not (dist.is_available() and dist.is_gloo_available()), reason="torch built without gloo"
@@ -129,7 +129,9 @@ def test_flat_parameters_are_refused_where_norms_are_computed():
     zero3.ds_id = 0  # DeepSpeed ZeRO-3's partitioned parameter
     with pytest.raises(TypeError, match="ZeRO-3"):
         AdamWN([zero3])
-    AdamWN([{"params": [flat], "control": False}])  # no norms, no refusal
+    with pytest.raises(TypeError, match="orthogonalises whole matrices.*DDP"):
+        MuonAdamW([flat])  # split by shape, the flat 1-d slice would have become Adam's vector, silently
+        AdamWN([{"params": [flat], "control": False}])  # no norms, no refusal
     AdamC([flat], normalized=True)  # elementwise: correct on any slice
 
 

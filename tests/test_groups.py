@@ -1,5 +1,6 @@
 """param_groups: which tensors are controlled, decayed and normalised, and why."""
 
+import pytest
 import torch
 from normctl_lab.models import GPT, GPTConfig, ResNet
 from torch import nn
@@ -43,6 +44,35 @@ def test_resnet_structural_rule_follows_conv_into_batchnorm():
     assert "feeds layers.1.0.downsample.1" in roles["layers.1.0.downsample.0.weight"].reason
     assert roles["fc.weight"].group == "decay"
     assert all(roles[n].group == "no_decay" for n in roles if ".bn" in n or n.startswith("bn"))
+
+
+def test_the_output_layer_is_found_in_any_model_and_can_be_left_to_decay():
+    resnet = roles_by_name(ResNet(width=4, blocks_per_stage=1))
+    assert resnet["fc.weight"].kind == "output" and resnet["fc.weight"].control  # held by default
+    mlp = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+    free = roles_by_name(mlp, control_output=False)
+    assert free["2.weight"].group == "output" and free["0.weight"].group == "decay"
+    assert not free["2.weight"].control and not free["2.weight"].normalized
+    groups = {g["name"]: g for g in param_groups(mlp, weight_decay=0.05, control_output=False)}
+    assert groups["output"]["weight_decay"] == 0.05 and not groups["output"]["control"]
+    # AdamWN leaves the output layer to AdamW's decay: one step equals torch's AdamW on it
+    torch.manual_seed(0)
+    twin = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+    twin.load_state_dict(mlp.state_dict())
+    x = torch.randn(16, 4)
+    opt = AdamWN(param_groups(mlp, weight_decay=0.05, control_output=False), lr=1e-2)
+    ref = torch.optim.AdamW([twin[2].weight], lr=1e-2, weight_decay=0.05)
+    for net, o in ((mlp, opt), (twin, ref)):
+        net(x).square().mean().backward()
+        o.step()
+    torch.testing.assert_close(mlp[2].weight, twin[2].weight, rtol=0, atol=1e-7)
+
+
+def test_a_last_linear_followed_by_a_norm_is_not_an_output_layer():
+    model = nn.Sequential(nn.Linear(4, 8), nn.LayerNorm(8))
+    assert roles_by_name(model)["0.weight"].kind != "output"
+    with pytest.raises(TypeError, match="control_output"):
+        param_groups(model, control_output="no")
 
 
 def test_arbitrary_module_and_explicit_names():

@@ -71,6 +71,7 @@ class RunConfig:
     control_gains: bool = False  # norm-controlled methods also control the norm layers' gains
     gains_target_ratio: float | None = None  # with control_gains: the gains' own r (None: target_ratio)
     gains_by_decay: bool = False  # with decay_all: norm-controlled methods decay the gains as AdamW does
+    control_output: bool = True  # norm-controlled methods hold the output layer's norm (false: AdamW's decay there)
     batch_size: int = 16  # examples per step (sequences, points or images)
     seed: int = 0  # model init and data order
     checkpoint_every: int = 100  # steps between atomic checkpoints

@@ -50,16 +50,21 @@ ADAM_CALLS: dict[str, list[str]] = {
     "adamwn-auto-aligned": ["method=adamwn", "auto_target=equilibrium", "auto_run_length=true", "auto_alignment=true"],
     "adamc": ["method=adamc"],
 }
+HEAD_CALLS: dict[str, list[str]] = {  # normctl.param_groups(model): the output layer held, or decayed as AdamW does
+    "adamwn-groups": ["method=adamwn", "plain=false"],
+    "adamwn-groups-decay-head": ["method=adamwn", "plain=false", "control_output=false"],
+}
 SGD_CALLS: dict[str, list[str]] = {  # SGD's usual λ, coupled: 5e-4 at 100× the Adam lr
     "sgd": ["method=sgd", "weight_decay=5e-4"],
     "sgdc": ["method=sgdc", "weight_decay=5e-4"],
 }
-REFERENCE = {**{call: "adamw" for call in ADAM_CALLS}, **{call: "sgd" for call in SGD_CALLS}}
+REFERENCE = {**{call: "adamw" for call in ADAM_CALLS | HEAD_CALLS}, **{call: "sgd" for call in SGD_CALLS}}
 CLASSIFIERS = ("fmnist",)
+OWN_HEAD = ("torchlm", "fmnist")  # an output layer of its own (the GPT's is its tied embedding: no such choice)
 
 
 def calls(task: str) -> dict[str, list[str]]:
-    return ADAM_CALLS | (SGD_CALLS if task in CLASSIFIERS else {})
+    return ADAM_CALLS | (HEAD_CALLS if task in OWN_HEAD else {}) | (SGD_CALLS if task in CLASSIFIERS else {})
 
 
 def run_plain_call(

@@ -308,10 +308,16 @@ def _global_and_group_keys(record: dict[str, Any], metric: str) -> list[str]:
 def _build_optimizer(cfg: RunConfig, net: nn.Module) -> torch.optim.Optimizer:
     if cfg.plain:
         return build_plain(cfg.method, net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, target=cfg.auto)
-    groups = param_groups(net, weight_decay=cfg.weight_decay, muon=uses_muon(cfg.method))
+    groups = param_groups(
+        net, weight_decay=cfg.weight_decay, control_output=cfg.control_output, muon=uses_muon(cfg.method)
+    )
     if cfg.decay_all:  # every tensor decayed (and controlled, gains too unless left to decay)
         groups = [
-            {**g, "weight_decay": cfg.weight_decay, "control": not (cfg.gains_by_decay and g["name"] == "no_decay")}
+            {
+                **g,
+                "weight_decay": cfg.weight_decay,
+                "control": g["name"] != "output" and not (cfg.gains_by_decay and g["name"] == "no_decay"),
+            }
             for g in groups
         ]
     elif cfg.control_gains:

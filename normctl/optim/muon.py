@@ -270,6 +270,10 @@ def split_for_muon(params: Any, owner: str) -> Any:
     params = list(params)
     if not params or not all(isinstance(p, Tensor) for p in params):
         return params
+    # an FSDP1 flat parameter is 1-d: split by shape, Muon's matrices would silently become Adam's vectors
+    distributed.check_supported(
+        params, owner, "orthogonalises whole matrices", instead="Keep the model's matrices whole on every rank (DDP)."
+    )
     matrices = [p for p in params if p.dim() == 2]
     others = [p for p in params if p.dim() > 2]
     vectors = [p for p in params if p.dim() < 2]
