@@ -123,7 +123,15 @@ def plain_call_table(summary: dict[str, Any]) -> str:
     return tables(summary)
 
 
+def forecast_accuracy_table(summary: dict[str, Any]) -> str:
+    """``normctl-lab forecast-accuracy``: the forecast's error per optimizer, model and source."""
+    from normctl_lab.forecast_accuracy import table
+
+    return table(summary)
+
+
 RENDERERS: dict[str, Callable[[dict[str, Any]], str]] = {
+    "forecast_accuracy_table": forecast_accuracy_table,
     "plain_call_table": plain_call_table,
     "auto_target_table": auto_target_table,
     "step_speed_table": step_speed_table,

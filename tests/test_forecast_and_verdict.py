@@ -41,13 +41,38 @@ def test_the_forecast_at_a_constant_lr_is_the_closed_form_of_adamws_norm():
         weight_norm=norm,
         norm_ratio=1.0,
     )
-    (forecast,) = from_records(records, total_steps=100 + n)
+    (forecast,) = from_records(records, total_steps=100 + n, source="updates")
     f = 1 - lr * decay
     expected = math.sqrt(f ** (2 * n) * norm**2 + (lr * u) ** 2 * (1 - f ** (2 * n)) / (1 - f * f))
     assert forecast.norm_ratio_end == pytest.approx(expected / norm, rel=1e-12)
     assert forecast.time_scale == pytest.approx(1 / (2 * lr * decay))
     adamw = math.sqrt(rules.adamw_norm_sq_after(norm**2, u * u, [lr] * n, decay))  # the rule target="auto" uses
     assert forecast.norm_ratio_end == pytest.approx(adamw / norm, rel=1e-12)
+
+
+def test_the_effective_update_is_the_inverse_of_the_recurrence_and_forecasts_from_norms_alone():
+    # norms made by the recurrence itself, under a cosine lr and AdamC's scaled decay: the update
+    # recovered from two of them is the one that made them, and the forecast is the norm reached
+    lr = schedules.cosine(1.0, 0.0, 400, warmup=20)
+    steps = [(0.01 * lr(t - 1), 0.1 * lr(t - 1)) for t in range(1, 401)]
+    norms_sq = [4.0]
+    for pair in steps:
+        norms_sq.append(rules.decayed_norm_sq_after(norms_sq[-1], 9.0, [pair]))
+    assert rules.update_sq_between(norms_sq[20], norms_sq[40], steps[20:40]) == pytest.approx(9.0, rel=1e-9)
+    assert rules.update_sq_between(4.0, 1.0, [(0.01, 0.1)] * 10) < 0  # fell faster than decay: inward
+    records = [
+        {"step": s, "lr/g": steps[s - 1][0], "group/g/weight_decay": steps[s - 1][1],
+         "group/g/weight_norm": math.sqrt(norms_sq[s]), "group/g/norm_ratio": math.sqrt(norms_sq[s] / 4.0)}
+        for s in range(10, 401, 10)
+    ]  # fmt: skip
+    given = lambda label: (lambda t: steps[t - 1][0], lambda t: steps[t - 1][1])  # noqa: E731
+    (forecast,) = from_records(records, at_step=40, total_steps=400, future=given)
+    assert forecast.norm_ratio_end == pytest.approx(math.sqrt(norms_sq[400] / 4.0), rel=1e-9)
+    shrinking = [{**r, "group/g/weight_norm": 2.0 / r["step"], "group/g/norm_ratio": 1.0 / r["step"]} for r in records]
+    (inward,) = from_records(shrinking, at_step=40, total_steps=400, future=given)
+    assert inward.norm_ratio_end is None and "not forecast" in str(inward) and "cos" not in str(inward)
+    with pytest.raises(ValueError, match="source"):
+        from_records(records, source="gradients")
 
 
 def test_an_outward_update_grows_the_forecast_and_an_inward_one_gets_none():

@@ -116,6 +116,12 @@ def plain_call(args: argparse.Namespace) -> None:
     run_plain_call(args.out, _seeds(args.seeds), tasks=tasks, workers=args.workers)
 
 
+def forecast_accuracy(args: argparse.Namespace) -> None:
+    from .forecast_accuracy import run_forecast_accuracy
+
+    run_forecast_accuracy(args.results, args.out, at=args.at)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="normctl-lab", description="Experiments with normctl: the demo, runs, sweeps and reproductions."
@@ -250,6 +256,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tasks", default=None, help="comma-separated, some of torchlm,gpt,fmnist (default all)")
     p.add_argument("--workers", type=int, default=2, help="runs at once (one thread each)")
     p.set_defaults(handler=plain_call)
+
+    p = commands.add_parser(
+        "forecast-accuracy", help="NormMonitor.forecast at 10 %% of every committed run against the norm it reached"
+    )
+    p.add_argument("--results", default="results", help="the folder whose finished runs are the test cases")
+    p.add_argument("--out", default="results/doctor", help="where summary.json goes")
+    p.add_argument("--at", type=float, default=0.1, help="the fraction of each run the forecast sees (default 0.1)")
+    p.set_defaults(handler=forecast_accuracy)
     return parser
 
 

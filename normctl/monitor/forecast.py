@@ -31,7 +31,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..rules import decayed_norm_sq_after
+from ..rules import decayed_norm_sq_after, update_sq_between
 
 Series = Callable[[int], float]  # a value of the s-th optimizer step, s counted from 1 (as records' "step")
 
@@ -52,10 +52,10 @@ class Forecast:
 
     def __str__(self) -> str:
         if self.norm_ratio_end is None:
+            measured = f" (cos(θ, −u) = {self.cosine:.2f})" if self.cosine > -1 else ""  # -1: seen in the norms
             return (
                 f"{self.group}: ‖θ‖/‖θ0‖ {self.norm_ratio_now:.3g} at step {self.at_step}; not forecast: the updates "
-                f"pull these weights inward (cos(θ, −u) = {self.cosine:.2f}), a pull of the loss that decay's "
-                "steady state does not describe"
+                f"pull these weights inward{measured}, a pull of the loss that decay's steady state does not describe"
             )
         line = (
             f"{self.group}: ‖θ‖/‖θ0‖ {self.norm_ratio_now:.3g} at step {self.at_step} → "
@@ -110,30 +110,48 @@ def from_records(
     at_step: int | None = None,
     total_steps: int | None = None,
     future: Callable[[str], tuple[Series, Series] | None] | None = None,
+    source: str = "norms",
 ) -> list[Forecast]:
     """Each group's forecast from monitor records up to ``at_step`` (default: the last), to
-    ``total_steps`` (default: the last record's step). The lr and decay of the steps to come are
+    ``total_steps`` (default: the last record's step). The lr and decay of each step are
     ``future(group)`` where it gives them (a schedule known in advance), else read off the records
-    (a finished run, seen in hindsight: linear between measured steps, the last value held)."""
+    (a finished run, seen in hindsight: linear between measured steps, the last value held).
+
+    ``source`` says where ‖u‖² comes from: ``"norms"`` (default), the effective update that took
+    the group's norm from its value at half of ``at_step`` to its value at ``at_step``
+    (:func:`normctl.rules.update_sq_between`) — any group the monitor measures, the updates'
+    alignment with the weight included; ``"updates"``, the measured update size and cosine
+    (``group/<g>/update_size``, ``update_cosine``: groups with decoupled decay). On the project's
+    runs the norms forecast better (results/doctor: the measured cosine, taken early, overstates
+    the one that follows)."""
+    if source not in ("updates", "norms"):
+        raise ValueError(f"source must be 'updates' or 'norms', got {source!r}")
     if not records:
         return []
     at_step = records[-1]["step"] if at_step is None else at_step
     total_steps = records[-1]["step"] if total_steps is None else total_steps
     seen = [r for r in records if r["step"] <= at_step]
     out = []
-    for label in group_labels(seen, "update_size"):
+    # the groups with a decay to forecast: those the monitor measured as decayed (decoupled decay),
+    # or, where the caller gives each step's lr and decay, every group it measured
+    measured_as = "update_size" if source == "updates" else "weight_decay" if future is None else "weight_norm"
+    for label in group_labels(seen, measured_as):
         key = f"group/{label}/"
-        sizes = [r[key + "update_size"] for r in seen if _finite(r.get(key + "update_size"))]
-        sizes = sizes[len(sizes) // 2 :]  # the recent half: Adam's ‖u‖ grows as v̂ forgets the first gradients
-        last = next((r for r in reversed(seen) if _finite(r.get(key + "norm_ratio"))), None)
-        if not sizes or last is None or not last[key + "norm_ratio"] > 0:
+        measured = [r for r in seen if _finite(r.get(key + "norm_ratio")) and r[key + "norm_ratio"] > 0]
+        if not measured:
             continue
-        norm = last[key + "weight_norm"]
-        ratios = [r[key + "grad_weight_ratio"] for r in seen if _finite(r.get(key + "grad_weight_ratio"))][-3:]
-        cosines = [r[key + "update_cosine"] for r in seen if _finite(r.get(key + "update_cosine"))]
-        cosines = cosines[len(cosines) // 2 :]
+        last = measured[-1]
         given = future(label) if future is not None else None
         lr_at, decay_at = given or (_interpolated(records, f"lr/{label}"), _interpolated(records, key + "weight_decay"))
+        if source == "updates":
+            estimate = _from_update_sizes(seen, key)
+        else:
+            estimate = _from_norms(measured, key, lr_at, decay_at)
+        if estimate is None:
+            continue
+        update_sq, cosine = estimate
+        ratios = [r[key + "grad_weight_ratio"] for r in seen if _finite(r.get(key + "grad_weight_ratio"))][-3:]
+        norm = last[key + "weight_norm"]
         out.append(
             forecast_group(
                 label,
@@ -141,14 +159,43 @@ def from_records(
                 total_steps=total_steps,
                 norm=norm,
                 init_norm=norm / last[key + "norm_ratio"],
-                update_sq=sum(s * s for s in sizes) / len(sizes),
-                cosine=sum(cosines) / len(cosines) if cosines else 0.0,
+                update_sq=update_sq,
+                cosine=cosine,
                 grad_ratio=sum(ratios) / len(ratios) if ratios else None,
                 lr_at=lr_at,
                 decay_at=decay_at,
             )
         )
     return out
+
+
+def _from_update_sizes(seen: Sequence[dict[str, Any]], key: str) -> tuple[float, float] | None:
+    """Mean ‖u‖² and cosine over the recent half of the measured steps: Adam's ‖u‖ grows as v̂
+    forgets the first gradients."""
+    sizes = [r[key + "update_size"] for r in seen if _finite(r.get(key + "update_size"))]
+    sizes = sizes[len(sizes) // 2 :]
+    if not sizes:
+        return None
+    cosines = [r[key + "update_cosine"] for r in seen if _finite(r.get(key + "update_cosine"))]
+    cosines = cosines[len(cosines) // 2 :]
+    return sum(s * s for s in sizes) / len(sizes), (sum(cosines) / len(cosines) if cosines else 0.0)
+
+
+def _from_norms(
+    measured: Sequence[dict[str, Any]], key: str, lr_at: Series, decay_at: Series
+) -> tuple[float, float] | None:
+    """The effective ‖u‖² over the recent half of the measured steps, from the norms at its two
+    ends; a negative one (the norm fell faster than decay takes it) is returned with cosine −1:
+    the loss, not decay, sets where these weights go."""
+    last = measured[-1]
+    first = next(r for r in measured if r["step"] >= last["step"] / 2)
+    if first is last:
+        return None
+    steps = ((lr_at(t), decay_at(t)) for t in range(first["step"] + 1, last["step"] + 1))
+    update_sq = update_sq_between(first[key + "weight_norm"] ** 2, last[key + "weight_norm"] ** 2, steps)
+    if not math.isfinite(update_sq):
+        return None
+    return (update_sq, 0.0) if update_sq >= 0 else (0.0, -1.0)
 
 
 def group_labels(records: Sequence[dict[str, Any]], metric: str) -> list[str]:

@@ -1,0 +1,163 @@
+"""``normctl-lab forecast-accuracy``: how well ``NormMonitor.forecast`` predicts a decayed group's
+norm at the end of a run from its first 10 % — every committed run a test case.
+
+    normctl-lab forecast-accuracy --out results/doctor [--at 0.1] [--results results]
+
+For every finished run under ``--results`` whose optimizer decays decoupled (AdamW, AdamC, Lion,
+Muon, MuonC; with param groups or over plain parameters), and each of its groups with λ > 0:
+the forecast made at ``--at`` of the run (:func:`normctl.monitor.forecast.from_records` on the
+records up to that step, with the run's own lr schedule and decay for the steps to come, as a
+user's ``monitor.forecast(total_steps, lr_schedule)`` has them) against the norm the run reached.
+Two sources of ‖u‖²: the effective update that moved the group's norm over the second half of the
+window (``norms``; every run) and the measured update size and cosine (``updates``; only the runs
+recorded since the monitor measures them). The committed curves are thinned (every 4th record):
+the window's two norms are records that survive thinning, so the table is what these files give.
+
+Not forecast: norm-controlled groups (AdamWN, the wrappers: their norm is their target), SGD's
+coupled L2 (another recurrence), the peers, groups without decay, and runs that ended early.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from collections import defaultdict
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from normctl.monitor.forecast import Series, from_records
+from normctl.report.runs import load_run
+
+from .config import RunConfig
+from .methods import BASE_LR_SCALE
+from .rundir import strict_json
+
+FORECAST_FAMILIES = ("adamw", "adamc", "lion", "muon", "muonc")  # decoupled decay, not norm-controlled
+CORRECTED = ("adamc", "muonc")  # λ_t = λ·γ_t/γ_max on the normalised groups
+DECAYED_GROUPS = ("normalized", "decay", "output", "normalized_muon", "decay_muon", "matrices", "other tensors")
+TASK_KIND = {"gpt": "GPT", "torchlm": "GPT", "fmnist": "ResNet", "voronoi": "MLP"}
+
+
+def run_forecast_accuracy(results: str | Path, out: str | Path, *, at: float = 0.1, verbose: bool = True) -> dict:
+    if not 0 < at < 1:
+        raise ValueError(f"at must be in (0, 1), a fraction of the run, got {at}")
+    results, out = Path(results), Path(out)
+    cases = []
+    run_dirs = sorted(p.parent for p in results.rglob("final.json") if (p.parent / "config.json").is_file())
+    for run_dir in run_dirs:
+        cases += case_rows(run_dir, at, results)
+    summary = {"at": at, "cases": cases, "table": accuracy_table(cases)}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "summary.json").write_text(strict_json(summary, indent=2))
+    if verbose:
+        print(table(summary), flush=True)
+    return summary
+
+
+def case_rows(run_dir: Path, at: float, root: Path) -> list[dict[str, Any]]:
+    """One row per decayed group of a finished run: the forecasts from both sources and the end."""
+    config = json.loads((run_dir / "config.json").read_text())
+    final = json.loads((run_dir / "final.json").read_text())
+    if config.get("method") not in FORECAST_FAMILIES or final.get("status") != "finished":
+        return []
+    cfg = RunConfig(**{k: v for k, v in config.items() if k in RunConfig.__dataclass_fields__})
+    records = load_run(run_dir).records
+    last = records[-1]["step"] if records else 0  # the last record kept: the forecast's end
+    if last < 0.95 * cfg.steps:
+        return []
+    at_step = int(at * cfg.steps)
+    peak = cfg.lr * BASE_LR_SCALE.get(cfg.method, 1.0)
+    end = records[-1]
+    rows: list[dict[str, Any]] = []
+    for source in ("norms", "updates"):
+        forecasts = from_records(records, at_step=at_step, total_steps=last, future=_schedule(cfg, peak), source=source)
+        for f in forecasts:
+            measured = end.get(f"group/{f.group}/norm_ratio")
+            if f.group not in _decayed(cfg, end) or not isinstance(measured, (int, float)):
+                continue
+            row = next((r for r in rows if r["group"] == f.group), None)
+            if row is None:
+                row = {"run": str(run_dir.relative_to(root)), "method": cfg.method, "task": cfg.task,
+                       "group": f.group, "measured": measured}  # fmt: skip
+                rows.append(row)
+            row[source] = f.norm_ratio_end  # None: the loss pulls the weights inward
+            row[f"{source}_error"] = None if f.norm_ratio_end is None else f.norm_ratio_end / measured - 1
+    return rows
+
+
+def _decayed(cfg: RunConfig, record: dict[str, Any]) -> set[str]:
+    labels = {k.split("/")[1] for k in record if k.startswith("group/") and k.endswith("/weight_norm")}
+    if cfg.plain and cfg.method == "adamw":
+        return labels  # torch's AdamW over model.parameters(): one group, every tensor decayed
+    return {g for g in labels if cfg.decay_all or g in DECAYED_GROUPS}
+
+
+def _schedule(cfg: RunConfig, peak: float) -> Callable[[str], tuple[Series, Series]]:
+    """Each group's lr and decay at every optimizer step s (counted from 1): LambdaLR steps after
+    the optimizer, so step s takes the multiplier of s − 1; AdamC's and MuonC's normalised groups
+    decay by λ·γ_t/γ_max."""
+    multiplier = cfg.lr_multiplier
+    top = max(multiplier(s) for s in range(cfg.steps))
+
+    def lr_at(s: int) -> float:
+        return peak * multiplier(max(0, s - 1))
+
+    def decay_at(s: int) -> float:
+        return cfg.weight_decay
+
+    def corrected_decay_at(s: int) -> float:
+        return cfg.weight_decay * multiplier(max(0, s - 1)) / top
+
+    def of(group: str) -> tuple[Series, Series]:
+        corrected = cfg.method in CORRECTED and group.startswith("normalized")
+        return lr_at, corrected_decay_at if corrected else decay_at
+
+    return of
+
+
+def accuracy_table(cases: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per method, model kind, group and source: how many groups, how many forecast, the median
+    signed error (its direction), and the median and worst relative error of the forecast norm
+    ratio against the measured one."""
+    groups: dict[tuple[str, str, str, str], list[float | None]] = defaultdict(list)
+    for case in cases:
+        for source in ("norms", "updates"):
+            if source in case:
+                kind = TASK_KIND.get(case["task"], case["task"])
+                groups[(case["method"], kind, case["group"], source)].append(case[f"{source}_error"])
+    rows = []
+    for (method, kind, group, source), errors in sorted(groups.items()):
+        forecast = [e for e in errors if e is not None]
+        rows.append(
+            {
+                "method": method,
+                "model": kind,
+                "group": group,
+                "source": source,
+                "groups": len(errors),
+                "forecast": len(forecast),
+                "median_error": statistics.median(forecast) if forecast else math.nan,
+                "median_abs_error": statistics.median(map(abs, forecast)) if forecast else math.nan,
+                "worst_abs_error": max(map(abs, forecast)) if forecast else math.nan,
+            }
+        )
+    return rows
+
+
+def table(summary: dict[str, Any]) -> str:
+    out = [
+        f"Forecast at {summary['at']:.0%} of each run against the norm ratio it reached, per decayed group "
+        "(error: forecast/measured − 1; the median's sign says which way it misses):",
+        "",
+        "| method | model | group | ‖u‖² from | runs (forecast) | median error | median \\|error\\| | worst \\|error\\| |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for row in summary["table"]:
+        out.append(
+            f"| {row['method']} | {row['model']} | {row['group']} | {row['source']} | {row['groups']} "
+            f"({row['forecast']}) | {row['median_error']:+.1%} | {row['median_abs_error']:.1%} | "
+            f"{row['worst_abs_error']:.1%} |"
+        )
+    return "\n".join(out)
