@@ -151,7 +151,8 @@ def table(summary: dict[str, Any]) -> str:
         f"Forecast at {summary['at']:.0%} of each run against the norm ratio it reached, per decayed group "
         "(error: forecast/measured − 1; the median's sign says which way it misses):",
         "",
-        "| method | model | group | ‖u‖² from | runs (forecast) | median error | median \\|error\\| | worst \\|error\\| |",
+        "| method | model | group | ‖u‖² from | runs (forecast) | median error "
+        "| median \\|error\\| | worst \\|error\\| |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for row in summary["table"]:
