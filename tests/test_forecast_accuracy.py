@@ -1,0 +1,56 @@
+"""``normctl-lab forecast-accuracy``: each finished run's forecast at a fraction of the run against
+the norm it reached, with the run's own schedule and decay (AdamC's scaled by γ_t/γ_max)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+
+import pytest
+from normctl_lab.config import RunConfig, with_overrides
+from normctl_lab.forecast_accuracy import run_forecast_accuracy
+
+from normctl import rules
+
+
+def _run_made_by_the_recurrence(directory, method: str, update_sq: float = 4.0):
+    """A run folder whose normalised group's norm follows the decay recurrence exactly, with the
+    lr LambdaLR gives step s (the multiplier of s − 1) and AdamC's λ·γ_t/γ_max where it corrects."""
+    cfg = with_overrides(RunConfig(), [f"method={method}", "steps=400", "warmup=20", "lr=0.01", "weight_decay=0.5"])
+    m = cfg.lr_multiplier
+    top = max(m(s) for s in range(cfg.steps))
+    norm_sq, records = 1.0, []
+    for s in range(1, cfg.steps + 1):
+        decay = cfg.weight_decay * (m(s - 1) / top if method == "adamc" else 1.0)
+        norm_sq = rules.decayed_norm_sq_after(norm_sq, update_sq, [(cfg.lr * m(s - 1), decay)])
+        if s % 10 == 0:
+            norm = math.sqrt(norm_sq)
+            records.append({"step": s, "lr/normalized": cfg.lr * m(s), "group/normalized/weight_norm": norm,
+                            "group/normalized/norm_ratio": norm})  # fmt: skip
+    directory.mkdir(parents=True)
+    (directory / "config.json").write_text(json.dumps(dataclasses.asdict(cfg)))
+    (directory / "final.json").write_text(json.dumps({"status": "finished"}))
+    (directory / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    return records[-1]["group/normalized/norm_ratio"]
+
+
+@pytest.mark.parametrize("method", ["adamw", "adamc"])
+def test_a_run_made_by_the_recurrence_is_forecast_exactly(tmp_path, method):
+    end = _run_made_by_the_recurrence(tmp_path / "results" / "run", method)
+    summary = run_forecast_accuracy(tmp_path / "results", tmp_path / "out", at=0.2, verbose=False)
+    (case,) = summary["cases"]
+    assert case["measured"] == pytest.approx(end) and case["method"] == method
+    assert abs(case["norms_error"]) < 1e-9  # the wrong λ_t (AdamC's uncorrected) or lr offset would miss
+    (row,) = summary["table"]
+    assert row["forecast"] == 1 and row["median_abs_error"] < 1e-9
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())["at"] == 0.2
+
+
+def test_runs_it_cannot_forecast_are_left_out(tmp_path):
+    _run_made_by_the_recurrence(tmp_path / "results" / "held", "adamwn")  # norm-controlled: its target
+    _run_made_by_the_recurrence(tmp_path / "results" / "cut", "adamw")
+    (tmp_path / "results" / "cut" / "final.json").write_text(json.dumps({"status": "diverged"}))
+    assert run_forecast_accuracy(tmp_path / "results", tmp_path / "out", verbose=False)["cases"] == []
+    with pytest.raises(ValueError, match="at must be in"):
+        run_forecast_accuracy(tmp_path / "results", tmp_path / "out", at=1.5)
