@@ -53,6 +53,11 @@ class Findings(list):
                 lines.append(f"    fix: {f.fix}")
         return "\n".join(lines)
 
+    def scalars(self, prefix: str) -> dict[str, int]:
+        """How many findings, and how many warnings, as numbers a tracker charts (``prefix``/…):
+        the framework callbacks send them beside the text."""
+        return {f"{prefix}/findings": len(self), f"{prefix}/warnings": sum(f.severity == "warning" for f in self)}
+
 
 def check(
     optimizer: torch.optim.Optimizer,

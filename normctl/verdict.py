@@ -47,8 +47,8 @@ def diagnose(run: Run) -> Findings:
     findings = Findings()
     for label in group_labels(records, "norm_ratio"):
         findings += _time_scale(run, label, total)
-        if label in early and label in final:
-            findings.append(_forecast_judged(label, early[label], final[label]))
+        if label in final:  # a decayed group
+            findings.append(_forecast_judged(label, early.get(label), final[label], max(1, int(total * FORECAST_AT))))
         findings += _tail_rise(run, label)
         findings += _shrunk(run, label)
     findings += _controlled(run)
@@ -72,19 +72,22 @@ def _time_scale(run: Run, label: str, total: int) -> list[Finding]:
     return [Finding("info", f"{label}: {what}", evidence, "")]
 
 
-def _forecast_judged(label: str, early: Forecast, final: Forecast) -> Finding:
+def _forecast_judged(label: str, early: Forecast | None, final: Forecast, at_step: int) -> Finding:
     """What the forecast said at 10 % of the run, and where the norm ended."""
     ended = final.norm_ratio_now
-    if early.norm_ratio_end is None:
-        said = f"made no forecast at step {early.at_step} (the updates pulled the weights inward)"
+    if early is None or early.norm_ratio_end is None:
+        said = (
+            f"made no forecast at step {at_step} (the weights moved inward faster than decay takes them)"
+            if early is not None
+            else f"had too few measured steps by step {at_step} to forecast"
+        )
         return Finding("info", f"{label}: ‖θ‖/‖θ0‖ ended at {ended:.3g}; the forecast {said}", "", "")
     factor = ended / early.norm_ratio_end if early.norm_ratio_end > 0 else math.inf
     return Finding(
         "info",
         f"{label}: ‖θ‖/‖θ0‖ ended at {ended:.3g}; forecast at step {early.at_step}: {early.norm_ratio_end:.3g} "
         f"({factor:.2f}× the forecast)",
-        f"the ODE of target='auto' from the updates measured up to step {early.at_step} "
-        f"(cos(θ, −u) = {early.cosine:.2f})",
+        f"the decay recurrence of target='auto' from the norms measured up to step {early.at_step}",
         "",
     )
 

@@ -216,11 +216,9 @@ def test_hf_resumed_run_records_what_an_uninterrupted_one_does(tmp_path, target)
         assert ratios and all(a[k] == pytest.approx(b[k], rel=1e-5) for k in ratios)
 
 
-def test_lightning_records_the_steps_own_gradients_before_clipping_and_logs_to_trainer_loggers():
-    pl = pytest.importorskip("lightning.pytorch")
+def recording_logger(pl):
+    """A Lightning logger that keeps what it is given."""
     from lightning.pytorch.loggers import Logger
-
-    from normctl.integrations.lightning import NormMonitorCallback
 
     class Recorder(Logger):
         name, version = "recorder", 0
@@ -228,17 +226,25 @@ def test_lightning_records_the_steps_own_gradients_before_clipping_and_logs_to_t
 
         def __init__(self):
             super().__init__()
-            self.metrics = []
+            self.metrics, self.hyperparams = [], {}
 
         def log_metrics(self, metrics, step=None):
             self.metrics.append((step, dict(metrics)))
 
         def log_hyperparams(self, params, *args, **kwargs):
-            pass
+            self.hyperparams.update(params)
+
+    return Recorder()
+
+
+def test_lightning_records_the_steps_own_gradients_before_clipping_and_logs_to_trainer_loggers():
+    pl = pytest.importorskip("lightning.pytorch")
+
+    from normctl.integrations.lightning import NormMonitorCallback
 
     torch.manual_seed(0)
     data = torch.utils.data.TensorDataset(torch.randn(64, 4), torch.randn(64, 1))
-    sink, pre_clip, logger = MemorySink(), [], Recorder()
+    sink, pre_clip, logger = MemorySink(), [], recording_logger(pl)
     trainer = pl.Trainer(
         accelerator="cpu",
         logger=logger,
@@ -403,13 +409,20 @@ def test_hf_prints_the_check_when_training_starts(tmp_path, capsys):
 
     model, data, args = tiny_gpt2(transformers, tmp_path, logging_steps=1)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)  # decays the LayerNorm gains too
-    trainer = transformers.Trainer(model=model, args=args, train_dataset=data, optimizers=(optimizer, None))
+    tracker = LogRecorder()
+    trainer = transformers.Trainer(
+        model=model, args=args, train_dataset=data, optimizers=(optimizer, None), callbacks=[tracker]
+    )
     hf.attach(trainer)
     trainer.train()
     printed = capsys.readouterr().out
     assert "[warning]" in printed and "fewer than 2 dimensions" in printed and "transformer.h.0.ln_1.weight" in printed
     verdict = printed[printed.index("normctl doctor — what weight decay did to this run") :]  # at the end
     assert "‖θ‖/‖θ0‖ ended at" in verdict
+    # the trackers: the check's counts with the first log, the verdict's with the Trainer's last
+    assert tracker.logs[0]["normctl/check/warnings"] >= 1
+    assert sum("normctl/check/findings" in logs for logs in tracker.logs) == 1
+    assert "train_runtime" in tracker.logs[-1] and tracker.logs[-1]["normctl/verdict/findings"] >= 1
 
 
 def test_lightning_prints_the_check_when_training_starts(capsys):
@@ -417,8 +430,17 @@ def test_lightning_prints_the_check_when_training_starts(capsys):
     from normctl.integrations.lightning import NormMonitorCallback
 
     data = torch.utils.data.TensorDataset(torch.randn(16, 4), torch.randn(16, 1))
-    trainer = quiet_trainer(pl, max_steps=2, log_every_n_steps=1, callbacks=[NormMonitorCallback()])
+    logger = recording_logger(pl)
+    trainer = pl.Trainer(
+        accelerator="cpu", logger=logger, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, max_steps=2, log_every_n_steps=1, callbacks=[NormMonitorCallback()],
+    )  # fmt: skip
     trainer.fit(lightning_regression(pl, [], method="adamc"), torch.utils.data.DataLoader(data, batch_size=8))
     printed = capsys.readouterr().out
     assert "[info]" in printed and "decay never reaches its steady state in this run" in printed
     assert printed.index("normctl doctor — what weight decay did") > printed.index("decay never reaches")
+    # the loggers: the check's and the verdict's text as hyperparameters, their counts as metrics
+    assert "decay never reaches its steady state" in logger.hyperparams["normctl/check"]
+    assert "‖θ‖/‖θ0‖ ended at" in logger.hyperparams["normctl/verdict"]
+    counted = {k: v for _, m in logger.metrics for k, v in m.items() if k.endswith("/findings")}
+    assert counted["normctl/check/findings"] >= 1 and counted["normctl/verdict/findings"] >= 1

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..checks import Findings
 from ..monitor import NormMonitor
 from ..monitor.scalars import TRACKER_METRICS, TRACKER_SCOPES, select_scalars
 from ..monitor.sinks import Sink
@@ -96,14 +97,20 @@ class MonitorOwner:
     def tracker_scalars(self, record: dict[str, Any]) -> dict[str, float]:
         return select_scalars(record, self.tracker_scopes, self.tracker_metrics, prefix=TRACKER_PREFIX)
 
-    def stop(self, *, verdict: bool = False) -> None:
-        """Close the monitor; ``verdict``: print what decay did to the run (``normctl doctor``'s
-        findings, from the records this monitor wrote)."""
+    def stop(self, *, verdict: bool = False) -> Findings | None:
+        """Close the monitor; ``verdict``: print and return what decay did to the run
+        (``normctl doctor``'s findings, from the records this monitor wrote)."""
+        findings = None
         if self.monitor is not None:
             self.monitor.close()
             if verdict and self.monitor.group_records:
-                from ..verdict import diagnose_records
-
-                findings = diagnose_records(self.monitor.group_records)
+                findings = self.verdict()
                 print(f"normctl doctor — what weight decay did to this run:\n{findings}")
             self.monitor = None
+        return findings
+
+    def verdict(self) -> Findings:
+        """``normctl doctor``'s findings on the records this monitor has written so far."""
+        from ..verdict import diagnose_records
+
+        return diagnose_records(self.monitor.group_records if self.monitor is not None else [])

@@ -81,6 +81,7 @@ class NormMonitorCallback(TrainerCallback):
             every=every, sinks=sinks, tracker_scopes=tracker_scopes, tracker_metrics=tracker_metrics
         )
         self.max_grad_norm = 0.0
+        self._check_scalars: dict[str, int] = {}  # the check's counts, for the trackers' first log
 
     @property
     def monitor(self):
@@ -92,7 +93,9 @@ class NormMonitorCallback(TrainerCallback):
         if model is not None:
             name_the_parameters(optimizer, model)
         if self.check and state.is_world_process_zero and model is not None and optimizer is not None:
-            print(check(unwrap_optimizer(optimizer), model, steps=state.max_steps or None), flush=True)
+            findings = check(unwrap_optimizer(optimizer), model, steps=state.max_steps or None)
+            print(findings, flush=True)
+            self._check_scalars = findings.scalars("normctl/check")
         self.owner.start(model, optimizer, _saved_state(args, state), logging_every=_logging_steps(args, state))
 
     def on_step_begin(self, args, state, control, **kwargs):
@@ -109,8 +112,15 @@ class NormMonitorCallback(TrainerCallback):
             control.should_log = True  # the log brings the loss and the norm before clipping
 
     def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs is None:
+            return
+        # the trackers get numbers only: how many findings the check and the verdict had (the text is printed)
+        logs.update(self._check_scalars)
+        self._check_scalars = {}
+        if self.check and "train_runtime" in logs and state.is_world_process_zero:  # the Trainer's last log
+            logs.update(self.owner.verdict().scalars("normctl/verdict"))
         monitor = self.monitor
-        if monitor is None or monitor.pending is None or logs is None:
+        if monitor is None or monitor.pending is None:
             return
         record = monitor.pending
         if self.max_grad_norm > 0 and logs.get("grad_norm") is not None:

@@ -70,7 +70,9 @@ class NormMonitorCallback(pl.Callback):
         give_auto_targets_the_run_length(trainer.optimizers[0], known)
         name_the_parameters(trainer.optimizers[0], pl_module)
         if self.check and trainer.is_global_zero:  # what decay will do to this run, before its first step
-            print(check(unwrap_optimizer(trainer.optimizers[0]), pl_module, steps=known), flush=True)
+            findings = check(unwrap_optimizer(trainer.optimizers[0]), pl_module, steps=known)
+            print(findings, flush=True)
+            _to_loggers(trainer, "normctl/check", findings, step=trainer.global_step)
         self.owner.start(pl_module, trainer.optimizers[0], self._saved, logging_every=trainer.log_every_n_steps)
         self._losses, self._stepped = [], trainer.global_step
         # Lightning steps through a closure: the optimizer's pre-step hook runs before backward,
@@ -98,7 +100,9 @@ class NormMonitorCallback(pl.Callback):
     def on_train_end(self, trainer, pl_module) -> None:
         if self.monitor is not None:  # a checkpoint saved after fit still continues the records
             self._saved = self.monitor.state_dict()
-        self.owner.stop(verdict=self.check and trainer.is_global_zero)
+        verdict = self.owner.stop(verdict=self.check and trainer.is_global_zero)
+        if verdict is not None:
+            _to_loggers(trainer, "normctl/verdict", verdict, step=max(0, trainer.global_step - 1))
 
     def state_dict(self) -> dict[str, Any]:
         state = self.monitor.state_dict() if self.monitor is not None else self._saved
@@ -106,3 +110,11 @@ class NormMonitorCallback(pl.Callback):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._saved = state_dict.get("monitor")
+
+
+def _to_loggers(trainer, prefix: str, findings, step: int) -> None:
+    """The findings to every logger: their text as a hyperparameter (``prefix``), the only text
+    Lightning's Logger API carries, and their counts as metrics."""
+    for logger in trainer.loggers:
+        logger.log_hyperparams({prefix: str(findings)})
+        logger.log_metrics(findings.scalars(prefix), step=step)
