@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from . import distributed
+from . import distributed, rules, schedules
 from .groups import param_roles
 from .optim import SGDC, AdamC, CorrectedDecay, MuonAdamW, MuonC
 from .optim._auto_target import as_auto_target
@@ -30,6 +30,11 @@ CORRECTING = (AdamC, SGDC, MuonC, CorrectedDecay)
 SETTLED = 3  # time scales after which a norm is at its steady state (e^-3 of the way left)
 TAIL = 0.1  # the last fraction of the run whose gradient-norm rise is predicted
 RISE = 1.25  # a predicted rise above this is worth a warning
+# Adam's update per element, |m̂/sqrt(v̂)|: its RMS is about 0.2 in large AdamW runs (Moonshot 2025
+# match Muon's update to it); a prior, before any step measures it
+ADAM_UPDATE_RMS = 0.2
+REFERENCE_DECAY = 0.1  # the AdamW λ a held target is compared against (target="auto"'s, nanoGPT's)
+HELD_BELOW = 1.5  # AdamW expected this many times above a held target: worth a warning
 
 
 @dataclass(frozen=True)
@@ -84,6 +89,8 @@ def check(
         findings += _held_output_layer(optimizer, names, roles)
     findings += _time_scales(optimizer, steps)
     findings += _controlled_targets(optimizer, names, steps)
+    if steps is not None:
+        findings += _held_below_adamw(optimizer, names, steps, lr_schedule)
     if steps is not None and lr_schedule is not None:
         findings += _tail_rise(optimizer, names, roles, steps, lr_schedule)
     return findings
@@ -199,6 +206,48 @@ def _controlled_targets(optimizer, names, steps) -> list[Finding]:
                 f"normctl.AutoTarget(steps={max(1, steps // 20)}) (a few % of the run), or a fixed target",
             )
         )
+    return out
+
+
+def _held_below_adamw(optimizer, names, steps, lr_schedule) -> list[Finding]:
+    """Fixed AdamWN / NormControl targets on tensors AdamW would grow well past them in this run:
+    on the first-call issue's models, holding the initial norm cost held-out loss wherever AdamW
+    moved the weights away from it. AdamW's end norm is predicted from the run's lrs with
+    λ = 0.1 and a prior update size ``ADAM_UPDATE_RMS``·sqrt(n) (before any step measures it);
+    ``target="auto"`` measures it instead."""
+    out = []
+    for i, group in enumerate(optimizer.param_groups):
+        if not (group.get("control", False) and "target" in group) or as_auto_target(group["target"]) is not None:
+            continue
+        if not group.get("relative_target", True) or group.get("scope", "tensor") != "tensor":
+            continue
+        target = float(schedules.as_schedule(group["target"], "target")(steps))
+        lr = group.get("initial_lr") or group["lr"]
+        lrs = (float(lr) * (float(lr_schedule(t)) if lr_schedule is not None else 1.0) for t in range(steps))
+        shrink, added = rules.decay_coefficients((g, REFERENCE_DECAY) for g in lrs)
+        grown = []  # (tensor, AdamW's expected end norm over its initial norm)
+        for p in group["params"]:
+            if not p.requires_grad or distributed.is_sharded(p) or p.numel() == 0:
+                continue  # a check reads no other rank's data
+            norm_sq = float(p.detach().float().square().sum())
+            if norm_sq > 0:
+                ratio = math.sqrt(shrink + added * ADAM_UPDATE_RMS**2 * p.numel() / norm_sq)
+                if ratio > HELD_BELOW * target:
+                    grown.append((p, ratio))
+        if grown:
+            label = group.get("name", f"group {i}")
+            median = sorted(r for _, r in grown)[len(grown) // 2]
+            out.append(
+                Finding(
+                    "warning",
+                    f"{label}: the target holds {len(grown)} tensor(s) at {target:.3g}× their initial norm, where "
+                    f"AdamW would grow them to about {median:.3g}× (median) by step {steps}",
+                    _label([p for p, _ in grown], names)
+                    + f" (AdamW at λ {REFERENCE_DECAY} with an update RMS of {ADAM_UPDATE_RMS}, Adam's usual: a prior;"
+                    " holding the initial norm cost held-out loss where AdamW grew the weights)",
+                    f"target=normctl.AutoTarget(total_steps={steps}) (the norm AdamW reaches in this run, measured)",
+                )
+            )
     return out
 
 

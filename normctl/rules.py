@@ -191,21 +191,29 @@ def decayed_norm_sq_after(
     return norm_sq
 
 
-def update_sq_between(norm_sq_start: float, norm_sq_end: float, steps: Iterable[tuple[float, float]]) -> float:
-    """The inverse of :func:`decayed_norm_sq_after` at c = 0: the constant ‖u‖² that takes the
-    squared norm from ``norm_sq_start`` to ``norm_sq_end`` over ``steps`` (pairs γ_t, λ_t). The
-    recurrence is linear in ‖u‖²::
+def decay_coefficients(steps: Iterable[tuple[float, float]]) -> tuple[float, float]:
+    """(P, S) of the decay recurrence at c = 0 over ``steps`` (pairs γ_t, λ_t), which is linear in
+    the start's squared norm and in ‖u‖²::
 
-        ‖θ_b‖² = P·‖θ_a‖² + ‖u‖²·S,      P = Π f_t²,  S = Σ_t γ_t²·Π_{s>t} f_s²
+        ‖θ_b‖² = P·‖θ_a‖² + S·‖u‖²,      P = Π f_t²,  S = Σ_t γ_t²·Π_{s>t} f_s²,  f_t = 1 − γ_t·λ_t
 
-    so this is (‖θ_b‖² − P·‖θ_a‖²)/S: the effective update, which carries whatever alignment
-    the updates had with the weight (it equals ‖u‖²·(1 + 2f·a) of :func:`aligned_norm_sq_after`).
-    It is negative where the norm fell faster than decay alone would take it (the loss pulling
-    the weights inward), and NaN over steps that neither decay nor move anything (S = 0)."""
+    — one pass over a schedule for any number of tensors that share it."""
     shrink, added = 1.0, 0.0
     for lr, weight_decay in steps:
         f_sq = (1 - lr * weight_decay) ** 2
         shrink, added = shrink * f_sq, added * f_sq + lr * lr
+    return shrink, added
+
+
+def update_sq_between(norm_sq_start: float, norm_sq_end: float, steps: Iterable[tuple[float, float]]) -> float:
+    """The inverse of :func:`decayed_norm_sq_after` at c = 0: the constant ‖u‖² that takes the
+    squared norm from ``norm_sq_start`` to ``norm_sq_end`` over ``steps`` (pairs γ_t, λ_t), from
+    :func:`decay_coefficients`: (‖θ_b‖² − P·‖θ_a‖²)/S — the effective update, which carries
+    whatever alignment the updates had with the weight (it equals ‖u‖²·(1 + 2f·a) of
+    :func:`aligned_norm_sq_after`). It is negative where the norm fell faster than decay alone
+    would take it (the loss pulling the weights inward), and NaN over steps that neither decay
+    nor move anything (S = 0)."""
+    shrink, added = decay_coefficients(steps)
     return (norm_sq_end - shrink * norm_sq_start) / added if added > 0 else math.nan
 
 

@@ -122,3 +122,23 @@ def test_target_auto_on_a_run_shorter_than_its_window_is_a_warning():
     short = [f for f in normctl.check(optimizer, model, steps=150) if "target='auto'" in f.what]
     assert len(short) == 1 and short[0].severity == "warning" and "AutoTarget(steps=7)" in short[0].fix
     assert not [f for f in normctl.check(optimizer, model, steps=10_000) if "target='auto'" in f.what]
+
+
+def test_a_target_held_well_below_where_adamw_would_grow_the_tensors_is_found():
+    torch.manual_seed(0)
+    small = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 64))
+    with torch.no_grad():
+        for layer in (small[0], small[2]):
+            layer.weight.mul_(0.05)  # a small initialisation, which AdamW's updates outgrow
+    held = normctl.AdamWN(normctl.param_groups(small, control_output=False), lr=1e-2)  # target 1.0
+    found = [f for f in normctl.check(held, small, steps=5_000) if "would grow them" in f.what]
+    assert len(found) == 1 and "0.weight" in found[0].evidence and "AutoTarget(total_steps=5000)" in found[0].fix
+    # silent: a target AdamW would not outgrow, PyTorch's initialisation at a small lr, the automatic target
+    loose = normctl.AdamWN(normctl.param_groups(small, control_output=False), lr=1e-2, target=50.0)
+    assert not any("would grow" in w for w in whats(normctl.check(loose, small, steps=5_000)))
+    default = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 64))
+    quiet = normctl.AdamWN(normctl.param_groups(default), lr=1e-4)
+    assert not any("would grow" in w for w in whats(normctl.check(quiet, default, steps=5_000)))
+    auto = normctl.AdamWN(normctl.param_groups(small), lr=1e-2, target="auto")
+    assert not any("would grow" in w for w in whats(normctl.check(auto, small, steps=5_000)))
+    assert not any("would grow" in w for w in whats(normctl.check(held, small)))  # no length: no prediction
