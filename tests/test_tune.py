@@ -425,7 +425,7 @@ def test_the_tune_command_lists_every_search_space(capsys):
 
     with pytest.raises(SystemExit):
         main(["tune", "--help"])
-    text = " ".join(capsys.readouterr().out.split())
+    text = "".join(capsys.readouterr().out.split())  # argparse may wrap a name at its hyphen
     assert all(name in text for name in search_spaces.SEARCH_SPACES)
 
 
@@ -478,6 +478,8 @@ def test_verdict_words_follow_from_the_interval_alone():
 
 def test_a_space_whose_name_holds_a_plus_is_told_from_a_field_fixed_after_a_name():
     assert search_spaces.search_space("muon+wn") == search_spaces.SEARCH_SPACES["muon+wn"]
+    auto = search_spaces.search_space("muon+wn-auto")  # its own space, not "muon+wn" and a field
+    assert auto.fixed["auto_alignment"] == "true" and [k.field for k in auto.knobs] == ["lr", "auto_decay"]
     fixed = search_spaces.search_space("muon+wn+rate=0.05")
     assert fixed.fixed["rate"] == "0.05" and fixed.fixed["method"] == "muon+wn"
     assert search_spaces.search_space("adamw+decay=min").fixed["decay"] == "min"

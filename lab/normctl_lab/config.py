@@ -17,7 +17,7 @@ from .voronoi import ACTIVATIONS as VORONOI_ACTIVATIONS
 from .voronoi import INITS
 
 TASKS = ("gpt", "voronoi", "fmnist", "torchlm")
-PLAIN_METHODS = ("adamw", "adamwn", "adamc", "sgd", "sgdc")
+PLAIN_METHODS = ("adamw", "adamwn", "adamc", "muon", "sgd", "sgdc")
 SCHEDULES = ("cosine", "constant")
 ON_NONFINITE = ("stop", "skip")
 AUTO_RULES = ("", "equilibrium", "inflection")

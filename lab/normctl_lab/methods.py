@@ -96,11 +96,13 @@ def build_plain(
         return normctl.AdamWN(params, lr=lr) if target is None else normctl.AdamWN(params, lr=lr, target=target)
     if method == "adamc":
         return normctl.AdamC(params, lr=lr, weight_decay=weight_decay)
+    if method == "muon":  # Muon on the 2-d tensors, AdamW on the rest (MuonAdamW's plain split)
+        return normctl.MuonAdamW(params, lr=lr, weight_decay=weight_decay)
     if method == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay)
     if method == "sgdc":
         return normctl.SGDC(params, lr=lr, momentum=0.9, weight_decay=weight_decay)
-    raise ValueError(f"a plain call is built for adamw, adamwn, adamc, sgd and sgdc, not {method!r}")
+    raise ValueError(f"a plain call is built for adamw, adamwn, adamc, muon, sgd and sgdc, not {method!r}")
 
 
 def target_schedule(shape: str, ratio: float, steps: int) -> schedules.Schedule:

@@ -8,7 +8,9 @@ and, as a user would swap it in, ``AdamWN(model.parameters())`` (the default tar
 ``AdamWN(..., target="auto")`` without the run's length (AdamW's asymptotic norm, the rule until
 now; and holding the norm AdamW had after the window, what a plain loop gets now) and with it, as
 the Hugging Face / Lightning callbacks give it (``AutoTarget(total_steps=…)``, without and with
-the update's measured alignment, ``AutoTarget(alignment=True)``), and ``AdamC(model.parameters())``;
+the update's measured alignment, ``AutoTarget(alignment=True)``), ``AdamC(model.parameters())`` and
+``MuonAdamW(model.parameters())`` (Muon's lr matched to AdamW's update RMS, so AdamW's lr and λ);
+with ``param_groups(model)``, AdamWN holding the output layer or leaving it to AdamW's decay;
 on the classifier, ``SGD`` against ``SGDC``. Every model keeps
 PyTorch's default initialisation. Each row: the held-out loss (and accuracy on the classifier),
 mean ± std over the seeds, and the paired per-seed difference against the reference call with a
@@ -49,6 +51,7 @@ ADAM_CALLS: dict[str, list[str]] = {
     # ... and with the update's alignment measured too (AutoTarget(alignment=True))
     "adamwn-auto-aligned": ["method=adamwn", "auto_target=equilibrium", "auto_run_length=true", "auto_alignment=true"],
     "adamc": ["method=adamc"],
+    "muon": ["method=muon"],  # MuonAdamW(model.parameters()): Muon on every 2-d tensor, AdamW on the rest
 }
 HEAD_CALLS: dict[str, list[str]] = {  # normctl.param_groups(model): the output layer held, or decayed as AdamW does
     "adamwn-groups": ["method=adamwn", "plain=false"],

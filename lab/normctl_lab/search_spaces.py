@@ -90,6 +90,12 @@ SEARCH_SPACES = {
     "muon": SearchSpace({"method": "muon"}, (LR, ADAM_DECAY)),
     "muonc": SearchSpace({"method": "muonc"}, (LR, ADAM_DECAY)),
     "muon+wn": SearchSpace({"method": "muon+wn"}, (LR, Knob("target_ratio", 0.25, 8.0), Knob("rate", 1e-3, 1e-1))),
+    # target="auto" on Muon's matrices: the norm decoupled decay would hold them at, with the updates'
+    # measured alignment (docs/math.md: Muon's momentum-built updates settle it sqrt(1 + 2a)× higher)
+    "muon+wn-auto": SearchSpace(
+        {"method": "muon+wn", "auto_target": "equilibrium", "auto_run_length": "true", "auto_alignment": "true"},
+        (LR, Knob("auto_decay", 1e-2, 1.0)),
+    ),
     "adamcpr": SearchSpace(
         {"method": "adamcpr"},
         (
