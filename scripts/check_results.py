@@ -130,7 +130,19 @@ def forecast_accuracy_table(summary: dict[str, Any]) -> str:
     return table(summary)
 
 
+def evidence_table(manifest: dict[str, Any]) -> str:
+    """README's evidence table: ``manifest`` (results/evidence.json) names the tuned comparisons
+    (columns) and the methods (rows); the cells come from those comparisons' summary.json."""
+    from normctl_lab.tune_report import evidence_table as render_evidence
+
+    summaries = [
+        json.loads((ROOT / "results" / c["summary"] / "summary.json").read_text()) for c in manifest["columns"]
+    ]
+    return render_evidence(manifest["columns"], summaries, manifest["rows"])
+
+
 RENDERERS: dict[str, Callable[[dict[str, Any]], str]] = {
+    "evidence_table": evidence_table,
     "forecast_accuracy_table": forecast_accuracy_table,
     "plain_call_table": plain_call_table,
     "auto_target_table": auto_target_table,

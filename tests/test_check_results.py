@@ -171,3 +171,24 @@ def test_every_document_quotes_its_measurements_and_code_is_exempt(runs, capsys)
     assert check_results.main([]) == 1
     err = capsys.readouterr().err
     assert "results/grid/README.md: 1.2414 is neither quoted" in err and "0.0009333" not in err
+
+
+def test_the_evidence_table_says_only_what_each_interval_allows():
+    from normctl_lab.tune_report import evidence_table
+
+    def tuned(reference, higher, reported, **diffs):
+        protocol = {"reference": reference, "higher_is_better": higher, "reported_on": reported}
+        return {"protocol": protocol, "methods": {m: {f"minus_{reference}": d} for m, d in diffs.items()}}
+
+    loss = tuned("adamw", False, "test_loss", adamc={"mean": -0.02, "ci95": [-0.03, -0.01]},
+                 adamwn={"mean": 0.01, "ci95": [-0.01, 0.03]})  # fmt: skip
+    acc = tuned("sgd", True, "test_acc", adamc={"mean": -0.02, "ci95": [-0.03, -0.01]})
+    columns = [{"name": "LM", "summary": "a"}, {"name": "CNN", "summary": "b"}]
+    text = evidence_table(columns, [loss, acc], {"adamc": "AdamC", "adamwn": "AdamWN", "lion": "Lion"})
+    rows = {line.split(" | ")[0].strip("| "): line for line in text.splitlines() if line.startswith("| ")}
+    assert "LM (test loss)" in rows["method"] and "CNN (test acc)" in rows["method"]
+    # lower loss is better, lower accuracy worse: the same interval reads both ways
+    assert rows["AdamC"] == "| AdamC | better (-0.020) | worse (-0.020) |"
+    assert rows["AdamWN"] == "| AdamWN | level (+0.010) | — |"
+    assert "Lion" not in rows  # in no comparison
+    assert "tuned AdamW or SGD" in text

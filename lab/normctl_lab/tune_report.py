@@ -77,6 +77,48 @@ def verdicts(summary: dict[str, Any], margin: float | None = None) -> list[str]:
     ]
 
 
+def evidence_table(columns: list[dict[str, str]], summaries: list[dict[str, Any]], labels: dict[str, str]) -> str:
+    """README's evidence at a glance: per tuned comparison (a column, ``name`` and the summary it
+    reads) and method (a row, named by ``labels``), the paired difference against the comparison's
+    tuned reference in its reported metric, with the word the interval allows (:func:`verdict`'s
+    rule: better / worse only where it excludes 0). "—": not in that comparison."""
+    header = ["method", *[f"{c['name']} ({_metric_of(s)})" for c, s in zip(columns, summaries)]]
+    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for method, label in labels.items():
+        cells = []
+        for summary in summaries:
+            protocol = summary["protocol"]
+            diff = summary["methods"].get(method, {}).get(f"minus_{protocol['reference']}")
+            cells.append("—" if diff is None else _evidence_cell(diff, protocol["higher_is_better"]))
+        if any(c != "—" for c in cells):
+            out.append(f"| {label} | " + " | ".join(cells) + " |")
+    references = sorted({REFERENCE_NAMES.get(r, r) for r in (s["protocol"]["reference"] for s in summaries)})
+    out.append("")
+    out.append(
+        f"Each cell: the method minus tuned {' or '.join(references)} (the comparison's reference), mean over "
+        "its final seeds, and what the paired 95 % interval shows (better / worse only where it excludes 0)."
+    )
+    return "\n".join(out)
+
+
+REFERENCE_NAMES = {"adamw": "AdamW", "sgd": "SGD"}
+
+
+def _metric_of(summary: dict[str, Any]) -> str:
+    return summary["protocol"]["reported_on"].replace("_", " ")
+
+
+def _evidence_cell(diff: dict[str, Any], higher_is_better: bool) -> str:
+    low, high = diff.get("ci95") or (math.nan, math.nan)
+    if not (math.isfinite(low) and math.isfinite(high)):
+        return f"{_number(diff['mean'], '+.3f')} (not decided)"
+    if low > 0 or high < 0:
+        word = "better" if (low > 0) == higher_is_better else "worse"
+    else:
+        word = "level"
+    return f"{word} ({diff['mean']:+.3f})"
+
+
 def cost_line(summary: dict[str, Any]) -> str:
     """What the tuning cost: its runs' training time, summed over runs, for the search and the
     final runs."""
