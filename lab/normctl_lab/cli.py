@@ -253,7 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", default="results/plain_call", help="the comparison's directory")
     p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
-    p.add_argument("--tasks", default=None, help="comma-separated, some of torchlm,gpt,fmnist (default all)")
+    p.add_argument("--tasks", default=None, help="comma-separated, some of torchlm,gpt,fmnist,voronoi (default all)")
     p.add_argument("--workers", type=int, default=2, help="runs at once (one thread each)")
     p.set_defaults(handler=plain_call)
 
