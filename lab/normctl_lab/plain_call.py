@@ -67,10 +67,8 @@ SGD_CALLS: dict[str, list[str]] = {  # SGD's usual λ, coupled: 5e-4 at 100× th
 }
 REFERENCE = {**{call: "adamw" for call in ADAM_CALLS | HEAD_CALLS}, **{call: "sgd" for call in SGD_CALLS}}
 CLASSIFIERS = ("fmnist", "voronoi")
-OWN_HEAD = ("torchlm", "fmnist", "voronoi")
-SGD_TASKS = (
-    "fmnist",
-)  # SGD's family where a normalised layer gives SGDC something to correct  # an output layer of its own (the GPT's is its tied embedding: no such choice)
+OWN_HEAD = ("torchlm", "fmnist", "voronoi")  # an output layer of its own (the GPT's is its tied embedding)
+SGD_TASKS = ("fmnist",)  # SGD's family where a normalised layer gives SGDC something to correct
 
 
 def calls(task: str) -> dict[str, list[str]]:
