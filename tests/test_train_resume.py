@@ -218,6 +218,22 @@ def test_sweep_runs_the_grid_then_skips_finished_runs(tmp_path, monkeypatch):
         sweep_module.parse_grid(["method"])
 
 
+def test_a_finished_run_trained_with_another_config_is_refused_not_reported_as_the_one_asked(tmp_path):
+    from normctl_lab.sweep import train_runs
+
+    tiny = with_overrides(RunConfig(), ["task=voronoi", "steps=3", "hidden=16", "batch_size=32", "schedule=constant"])
+    train_runs([("run", tiny)], tmp_path, verbose=False)
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    del saved["auto_run_length"]  # written before the field existed, at its default: the same run
+    (tmp_path / "run" / "config.json").write_text(json.dumps(saved))
+    assert train_runs([("run", tiny)], tmp_path, verbose=False)[0]["status"] == "finished"
+    before = (tmp_path / "run" / "final.json").read_text()
+    # the search space changed since (a rule, a fixed field): skipping it would report the old run as the new
+    with pytest.raises(ValueError, match=r"(?s)run: lr 0.003 → 0.001.*Move them out"):
+        train_runs([("run", with_overrides(tiny, ["lr=1e-3"]))], tmp_path, verbose=False)
+    assert (tmp_path / "run" / "final.json").read_text() == before  # nothing changed
+
+
 def test_runs_in_parallel_processes_finish_and_a_failure_names_its_run(tmp_path, capsys):
     from normctl_lab.sweep import train_runs
 

@@ -27,7 +27,7 @@ from .methods import norm_gains
 from .paired import mean_std
 from .progress import progress
 from .rundir import strict_json, write_report
-from .train import build_task, train
+from .train import build_task, config_differences, train
 
 CONTROLLED_GROUPS = [label for label, (control, _, _) in GROUP_FLAGS.items() if control]
 
@@ -120,6 +120,7 @@ def train_runs(
         raise ValueError(f"workers must be an integer >= 1, got {workers!r}")
     if executor not in EXECUTORS:
         raise ValueError(f"executor must be one of {EXECUTORS}, got {executor!r}")
+    _refuse_finished_with_another_config(runs, out)
     todo = [(name, cfg) for name, cfg in runs if not (out / name / "final.json").is_file()]
     if verbose:
         print(f"{len(runs) - len(todo)} of {len(runs)} runs finished; training {len(todo)}", flush=True)
@@ -145,6 +146,29 @@ def train_runs(
                 bar.note(f"  {name} finished ({done} of {len(todo)}{left}): {headline(final_metrics(out, name))}")
                 bar.update(1)
     return [{"run": name, **final_metrics(out, name)} for name, _ in runs]
+
+
+def _refuse_finished_with_another_config(runs: list[tuple[str, RunConfig]], out: Path) -> None:
+    """A finished run is skipped, so it must be the run asked for: one trained with another
+    configuration (a search space or a rule changed since) would be reported as this one."""
+    stale = {}
+    for name, cfg in runs:
+        saved = out / name / "config.json"
+        if (out / name / "final.json").is_file() and saved.is_file():
+            differences = config_differences(json.loads(saved.read_text()), cfg)
+            if differences:
+                stale[name] = differences
+    if stale:
+        lines = [
+            f"  {name}: " + ", ".join(f"{k} {a!r} → {b!r}" for k, (a, b) in d.items()) for name, d in stale.items()
+        ]
+        raise ValueError(
+            f"{len(stale)} finished run(s) in {out} were trained with another configuration than the one asked for "
+            "(saved → asked):\n"
+            + "\n".join(lines[:10])
+            + ("\n  …" if len(lines) > 10 else "")
+            + "\nMove them out of the directory (or use another --out) to train what is asked; nothing was changed."
+        )
 
 
 def headline(final: dict[str, Any]) -> str:

@@ -407,10 +407,18 @@ def _clear_run(run_dir: Path) -> None:
 def _same_config(saved: dict[str, Any], cfg: RunConfig) -> bool:
     """``cfg`` is the checkpoint's config; fields added to RunConfig since the checkpoint was
     written count as equal when they hold their defaults (an upgrade does not orphan a run)."""
+    return not config_differences(saved, cfg)
+
+
+def config_differences(saved: dict[str, Any], cfg: RunConfig) -> dict[str, tuple[Any, Any]]:
+    """The fields where a run's saved config and ``cfg`` differ, as (saved, wanted); a field added
+    to RunConfig since the run was written counts as saved at its default."""
     current, defaults = json.loads(cfg.to_json()), json.loads(RunConfig().to_json())
-    return all(current.get(k) == v for k, v in saved.items()) and all(
-        current[k] == defaults[k] for k in current.keys() - saved.keys()
-    )
+    return {
+        k: (saved.get(k, defaults.get(k)), current.get(k))
+        for k in saved.keys() | current.keys()
+        if saved.get(k, defaults.get(k)) != current.get(k)
+    }
 
 
 def _find_checkpoint(run_dir: Path, world: parallel.World) -> Path | None:
