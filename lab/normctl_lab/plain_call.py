@@ -60,7 +60,10 @@ ADAM_CALLS: dict[str, list[str]] = {
 HEAD_CALLS: dict[str, list[str]] = {  # normctl.param_groups(model): the output layer held, or decayed as AdamW does
     "adamwn-groups": ["method=adamwn", "plain=false"],
     "adamwn-groups-decay-head": ["method=adamwn", "plain=false", "control_output=false"],
-}
+    # ... and with the automatic target of the run's length on the rest
+    "adamwn-groups-auto-decay-head": ["method=adamwn", "plain=false", "control_output=false",
+                                      "auto_target=equilibrium", "auto_run_length=true"],
+}  # fmt: skip
 SGD_CALLS: dict[str, list[str]] = {  # SGD's usual λ, coupled: 5e-4 at 100× the Adam lr
     "sgd": ["method=sgd", "weight_decay=5e-4"],
     "sgdc": ["method=sgdc", "weight_decay=5e-4"],
