@@ -7,8 +7,10 @@ The optimizers never look at parameter names; they read three keys of each param
   decay gets the γ_t/γ_max correction;
 * ``weight_decay``: λ for the groups that are decayed, 0 for the others.
 
-A fourth label, ``output``, holds the output layer when it is not to be norm-controlled
-(``control_output=False``): decayed as AdamW decays it, never controlled, never normalised.
+A fourth label, ``output``, holds the output layer: decayed as AdamW decays it, never
+norm-controlled (its norm sets the logits' scale: held near its initial norm it cost held-out
+loss on every model with an output layer of its own that we tried), never normalised;
+``control_output=True`` puts it back in ``decay``.
 
 :func:`param_groups` builds those groups for a model; :func:`param_roles` returns the decision
 for every tensor with the reason, and :func:`format_roles` prints it as a table.
@@ -18,8 +20,8 @@ The rules, in order (the first that matches decides):
 1. gains and biases of normalisation layers → ``no_decay``;
 2. tensors with fewer than 2 dimensions (biases, scalars) → ``no_decay``;
 3. embeddings (and weights tied to one) → ``decay`` or ``no_decay`` (``embeddings=``);
-4. the output layer (unembedding / classifier) → ``decay`` (``output`` with
-   ``control_output=False``), never normalised;
+4. the output layer (unembedding / classifier) → ``output`` (``decay`` with
+   ``control_output=True``), never normalised;
 5. normalised matrices → ``normalized`` (decayed, controlled and corrected), by the rule
    ``normalized=``: ``"transformer"`` — every other matrix, as Defazio (2025) treats
    transformers; ``"structural"`` — a Linear/Conv whose next registered layer is a norm layer
@@ -45,7 +47,7 @@ from . import distributed
 GROUP_FLAGS = {  # group label -> (control, normalized, decayed)
     "normalized": (True, True, True),
     "decay": (True, False, True),
-    "output": (False, False, True),  # the output layer with control_output=False: AdamW's decay
+    "output": (False, False, True),  # the output layer (unless control_output=True): AdamW's decay
     "no_decay": (False, False, False),
 }
 
@@ -91,7 +93,7 @@ def param_roles(
     normalized: str | Collection[str] = "auto",
     embeddings: str = "decay",
     output_layer: str | None = None,
-    control_output: bool = True,
+    control_output: bool = False,
 ) -> list[ParamRole]:
     """The group of every parameter of ``model`` and why (rules in the module docstring).
 
@@ -103,7 +105,7 @@ def param_roles(
             tied to an embedding, else the last ``nn.Linear`` registered (unless a norm layer
             follows it): an LM head, a classifier.
         control_output: whether norm control (AdamWN, NormControl) holds the output layer's
-            norm (group ``decay``) or leaves it to AdamW's decay (group ``output``).
+            norm (group ``decay``) or leaves it to AdamW's decay (group ``output``, the default).
     """
     if not isinstance(model, nn.Module):
         raise TypeError(
@@ -176,7 +178,7 @@ def param_groups(
     normalized: str | Collection[str] = "auto",
     embeddings: str = "decay",
     output_layer: str | None = None,
-    control_output: bool = True,
+    control_output: bool = False,
     muon: bool = False,
     verbose: bool = False,
 ) -> list[dict]:

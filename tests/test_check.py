@@ -80,7 +80,7 @@ def test_muon_users_are_told_the_rise_and_that_muonc_removes_it():
 
 def test_a_norm_controlled_output_layer_is_found():
     model = transformerish()
-    held = normctl.AdamWN(normctl.param_groups(model), lr=1e-3)
+    held = normctl.AdamWN(normctl.param_groups(model, control_output=True), lr=1e-3)
     assert any("output layer is norm-controlled" in w for w in whats(normctl.check(held, model)))
     groups = normctl.param_groups(model)
     head = model[3].weight
@@ -88,7 +88,7 @@ def test_a_norm_controlled_output_layer_is_found():
     groups.append({"params": [head], "control": False, "weight_decay": 0.1})
     free = normctl.AdamWN([g for g in groups if g["params"]], lr=1e-3)
     assert not any("output layer" in w for w in whats(normctl.check(free, model)))
-    decayed = normctl.AdamWN(normctl.param_groups(model, control_output=False), lr=1e-3)
+    decayed = normctl.AdamWN(normctl.param_groups(model), lr=1e-3)  # the default leaves it to decay
     assert not any("output layer" in w for w in whats(normctl.check(decayed, model)))
 
 

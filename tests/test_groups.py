@@ -32,7 +32,9 @@ def test_gpt_transformer_rule_with_tied_weights():
 def test_gpt_untied_output_layer_is_decayed_not_normalized():
     model = GPT(GPTConfig(n_layer=1, n_embd=32, n_head=2, block_size=16, tie_weights=False))
     roles = roles_by_name(model, embeddings="no_decay")
-    assert roles["lm_head.weight"].group == "decay" and "output layer" in roles["lm_head.weight"].reason
+    head = roles["lm_head.weight"]
+    assert head.group == "output" and "output layer" in head.reason and not head.control and not head.normalized
+    assert roles_by_name(model, control_output=True)["lm_head.weight"].group == "decay"  # held, if asked
     assert roles["transformer.wte.weight"].group == "no_decay"
 
 
@@ -42,25 +44,26 @@ def test_resnet_structural_rule_follows_conv_into_batchnorm():
     convs = [n for n in roles if "conv" in n or "downsample.0" in n]
     assert convs and all(roles[n].group == "normalized" for n in convs)
     assert "feeds layers.1.0.downsample.1" in roles["layers.1.0.downsample.0.weight"].reason
-    assert roles["fc.weight"].group == "decay"
+    assert roles["fc.weight"].group == "output"
     assert all(roles[n].group == "no_decay" for n in roles if ".bn" in n or n.startswith("bn"))
 
 
 def test_the_output_layer_is_found_in_any_model_and_can_be_left_to_decay():
     resnet = roles_by_name(ResNet(width=4, blocks_per_stage=1))
-    assert resnet["fc.weight"].kind == "output" and resnet["fc.weight"].control  # held by default
+    assert resnet["fc.weight"].kind == "output" and not resnet["fc.weight"].control  # left to decay by default
+    assert roles_by_name(ResNet(width=4, blocks_per_stage=1), control_output=True)["fc.weight"].control
     mlp = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
-    free = roles_by_name(mlp, control_output=False)
+    free = roles_by_name(mlp)
     assert free["2.weight"].group == "output" and free["0.weight"].group == "decay"
     assert not free["2.weight"].control and not free["2.weight"].normalized
-    groups = {g["name"]: g for g in param_groups(mlp, weight_decay=0.05, control_output=False)}
+    groups = {g["name"]: g for g in param_groups(mlp, weight_decay=0.05)}
     assert groups["output"]["weight_decay"] == 0.05 and not groups["output"]["control"]
     # AdamWN leaves the output layer to AdamW's decay: one step equals torch's AdamW on it
     torch.manual_seed(0)
     twin = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
     twin.load_state_dict(mlp.state_dict())
     x = torch.randn(16, 4)
-    opt = AdamWN(param_groups(mlp, weight_decay=0.05, control_output=False), lr=1e-2)
+    opt = AdamWN(param_groups(mlp, weight_decay=0.05), lr=1e-2)
     ref = torch.optim.AdamW([twin[2].weight], lr=1e-2, weight_decay=0.05)
     for net, o in ((mlp, opt), (twin, ref)):
         net(x).square().mean().backward()
@@ -80,7 +83,7 @@ def test_arbitrary_module_and_explicit_names():
     roles = roles_by_name(model)
     assert roles["0.weight"].group == "decay"  # feeds a ReLU, not a norm
     assert roles["2.weight"].group == "normalized"  # feeds the LayerNorm
-    assert roles["4.weight"].group == "decay"
+    assert roles["4.weight"].group == "output"  # the last Linear: the output layer
     explicit = roles_by_name(model, normalized={"0.weight"})
     assert explicit["0.weight"].group == "normalized" and explicit["2.weight"].group == "decay"
     none = roles_by_name(model, normalized="none")

@@ -158,7 +158,9 @@ def test_create_optimizer_names_and_wrapped_decay():
             assert isinstance(opt, torch.optim.Optimizer)
     opt = create_optimizer(model, "lion+wn", target=1.5, lr=3e-4)
     assert isinstance(opt, NormControl) and isinstance(opt.optimizer, Lion)
-    assert all(g["weight_decay"] == 0.0 for g in opt.param_groups)
+    # norm control replaces the decay where it controls; the output layer keeps the base optimizer's
+    assert all(g["weight_decay"] == (0.0 if g["control"] else g["weight_decay"]) for g in opt.param_groups)
+    assert {g["name"]: g["weight_decay"] for g in opt.param_groups if not g["control"]}["output"] == 0.1
     assert opt.param_groups[0]["target"] == 1.5 and opt.param_groups[0]["lr"] == 3e-4
     with pytest.raises(ValueError, match="unknown optimizer 'adamq'"):
         create_optimizer(model, "adamq")

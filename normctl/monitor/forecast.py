@@ -133,9 +133,11 @@ def from_records(
     seen = [r for r in records if r["step"] <= at_step]
     out = []
     # the groups with a decay to forecast: those the monitor measured as decayed (decoupled decay),
-    # or, where the caller gives each step's lr and decay, every group it measured
-    measured_as = "update_size" if source == "updates" else "weight_decay" if future is None else "weight_norm"
-    for label in group_labels(seen, measured_as):
+    # and any other group whose lr and decay the caller gives
+    labels = group_labels(seen, "update_size" if source == "updates" else "weight_decay")
+    if source == "norms" and future is not None:
+        labels += [g for g in group_labels(seen, "weight_norm") if g not in labels and future(g) is not None]
+    for label in labels:
         key = f"group/{label}/"
         measured = [r for r in seen if _finite(r.get(key + "norm_ratio")) and r[key + "norm_ratio"] > 0]
         if not measured:

@@ -175,7 +175,9 @@ class NormMonitor:
                 sink.write(record)
         return record
 
-    def forecast(self, total_steps: int, lr_schedule: Callable[[int], float] | None = None) -> list[Forecast]:
+    def forecast(
+        self, total_steps: int, lr_schedule: Callable[[int], float] | None = None, *, source: str = "norms"
+    ) -> list[Forecast]:
         """Each group's norm ratio and ‖g‖/‖θ‖ at step ``total_steps``, predicted from the updates
         measured so far (a few % of the run is enough) by the ODE ``target="auto"`` uses
         (:mod:`normctl.monitor.forecast`). ``lr_schedule`` is the lr multiplier η_t of the run
@@ -183,12 +185,16 @@ class NormMonitor:
         the last measured step are held to the end (the norm then heads for that lr's steady state,
         not for the norm a decaying schedule freezes at).
         Groups with decoupled decay (AdamW, AdamC, AdamWN's uncontrolled groups, torch's Muon)
-        are forecast; ``print(*monitor.forecast(...), sep="\n")`` says it in words."""
+        are forecast; ``print(*monitor.forecast(...), sep="\n")`` says it in words. ``source``:
+        the update carried forward, ``"norms"`` (the one that moved each group's norm) or
+        ``"updates"`` (the measured size and cosine; :func:`normctl.monitor.forecast.from_records`)."""
         if isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps < self.steps:
             raise ValueError(f"total_steps must be an int >= the steps taken ({self.steps}), got {total_steps!r}")
 
+        decayed = forecast.group_labels(self._group_records, "weight_decay")  # decoupled decay, measured
+
         def future(label: str) -> tuple[Series, Series] | None:
-            if lr_schedule is None:
+            if lr_schedule is None or label not in decayed:
                 return None
             group = self.optimizer.param_groups[self._labels.index(label)]
             peak = as_number(peak_lr(group))
@@ -201,7 +207,7 @@ class NormMonitor:
                 return lr_at, lambda s: decay * lr_at(s) / peak
             return lr_at, lambda s: decay
 
-        return forecast.from_records(self._group_records, total_steps=total_steps, future=future)
+        return forecast.from_records(self._group_records, total_steps=total_steps, future=future, source=source)
 
     @property
     def group_records(self) -> list[dict[str, Any]]:

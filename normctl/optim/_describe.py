@@ -18,7 +18,7 @@ from ._auto_target import as_auto_target
 WHY = {
     "normalized": "normalised layer's weights (param_groups)",
     "decay": "weights (param_groups)",
-    "output": "the output layer, left to AdamW's decay (param_groups, control_output=False)",
+    "output": "the output layer, left to AdamW's decay (param_groups)",
     "no_decay": "gains, biases, zero-initialised (param_groups)",
     "matrices": "2+ dimensions (plain call)",
     "vectors": "fewer than 2 dimensions: gains, biases (plain call)",
