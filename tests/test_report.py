@@ -266,7 +266,7 @@ def test_a_library_run_reports_every_panel_with_its_seeds_grouped_and_its_end_kn
     for seed in (0, 1):
         torch.manual_seed(seed)
         model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.LayerNorm(8), torch.nn.Linear(8, 2))
-        optimizer = AdamWN(param_groups(model), lr=1e-2, target=1.5)
+        optimizer = AdamWN(param_groups(model, control_output=True), lr=1e-2, target=1.5)  # every matrix held
         run_dir = tmp_path / f"adamwn-s{seed}"
         with NormMonitor(model, optimizer, every=2, sinks=[JsonlSink(run_dir, label="adamwn", seed=seed)]) as monitor:
             for _ in range(10):
