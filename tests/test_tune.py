@@ -485,3 +485,31 @@ def test_a_space_whose_name_holds_a_plus_is_told_from_a_field_fixed_after_a_name
     assert search_spaces.search_space("adamw+decay=min").fixed["decay"] == "min"
     with pytest.raises(ValueError, match="KEY=VALUE"):
         search_spaces.search_space("muon+c")
+
+
+def test_differences_against_a_second_method_are_tabled_and_worded(tmp_path):
+    def diff(mean, low, high):
+        return {"mean": mean, "ci95": [low, high], "seeds": [1, 2, 3], "differences": [mean] * 3}
+
+    protocol = {"reported_on": "test_loss", "reference": "adamw", "also_against": ["muon"],
+                "selected_on": "selection_loss", "higher_is_better": False}  # fmt: skip
+    row = {"test_loss": {"mean": 1.4, "std": 0.01, "n": 3}, "knobs": {"lr": 0.01}, "at_edge": [], "tail_rise": {}}
+    summary = {
+        "protocol": protocol,
+        "methods": {
+            "adamw": row,
+            "muon": row | {"minus_adamw": diff(-0.3, -0.5, -0.1)},
+            "muonc": row | {"minus_adamw": diff(-0.3, -0.5, -0.1), "minus_muon": diff(0.004, -0.002, 0.01)},
+        },
+    }
+    table = tune_report.summary_table(summary)
+    assert "| − adamw [95 % CI] | − muon [95 % CI] |" in table
+    assert "| muonc | 3 | 1.4000 ± 0.0100 | -0.3000 [-0.5000, -0.1000] | +0.0040 [-0.0020, +0.0100] |" in table
+    said = tune_report.verdicts(summary)
+    assert any(s.startswith("muonc and muon are level") for s in said)
+    assert any(s.startswith("muon is better than adamw") for s in said)
+    with pytest.raises(ValueError, match="also_against"):
+        tune.run_tune(
+            with_overrides(RunConfig(), TINY_VORONOI), ["adamw", "adamc"], tmp_path / "t", also_against=["sgd"]
+        )
+    assert not (tmp_path / "t").exists()  # refused before anything was written

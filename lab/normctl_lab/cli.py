@@ -62,6 +62,7 @@ def tune(args: argparse.Namespace) -> None:
         seeds=None if args.seeds is None else _seeds(args.seeds),
         search_seeds=_seeds(args.search_seeds),
         reference=args.reference,
+        also_against=[m.strip() for m in args.also_against.split(",") if m.strip()] if args.also_against else None,
         knobs=[k.strip() for k in args.knobs.split(",") if k.strip()] if args.knobs else None,
         ranges=dict(_range(r) for r in args.range) or None,
         dry_run=args.dry_run,
@@ -177,6 +178,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="the seeds every searched configuration trains on, its score their mean (default 0)",
     )
     p.add_argument("--reference", default=None, help="the method paired differences are taken against (the first)")
+    p.add_argument(
+        "--also-against", default=None, help="comma-separated methods to take paired differences against as well"
+    )
     p.add_argument(
         "--knobs",
         default=None,

@@ -85,6 +85,7 @@ def run_tune(
     seeds: list[int] | None = None,
     search_seeds: list[int] | None = None,
     reference: str | None = None,
+    also_against: list[str] | None = None,
     knobs: list[str] | None = None,
     ranges: dict[str, tuple[float, float]] | None = None,
     workers: int = 1,
@@ -110,6 +111,9 @@ def run_tune(
     reference = reference or methods[0]
     if reference not in methods:
         raise ValueError(f"reference must be one of the methods {methods}, got {reference!r}")
+    also_against = list(also_against or [])
+    if not set(also_against) <= set(methods) - {reference}:
+        raise ValueError(f"also_against must name methods of {methods} other than the reference, got {also_against}")
     if len(seeds) < 3:
         raise ValueError(f"seeds must be at least 3 (mean ± std and a paired interval), got {seeds}")
     if set(seeds) & set(search_seeds):
@@ -147,7 +151,8 @@ def run_tune(
             "reported_on": metrics.report,
             "higher_is_better": metrics.higher_is_better,
             "reference": reference,
-        },
+        }
+        | ({"also_against": also_against} if also_against else {}),
         "methods": {},
     }
     for m, (scores, runs) in final.items():
@@ -156,8 +161,9 @@ def run_tune(
             metrics.report: mean_std(list(scores.values())),
             "tail_rise": _tail_rises(out / "final", runs),
         }
-        if m != reference:
-            row[f"minus_{reference}"] = paired_difference(scores, final[reference][0])
+        for against in [reference, *also_against]:  # paired: the same seeds, initial weights and data order
+            if m != against:
+                row[f"minus_{against}"] = paired_difference(scores, final[against][0])
         package = peer_package(row["config"]["method"], [out / "final" / name for name, _ in runs])
         if package:  # a peer: the package and version its runs trained with
             row["package"] = package

@@ -71,9 +71,10 @@ def verdicts(summary: dict[str, Any], margin: float | None = None) -> list[str]:
     protocol = summary["protocol"]
     reference, higher = protocol["reference"], protocol["higher_is_better"]
     return [
-        verdict(method, reference, row[f"minus_{reference}"], higher_is_better=higher, margin=margin)
+        verdict(method, against, row[f"minus_{against}"], higher_is_better=higher, margin=margin)
+        for against in [reference, *protocol.get("also_against", [])]
         for method, row in summary["methods"].items()
-        if f"minus_{reference}" in row
+        if f"minus_{against}" in row
     ]
 
 
@@ -141,14 +142,18 @@ def summary_table(summary: dict[str, Any]) -> str:
     with_tail = all(tail in row.get("tail_rise", {}) for row in summary["methods"].values())
     tail_header = " grad-norm tail rise |" if with_tail else ""
     selected_on = protocol["selected_on"]
+    against = [reference, *protocol.get("also_against", [])]
+    columns = "".join(f" − {a} [95 % CI] |" for a in against)
     lines = [
-        f"| method | seeds | {metric} (test) | − {reference} [95 % CI] |{tail_header} selected on {selected_on} |",
-        "|---|---|---|---|" + ("---|" if with_tail else "") + "---|",
+        f"| method | seeds | {metric} (test) |{columns}{tail_header} selected on {selected_on} |",
+        "|---|---|---|" + "---|" * len(against) + ("---|" if with_tail else "") + "---|",
     ]
     for method, row in summary["methods"].items():
         stats = row[metric]
-        diff = row.get(f"minus_{reference}")
-        paired = "—" if diff is None else f"{_number(diff['mean'], '+.4f')}{_interval(diff['ci95'])}"
+        diffs = [row.get(f"minus_{a}") for a in against]
+        paired = " | ".join(
+            "—" if diff is None else f"{_number(diff['mean'], '+.4f')}{_interval(diff['ci95'])}" for diff in diffs
+        )
         knobs = ", ".join(f"{k}={v}" + (" (edge)" if k in row["at_edge"] else "") for k, v in row["knobs"].items())
         mean_std = f"{_number(stats['mean'], '.4f')} ± {_number(stats['std'], '.4f')}"
         rise = ""
