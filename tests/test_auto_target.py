@@ -177,7 +177,13 @@ def test_a_resume_in_the_middle_of_the_measurement_continues_exactly(rule, scope
     auto = AutoTarget(rule=rule, steps=20, interval=5, ema=0.5)
 
     def make(model):
-        return AdamWN(normctl.param_groups(model, weight_decay=0.1), lr=1e-2, target=auto, rate=0.1, scope=scope)
+        return AdamWN(
+            normctl.param_groups(model, weight_decay=0.1, control_output=True),
+            lr=1e-2,
+            target=auto,
+            rate=0.1,
+            scope=scope,
+        )
 
     def train(model, optimizer, steps, seed):
         g = torch.Generator().manual_seed(seed)

@@ -150,7 +150,7 @@ def _scheduled_run(make_optimizer, lr, steps, *, compile_backend=None):
     """``steps`` steps of a small LayerNorm net under CosineAnnealingLR; the weights after each."""
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.LayerNorm(16), torch.nn.Linear(16, 4))
-    opt = make_optimizer(param_groups(model), lr)
+    opt = make_optimizer(param_groups(model, control_output=True), lr)  # every matrix on the path under test
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
     step = torch.compile(opt.step, backend=compile_backend) if compile_backend else opt.step
     data = torch.Generator().manual_seed(1)
