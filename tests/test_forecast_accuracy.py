@@ -54,3 +54,12 @@ def test_runs_it_cannot_forecast_are_left_out(tmp_path):
     assert run_forecast_accuracy(tmp_path / "results", tmp_path / "out", verbose=False)["cases"] == []
     with pytest.raises(ValueError, match="at must be in"):
         run_forecast_accuracy(tmp_path / "results", tmp_path / "out", at=1.5)
+
+
+def test_a_row_without_any_forecast_is_tabled_as_such():
+    from normctl_lab.forecast_accuracy import accuracy_table, table
+
+    rows = accuracy_table([{"method": "adamw", "task": "gpt", "group": "g", "norms": None, "norms_error": None}])
+    assert rows[0]["forecast"] == 0
+    stored = json.loads(json.dumps({"at": 0.1, "table": rows}).replace("NaN", "null"))  # as summary.json holds it
+    assert "| adamw | GPT | g | norms | 1 (0) | — | — | — |" in table(stored)

@@ -158,7 +158,12 @@ def table(summary: dict[str, Any]) -> str:
     for row in summary["table"]:
         out.append(
             f"| {row['method']} | {row['model']} | {row['group']} | {row['source']} | {row['groups']} "
-            f"({row['forecast']}) | {row['median_error']:+.1%} | {row['median_abs_error']:.1%} | "
-            f"{row['worst_abs_error']:.1%} |"
+            f"({row['forecast']}) | {_percent(row['median_error'], '+.1%')} | "
+            f"{_percent(row['median_abs_error'], '.1%')} | {_percent(row['worst_abs_error'], '.1%')} |"
         )
     return "\n".join(out)
+
+
+def _percent(value: float | None, spec: str) -> str:
+    """A fraction as a percentage; "—" where no run was forecast (NaN, stored as null)."""
+    return "—" if value is None or math.isnan(value) else format(value, spec)
