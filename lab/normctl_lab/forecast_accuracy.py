@@ -27,7 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from normctl.monitor.forecast import Series, from_records
+from normctl.monitor.forecast import Series, from_records, scheduled
 from normctl.report.runs import load_run
 
 from .config import RunConfig
@@ -95,24 +95,14 @@ def _decayed(cfg: RunConfig, record: dict[str, Any]) -> set[str]:
 
 
 def _schedule(cfg: RunConfig, peak: float) -> Callable[[str], tuple[Series, Series]]:
-    """Each group's lr and decay at every optimizer step s (counted from 1): LambdaLR steps after
-    the optimizer, so step s takes the multiplier of s − 1; AdamC's and MuonC's normalised groups
-    decay by λ·γ_t/γ_max."""
-    multiplier = cfg.lr_multiplier
-    top = max(multiplier(s) for s in range(cfg.steps))
-
-    def lr_at(s: int) -> float:
-        return peak * multiplier(max(0, s - 1))
-
-    def decay_at(s: int) -> float:
-        return cfg.weight_decay
-
-    def corrected_decay_at(s: int) -> float:
-        return cfg.weight_decay * multiplier(max(0, s - 1)) / top
+    """Each group's lr and decay at every optimizer step, as the run's LambdaLR gave them
+    (:func:`normctl.monitor.forecast.scheduled`); AdamC's and MuonC's normalised groups decay by
+    λ·γ_t/γ_max."""
+    top = peak * max(cfg.lr_multiplier(s) for s in range(cfg.steps))
 
     def of(group: str) -> tuple[Series, Series]:
         corrected = cfg.method in CORRECTED and group.startswith("normalized")
-        return lr_at, corrected_decay_at if corrected else decay_at
+        return scheduled(peak, cfg.lr_multiplier, cfg.weight_decay, top if corrected else None)
 
     return of
 

@@ -200,6 +200,22 @@ def _from_norms(
     return (update_sq, 0.0) if update_sq >= 0 else (0.0, -1.0)
 
 
+def scheduled(
+    peak_lr: float, multiplier: Callable[[int], float], weight_decay: float, corrected_max_lr: float | None = None
+) -> tuple[Series, Series]:
+    """Each optimizer step's lr and decay, s counted from 1, under ``LambdaLR(multiplier)``:
+    the scheduler steps after the optimizer, so step s takes the multiplier of s − 1. With
+    ``corrected_max_lr`` γ_max the decay is AdamC's λ·γ_t/γ_max, else the constant λ."""
+
+    def lr_at(s: int) -> float:
+        return peak_lr * float(multiplier(max(0, s - 1)))
+
+    def decay_at(s: int) -> float:
+        return weight_decay if corrected_max_lr is None else weight_decay * lr_at(s) / corrected_max_lr
+
+    return lr_at, decay_at
+
+
 def group_labels(records: Sequence[dict[str, Any]], metric: str) -> list[str]:
     """The groups whose ``group/<label>/<metric>`` appears in ``records``, in first-seen order."""
     seen: dict[str, None] = {}

@@ -198,14 +198,8 @@ class NormMonitor:
                 return None
             group = self.optimizer.param_groups[self._labels.index(label)]
             peak = as_number(peak_lr(group))
-
-            def lr_at(s: int) -> float:  # the s-th step takes the multiplier after s − 1 scheduler steps
-                return peak * float(lr_schedule(s - 1))
-
-            decay = group.get("weight_decay", 0.0)
-            if stats.is_corrected(self.optimizer, group):  # λ_t = λ·γ_t/γ_max
-                return lr_at, lambda s: decay * lr_at(s) / peak
-            return lr_at, lambda s: decay
+            corrected = stats.is_corrected(self.optimizer, group)  # λ_t = λ·γ_t/γ_max
+            return forecast.scheduled(peak, lr_schedule, group.get("weight_decay", 0.0), peak if corrected else None)
 
         return forecast.from_records(self._group_records, total_steps=total_steps, future=future, source=source)
 
