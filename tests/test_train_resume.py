@@ -704,3 +704,13 @@ def test_a_sweep_as_cluster_jobs_trains_each_run_and_resumes(tmp_path, capsys):
         sweep.train_runs([], tmp_path, executor="slurm")
     with pytest.raises(ValueError, match="--executor-option expects key=value"):
         cluster.parse_options(["partition"])
+
+
+def test_the_tensors_of_a_runs_groups_follow_the_grouping_it_trained_with(tmp_path):
+    from normctl_lab.sweep import _tensor_names
+
+    cfg = with_overrides(RunConfig(), ["task=torchlm", "n_layer=1", "n_embd=32", "block_size=16", "steps=2"])
+    (tmp_path / "config.json").write_text(cfg.to_json())  # the lab's default: the untied head held
+    assert "head.weight" in _tensor_names(tmp_path, ["normalized", "decay"])
+    (tmp_path / "config.json").write_text(with_overrides(cfg, ["control_output=false"]).to_json())
+    assert "head.weight" not in _tensor_names(tmp_path, ["normalized", "decay"])

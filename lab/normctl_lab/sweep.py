@@ -228,7 +228,7 @@ def _tensor_names(run_dir: Path, labels: list[str]) -> list[str]:
     cfg = RunConfig.from_file(run_dir / "config.json")
     model = build_task(cfg).model
     names = {id(p): name for name, p in model.named_parameters()}
-    groups = param_groups(model, weight_decay=cfg.weight_decay)
+    groups = param_groups(model, weight_decay=cfg.weight_decay, control_output=cfg.control_output)  # as it trained
     return [names[id(p)] for g in groups if g["name"] in labels for p in g["params"]]
 
 
