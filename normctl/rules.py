@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Literal
 
 import torch
@@ -184,11 +184,22 @@ def decayed_norm_sq_after(
 
     What ``NormMonitor.forecast`` predicts from the measured ‖u‖² and c (``target="auto"`` takes
     :func:`aligned_norm_sq_after` instead, which at a = 0 is this at c = 0)."""
+    end = norm_sq
+    for end in decayed_norm_sq_path(norm_sq, update_norm_sq, steps, cosine):  # noqa: B007 (the last one)
+        pass
+    return end
+
+
+def decayed_norm_sq_path(
+    norm_sq: float, update_norm_sq: float, steps: Iterable[tuple[float, float]], cosine: float = 0.0
+) -> Iterator[float]:
+    """The squared norm after each of ``steps`` under :func:`decayed_norm_sq_after`'s recurrence:
+    the path a forecast reads the end-of-run rise of ‖g‖/‖θ‖ from."""
     update_norm = math.sqrt(update_norm_sq)
     for lr, weight_decay in steps:
         f = 1 - lr * weight_decay
         norm_sq = f * f * norm_sq + 2 * f * lr * cosine * math.sqrt(norm_sq) * update_norm + lr * lr * update_norm_sq
-    return norm_sq
+        yield norm_sq
 
 
 def decay_coefficients(steps: Iterable[tuple[float, float]]) -> tuple[float, float]:

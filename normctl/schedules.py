@@ -31,6 +31,7 @@ __all__ = [
     "cosine",
     "piecewise_linear",
     "target_from_adamw",
+    "from_lr_scheduler",
     "as_schedule",
 ]
 
@@ -110,8 +111,7 @@ class PiecewiseLinear:
             raise ValueError(f"knot steps must be strictly increasing, got {steps}")
 
     def __call__(self, step: int) -> float:
-        steps = [s for s, _ in self.knots]
-        i = bisect.bisect_right(steps, step)
+        i = bisect.bisect_right(self.knots, (step, math.inf))  # the knots at or before ``step``: O(log n)
         if i == 0:
             return self.knots[0][1]
         if i == len(self.knots):
@@ -137,6 +137,42 @@ def cosine(peak: float, end: float, total: int, *, warmup: int = 0, warmup_start
 
 def piecewise_linear(knots: Sequence[tuple[int, float]]) -> PiecewiseLinear:
     return PiecewiseLinear(tuple((int(s), float(v)) for s, v in knots))
+
+
+def from_lr_scheduler(scheduler: object, total_steps: int, *, tolerance: float = 1e-4) -> PiecewiseLinear | None:
+    """The lr multiplier η_t of a ``LambdaLR`` (its first group's: the Hugging Face Trainer's
+    schedulers, most Lightning ones) over ``total_steps``, as a :class:`PiecewiseLinear` within
+    ``tolerance`` of it at the steps it checks (knots bisected until the line between two
+    knots meets the multiplier at the quarter points: a warm-up's corner gets its own knot): a
+    normctl schedule, so an ``AutoTarget`` holding it still loads with ``weights_only=True``,
+    which the scheduler's own function would not. None for any other scheduler (its future lrs
+    cannot be read without stepping it) or no scheduler."""
+    lambdas = getattr(scheduler, "lr_lambdas", None)
+    if not lambdas or not callable(lambdas[0]) or not (isinstance(total_steps, int) and total_steps >= 1):
+        return None
+    multiplier = lambdas[0]
+    values: dict[int, float] = {}
+
+    def at(t: int) -> float:
+        if t not in values:
+            values[t] = float(multiplier(t))
+        return values[t]
+
+    last = total_steps - 1
+    pending = sorted({round(i * last / 64) for i in range(65)})
+    intervals = list(zip(pending, pending[1:]))
+    knots = set(pending)
+    while intervals:
+        a, b = intervals.pop()
+        if b - a < 2:
+            continue
+        quarters = {a + (b - a) * q // 4 for q in (1, 2, 3)} - {a, b}
+        slope = (at(b) - at(a)) / (b - a)
+        if any(abs(at(t) - at(a) - slope * (t - a)) > tolerance for t in quarters):
+            middle = (a + b) // 2
+            knots.add(middle)
+            intervals += [(a, middle), (middle, b)]
+    return piecewise_linear([(t, at(t)) for t in sorted(knots)])
 
 
 def target_from_adamw(final_norm_ratio: float, ramp_steps: int, *, start: float = 1.0) -> LinearRamp:

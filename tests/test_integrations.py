@@ -325,6 +325,9 @@ def test_the_callbacks_give_an_automatic_target_the_runs_length():
         trainer.train()
         controlled = [g for g in optimizer.param_groups if g["control"]]
         assert controlled and all(g["target"].total_steps == 4 for g in controlled)  # the Trainer's max_steps
+        multiplier = trainer.lr_scheduler.lr_lambdas[0]  # and the Trainer's lr schedule
+        expected = [multiplier(t) for t in range(4)]
+        assert all([g["target"].lr_schedule(t) for t in range(4)] == expected for g in controlled)
         hf.give_auto_targets_the_run_length(kept, 4)
         assert all(g["target"].total_steps == 99 for g in kept.param_groups if g["control"])  # the user's is kept
 
@@ -336,6 +339,7 @@ def test_the_callbacks_give_an_automatic_target_the_runs_length():
     )
     groups = [g for g in trainer.optimizers[0].param_groups if g["control"]]
     assert groups and all(g["target"].total_steps == 3 for g in groups)
+    assert all(g["target"].lr_schedule is None for g in groups)  # no scheduler: the current lr carries on
 
 
 def test_hf_monitor_records_on_the_trainers_logging_steps(tmp_path):
@@ -414,7 +418,10 @@ def test_hf_prints_the_check_when_training_starts(tmp_path, capsys):
         model=model, args=args, train_dataset=data, optimizers=(optimizer, None), callbacks=[tracker]
     )
     hf.attach(trainer)
-    trainer.train()
+    with mock.patch.object(hf, "check", wraps=hf.check) as checked:
+        trainer.train()
+    schedule = checked.call_args.kwargs["lr_schedule"]  # the Trainer's linear decay, read off its scheduler
+    assert [schedule(t) for t in range(4)] == [trainer.lr_scheduler.lr_lambdas[0](t) for t in range(4)]
     printed = capsys.readouterr().out
     assert "[warning]" in printed and "fewer than 2 dimensions" in printed and "transformer.h.0.ln_1.weight" in printed
     verdict = printed[printed.index("normctl doctor — what weight decay did to this run") :]  # at the end

@@ -44,3 +44,29 @@ def test_as_schedule():
     assert schedules.as_schedule(2, "x")(7) == 2.0
     with pytest.raises(TypeError, match="x must be a float or a callable"):
         schedules.as_schedule(True, "x")
+
+
+def test_piecewise_linear_at_its_knots_and_between_them():
+    pw = schedules.piecewise_linear([(0, 0.0), (10, 1.0), (20, 0.5)])
+    assert [pw(t) for t in (-1, 0, 5, 10, 15, 20, 21)] == [0.0, 0.0, 0.5, 1.0, 0.75, 0.5, 0.5]
+
+
+def test_a_lambda_lr_is_read_as_a_normctl_schedule_that_loads_weights_only(tmp_path):
+    """from_lr_scheduler: a LambdaLR's multiplier at every step within its tolerance, the warm-up's
+    corner included, through far fewer knots than steps; an AutoTarget holding it
+    round-trips torch.load(weights_only=True); other schedulers are not read."""
+    from normctl import AutoTarget
+
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    multiplier = lambda t: min(1.0, t / 50) * 0.5 * (1 + math.cos(math.pi * t / 5000))  # noqa: E731 (a user's lambda)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(opt, multiplier)
+    short = schedules.from_lr_scheduler(scheduler, 300)
+    assert max(abs(short(t) - multiplier(t)) for t in range(300)) < 2e-4
+    long = schedules.from_lr_scheduler(scheduler, 5000)
+    assert max(abs(long(t) - multiplier(t)) for t in range(5000)) < 2e-4 and len(long.knots) < 1000
+    assert long(4999) == multiplier(4999)  # the last step is a knot
+    target = AutoTarget(total_steps=5000, lr_schedule=long)
+    torch.save({"target": target}, tmp_path / "t.pt")
+    assert torch.load(tmp_path / "t.pt", weights_only=True)["target"] == target
+    assert schedules.from_lr_scheduler(torch.optim.lr_scheduler.StepLR(opt, 10), 100) is None
+    assert schedules.from_lr_scheduler(None, 100) is None and schedules.from_lr_scheduler(scheduler, 0) is None

@@ -27,7 +27,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from normctl.monitor.forecast import Series, from_records, scheduled
+from normctl.checks import steady_state_rise
+from normctl.monitor.forecast import Forecast, Series, from_records, scheduled
 from normctl.report.runs import load_run
 
 from .config import RunConfig
@@ -48,7 +49,17 @@ def run_forecast_accuracy(results: str | Path, out: str | Path, *, at: float = 0
     run_dirs = sorted(p.parent for p in results.rglob("final.json") if (p.parent / "config.json").is_file())
     for run_dir in run_dirs:
         cases += case_rows(run_dir, at, results)
-    summary = {"at": at, "cases": cases, "table": accuracy_table(cases)}
+    summary: dict[str, Any] = {
+        "at": at,
+        "cases": cases,
+        "table": accuracy_table(cases),
+        "rise_table": rise_table(cases),
+    }
+    # the same rows by name, for documents to quote (``doctor rows:adamw/GPT/normalized/norms:median_error``):
+    # a row's index moves whenever a run adds a group
+    summary["rows"] = {"/".join(str(r[k]) for k in ("method", "model", "group", "source")): r for r in summary["table"]}
+    summary["rise_rows"] = {f"{r['method']}/{r['model']}": r for r in summary["rise_table"]}
+    summary["where_check_predicts_a_rise"] = predicted_rises(cases)
     out.mkdir(parents=True, exist_ok=True)
     (out / "summary.json").write_text(strict_json(summary, indent=2))
     if verbose:
@@ -84,7 +95,49 @@ def case_rows(run_dir: Path, at: float, root: Path) -> list[dict[str, Any]]:
                 rows.append(row)
             row[source] = f.norm_ratio_end  # None: the loss pulls the weights inward
             row[f"{source}_error"] = None if f.norm_ratio_end is None else f.norm_ratio_end / measured - 1
+            if source == "norms" and f.group.startswith("normalized"):
+                row |= _ratio_rises(f, cfg, final, records, peak)
     return rows
+
+
+def _ratio_rises(f: Forecast, cfg: RunConfig, final: dict[str, Any], records: list[dict], peak: float) -> dict:
+    """A normalised group's end-of-run rise of ‖g‖/‖θ‖ (the windows of ``tail_rise``): measured,
+    forecast along the norm path (``f.ratio_rise``), and what ``normctl.check`` says before the
+    run (:func:`normctl.checks.steady_state_rise`: Defazio's (2025) steady state sqrt(2λ/γ_t),
+    1 where it predicts no rise). The measured rise is the rise of
+    ‖g‖ the run stored from every step (``final.json``'s ``tail_rise``) times the fall of the
+    group's norm between the same windows, from the kept records (norms move slowly: thinning
+    barely moves their window means)."""
+    grad_rise = (final.get("tail_rise") or {}).get(f"group/{f.group}/grad_norm")
+    norms = {r["step"]: r[key] for r in records if _finite(r.get(key := f"group/{f.group}/weight_norm"))}
+    n = cfg.steps
+    mid = [v for s, v in norms.items() if 0.4 * n < s <= 0.6 * n]
+    late = [v for s, v in norms.items() if s > n - 0.1 * n]
+    if not isinstance(grad_rise, (int, float)) or not math.isfinite(grad_rise) or not mid or not late:
+        return {}
+    if cfg.method in CORRECTED:
+        prior = 1.0  # λ_t/γ_t constant: the corrected steady state does not rise
+    else:  # check()'s points: the lr at half the run and halfway through its last 10 %
+        lr_at, decay_at = _schedule(cfg, peak)(f.group)
+        peak_rate = max(lr_at(s) * decay_at(s) for s in range(1, n + 1))
+        rise = steady_state_rise(lr_at(n // 2 + 1), lr_at(int(n * 0.95) + 1), n, 1 / (2 * peak_rate))
+        prior = 1.0 if rise is None else rise  # None: check predicts no rise
+    measured = grad_rise * _mean(mid) / _mean(late)
+    return {
+        "ratio_rise": measured,
+        "ratio_rise_forecast": f.ratio_rise,
+        "ratio_rise_forecast_error": None if f.ratio_rise is None else f.ratio_rise / measured - 1,
+        "ratio_rise_prior": prior,
+        "ratio_rise_prior_error": prior / measured - 1,
+    }
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values) if values else math.nan
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
 
 
 def _decayed(cfg: RunConfig, record: dict[str, Any]) -> set[str]:
@@ -136,6 +189,52 @@ def accuracy_table(cases: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
+def rise_table(cases: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per method and model, the normalised groups' end-of-run rise of ‖g‖/‖θ‖: the median
+    measured, and the median forecast and relative error of the forecast at ``at`` (the norm path)
+    and of the steady state before the run (sqrt(2λ_t/γ_t))."""
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    for case in cases:
+        if "ratio_rise" in case:
+            groups[(case["method"], TASK_KIND.get(case["task"], case["task"]))].append(case)
+    rows = []
+    for (method, kind), found in sorted(groups.items()):
+        row = {
+            "method": method,
+            "model": kind,
+            "runs": len(found),
+            "measured": _median([c["ratio_rise"] for c in found]),
+        }
+        for source in ("forecast", "prior"):
+            values = [c[f"ratio_rise_{source}"] for c in found]
+            errors = [c[f"ratio_rise_{source}_error"] for c in found]
+            row[source] = _median(values)
+            row[f"{source}_median_abs_error"] = _median([abs(e) for e in errors if e is not None])
+            row[f"{source}_worst_abs_error"] = max((abs(e) for e in errors if e is not None), default=math.nan)
+        rows.append(row)
+    return rows
+
+
+def predicted_rises(cases: list[dict[str, Any]]) -> dict[str, Any]:
+    """The runs where ``normctl.check`` predicts a rise (its steady state above 1): the range of
+    what it said and of what the runs did, and the forecast's median relative error there."""
+    found = [c for c in cases if "ratio_rise" in c and c["ratio_rise_prior"] > 1]
+    errors = [abs(c["ratio_rise_forecast_error"]) for c in found if c["ratio_rise_forecast_error"] is not None]
+    return {
+        "runs": len(found),
+        "check_min": min((c["ratio_rise_prior"] for c in found), default=math.nan),
+        "check_max": max((c["ratio_rise_prior"] for c in found), default=math.nan),
+        "measured_min": min((c["ratio_rise"] for c in found), default=math.nan),
+        "measured_max": max((c["ratio_rise"] for c in found), default=math.nan),
+        "forecast_median_abs_error": _median(errors),
+    }
+
+
+def _median(values: list[float | None]) -> float:
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    return statistics.median(finite) if finite else math.nan
+
+
 def table(summary: dict[str, Any]) -> str:
     out = [
         f"Forecast at {summary['at']:.0%} of each run against the norm ratio it reached, per decayed group "
@@ -151,7 +250,29 @@ def table(summary: dict[str, Any]) -> str:
             f"({row['forecast']}) | {_percent(row['median_error'], '+.1%')} | "
             f"{_percent(row['median_abs_error'], '.1%')} | {_percent(row['worst_abs_error'], '.1%')} |"
         )
+    if summary.get("rise_table"):
+        out += [
+            "",
+            "The normalised layers' end-of-run rise of ‖g‖/‖θ‖ (mean over the last 10 % ÷ mean over 40-60 %), "
+            f"median over runs: measured; forecast along the norm path at {summary['at']:.0%}; what `normctl.check` "
+            "says before the run (Defazio's (2025) steady state sqrt(2λ/γ_t); 1 where it predicts no rise: "
+            "a run shorter than 1/(2λγ), a corrected λ):",
+            "",
+            "| method | model | runs | measured | forecast | its median \\|error\\| | steady state "
+            "| its median \\|error\\| |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for row in summary["rise_table"]:
+            out.append(
+                f"| {row['method']} | {row['model']} | {row['runs']} | {_number(row['measured'])} | "
+                f"{_number(row['forecast'])} | {_percent(row['forecast_median_abs_error'], '.1%')} | "
+                f"{_number(row['prior'])} | {_percent(row['prior_median_abs_error'], '.1%')} |"
+            )
     return "\n".join(out)
+
+
+def _number(value: float | None) -> str:
+    return "—" if value is None or math.isnan(value) else f"{value:.2f}"
 
 
 def _percent(value: float | None, spec: str) -> str:

@@ -27,10 +27,12 @@ def unwrap_optimizer(optimizer) -> torch.optim.Optimizer:
     return optimizer
 
 
-def give_auto_targets_the_run_length(optimizer, total_steps: int | None) -> None:
+def give_auto_targets_the_run_length(optimizer, total_steps: int | None, lr_schedule=None) -> None:
     """``target="auto"`` groups that do not know the run's length get the framework's: their
     equilibrium rule then targets the norm AdamW reaches within the run (``AutoTarget.total_steps``)
-    rather than its asymptotic one. A length the user gave is kept."""
+    rather than its asymptotic one — under the run's lr multiplier ``lr_schedule`` where the
+    framework's scheduler gives it (:func:`normctl.schedules.from_lr_scheduler`), else at the
+    current lr. A length or schedule the user gave is kept."""
     from ..optim._auto_target import AutoTarget, as_auto_target
 
     if not total_steps or total_steps < 1:
@@ -42,8 +44,12 @@ def give_auto_targets_the_run_length(optimizer, total_steps: int | None) -> None
             if target == "auto" and isinstance(target, str) or isinstance(target, AutoTarget)
             else None
         )
-        if auto is not None and auto.total_steps is None:
-            group["target"] = dataclasses.replace(auto, total_steps=int(total_steps))
+        if auto is not None and (auto.total_steps is None or auto.lr_schedule is None):
+            group["target"] = dataclasses.replace(
+                auto,
+                total_steps=int(total_steps) if auto.total_steps is None else auto.total_steps,
+                lr_schedule=lr_schedule if auto.lr_schedule is None else auto.lr_schedule,
+            )
 
 
 def name_the_parameters(optimizer, model: nn.Module) -> None:

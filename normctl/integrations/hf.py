@@ -37,6 +37,7 @@ from transformers import TrainerCallback
 
 from ..checks import check
 from ..monitor.scalars import TRACKER_METRICS, TRACKER_SCOPES
+from ..schedules import from_lr_scheduler
 from ._common import MonitorOwner, give_auto_targets_the_run_length, name_the_parameters, unwrap_optimizer
 
 CHECKPOINT_FILE = "normctl_monitor.json"
@@ -89,11 +90,13 @@ class NormMonitorCallback(TrainerCallback):
 
     def on_train_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
         self.max_grad_norm = args.max_grad_norm or 0.0
-        give_auto_targets_the_run_length(optimizer, state.max_steps)
+        # the Trainer's schedulers are LambdaLRs: their multiplier is the run's lr schedule
+        schedule = from_lr_scheduler(kwargs.get("lr_scheduler"), state.max_steps)
+        give_auto_targets_the_run_length(optimizer, state.max_steps, schedule)
         if model is not None:
             name_the_parameters(optimizer, model)
         if self.check and state.is_world_process_zero and model is not None and optimizer is not None:
-            findings = check(unwrap_optimizer(optimizer), model, steps=state.max_steps or None)
+            findings = check(unwrap_optimizer(optimizer), model, steps=state.max_steps or None, lr_schedule=schedule)
             print(findings, flush=True)
             self._check_scalars = findings.scalars("normctl/check")
         self.owner.start(model, optimizer, _saved_state(args, state), logging_every=_logging_steps(args, state))

@@ -30,6 +30,7 @@ except ImportError:  # the standalone package
 
 from ..checks import check
 from ..monitor.scalars import TRACKER_METRICS, TRACKER_SCOPES
+from ..schedules import from_lr_scheduler
 from ._common import MonitorOwner, give_auto_targets_the_run_length, name_the_parameters, unwrap_optimizer
 
 
@@ -67,10 +68,11 @@ class NormMonitorCallback(pl.Callback):
     def on_train_start(self, trainer, pl_module) -> None:
         steps = trainer.max_steps if trainer.max_steps and trainer.max_steps > 0 else trainer.estimated_stepping_batches
         known = int(steps) if steps != float("inf") and steps > 0 else None
-        give_auto_targets_the_run_length(trainer.optimizers[0], known)
+        schedule = _step_schedule(trainer, known)
+        give_auto_targets_the_run_length(trainer.optimizers[0], known, schedule)
         name_the_parameters(trainer.optimizers[0], pl_module)
         if self.check and trainer.is_global_zero:  # what decay will do to this run, before its first step
-            findings = check(unwrap_optimizer(trainer.optimizers[0]), pl_module, steps=known)
+            findings = check(unwrap_optimizer(trainer.optimizers[0]), pl_module, steps=known, lr_schedule=schedule)
             print(findings, flush=True)
             _to_loggers(trainer, "normctl/check", findings, step=trainer.global_step)
         self.owner.start(pl_module, trainer.optimizers[0], self._saved, logging_every=trainer.log_every_n_steps)
@@ -110,6 +112,16 @@ class NormMonitorCallback(pl.Callback):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._saved = state_dict.get("monitor")
+
+
+def _step_schedule(trainer, total_steps: int | None):
+    """The lr multiplier of the first optimizer's scheduler where Lightning steps it every
+    optimizer step and it is a LambdaLR (:func:`normctl.schedules.from_lr_scheduler`); None for an
+    epoch-wise one, whose multiplier counts epochs, not steps."""
+    for config in getattr(trainer, "lr_scheduler_configs", None) or []:
+        if config.interval == "step" and config.frequency == 1 and total_steps:
+            return from_lr_scheduler(config.scheduler, total_steps)
+    return None
 
 
 def _to_loggers(trainer, prefix: str, findings, step: int) -> None:

@@ -31,7 +31,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..rules import decayed_norm_sq_after, update_sq_between
+from ..rules import decayed_norm_sq_path, update_sq_between
 
 Series = Callable[[int], float]  # a value of the s-th optimizer step, s counted from 1 (as records' "step")
 
@@ -49,6 +49,9 @@ class Forecast:
     grad_ratio_end: float | None
     time_scale: float | None  # 1/(2γλ) at the largest γ_t·λ_t still to come: steps to the steady state
     cosine: float = 0.0  # cos(θ, −u), the recent mean: > 0 outward, < 0 the loss pulls inward
+    # ‖g‖/‖θ‖ ∝ 1/‖θ‖² along the forecast path: its mean over the run's last 10 % over its mean over
+    # 40-60 % (as :func:`~normctl.monitor.phases.tail_rise`); None where 40 % is already past
+    ratio_rise: float | None = None
 
     def __str__(self) -> str:
         if self.norm_ratio_end is None:
@@ -63,6 +66,8 @@ class Forecast:
         )
         if self.grad_ratio_now is not None and self.grad_ratio_end is not None:
             line += f"; ‖g‖/‖θ‖ {self.grad_ratio_now:.3g} → {self.grad_ratio_end:.3g}"
+        if self.ratio_rise is not None:
+            line += f", {self.ratio_rise:.2f}× over the last 10 % against mid-run"
         if self.time_scale is None:
             return line + " (no decay)"
         settles = "settles" if self.total_steps - self.at_step >= 3 * self.time_scale else "does not settle"
@@ -87,9 +92,10 @@ def forecast_group(
     if cosine < 0:  # the loss, not the decay, sets where these weights go: extrapolating it could reach 0
         return Forecast(group, at_step, total_steps, norm / init_norm, None, grad_ratio, None, None, cosine)
     remaining = range(at_step + 1, total_steps + 1)  # the steps still to take, counted from 1
-    steps = ((lr_at(t), decay_at(t)) for t in remaining)
-    end = math.sqrt(decayed_norm_sq_after(norm * norm, update_sq, steps, cosine))
-    rate = max((lr_at(t) * decay_at(t) for t in remaining), default=0.0)
+    steps = [(lr_at(t), decay_at(t)) for t in remaining]
+    path = list(decayed_norm_sq_path(norm * norm, update_sq, steps, cosine))
+    end = math.sqrt(path[-1]) if path else norm
+    rate = max((lr * decay for lr, decay in steps), default=0.0)
     grad_end = grad_ratio * (norm / end) ** 2 if grad_ratio is not None and end > 0 else None
     return Forecast(
         group,
@@ -101,7 +107,26 @@ def forecast_group(
         grad_end,
         1 / (2 * rate) if rate > 0 else None,
         cosine,
+        ratio_rise(path, at_step, total_steps),
     )
+
+
+def ratio_rise(path: Sequence[float], at_step: int, total_steps: int) -> float | None:
+    """The end-of-run rise of ‖g‖/‖θ‖ along a forecast ``path`` (the squared norm after each step
+    from ``at_step`` + 1 to ``total_steps``) for a layer followed by a normalisation: its gradient
+    scales as 1/‖θ‖ (Defazio, 2025), so ‖g‖/‖θ‖ as 1/‖θ‖² at a gradient direction of a given size.
+    The windows of :func:`~normctl.monitor.phases.tail_rise` over the whole run; None where its
+    middle window (from 40 %) began before ``at_step`` or the path is too short."""
+    n = total_steps
+    middle = range(round(0.4 * n), round(0.6 * n))  # 0-based step indices: step s is index s − 1
+    tail = range(n - max(1, round(0.1 * n)), n)
+    if n < 10 or not middle or middle.start < at_step or len(path) != n - at_step:
+        return None
+    mid = [1 / path[k - at_step] for k in middle if path[k - at_step] > 0]
+    late = [1 / path[k - at_step] for k in tail if path[k - at_step] > 0]
+    if len(mid) < len(middle) or len(late) < len(tail):
+        return None
+    return (sum(late) / len(late)) / (sum(mid) / len(mid))
 
 
 def from_records(
