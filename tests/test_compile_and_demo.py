@@ -52,12 +52,17 @@ def test_demo_runs_every_method_on_every_seed_and_reports_mean_and_std(capsys, t
     assert (out_dir / "figure.png").is_file() and len(
         json.loads((out_dir / "adamc_s0" / "ratio_by_step.json").read_text())
     ) == 12
+    layers = json.loads((out_dir / "adamc_s0" / "layer_ratio_by_step.json").read_text())
+    assert len(layers) > 1 and {len(ratios) for ratios in layers} == {12}  # each normalised layer, every step
     assert [(r.method, r.seed) for r in results] == [(m, s) for s in (0, 1) for m in ("adamw", "adamwn", "adamc")]
     for r in results:
         assert all(
             map(
                 torch.isfinite,
-                map(torch.tensor, (r.val_loss, r.train_loss, r.norm_ratio, r.grad_rise, r.ratio_rise, r.norm_drift)),
+                map(
+                    torch.tensor,
+                    (r.val_loss, r.train_loss, r.norm_ratio, r.grad_rise, r.ratio_rise, r.norm_drift, r.layer_rise),
+                ),
             )
         )
     adamw = {r.seed: r.norm_ratio for r in results if r.method == "adamw"}
@@ -72,7 +77,7 @@ def test_demo_runs_every_method_on_every_seed_and_reports_mean_and_std(capsys, t
     for line in claims(results):  # one line per claim, with the seeds that agree
         assert line in out
     adamw = {r.seed: r for r in results if r.method == "adamw"}
-    rose = sum(adamw[s].ratio_rise >= 1.25 for s in (0, 1))
+    rose = sum(adamw[s].layer_rise >= 1.25 for s in (0, 1))
     assert f"AdamW rose on {rose} of 2 seeds" in out
     summary = json.loads((out_dir / "summary.json").read_text())  # the table's numbers, for quoting
     assert summary["methods"]["adamc"]["val_loss"]["mean"] == pytest.approx(mean)
