@@ -48,6 +48,16 @@ def test_the_forecast_at_a_constant_lr_is_the_closed_form_of_adamws_norm():
     assert forecast.time_scale == pytest.approx(1 / (2 * lr * decay))
     adamw = math.sqrt(rules.adamw_norm_sq_after(norm**2, u * u, [lr] * n, decay))  # the rule target="auto" uses
     assert forecast.norm_ratio_end == pytest.approx(adamw / norm, rel=1e-12)
+    # the end-of-run rise of ‖g‖/‖θ‖ ∝ 1/‖θ‖² along the same closed form: mean over the last 10 % of
+    # the run's 1 000 steps over the mean at 40-60 % (step s is k = s − 100 steps after the forecast)
+    def inverse_norm_sq(s: int) -> float:
+        k = s - 100
+        return 1 / (f ** (2 * k) * norm**2 + (lr * u) ** 2 * (1 - f ** (2 * k)) / (1 - f * f))
+
+    late = sum(inverse_norm_sq(s) for s in range(901, 1001)) / 100
+    middle = sum(inverse_norm_sq(s) for s in range(401, 601)) / 200
+    assert forecast.ratio_rise == pytest.approx(late / middle, rel=1e-9)
+    assert f"{forecast.ratio_rise:.2f}× over the last 10 % against mid-run" in str(forecast)
 
 
 def test_the_effective_update_is_the_inverse_of_the_recurrence_and_forecasts_from_norms_alone():
