@@ -48,6 +48,7 @@ def test_the_forecast_at_a_constant_lr_is_the_closed_form_of_adamws_norm():
     assert forecast.time_scale == pytest.approx(1 / (2 * lr * decay))
     adamw = math.sqrt(rules.adamw_norm_sq_after(norm**2, u * u, [lr] * n, decay))  # the rule target="auto" uses
     assert forecast.norm_ratio_end == pytest.approx(adamw / norm, rel=1e-12)
+
     # the end-of-run rise of ‖g‖/‖θ‖ ∝ 1/‖θ‖² along the same closed form: mean over the last 10 % of
     # the run's 1 000 steps over the mean at 40-60 % (step s is k = s − 100 steps after the forecast)
     def inverse_norm_sq(s: int) -> float:
