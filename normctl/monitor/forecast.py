@@ -27,7 +27,8 @@ from __future__ import annotations
 
 import math
 from bisect import bisect_right
-from collections.abc import Callable, Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -92,10 +93,12 @@ def forecast_group(
     if cosine < 0:  # the loss, not the decay, sets where these weights go: extrapolating it could reach 0
         return Forecast(group, at_step, total_steps, norm / init_norm, None, grad_ratio, None, None, cosine)
     remaining = range(at_step + 1, total_steps + 1)  # the steps still to take, counted from 1
-    steps = [(lr_at(t), decay_at(t)) for t in remaining]
-    path = list(decayed_norm_sq_path(norm * norm, update_sq, steps, cosine))
-    end = math.sqrt(path[-1]) if path else norm
-    rate = max((lr * decay for lr, decay in steps), default=0.0)
+
+    def path() -> Iterator[float]:  # a generator each time: a run of 10⁶ steps is not held in memory
+        return decayed_norm_sq_path(norm * norm, update_sq, ((lr_at(t), decay_at(t)) for t in remaining), cosine)
+
+    end = math.sqrt(deque(path(), maxlen=1).pop()) if remaining else norm
+    rate = max((lr_at(t) * decay_at(t) for t in remaining), default=0.0)
     grad_end = grad_ratio * (norm / end) ** 2 if grad_ratio is not None and end > 0 else None
     return Forecast(
         group,
@@ -107,26 +110,30 @@ def forecast_group(
         grad_end,
         1 / (2 * rate) if rate > 0 else None,
         cosine,
-        ratio_rise(path, at_step, total_steps),
+        ratio_rise(path(), at_step, total_steps),
     )
 
 
-def ratio_rise(path: Sequence[float], at_step: int, total_steps: int) -> float | None:
+def ratio_rise(path: Iterable[float], at_step: int, total_steps: int) -> float | None:
     """The end-of-run rise of ‖g‖/‖θ‖ along a forecast ``path`` (the squared norm after each step
-    from ``at_step`` + 1 to ``total_steps``) for a layer followed by a normalisation: its gradient
-    scales as 1/‖θ‖ (Defazio, 2025), so ‖g‖/‖θ‖ as 1/‖θ‖² at a gradient direction of a given size.
-    The windows of :func:`~normctl.monitor.phases.tail_rise` over the whole run; None where its
-    middle window (from 40 %) began before ``at_step`` or the path is too short."""
+    from ``at_step`` + 1 to ``total_steps``, read once) for a layer followed by a normalisation:
+    its gradient scales as 1/‖θ‖ (Defazio, 2025), so ‖g‖/‖θ‖ as 1/‖θ‖² at a gradient direction of
+    a given size. The windows of :func:`~normctl.monitor.phases.tail_rise` over the whole run;
+    None where its middle window (from 40 %) began before ``at_step`` or the path is too short."""
     n = total_steps
     middle = range(round(0.4 * n), round(0.6 * n))  # 0-based step indices: step s is index s − 1
     tail = range(n - max(1, round(0.1 * n)), n)
-    if n < 10 or not middle or middle.start < at_step or len(path) != n - at_step:
+    if n < 10 or not middle or middle.start < at_step:
         return None
-    mid = [1 / path[k - at_step] for k in middle if path[k - at_step] > 0]
-    late = [1 / path[k - at_step] for k in tail if path[k - at_step] > 0]
-    if len(mid) < len(middle) or len(late) < len(tail):
+    sums, counts = {"middle": 0.0, "tail": 0.0}, {"middle": 0, "tail": 0}
+    for index, norm_sq in enumerate(path, start=at_step):
+        for name, window in (("middle", middle), ("tail", tail)):
+            if index in window and norm_sq > 0:
+                sums[name] += 1 / norm_sq
+                counts[name] += 1
+    if counts["middle"] < len(middle) or counts["tail"] < len(tail):
         return None
-    return (sum(late) / len(late)) / (sum(mid) / len(mid))
+    return (sums["tail"] / counts["tail"]) / (sums["middle"] / counts["middle"])
 
 
 def from_records(
