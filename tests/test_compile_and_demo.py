@@ -89,7 +89,9 @@ def test_demo_runs_every_method_on_every_seed_and_reports_mean_and_std(capsys, t
     }
     assert summary["claims"] == claims(results)
     report = (out_dir / "report.html").read_text()  # its first figure is the demo's
-    assert report.index("of the normalised layers: AdamW") < report.index("Training loss (mean")
+    assert report.index("of the normalised layers, the median layer: AdamW") < report.index("Training loss (mean")
+    records = [json.loads(line) for line in (out_dir / "adamc_s0" / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["normalized_layers/median_grad_weight_ratio"] > 0 for r in records)  # what that chart draws
     assert (out_dir / "adamc_s1" / "environment.json").is_file()
     assert json.loads((out_dir / "adamc_s1" / "final.json").read_text()) == dataclasses.asdict(results[-1])
 

@@ -165,7 +165,7 @@ def train_one(
                 midway_norm = controlled_norm(groups)
                 midway_layers = torch.stack(layer_norms)
             optimizer.step()
-            monitor.observe(loss=loss)
+            monitor.observe(loss=loss, **{MEDIAN_LAYER: float(layer_ratios[-1].median())})
             scheduler.step()
             bar.update(1)
     seconds = time.perf_counter() - start
@@ -242,12 +242,13 @@ def run_demo(cfg: DemoConfig = DemoConfig(), *, verbose: bool = True) -> list[De
 
 
 # the report's first figure: what the demo is about
+MEDIAN_LAYER = "normalized_layers/median_grad_weight_ratio"  # the record of the median layer's ‖g‖/‖θ‖
 LEAD_CHARTS = (
     (
-        "group/normalized/grad_weight_ratio",
-        "‖g‖/‖θ‖",
+        MEDIAN_LAYER,
+        "‖g‖/‖θ‖ (median layer)",
         True,
-        "‖g‖/‖θ‖ of the normalised layers: AdamW's rises as the lr decays to 0, AdamC's does not",
+        "‖g‖/‖θ‖ of the normalised layers, the median layer: AdamW's rises as the lr decays to 0, AdamC's does not",
     ),
 )
 
