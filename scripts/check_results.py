@@ -69,6 +69,7 @@ def auto_target_table(summary: dict[str, Any]) -> str:
         "method=adamwn": "AdamWN, target AdamW's norm ratio",
         "auto_target=equilibrium": 'AdamWN, `target="auto"` (equilibrium)',
         "auto_target=inflection": 'AdamWN, `AutoTarget(rule="inflection")`',
+        "auto_run_length=true": "AdamWN, `AutoTarget(total_steps=…)` (equilibrium, the run's length)",
         "method=adamcpr": "AdamCPR ({package}, inflection-point bound)",
         "method=hyperball": "HyperBallAdamW ({package}, norm held at init)",
     }

@@ -608,6 +608,7 @@ def test_auto_target_comparison_runs_end_to_end(tmp_path):
     )
     rows = summary["inits"]["torch"]["methods"]
     ours = {"method=adamw", "method=adamwn", "auto_target=equilibrium", "auto_target=inflection"}
+    ours |= {"auto_run_length=true"}  # the equilibrium rule told the run's length
     assert set(rows) == ours | {"method=adamcpr"}
     assert all("package" not in rows[label] for label in ours)
     from importlib import metadata
@@ -619,6 +620,8 @@ def test_auto_target_comparison_runs_end_to_end(tmp_path):
     by_seed = auto["val_loss_by_seed"]
     adamw = rows["method=adamw"]["val_loss_by_seed"]
     assert auto["minus_adamw"]["differences"] == [by_seed[s] - adamw[s] for s in (0, 1)]
+    length = json.loads((tmp_path / "torch" / "auto_run_length-true_s0" / "config.json").read_text())
+    assert (length["auto_target"], length["auto_run_length"]) == ("equilibrium", True)  # told the run's length
     assert (tmp_path / "summary.json").is_file() and (tmp_path / "torch" / "report.html").is_file()
     with pytest.raises(ValueError, match="inits must be some of"):
         repro_auto.run_repro(tmp_path, [0], inits=("xavier",))

@@ -7,7 +7,9 @@ The laptop GPT of ``repro-gpt`` (2 500 steps, lr 3e-3, cosine, AdamW λ = 0.1), 
 initialisation (N(0, 0.02): AdamW's norms grow) and once with PyTorch's defaults (N(0, 1)
 embeddings: AdamW shrinks them). Per initialisation: AdamW over the seeds; AdamWN with its target
 AdamW's mean final norm ratio over the tensors it controls; AdamWN with ``target="auto"`` by each
-rule (λ_ref = AdamW's λ); and the peers: AdamCPR (its inflection-point bound, which needs no prior
+rule (λ_ref = AdamW's λ), the equilibrium rule both without the run's length (AdamW's asymptotic
+norm) and with it (``auto_run_length``: AdamW's norm at the run's end, ``AutoTarget(total_steps)``);
+and the peers: AdamCPR (its inflection-point bound, which needs no prior
 run either) and HeavyBall's HyperBallAdamW (every matrix held at its initial norm). Each row: the
 held-out loss at the last step, mean ± std, and paired per-seed differences against AdamW and
 against the measured-target AdamWN with a 95 % t interval.
@@ -58,6 +60,11 @@ def run_repro(
         # AdamW, the automatic targets and the peers need no other run: they train together
         adamw = sweep_configs(base, {"method": ["adamw"]}, seeds)
         auto = sweep_configs(dataclasses.replace(base, method="adamwn"), {"auto_target": list(RULES)}, seeds)
+        # the equilibrium rule told the run's length: AdamW's norm at the run's end (a row of its own,
+        # so the asymptotic rule's committed runs stay what they are)
+        auto += sweep_configs(
+            dataclasses.replace(base, method="adamwn", auto_target="equilibrium"), {"auto_run_length": ["true"]}, seeds
+        )
         peers = sweep_configs(base, {"method": list(peer_methods)}, seeds) if peer_methods else []
         train_runs(adamw + auto + peers, directory, workers=workers, verbose=verbose)
         ratio = round(statistics.mean(controlled_norm_ratio(directory / name) for name, _ in adamw), 4)
