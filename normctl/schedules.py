@@ -16,6 +16,7 @@ optimizer ``state_dict()`` round trip (a lambda would not).
 from __future__ import annotations
 
 import bisect
+import functools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -151,12 +152,10 @@ def from_lr_scheduler(scheduler: object, total_steps: int, *, tolerance: float =
     if not lambdas or not callable(lambdas[0]) or not (isinstance(total_steps, int) and total_steps >= 1):
         return None
     multiplier = lambdas[0]
-    values: dict[int, float] = {}
 
+    @functools.cache  # each step's multiplier read once: an interval's ends are its neighbours' too
     def at(t: int) -> float:
-        if t not in values:
-            values[t] = float(multiplier(t))
-        return values[t]
+        return float(multiplier(t))
 
     last = total_steps - 1
     pending = sorted({round(i * last / 64) for i in range(65)})

@@ -258,7 +258,7 @@ def _lead_figure(out: Path, names: list[str], labels: list[str]):
     the run, every step, each layer's as a multiple of its mean at 40–60 % (the denominator of
     ``layer_rise``), the median over the layers, smoothed over 5 % of the run; mean ± std over the
     seeds."""
-    from normctl.monitor.phases import smooth
+    from normctl.monitor.phases import smooth, tail_windows
     from normctl.report import plots
 
     by_method: dict[str, list[list[float]]] = {}
@@ -266,10 +266,11 @@ def _lead_figure(out: Path, names: list[str], labels: list[str]):
     for name, label in zip(names, labels):
         layers = json.loads((out / name / "layer_ratio_by_step.json").read_text())
         n, start = len(layers[0]), len(layers[0]) // 2
-        relative = [
-            [r / (statistics.mean(ratios[round(0.4 * n) : round(0.6 * n)]) or math.nan) for r in ratios]
-            for ratios in layers
-        ]  # fmt: skip  (no gradient: no curve)
+        middle, _ = tail_windows(n)
+        relative = []
+        for ratios in layers:
+            mean = statistics.mean(ratios[middle.start : middle.stop]) or math.nan  # no gradient: no curve
+            relative.append([r / mean for r in ratios])
         median = [statistics.median(step) for step in zip(*relative)]
         by_method.setdefault(label, []).append(smooth(median, max(1, n // 20))[start:])
     figure, ax = plots.new_figure(figsize=(6, 3.6))

@@ -25,7 +25,7 @@ import statistics
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 from normctl.checks import steady_state_rise
 from normctl.monitor.forecast import Forecast, Series, from_records, scheduled
@@ -113,7 +113,7 @@ def _ratio_rises(f: Forecast, cfg: RunConfig, final: dict[str, Any], records: li
     n = cfg.steps
     mid = [v for s, v in norms.items() if 0.4 * n < s <= 0.6 * n]
     late = [v for s, v in norms.items() if s > n - 0.1 * n]
-    if not isinstance(grad_rise, (int, float)) or not math.isfinite(grad_rise) or not mid or not late:
+    if not _finite(grad_rise) or not mid or not late:
         return {}
     if cfg.method in CORRECTED:
         prior = 1.0  # λ_t/γ_t constant: the corrected steady state does not rise
@@ -122,7 +122,7 @@ def _ratio_rises(f: Forecast, cfg: RunConfig, final: dict[str, Any], records: li
         peak_rate = max(lr_at(s) * decay_at(s) for s in range(1, n + 1))
         rise = steady_state_rise(lr_at(n // 2 + 1), lr_at(int(n * 0.95) + 1), n, 1 / (2 * peak_rate))
         prior = 1.0 if rise is None else rise  # None: check predicts no rise
-    measured = grad_rise * _mean(mid) / _mean(late)
+    measured = grad_rise * (sum(mid) / len(mid)) / (sum(late) / len(late))
     return {
         "ratio_rise": measured,
         "ratio_rise_forecast": f.ratio_rise,
@@ -132,11 +132,7 @@ def _ratio_rises(f: Forecast, cfg: RunConfig, final: dict[str, Any], records: li
     }
 
 
-def _mean(values: list[float]) -> float:
-    return sum(values) / len(values) if values else math.nan
-
-
-def _finite(value: Any) -> bool:
+def _finite(value: Any) -> TypeGuard[float]:
     return isinstance(value, (int, float)) and math.isfinite(value)
 
 

@@ -25,14 +25,15 @@ kind, not a measurement.
 
 from __future__ import annotations
 
+import itertools
 import math
 from bisect import bisect_right
-from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from ..rules import decayed_norm_sq_path, update_sq_between
+from .phases import tail_windows
 
 Series = Callable[[int], float]  # a value of the s-th optimizer step, s counted from 1 (as records' "step")
 
@@ -93,13 +94,25 @@ def forecast_group(
     if cosine < 0:  # the loss, not the decay, sets where these weights go: extrapolating it could reach 0
         return Forecast(group, at_step, total_steps, norm / init_norm, None, grad_ratio, None, None, cosine)
     remaining = range(at_step + 1, total_steps + 1)  # the steps still to take, counted from 1
-
-    def path() -> Iterator[float]:  # a generator each time: a run of 10⁶ steps is not held in memory
-        return decayed_norm_sq_path(norm * norm, update_sq, ((lr_at(t), decay_at(t)) for t in remaining), cosine)
-
-    end = math.sqrt(deque(path(), maxlen=1).pop()) if remaining else norm
-    rate = max((lr_at(t) * decay_at(t) for t in remaining), default=0.0)
+    # one pass over the steps to come (a run of 10⁶ steps is not held in memory): the norm path, the
+    # largest γ_t·λ_t, and 1/‖θ‖² over the windows of ``tail_rise`` (step s is index s − 1)
+    middle, tail = tail_windows(total_steps)
+    steps, rates = itertools.tee((lr_at(t), decay_at(t)) for t in remaining)
+    norm_sq, rate = norm * norm, 0.0
+    inverse_sums, counts = {middle: 0.0, tail: 0.0}, {middle: 0, tail: 0}
+    path = decayed_norm_sq_path(norm_sq, update_sq, steps, cosine)
+    for index, norm_sq, (lr, decay) in zip(itertools.count(at_step), path, rates):
+        rate = max(rate, lr * decay)
+        for window in (middle, tail):
+            if index in window and norm_sq > 0:
+                inverse_sums[window] += 1 / norm_sq
+                counts[window] += 1
+    end = math.sqrt(norm_sq)
     grad_end = grad_ratio * (norm / end) ** 2 if grad_ratio is not None and end > 0 else None
+    # the rise of ‖g‖/‖θ‖ ∝ 1/‖θ‖² (a layer followed by a normalisation: ‖g‖ ∝ 1/‖θ‖, Defazio 2025),
+    # where the path covers both windows
+    covered = total_steps >= 10 and middle and counts[middle] == len(middle) and counts[tail] == len(tail)
+    rise = (inverse_sums[tail] / len(tail)) / (inverse_sums[middle] / len(middle)) if covered else None
     return Forecast(
         group,
         at_step,
@@ -110,30 +123,8 @@ def forecast_group(
         grad_end,
         1 / (2 * rate) if rate > 0 else None,
         cosine,
-        ratio_rise(path(), at_step, total_steps),
+        rise,
     )
-
-
-def ratio_rise(path: Iterable[float], at_step: int, total_steps: int) -> float | None:
-    """The end-of-run rise of ‖g‖/‖θ‖ along a forecast ``path`` (the squared norm after each step
-    from ``at_step`` + 1 to ``total_steps``, read once) for a layer followed by a normalisation:
-    its gradient scales as 1/‖θ‖ (Defazio, 2025), so ‖g‖/‖θ‖ as 1/‖θ‖² at a gradient direction of
-    a given size. The windows of :func:`~normctl.monitor.phases.tail_rise` over the whole run;
-    None where its middle window (from 40 %) began before ``at_step`` or the path is too short."""
-    n = total_steps
-    middle = range(round(0.4 * n), round(0.6 * n))  # 0-based step indices: step s is index s − 1
-    tail = range(n - max(1, round(0.1 * n)), n)
-    if n < 10 or not middle or middle.start < at_step:
-        return None
-    sums, counts = {"middle": 0.0, "tail": 0.0}, {"middle": 0, "tail": 0}
-    for index, norm_sq in enumerate(path, start=at_step):
-        for name, window in (("middle", middle), ("tail", tail)):
-            if index in window and norm_sq > 0:
-                sums[name] += 1 / norm_sq
-                counts[name] += 1
-    if counts["middle"] < len(middle) or counts["tail"] < len(tail):
-        return None
-    return (sums["tail"] / counts["tail"]) / (sums["middle"] / counts["middle"])
 
 
 def from_records(

@@ -67,12 +67,19 @@ def tail_rise(values: Sequence[float | None], *, tail: float = 0.1, middle: tupl
     series too short to have both windows."""
     finite = [v for v in values if v is not None and math.isfinite(v)]
     n = len(finite)
-    last = finite[n - max(1, round(n * tail)) :]
-    mid = finite[round(n * middle[0]) : round(n * middle[1])]
+    middle_window, tail_window = tail_windows(n, tail=tail, middle=middle)
+    last = finite[tail_window.start :]
+    mid = finite[middle_window.start : middle_window.stop]
     if n < 10 or not mid:
         return math.nan
     mid_mean = sum(mid) / len(mid)
     return (sum(last) / len(last)) / mid_mean if mid_mean > 0 else math.inf
+
+
+def tail_windows(n: int, *, tail: float = 0.1, middle: tuple[float, float] = (0.4, 0.6)) -> tuple[range, range]:
+    """The indices :func:`tail_rise` compares in a series of ``n`` values: its ``middle`` window and
+    its last ``tail`` (at least one value)."""
+    return range(round(n * middle[0]), round(n * middle[1])), range(n - max(1, round(n * tail)), n)
 
 
 def detect_phases(
