@@ -112,6 +112,18 @@ def test_tune_selects_on_validation_reports_on_test_and_resumes(tmp_path, monkey
     assert diff["differences"] == [adamwn["test_acc_by_seed"][s] - adamw_scores[s] for s in diff["seeds"]]
     assert json.loads((tmp_path / "summary.json").read_text()) == json.loads(json.dumps(summary))
     assert "| adamwn |" in tune_report.summary_table(summary)
+    # the held-out loss beside the accuracy: per seed from the same finals, paired, tabled, worded
+    assert summary["protocol"]["reported_beside"] == "test_loss"
+    for method, row in summary["methods"].items():
+        for seed, loss in row["test_loss_by_seed"].items():
+            assert (
+                loss == json.loads((tmp_path / "final" / f"{method}_s{seed}" / "final.json").read_text())["test_loss"]
+            )
+    adamw_losses = summary["methods"]["adamw"]["test_loss_by_seed"]
+    loss_diff = adamwn["minus_adamw_test_loss"]
+    assert loss_diff["differences"] == [adamwn["test_loss_by_seed"][s] - adamw_losses[s] for s in loss_diff["seeds"]]
+    assert "| test_loss | test_loss − adamw [95 % CI] |" in tune_report.summary_table(summary)
+    assert any(line.startswith("adamwn (test_loss)") for line in tune_report.verdicts(summary))
     # what it cost: every run's training seconds, summed per stage
     seconds = {
         stage: sum(json.loads(f.read_text())["train_seconds"] for f in (tmp_path / stage).glob("*/final.json"))
@@ -446,6 +458,33 @@ def test_the_tail_rise_of_the_final_runs_is_summarised_and_tabled(tmp_path):
     }
     table = tune_report.summary_table(summary)
     assert "grad-norm tail rise" in table and "| 1.300 ± 0.141 |" in table
+
+
+def test_the_loss_beside_the_accuracy_is_left_out_where_a_run_did_not_store_it(tmp_path):
+    # finals trained before classifiers stored their held-out loss: no mean of the seeds that have
+    # it, no column; a diverged run's missing loss is a NaN, as in the reported metric
+    base = with_overrides(RunConfig(), TINY_VORONOI)
+    final = {
+        m: ({}, [(f"{m}_s{s}", with_overrides(base, [f"seed={s}"])) for s in (1, 2, 3)]) for m in ("adamw", "adamc")
+    }
+    for m, (_, runs) in final.items():
+        for name, cfg in runs:
+            (tmp_path / name).mkdir()
+            stored = {"status": "finished", "test_acc": 0.5, "test_loss": 1.0 + cfg.seed / 10}
+            if (m, cfg.seed) == ("adamw", 3):
+                stored = {"status": "finished", "test_acc": 0.5}  # trained before the loss was stored
+            if (m, cfg.seed) == ("adamc", 2):
+                stored = {"status": "diverged"}
+            (tmp_path / name / "final.json").write_text(json.dumps(stored))
+    assert tune._beside(tmp_path, final, "adamw", "test_loss", ["adamw"]) == {}
+    adamc = tune._beside(tmp_path, final, "adamc", "test_loss", ["adamw"])
+    assert adamc["test_loss_by_seed"][1] == pytest.approx(1.1) and math.isnan(adamc["test_loss_by_seed"][2])
+    assert "minus_adamw_test_loss" not in adamc  # nothing to pair with
+    row = {"test_acc": {"mean": 0.5, "std": 0.0, "n": 3}, "knobs": {}, "at_edge": [], "tail_rise": {}}
+    protocol = {"reported_on": "test_acc", "reported_beside": "test_loss", "reference": "adamw",
+                "selected_on": "val_acc", "higher_is_better": True}  # fmt: skip
+    table = tune_report.summary_table({"protocol": protocol, "methods": {"adamw": row, "adamc": row | adamc}})
+    assert "test_loss" not in table  # a column only where every method has the loss
 
 
 def test_a_directory_written_before_a_config_field_existed_still_resumes(tmp_path):

@@ -55,13 +55,16 @@ class Metrics:
     select: str  # scored in the search
     report: str  # scored in the final runs: the test split
     higher_is_better: bool
+    # reported beside ``report`` (lower is better), not selected on: a classifier's held-out loss,
+    # which shows a method that keeps the accuracy and loses the calibration
+    beside: str | None = None
 
 
 TASK_METRICS = {
     "gpt": Metrics("selection_loss", "test_loss", higher_is_better=False),
     "torchlm": Metrics("selection_loss", "test_loss", higher_is_better=False),
-    "fmnist": Metrics("selection_acc", "test_acc", higher_is_better=True),
-    "voronoi": Metrics("val_acc", "test_acc", higher_is_better=True),
+    "fmnist": Metrics("selection_acc", "test_acc", higher_is_better=True, beside="test_loss"),
+    "voronoi": Metrics("val_acc", "test_acc", higher_is_better=True, beside="test_loss"),
 }
 
 
@@ -152,7 +155,8 @@ def run_tune(
             "higher_is_better": metrics.higher_is_better,
             "reference": reference,
         }
-        | ({"also_against": also_against} if also_against else {}),
+        | ({"also_against": also_against} if also_against else {})
+        | ({"reported_beside": metrics.beside} if metrics.beside else {}),
         "methods": {},
     }
     for m, (scores, runs) in final.items():
@@ -164,6 +168,8 @@ def run_tune(
         for against in [reference, *also_against]:  # paired: the same seeds, initial weights and data order
             if m != against:
                 row[f"minus_{against}"] = paired_difference(scores, final[against][0])
+        if metrics.beside:
+            row |= _beside(out / "final", final, m, metrics.beside, [reference, *also_against])
         package = peer_package(row["config"]["method"], [out / "final" / name for name, _ in runs])
         if package:  # a peer: the package and version its runs trained with
             row["package"] = package
@@ -329,6 +335,32 @@ def _scores(directory: Path, runs: list[tuple[str, RunConfig]], metric: str) -> 
         final = final_metrics(directory, name)
         out[cfg.seed] = final[metric] if final["status"] == "finished" else math.nan
     return out
+
+
+def _beside(
+    directory: Path,
+    final: dict[str, tuple[dict[int, float], list[tuple[str, RunConfig]]]],
+    method: str,
+    metric: str,
+    against: list[str],
+) -> dict[str, Any]:
+    """``metric`` of ``method``'s final runs — per seed, mean ± std, and paired against each of
+    ``against`` (``minus_<method>_<metric>``) — where every run compared stored it (runs trained
+    before classifiers stored their loss did not: then nothing, rather than a mean of some seeds;
+    a diverged run scores NaN, as in the reported metric)."""
+    stored = {
+        m: _scores(directory, runs, metric)
+        for m, (_, runs) in final.items()
+        if all(metric in f or f["status"] != "finished" for f in (final_metrics(directory, n) for n, _ in runs))
+    }
+    if method not in stored:
+        return {}
+    scores = stored[method]
+    row: dict[str, Any] = {f"{metric}_by_seed": scores, metric: mean_std(list(scores.values()))}
+    for other in against:
+        if other != method and other in stored:
+            row[f"minus_{other}_{metric}"] = paired_difference(scores, stored[other])
+    return row
 
 
 def _train_hours(directory: Path, names: list[str]) -> float | None:

@@ -67,14 +67,24 @@ def verdict(
 
 
 def verdicts(summary: dict[str, Any], margin: float | None = None) -> list[str]:
-    """:func:`verdict` for every method against the tuning's reference."""
+    """:func:`verdict` for every method against the tuning's reference (and the ``also_against``
+    methods); then, where the tuning reports a metric beside its own (a classifier's held-out
+    loss), the same on that metric, lower being better."""
     protocol = summary["protocol"]
     reference, higher = protocol["reference"], protocol["higher_is_better"]
-    return [
-        verdict(method, against, row[f"minus_{against}"], higher_is_better=higher, margin=margin)
-        for against in [reference, *protocol.get("also_against", [])]
+    against = [reference, *protocol.get("also_against", [])]
+    lines = [
+        verdict(method, other, row[f"minus_{other}"], higher_is_better=higher, margin=margin)
+        for other in against
         for method, row in summary["methods"].items()
-        if f"minus_{against}" in row
+        if f"minus_{other}" in row
+    ]
+    beside = protocol.get("reported_beside")
+    return lines + [
+        verdict(f"{method} ({beside})", other, row[f"minus_{other}_{beside}"], higher_is_better=False)
+        for other in against
+        for method, row in summary["methods"].items()
+        if beside and f"minus_{other}_{beside}" in row
     ]
 
 
@@ -133,9 +143,10 @@ def cost_line(summary: dict[str, Any]) -> str:
 
 def summary_table(summary: dict[str, Any]) -> str:
     """The summary as a Markdown table: each method (a peer with its package and version), the
-    test metric, the paired difference against the reference, the gradient norm's tail rise on
-    the normalised layers where the runs stored it, the knobs selected (``(edge)``: at the edge of
-    its range)."""
+    test metric, the paired difference against the reference, the metric reported beside it (a
+    classifier's held-out loss) with its own paired difference where every method has it, the
+    gradient norm's tail rise on the normalised layers where the runs stored it, the knobs
+    selected (``(edge)``: at the edge of its range)."""
     protocol = summary["protocol"]
     metric, reference = protocol["reported_on"], protocol["reference"]
     tail = "group/normalized/grad_norm"
@@ -144,25 +155,34 @@ def summary_table(summary: dict[str, Any]) -> str:
     selected_on = protocol["selected_on"]
     against = [reference, *protocol.get("also_against", [])]
     columns = "".join(f" − {a} [95 % CI] |" for a in against)
+    # the metric reported beside (a classifier's held-out loss): its columns where every method has it
+    beside = protocol.get("reported_beside")
+    with_beside = bool(beside) and all(beside in row for row in summary["methods"].values())
+    beside_header = f" {beside} | {beside} − {reference} [95 % CI] |" if with_beside else ""
     lines = [
-        f"| method | seeds | {metric} (test) |{columns}{tail_header} selected on {selected_on} |",
-        "|---|---|---|" + "---|" * len(against) + ("---|" if with_tail else "") + "---|",
+        f"| method | seeds | {metric} (test) |{columns}{beside_header}{tail_header} selected on {selected_on} |",
+        "|---|---|---|" + "---|" * (len(against) + 2 * with_beside + with_tail) + "---|",
     ]
     for method, row in summary["methods"].items():
-        stats = row[metric]
-        diffs = [row.get(f"minus_{a}") for a in against]
-        paired = " | ".join(
-            "—" if diff is None else f"{_number(diff['mean'], '+.4f')}{_interval(diff['ci95'])}" for diff in diffs
-        )
+        paired = " | ".join(_paired(row.get(f"minus_{a}")) for a in against)
         knobs = ", ".join(f"{k}={v}" + (" (edge)" if k in row["at_edge"] else "") for k, v in row["knobs"].items())
-        mean_std = f"{_number(stats['mean'], '.4f')} ± {_number(stats['std'], '.4f')}"
-        rise = ""
+        extra = ""
+        if with_beside:
+            extra += f" {_mean_std(row[beside])} | {_paired(row.get(f'minus_{reference}_{beside}'))} |"
         if with_tail:
             r = row["tail_rise"][tail]
-            rise = f" {r['mean']:.3f} ± {r['std']:.3f} |"
+            extra += f" {r['mean']:.3f} ± {r['std']:.3f} |"
         name = f"{method} ({row['package']})" if "package" in row else method
-        lines.append(f"| {name} | {stats['n']} | {mean_std} | {paired} |{rise} {knobs} |")
+        lines.append(f"| {name} | {row[metric]['n']} | {_mean_std(row[metric])} | {paired} |{extra} {knobs} |")
     return "\n".join(lines)
+
+
+def _mean_std(stats: dict[str, Any]) -> str:
+    return f"{_number(stats['mean'], '.4f')} ± {_number(stats['std'], '.4f')}"
+
+
+def _paired(diff: dict[str, Any] | None) -> str:
+    return "—" if diff is None else f"{_number(diff['mean'], '+.4f')}{_interval(diff['ci95'])}"
 
 
 def _number(value: float | None, spec: str) -> str:
