@@ -133,6 +133,7 @@ def test_a_target_held_well_below_where_adamw_would_grow_the_tensors_is_found():
     held = normctl.AdamWN(normctl.param_groups(small, control_output=False), lr=1e-2)  # target 1.0
     found = [f for f in normctl.check(held, small, steps=5_000) if "would grow them" in f.what]
     assert len(found) == 1 and "0.weight" in found[0].evidence and "AutoTarget(total_steps=5000)" in found[0].fix
+    assert "target_from_adamw" in found[0].fix  # the measured recipe first: the forecast falls short of growth
     # silent: a target AdamW would not outgrow, PyTorch's initialisation at a small lr, the automatic target
     loose = normctl.AdamWN(normctl.param_groups(small, control_output=False), lr=1e-2, target=50.0)
     assert not any("would grow" in w for w in whats(normctl.check(loose, small, steps=5_000)))
