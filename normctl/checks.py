@@ -247,7 +247,7 @@ def _held_below_adamw(optimizer, names, steps, lr_schedule) -> list[Finding]:
                     " holding the initial norm cost held-out loss where AdamW grew the weights)",
                     # AutoTarget forecasts AdamW's end norm with the update orthogonal to the weight: where
                     # aligned updates grow the norms several-fold it falls short of them (results/auto_target)
-                    f"target=normctl.schedules.target_from_adamw(ratio, ramp_steps) with the norm ratio an AdamW run "
+                    "target=normctl.schedules.target_from_adamw(ratio, ramp_steps) with the norm ratio an AdamW run "
                     f"reached (its NormMonitor's group/decay/norm_ratio), or normctl.AutoTarget(total_steps={steps}), "
                     "which forecasts it from this run's first steps and falls short where AdamW's norms grow "
                     "several-fold",

@@ -345,7 +345,7 @@ def _beside(
     against: list[str],
 ) -> dict[str, Any]:
     """``metric`` of ``method``'s final runs — per seed, mean ± std, and paired against each of
-    ``against`` (``minus_<method>_<metric>``) — where every run compared stored it (runs trained
+    ``against`` (``minus_<other>_<metric>``) — where every run compared stored it (runs trained
     before classifiers stored their loss did not: then nothing, rather than a mean of some seeds;
     a diverged run scores NaN, as in the reported metric)."""
     stored = {
