@@ -476,8 +476,9 @@ def test_the_loss_beside_the_accuracy_is_left_out_where_a_run_did_not_store_it(t
             if (m, cfg.seed) == ("adamc", 2):
                 stored = {"status": "diverged"}
             (tmp_path / name / "final.json").write_text(json.dumps(stored))
-    assert tune._beside(tmp_path, final, "adamw", "test_loss", ["adamw"]) == {}
-    adamc = tune._beside(tmp_path, final, "adamc", "test_loss", ["adamw"])
+    rows = tune._beside(tmp_path, final, "test_loss", ["adamw"])
+    assert rows.get("adamw", {}) == {}
+    adamc = rows["adamc"]
     assert adamc["test_loss_by_seed"][1] == pytest.approx(1.1) and math.isnan(adamc["test_loss_by_seed"][2])
     assert "minus_adamw_test_loss" not in adamc  # nothing to pair with
     row = {"test_acc": {"mean": 0.5, "std": 0.0, "n": 3}, "knobs": {}, "at_edge": [], "tail_rise": {}}

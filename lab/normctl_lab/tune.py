@@ -159,6 +159,7 @@ def run_tune(
         | ({"reported_beside": metrics.beside} if metrics.beside else {}),
         "methods": {},
     }
+    beside = _beside(out / "final", final, metrics.beside, [reference, *also_against]) if metrics.beside else {}
     for m, (scores, runs) in final.items():
         row = summary["methods"][m] = selected[m] | {
             f"{metrics.report}_by_seed": scores,
@@ -168,8 +169,7 @@ def run_tune(
         for against in [reference, *also_against]:  # paired: the same seeds, initial weights and data order
             if m != against:
                 row[f"minus_{against}"] = paired_difference(scores, final[against][0])
-        if metrics.beside:
-            row |= _beside(out / "final", final, m, metrics.beside, [reference, *also_against])
+        row |= beside.get(m, {})
         package = peer_package(row["config"]["method"], [out / "final" / name for name, _ in runs])
         if package:  # a peer: the package and version its runs trained with
             row["package"] = package
@@ -340,27 +340,25 @@ def _scores(directory: Path, runs: list[tuple[str, RunConfig]], metric: str) -> 
 def _beside(
     directory: Path,
     final: dict[str, tuple[dict[int, float], list[tuple[str, RunConfig]]]],
-    method: str,
     metric: str,
     against: list[str],
-) -> dict[str, Any]:
-    """``metric`` of ``method``'s final runs — per seed, mean ± std, and paired against each of
-    ``against`` (``minus_<other>_<metric>``) — where every run compared stored it (runs trained
-    before classifiers stored their loss did not: then nothing, rather than a mean of some seeds;
-    a diverged run scores NaN, as in the reported metric)."""
+) -> dict[str, dict[str, Any]]:
+    """Per method, ``metric`` of its final runs — per seed, mean ± std, and paired against each of
+    ``against`` (``minus_<other>_<metric>``) — for the methods whose every run stored it (runs
+    trained before classifiers stored their loss did not: then nothing, rather than a mean of some
+    seeds; a diverged run scores NaN, as in the reported metric). Each run's final.json read once."""
     stored = {
         m: _scores(directory, runs, metric)
         for m, (_, runs) in final.items()
         if all(metric in f or f["status"] != "finished" for f in (final_metrics(directory, n) for n, _ in runs))
     }
-    if method not in stored:
-        return {}
-    scores = stored[method]
-    row: dict[str, Any] = {f"{metric}_by_seed": scores, metric: mean_std(list(scores.values()))}
-    for other in against:
-        if other != method and other in stored:
-            row[f"minus_{other}_{metric}"] = paired_difference(scores, stored[other])
-    return row
+    rows: dict[str, dict[str, Any]] = {}
+    for method, scores in stored.items():
+        row = rows[method] = {f"{metric}_by_seed": scores, metric: mean_std(list(scores.values()))}
+        for other in against:
+            if other != method and other in stored:
+                row[f"minus_{other}_{metric}"] = paired_difference(scores, stored[other])
+    return rows
 
 
 def _train_hours(directory: Path, names: list[str]) -> float | None:
