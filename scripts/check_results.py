@@ -133,13 +133,16 @@ def forecast_accuracy_table(summary: dict[str, Any]) -> str:
 
 def evidence_table(manifest: dict[str, Any]) -> str:
     """README's evidence table: ``manifest`` (results/evidence.json) names the tuned comparisons
-    (columns) and the methods (rows); the cells come from those comparisons' summary.json."""
+    (columns) and the methods (rows); the cells come from those comparisons' summary.json, and a
+    column's ``range_checks`` (method → folder) from the tuning searched around that method's edge."""
     from normctl_lab.tune_report import evidence_table as render_evidence
 
-    summaries = [
-        json.loads((ROOT / "results" / c["summary"] / "summary.json").read_text()) for c in manifest["columns"]
-    ]
-    return render_evidence(manifest["columns"], summaries, manifest["rows"])
+    def summary(folder: str) -> dict[str, Any]:
+        return json.loads((ROOT / "results" / folder / "summary.json").read_text())
+
+    columns = manifest["columns"]
+    checks = [{method: summary(folder) for method, folder in c.get("range_checks", {}).items()} for c in columns]
+    return render_evidence(columns, [summary(c["summary"]) for c in columns], manifest["rows"], checks)
 
 
 RENDERERS: dict[str, Callable[[dict[str, Any]], str]] = {

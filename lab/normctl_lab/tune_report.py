@@ -8,6 +8,7 @@ import math
 from typing import Any
 
 from .config import RunConfig
+from .paired import paired_difference
 from .search_spaces import Knob, restricted, search_space
 
 
@@ -88,27 +89,53 @@ def verdicts(summary: dict[str, Any], margin: float | None = None) -> list[str]:
     ]
 
 
-def evidence_table(columns: list[dict[str, str]], summaries: list[dict[str, Any]], labels: dict[str, str]) -> str:
+def evidence_table(
+    columns: list[dict[str, Any]],
+    summaries: list[dict[str, Any]],
+    labels: dict[str, str],
+    range_checks: list[dict[str, dict[str, Any]]] | None = None,
+) -> str:
     """README's evidence at a glance: per tuned comparison (a column, ``name`` and the summary it
     reads) and method (a row, named by ``labels``), the paired difference against the comparison's
     tuned reference in its reported metric, with the word the interval allows (:func:`verdict`'s
-    rule: better / worse only where it excludes 0). "—": not in that comparison."""
-    header = ["method", *[f"{c['name']} ({_metric_of(s)})" for c, s in zip(columns, summaries)]]
+    rule: better / worse only where it excludes 0). "—": not in that comparison.
+
+    No cell rests silently on a range edge: where a method's selection sat at an edge of its range
+    and ``range_checks`` (per column, method → the summary of a tuning searched around the edge on
+    the same task) has one, the cell is that check's selection paired with this column's reference
+    on the seeds both trained (‡); a selection at an edge with no check is marked †, and so is a
+    column whose reference sits at an edge (every cell of it leans on that selection)."""
+    range_checks = range_checks or [{} for _ in columns]
+    header = ["method"]
+    for column, summary in zip(columns, summaries):
+        edge = " †" if _at_edge(summary, summary["protocol"]["reference"]) else ""
+        header.append(f"{column['name']} ({_metric_of(summary)}){edge}")
     out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    marks_used = set()
     for method, label in labels.items():
         cells = []
-        for summary in summaries:
-            protocol = summary["protocol"]
-            diff = summary["methods"].get(method, {}).get(f"minus_{protocol['reference']}")
-            cells.append("—" if diff is None else _evidence_cell(diff, protocol["higher_is_better"]))
+        for summary, checks in zip(summaries, range_checks):
+            cell, mark = _evidence_cell(method, summary, checks.get(method))
+            cells.append(cell)
+            marks_used |= {mark} - {""}
         if any(c != "—" for c in cells):
             out.append(f"| {label} | " + " | ".join(cells) + " |")
     references = sorted({REFERENCE_NAMES.get(r, r) for r in (s["protocol"]["reference"] for s in summaries)})
-    out.append("")
-    out.append(
+    notes = [
         f"Each cell: the method minus tuned {' or '.join(references)} (the comparison's reference), mean over "
         "its final seeds, and what the paired 95 % interval shows (better / worse only where it excludes 0)."
-    )
+    ]
+    if "‡" in marks_used:
+        notes.append(
+            "‡: its selection sat at an edge of its range; the cell is the selection of the range check searched "
+            "around that edge (named in the comparison's README), paired with the reference on the same seeds."
+        )
+    if "†" in marks_used or any(h.endswith(" †") for h in header):
+        notes.append(
+            "†: selected at an edge of its range (in a header: the reference), where the range may have decided; "
+            "the comparison's README says whether a range check settled it."
+        )
+    out += ["", " ".join(notes)]
     return "\n".join(out)
 
 
@@ -119,15 +146,49 @@ def _metric_of(summary: dict[str, Any]) -> str:
     return summary["protocol"]["reported_on"].replace("_", " ")
 
 
-def _evidence_cell(diff: dict[str, Any], higher_is_better: bool) -> str:
+def _evidence_cell(method: str, summary: dict[str, Any], check: dict[str, Any] | None) -> tuple[str, str]:
+    """One cell and its footnote mark ("" none, "‡" from a range check, "†" at an edge)."""
+    protocol = summary["protocol"]
+    reference = protocol["reference"]
+    diff = summary["methods"].get(method, {}).get(f"minus_{reference}")
+    if diff is None:
+        return "—", ""
+    mark = ""
+    if _at_edge(summary, method):
+        if check is None:
+            mark = "†"
+        else:
+            diff = _paired_across(method, check, summary)
+            mark = "†" if _at_edge(check, method) else "‡"
+    suffix = f" {mark}" if mark else ""
     low, high = diff.get("ci95") or (math.nan, math.nan)
     if not (math.isfinite(low) and math.isfinite(high)):
-        return f"{_number(diff['mean'], '+.3f')} (not decided)"
+        return f"{_number(diff['mean'], '+.3f')} (not decided){suffix}", mark
     if low > 0 or high < 0:
-        word = "better" if (low > 0) == higher_is_better else "worse"
+        word = "better" if (low > 0) == protocol["higher_is_better"] else "worse"
     else:
         word = "level"
-    return f"{word} ({diff['mean']:+.3f})"
+    return f"{word} ({diff['mean']:+.3f}){suffix}", mark
+
+
+def _at_edge(summary: dict[str, Any], method: str) -> bool:
+    return bool(summary["methods"].get(method, {}).get("at_edge"))
+
+
+def _paired_across(method: str, check: dict[str, Any], summary: dict[str, Any]) -> dict[str, Any]:
+    """``method`` as the range check selected it minus ``summary``'s reference, per seed: the two
+    tunings must share their task (the same base configuration, so seed s is the same
+    initialisation and data order in both) and their reported metric."""
+    ours, theirs = check["protocol"], summary["protocol"]
+    if ours["base"] != theirs["base"] or ours["reported_on"] != theirs["reported_on"]:
+        raise ValueError(
+            f"range check for {method!r} is not on the comparison's task: its base configuration or "
+            f"reported metric ({ours['reported_on']!r} vs {theirs['reported_on']!r}) differs"
+        )
+    by_seed = f"{theirs['reported_on']}_by_seed"
+    scores = check["methods"][method][by_seed]
+    reference = summary["methods"][theirs["reference"]][by_seed]
+    return paired_difference({int(s): v for s, v in scores.items()}, {int(s): v for s, v in reference.items()})
 
 
 def cost_line(summary: dict[str, Any]) -> str:
