@@ -201,30 +201,48 @@ def test_no_evidence_cell_rests_silently_on_a_range_edge():
 
     def tuned(reference_edge, **rows):
         protocol = {"reference": "adamw", "higher_is_better": False, "reported_on": "test_loss", "base": base}
+        protocol["selected_on"] = "selection_loss"
         methods = {"adamw": {"at_edge": ["lr"] if reference_edge else [], "test_loss_by_seed": {"1": 1.0, "2": 1.2}}}
-        for method, (edge, scores, diff) in rows.items():
-            methods[method] = {"at_edge": ["lr"] if edge else [], "test_loss_by_seed": scores, "minus_adamw": diff}
+        for method, (edge, searched, scores, diff) in rows.items():
+            methods[method] = {
+                "at_edge": ["lr"] if edge else [],
+                "search": [
+                    {"run": f"{method}_c0", "selection_loss": searched},
+                    {"run": f"{method}_c1", "selection_loss": 0.1},
+                ],
+                "selected": f"{method}_c0",
+                "test_loss_by_seed": scores,
+                "minus_adamw": diff,
+            }
         return {"protocol": protocol, "methods": methods}
 
-    worse = {"mean": 0.3, "ci95": [0.2, 0.4]}
-    column = tuned(False, hyperball=(True, {"1": 1.3, "2": 1.5}, worse), adamc=(True, {"1": 1.1, "2": 1.3}, worse))
-    # the range check searched around HyperBall's edge: off the edge, its seeds 1 and 2 score
-    # 1.1 and 1.2 against the column's AdamW's 1.0 and 1.2 — differences 0.1 and 0.0
-    check = tuned(True, hyperball=(False, {"1": 1.1, "2": 1.2, "3": 9.0}, {"mean": 0.0, "ci95": [-1, 1]}))
+    worse, level = {"mean": 0.3, "ci95": [0.2, 0.4]}, {"mean": 0.0, "ci95": [-1, 1]}
+    column = tuned(
+        False,
+        hyperball=(True, 2.0, {"1": 1.3, "2": 1.5}, worse),
+        adamc=(True, 1.5, {"1": 1.3, "2": 1.5}, worse),
+        muon=(True, 1.5, {"1": 1.3, "2": 1.5}, worse),
+    )
+    # the range checks searched around the edges. HyperBall's selection scores better there (1.9
+    # against 2.0 on the selection split) and stands: its seeds 1 and 2 score 1.1 and 1.2
+    # against the column's AdamW's 1.0 and 1.2, differences 0.1 and 0.0. Muon's scores worse
+    # (1.7 against 1.5): the first selection stands and the edge did not decide.
+    hyperball_check = tuned(True, hyperball=(False, 1.9, {"1": 1.1, "2": 1.2, "3": 9.0}, level))
+    muon_check = tuned(True, muon=(False, 1.7, {"1": 1.0, "2": 1.2}, level))
     columns = [{"name": "LM", "summary": "a"}, {"name": "LM, reference at an edge", "summary": "b"}]
-    text = evidence_table(
-        columns, [column, tuned(True, adamc=(False, {}, worse))], {"hyperball": "HB", "adamc": "AdamC"},
-        [{"hyperball": check}, {}],
-    )  # fmt: skip
+    labels = {"hyperball": "HB", "adamc": "AdamC", "muon": "Muon"}
+    checks = [{"hyperball": hyperball_check, "muon": muon_check}, {}]
+    text = evidence_table(columns, [column, tuned(True, adamc=(False, 1.0, {}, worse))], labels, checks)
     rows = {line.split(" | ")[0].strip("| "): line for line in text.splitlines() if line.startswith("| ")}
     assert rows["HB"] == "| HB | level (+0.050) ‡ | — |"  # paired on seeds 1-2 only, the check's seed 3 unpaired
+    assert rows["Muon"] == "| Muon | worse (+0.300) ‡ | — |"
     assert rows["AdamC"] == "| AdamC | worse (+0.300) † | worse (+0.300) |"  # at an edge with no check
     assert rows["method"].endswith("LM, reference at an edge (test loss) † |")
     assert "‡: its selection sat at an edge" in text and "†: selected at an edge" in text
     # a check on another task cannot be paired seed by seed: refused, not silently mixed
-    elsewhere = {**check, "protocol": {**check["protocol"], "base": {**base, "steps": 3000}}}
+    elsewhere = {**hyperball_check, "protocol": {**hyperball_check["protocol"], "base": {**base, "steps": 3000}}}
     with pytest.raises(ValueError, match="range check for 'hyperball' is not on the comparison's task"):
         evidence_table(columns[:1], [column], {"hyperball": "HB"}, [{"hyperball": elsewhere}])
     # without marks, no footnote
-    plain = evidence_table(columns[:1], [tuned(False, adamc=(False, {}, worse))], {"adamc": "AdamC"})
+    plain = evidence_table(columns[:1], [tuned(False, adamc=(False, 1.0, {}, worse))], {"adamc": "AdamC"})
     assert "‡" not in plain and "†" not in plain

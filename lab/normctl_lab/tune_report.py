@@ -102,8 +102,9 @@ def evidence_table(
 
     No cell rests silently on a range edge: where a method's selection sat at an edge of its range
     and ``range_checks`` (per column, method → the summary of a tuning searched around the edge on
-    the same task) has one, the cell is that check's selection paired with this column's reference
-    on the seeds both trained (‡); a selection at an edge with no check is marked †, and so is a
+    the same task) has one, the two searches are read as one — the selection that scored better on
+    the selection split stands, the check's paired with this column's reference on the seeds both
+    trained (‡); a selection at an edge with no check is marked †, and so is a
     column whose reference sits at an edge (every cell of it leans on that selection)."""
     range_checks = range_checks or [{} for _ in columns]
     header = ["method"]
@@ -127,8 +128,9 @@ def evidence_table(
     ]
     if "‡" in marks_used:
         notes.append(
-            "‡: its selection sat at an edge of its range; the cell is the selection of the range check searched "
-            "around that edge (named in the comparison's README), paired with the reference on the same seeds."
+            "‡: its selection sat at an edge of its range; a range check searched around it (named in the "
+            "comparison's README), and the cell is whichever of the two searches' selections scored better on the "
+            "selection split, paired with the reference on the same seeds."
         )
     if "†" in marks_used or any(h.endswith(" †") for h in header):
         notes.append(
@@ -157,9 +159,11 @@ def _evidence_cell(method: str, summary: dict[str, Any], check: dict[str, Any] |
     if _at_edge(summary, method):
         if check is None:
             mark = "†"
-        else:
+        elif _selected_better(check, summary, method):
             diff = _paired_across(method, check, summary)
             mark = "†" if _at_edge(check, method) else "‡"
+        else:  # the search around the edge found nothing better: the edge did not decide
+            mark = "‡"
     suffix = f" {mark}" if mark else ""
     low, high = diff.get("ci95") or (math.nan, math.nan)
     if not (math.isfinite(low) and math.isfinite(high)):
@@ -173,6 +177,20 @@ def _evidence_cell(method: str, summary: dict[str, Any], check: dict[str, Any] |
 
 def _at_edge(summary: dict[str, Any], method: str) -> bool:
     return bool(summary["methods"].get(method, {}).get("at_edge"))
+
+
+def _selected_better(check: dict[str, Any], summary: dict[str, Any], method: str) -> bool:
+    """Whether the range check's selection of ``method`` scored better on the selection split
+    than ``summary``'s: the two searches read as one, selected on the same split."""
+    protocol = summary["protocol"]
+    ours, theirs = (_selection_score(s, method) for s in (check, summary))
+    return ours > theirs if protocol["higher_is_better"] else ours < theirs
+
+
+def _selection_score(summary: dict[str, Any], method: str) -> float:
+    row = summary["methods"][method]
+    searched = next(r for r in row["search"] if r["run"] == row["selected"])
+    return float(searched[summary["protocol"]["selected_on"]])
 
 
 def _paired_across(method: str, check: dict[str, Any], summary: dict[str, Any]) -> dict[str, Any]:
