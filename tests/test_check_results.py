@@ -183,12 +183,15 @@ def test_the_evidence_table_says_only_what_each_interval_allows():
     loss = tuned("adamw", False, "test_loss", adamc={"mean": -0.02, "ci95": [-0.03, -0.01]},
                  adamwn={"mean": 0.01, "ci95": [-0.01, 0.03]})  # fmt: skip
     acc = tuned("sgd", True, "test_acc", adamc={"mean": -0.02, "ci95": [-0.03, -0.01]})
+    # a classifier's held-out loss beside its accuracy: level in accuracy can hide a worse loss
+    acc["protocol"]["reported_beside"] = "test_loss"
+    acc["methods"]["adamc"]["minus_sgd_test_loss"] = {"mean": 0.05, "ci95": [0.04, 0.06]}
     columns = [{"name": "LM", "summary": "a"}, {"name": "CNN", "summary": "b"}]
     text = evidence_table(columns, [loss, acc], {"adamc": "AdamC", "adamwn": "AdamWN", "lion": "Lion"})
     rows = {line.split(" | ")[0].strip("| "): line for line in text.splitlines() if line.startswith("| ")}
     assert "LM (test loss)" in rows["method"] and "CNN (test acc)" in rows["method"]
     # lower loss is better, lower accuracy worse: the same interval reads both ways
-    assert rows["AdamC"] == "| AdamC | better (-0.020) | worse (-0.020) |"
+    assert rows["AdamC"] == "| AdamC | better (-0.020) | worse (-0.020), loss worse (+0.050) |"
     assert rows["AdamWN"] == "| AdamWN | level (+0.010) | — |"
     assert "Lion" not in rows  # in no comparison
     assert "tuned AdamW or SGD" in text
@@ -243,6 +246,22 @@ def test_no_evidence_cell_rests_silently_on_a_range_edge():
     elsewhere = {**hyperball_check, "protocol": {**hyperball_check["protocol"], "base": {**base, "steps": 3000}}}
     with pytest.raises(ValueError, match="range check for 'hyperball' is not on the comparison's task"):
         evidence_table(columns[:1], [column], {"hyperball": "HB"}, [{"hyperball": elsewhere}])
+    # a classifier's check pairs the held-out loss beside the accuracy in the same way
+    classifier, classifier_check = tuned(False), tuned(True, hyperball=(False, 1.9, {}, level))
+    for summary in (classifier, classifier_check):
+        summary["protocol"].update(reported_on="test_acc", higher_is_better=True, reported_beside="test_loss")
+        summary["protocol"]["selected_on"] = "selection_acc"
+    classifier["methods"]["adamw"].update(
+        test_acc_by_seed={"1": 0.90, "2": 0.80}, test_loss_by_seed={"1": 0.3, "2": 0.5}
+    )
+    edge_run = {"at_edge": ["lr"], "search": [{"run": "c0", "selection_acc": 0.5}], "selected": "c0"}
+    classifier["methods"]["hyperball"] = {**edge_run, "minus_adamw": worse}
+    classifier_check["methods"]["hyperball"] = {
+        **{"at_edge": [], "search": [{"run": "c3", "selection_acc": 0.6}], "selected": "c3"},
+        **{"test_acc_by_seed": {"1": 0.92, "2": 0.84}, "test_loss_by_seed": {"1": 0.4, "2": 0.6}},
+    }
+    cell = evidence_table(columns[:1], [classifier], {"hyperball": "HB"}, [{"hyperball": classifier_check}])
+    assert "| HB | level (+0.030), loss worse (+0.100) ‡ |" in cell  # accuracy +0.02 and +0.04, loss +0.1 twice
     # without marks, no footnote
     plain = evidence_table(columns[:1], [tuned(False, adamc=(False, 1.0, {}, worse))], {"adamc": "AdamC"})
     assert "‡" not in plain and "†" not in plain

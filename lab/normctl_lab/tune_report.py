@@ -124,7 +124,8 @@ def evidence_table(
     references = sorted({REFERENCE_NAMES.get(r, r) for r in (s["protocol"]["reference"] for s in summaries)})
     notes = [
         f"Each cell: the method minus tuned {' or '.join(references)} (the comparison's reference), mean over "
-        "its final seeds, and what the paired 95 % interval shows (better / worse only where it excludes 0)."
+        "its final seeds, and what the paired 95 % interval shows (better / worse only where it excludes 0); "
+        "for a classifier, the same on its held-out loss after the accuracy."
     ]
     if "‡" in marks_used:
         notes.append(
@@ -149,30 +150,46 @@ def _metric_of(summary: dict[str, Any]) -> str:
 
 
 def _evidence_cell(method: str, summary: dict[str, Any], check: dict[str, Any] | None) -> tuple[str, str]:
-    """One cell and its footnote mark ("" none, "‡" from a range check, "†" at an edge)."""
+    """One cell and its footnote mark ("" none, "‡" from a range check, "†" at an edge): the
+    verdict on the reported metric and, for a classifier, on the held-out loss beside it."""
     protocol = summary["protocol"]
     reference = protocol["reference"]
-    diff = summary["methods"].get(method, {}).get(f"minus_{reference}")
-    if diff is None:
+    if f"minus_{reference}" not in summary["methods"].get(method, {}):
         return "—", ""
-    mark = ""
+    standing, mark = summary, ""  # the tuning whose selection of ``method`` the cell reports
     if _at_edge(summary, method):
         if check is None:
             mark = "†"
         elif _selected_better(check, summary, method):
-            diff = _paired_across(method, check, summary)
-            mark = "†" if _at_edge(check, method) else "‡"
+            standing, mark = check, "†" if _at_edge(check, method) else "‡"
         else:  # the search around the edge found nothing better: the edge did not decide
             mark = "‡"
-    suffix = f" {mark}" if mark else ""
+    beside = protocol.get("reported_beside")
+    words = []
+    for metric, suffix, higher in [
+        (protocol["reported_on"], "", protocol["higher_is_better"]),
+        (beside, f"_{beside}", False),
+    ]:
+        if standing is summary:
+            diff = summary["methods"][method].get(f"minus_{reference}{suffix}")
+        elif metric is not None:
+            diff = _paired_across(method, metric, standing, summary)
+        else:
+            diff = None
+        if diff is not None:
+            words.append(("" if not suffix else f"{metric.rsplit('_', 1)[-1]} ") + _verdict_word(diff, higher))
+    return ", ".join(words) + (f" {mark}" if mark else ""), mark
+
+
+def _verdict_word(diff: dict[str, Any], higher_is_better: bool) -> str:
     low, high = diff.get("ci95") or (math.nan, math.nan)
     if not (math.isfinite(low) and math.isfinite(high)):
-        return f"{_number(diff['mean'], '+.3f')} (not decided){suffix}", mark
+        return f"{_number(diff['mean'], '+.3f')} (not decided)"
     if low > 0 or high < 0:
-        word = "better" if (low > 0) == protocol["higher_is_better"] else "worse"
+        word = "better" if (low > 0) == higher_is_better else "worse"
     else:
         word = "level"
-    return f"{word} ({diff['mean']:+.3f}){suffix}", mark
+    return f"{word} ({diff['mean']:+.3f})"
 
 
 def _at_edge(summary: dict[str, Any], method: str) -> bool:
@@ -193,19 +210,18 @@ def _selection_score(summary: dict[str, Any], method: str) -> float:
     return float(searched[summary["protocol"]["selected_on"]])
 
 
-def _paired_across(method: str, check: dict[str, Any], summary: dict[str, Any]) -> dict[str, Any]:
-    """``method`` as the range check selected it minus ``summary``'s reference, per seed: the two
-    tunings must share their task (the same base configuration, so seed s is the same
-    initialisation and data order in both) and their reported metric."""
+def _paired_across(method: str, metric: str, check: dict[str, Any], summary: dict[str, Any]) -> dict[str, Any]:
+    """``method`` as the range check selected it minus ``summary``'s reference on ``metric``, per
+    seed: the two tunings must share their task (the same base configuration, so seed s is the
+    same initialisation and data order in both) and their reported metric."""
     ours, theirs = check["protocol"], summary["protocol"]
     if ours["base"] != theirs["base"] or ours["reported_on"] != theirs["reported_on"]:
         raise ValueError(
             f"range check for {method!r} is not on the comparison's task: its base configuration or "
             f"reported metric ({ours['reported_on']!r} vs {theirs['reported_on']!r}) differs"
         )
-    by_seed = f"{theirs['reported_on']}_by_seed"
-    scores = check["methods"][method][by_seed]
-    reference = summary["methods"][theirs["reference"]][by_seed]
+    scores = check["methods"][method][f"{metric}_by_seed"]
+    reference = summary["methods"][theirs["reference"]][f"{metric}_by_seed"]
     return paired_difference({int(s): v for s, v in scores.items()}, {int(s): v for s, v in reference.items()})
 
 
