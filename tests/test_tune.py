@@ -336,6 +336,13 @@ def test_a_dry_run_prints_the_plan_and_writes_nothing(tmp_path, capsys, monkeypa
     (out / "search" / "adamw_c1" / "final.json").write_text("{}")
     again = tune.run_tune(base, ["adamw"], out, budget=3, knobs=["lr"], dry_run=True, verbose=False)
     assert again["runs"] == {"search": 3, "search_finished": 1, "final": [3, 3]}  # one method: no close calls
+    # a finished run trained with another configuration: the real run refuses it, so the plan does
+    # (it had counted it as finished, and the tuning then stopped at once)
+    stale = dict(dataclasses.asdict(base), method="adamw", label="adamw_c1", lr=0.123456)
+    (out / "search" / "adamw_c1" / "config.json").write_text(json.dumps(stale))
+    with pytest.raises(ValueError, match=r"(?s)adamw_c1: lr 0.123456 → 0.004368\n.*another --out"):
+        tune.run_tune(base, ["adamw"], out, budget=3, knobs=["lr"], dry_run=True, verbose=False)
+    (out / "search" / "adamw_c1" / "config.json").unlink()
     (out / "protocol.json").write_text(json.dumps(tune._protocol_key(base, ["adamw"], 4, [0])))
     with pytest.raises(ValueError, match="another budget"):  # the dry run says what the real one would
         tune.run_tune(base, ["adamw"], out, budget=3, dry_run=True)

@@ -120,7 +120,7 @@ def train_runs(
         raise ValueError(f"workers must be an integer >= 1, got {workers!r}")
     if executor not in EXECUTORS:
         raise ValueError(f"executor must be one of {EXECUTORS}, got {executor!r}")
-    _refuse_finished_with_another_config(runs, out)
+    refuse_finished_with_another_config(runs, out)
     todo = [(name, cfg) for name, cfg in runs if not (out / name / "final.json").is_file()]
     if verbose:
         print(f"{len(runs) - len(todo)} of {len(runs)} runs finished; training {len(todo)}", flush=True)
@@ -148,7 +148,7 @@ def train_runs(
     return [{"run": name, **final_metrics(out, name)} for name, _ in runs]
 
 
-def _refuse_finished_with_another_config(runs: list[tuple[str, RunConfig]], out: Path) -> None:
+def refuse_finished_with_another_config(runs: list[tuple[str, RunConfig]], out: Path) -> None:
     """A finished run is skipped, so it must be the run asked for: one trained with another
     configuration (a search space or a rule changed since) would be reported as this one."""
     stale = {}

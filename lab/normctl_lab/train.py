@@ -416,7 +416,7 @@ def config_differences(saved: dict[str, Any], cfg: RunConfig) -> dict[str, tuple
     current, defaults = json.loads(cfg.to_json()), json.loads(RunConfig().to_json())
     return {
         k: (saved.get(k, defaults.get(k)), current.get(k))
-        for k in saved.keys() | current.keys()
+        for k in sorted(saved.keys() | current.keys())  # sorted: the same message on every run
         if saved.get(k, defaults.get(k)) != current.get(k)
     }
 

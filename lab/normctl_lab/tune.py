@@ -43,7 +43,7 @@ from .peers import peer_package
 from .repro_gpt import SCALES as GPT_SCALES
 from .rundir import strict_json
 from .search_spaces import POINTS, SearchSpace, as_overrides, candidates, checked_ranges, restricted, search_space
-from .sweep import final_metrics, train_runs
+from .sweep import final_metrics, refuse_finished_with_another_config, train_runs
 from .tune_report import cost_line, selection_notes, summary_table, verdicts
 
 SELECTION_SPLIT = 0.05  # of the training data, for gpt and fmnist
@@ -132,7 +132,10 @@ def run_tune(
     protocol = _protocol_key(base, methods, budget, search_seeds, knobs, ranges, points)
     _check_same_protocol(out, protocol)
     search = {m: _search_runs(base, m, spaces[m], budget, search_seeds, points) for m in methods}
+    searched = [run for configs in search.values() for config in configs for run in config]
     if dry_run:
+        # what the real run would refuse, refused now: a plan counting such runs as finished misleads
+        refuse_finished_with_another_config(searched, out / "search")
         plan = _plan(search, spaces, seeds, out / "search")
         print(_plan_text(plan, search_seeds, seeds), flush=True)
         return plan
@@ -141,7 +144,6 @@ def run_tune(
 
     if verbose:
         print(f"search: {budget} configurations × {len(methods)} methods, seeds {search_seeds}", flush=True)
-    searched = [run for configs in search.values() for config in configs for run in config]
     train_runs(searched, out / "search", **launch)
     selected = {m: _select(out / "search", spaces[m], runs, metrics, base) for m, runs in search.items()}
     final = _train_finals({m: s["config"] for m, s in selected.items()}, seeds, out / "final", metrics, launch)
