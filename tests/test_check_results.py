@@ -241,7 +241,19 @@ def test_no_evidence_cell_rests_silently_on_a_range_edge():
     assert rows["Muon"] == "| Muon | worse (+0.300) ‡ | — |"
     assert rows["AdamC"] == "| AdamC | worse (+0.300) † | worse (+0.300) |"  # at an edge with no check
     assert rows["method"].endswith("LM, reference at an edge (test loss) † |")
-    assert "‡: its selection sat at an edge" in text and "†: selected at an edge" in text
+    assert "‡: a range check searched around an edge" in text and "†: selected at an edge" in text
+    # a check of the reference: its selection scores better there (1.4 against 1.5), so every cell
+    # pairs against the check's AdamW, whose seeds score 0.9 and 1.1 (AdamC's differences 0.4)
+    reference_column = tuned(True, adamc=(False, 1.0, {"1": 1.3, "2": 1.5}, worse))
+    reference_column["methods"]["adamw"].update(
+        search=[{"run": "adamw_c0", "selection_loss": 1.5}], selected="adamw_c0"
+    )
+    reference_check = tuned(False)
+    reference_check["methods"]["adamw"].update(
+        search=[{"run": "adamw_c4", "selection_loss": 1.4}], selected="adamw_c4", test_loss_by_seed={"1": 0.9, "2": 1.1}
+    )
+    text = evidence_table(columns[1:], [reference_column], {"adamc": "AdamC"}, [{"adamw": reference_check}])
+    assert "| AdamC | worse (+0.400) ‡ |" in text and "(test loss) |" in text  # the reference's edge checked: no †
     # a check on another task cannot be paired seed by seed: refused, not silently mixed
     elsewhere = {**hyperball_check, "protocol": {**hyperball_check["protocol"], "base": {**base, "steps": 3000}}}
     with pytest.raises(ValueError, match="range check for 'hyperball' is not on the comparison's task"):

@@ -100,27 +100,29 @@ def evidence_table(
     tuned reference in its reported metric, with the word the interval allows (:func:`verdict`'s
     rule: better / worse only where it excludes 0). "—": not in that comparison.
 
-    No cell rests silently on a range edge: where a method's selection sat at an edge of its range
-    and ``range_checks`` (per column, method → the summary of a tuning searched around the edge on
-    the same task) has one, the two searches are read as one — the selection that scored better on
-    the selection split stands, the check's paired with this column's reference on the seeds both
-    trained (‡); a selection at an edge with no check is marked †, and so is a
-    column whose reference sits at an edge (every cell of it leans on that selection)."""
+    No cell rests silently on a range edge. ``range_checks`` (per column, method → the summary of
+    a tuning of that method searched around an edge, on the same task) makes the two searches one:
+    for the method and for the reference alike, the selection that scored better on the selection
+    split stands, and the cell pairs the standing selections on the seeds both trained (‡). A
+    standing selection still at an edge is marked † — in the header where it is the reference's
+    (every cell of the column leans on it)."""
     range_checks = range_checks or [{} for _ in columns]
-    header = ["method"]
-    for column, summary in zip(columns, summaries):
-        edge = " †" if _at_edge(summary, summary["protocol"]["reference"]) else ""
+    header, marks_used = ["method"], set()
+    rows: dict[str, list[str]] = {method: [] for method in labels}
+    for column, summary, checks in zip(columns, summaries, range_checks):
+        for method, check in checks.items():
+            _same_task(method, check, summary)
+        reference = summary["protocol"]["reference"]
+        standing_reference = _standing(reference, summary, checks.get(reference))
+        edge = " †" if _rests_on_edge(reference, standing_reference, checks.get(reference)) else ""
         header.append(f"{column['name']} ({_metric_of(summary)}){edge}")
-    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    marks_used = set()
-    for method, label in labels.items():
-        cells = []
-        for summary, checks in zip(summaries, range_checks):
-            cell, mark = _evidence_cell(method, summary, checks.get(method))
-            cells.append(cell)
+        marks_used |= {"†"} if edge else set()
+        for method in labels:
+            cell, mark = _evidence_cell(method, summary, checks, standing_reference)
+            rows[method].append(cell)
             marks_used |= {mark} - {""}
-        if any(c != "—" for c in cells):
-            out.append(f"| {label} | " + " | ".join(cells) + " |")
+    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    out += [f"| {labels[m]} | " + " | ".join(cells) + " |" for m, cells in rows.items() if set(cells) != {"—"}]
     references = sorted({REFERENCE_NAMES.get(r, r) for r in (s["protocol"]["reference"] for s in summaries)})
     notes = [
         f"Each cell: the method minus tuned {' or '.join(references)} (the comparison's reference), mean over "
@@ -129,14 +131,14 @@ def evidence_table(
     ]
     if "‡" in marks_used:
         notes.append(
-            "‡: its selection sat at an edge of its range; a range check searched around it (named in the "
-            "comparison's README), and the cell is whichever of the two searches' selections scored better on the "
-            "selection split, paired with the reference on the same seeds."
+            "‡: a range check searched around an edge (named in the comparison's README); of the two searches' "
+            "selections, the one that scored better on the selection split stands, the method's and the "
+            "reference's alike, paired on the same seeds."
         )
-    if "†" in marks_used or any(h.endswith(" †") for h in header):
+    if "†" in marks_used:
         notes.append(
             "†: selected at an edge of its range (in a header: the reference), where the range may have decided; "
-            "the comparison's README says whether a range check settled it."
+            "the comparison's README says what a range check found."
         )
     out += ["", " ".join(notes)]
     return "\n".join(out)
@@ -149,33 +151,28 @@ def _metric_of(summary: dict[str, Any]) -> str:
     return summary["protocol"]["reported_on"].replace("_", " ")
 
 
-def _evidence_cell(method: str, summary: dict[str, Any], check: dict[str, Any] | None) -> tuple[str, str]:
-    """One cell and its footnote mark ("" none, "‡" from a range check, "†" at an edge): the
-    verdict on the reported metric and, for a classifier, on the held-out loss beside it."""
+def _evidence_cell(
+    method: str, summary: dict[str, Any], checks: dict[str, dict[str, Any]], standing_reference: dict[str, Any]
+) -> tuple[str, str]:
+    """One cell and its footnote mark ("" none, "‡" a range check, "†" at an edge): the verdict on
+    the reported metric and, for a classifier, on the held-out loss beside it."""
     protocol = summary["protocol"]
     reference = protocol["reference"]
     if f"minus_{reference}" not in summary["methods"].get(method, {}):
         return "—", ""
-    standing, mark = summary, ""  # the tuning whose selection of ``method`` the cell reports
-    if _at_edge(summary, method):
-        if check is None:
-            mark = "†"
-        elif _selected_better(check, summary, method):
-            standing, mark = check, "†" if _at_edge(check, method) else "‡"
-        else:  # the search around the edge found nothing better: the edge did not decide
-            mark = "‡"
+    standing = _standing(method, summary, checks.get(method))
+    checked = method in checks or reference in checks
+    mark = "†" if _rests_on_edge(method, standing, checks.get(method)) else "‡" if checked else ""
     beside = protocol.get("reported_beside")
     words = []
     for metric, suffix, higher in [
         (protocol["reported_on"], "", protocol["higher_is_better"]),
         (beside, f"_{beside}", False),
     ]:
-        if standing is summary:
+        if standing is summary and standing_reference is summary:
             diff = summary["methods"][method].get(f"minus_{reference}{suffix}")
-        elif metric is not None:
-            diff = _paired_across(method, metric, standing, summary)
         else:
-            diff = None
+            diff = _paired_across(method, reference, metric, standing, standing_reference) if metric else None
         if diff is not None:
             words.append(("" if not suffix else f"{metric.rsplit('_', 1)[-1]} ") + _verdict_word(diff, higher))
     return ", ".join(words) + (f" {mark}" if mark else ""), mark
@@ -196,12 +193,20 @@ def _at_edge(summary: dict[str, Any], method: str) -> bool:
     return bool(summary["methods"].get(method, {}).get("at_edge"))
 
 
-def _selected_better(check: dict[str, Any], summary: dict[str, Any], method: str) -> bool:
-    """Whether the range check's selection of ``method`` scored better on the selection split
-    than ``summary``'s: the two searches read as one, selected on the same split."""
-    protocol = summary["protocol"]
+def _rests_on_edge(method: str, standing: dict[str, Any], check: dict[str, Any] | None) -> bool:
+    """Whether the standing selection rests on an unchecked edge: the range check's own selection
+    at an edge of the check's range, or a selection at an edge that no check searched around."""
+    return _at_edge(standing, method) and (check is None or standing is check)
+
+
+def _standing(method: str, summary: dict[str, Any], check: dict[str, Any] | None) -> dict[str, Any]:
+    """The tuning whose selection of ``method`` stands when ``summary``'s search and the range
+    check's are read as one: the check's where it scored better on the selection split."""
+    if check is None:
+        return summary
     ours, theirs = (_selection_score(s, method) for s in (check, summary))
-    return ours > theirs if protocol["higher_is_better"] else ours < theirs
+    better = ours > theirs if summary["protocol"]["higher_is_better"] else ours < theirs
+    return check if better else summary
 
 
 def _selection_score(summary: dict[str, Any], method: str) -> float:
@@ -210,19 +215,25 @@ def _selection_score(summary: dict[str, Any], method: str) -> float:
     return float(searched[summary["protocol"]["selected_on"]])
 
 
-def _paired_across(method: str, metric: str, check: dict[str, Any], summary: dict[str, Any]) -> dict[str, Any]:
-    """``method`` as the range check selected it minus ``summary``'s reference on ``metric``, per
-    seed: the two tunings must share their task (the same base configuration, so seed s is the
-    same initialisation and data order in both) and their reported metric."""
+def _same_task(method: str, check: dict[str, Any], summary: dict[str, Any]) -> None:
+    """A range check pairs with the comparison seed by seed only on the same task: the same base
+    configuration (seed s is the same initialisation and data order in both) and metric."""
     ours, theirs = check["protocol"], summary["protocol"]
     if ours["base"] != theirs["base"] or ours["reported_on"] != theirs["reported_on"]:
         raise ValueError(
             f"range check for {method!r} is not on the comparison's task: its base configuration or "
             f"reported metric ({ours['reported_on']!r} vs {theirs['reported_on']!r}) differs"
         )
-    scores = check["methods"][method][f"{metric}_by_seed"]
-    reference = summary["methods"][theirs["reference"]][f"{metric}_by_seed"]
-    return paired_difference({int(s): v for s, v in scores.items()}, {int(s): v for s, v in reference.items()})
+
+
+def _paired_across(
+    method: str, reference: str, metric: str, ours: dict[str, Any], theirs: dict[str, Any]
+) -> dict[str, Any]:
+    """``method`` as ``ours`` selected it minus ``reference`` as ``theirs`` did, on ``metric``,
+    per seed (the tunings share their task: :func:`_same_task`)."""
+    scores = ours["methods"][method][f"{metric}_by_seed"]
+    against = theirs["methods"][reference][f"{metric}_by_seed"]
+    return paired_difference({int(s): v for s, v in scores.items()}, {int(s): v for s, v in against.items()})
 
 
 def cost_line(summary: dict[str, Any]) -> str:
