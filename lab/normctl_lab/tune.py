@@ -285,7 +285,7 @@ def _plan_text(plan: dict[str, Any], search_seeds: list[int], seeds: list[int]) 
     for rows in plan["search"].values():
         lines += [f"  {row['run']}: " + ", ".join(f"{k}={v}" for k, v in row.items() if k != "run") for row in rows]
     low, high = runs["final"]
-    close = f", up to {high} where close calls add seeds up to {CLOSE_CALL_SEEDS}" if high > low else ""
+    close = f", up to {high} where close calls add seeds ({CLOSE_CALL_SEEDS} in all)" if high > low else ""
     total = "–".join(str(n) for n in sorted({runs["search"] + low, runs["search"] + high}))
     lines.append(f"then each selection on seeds {seeds}: {low} runs{close}; {total} in all")
     return "\n".join(lines)
