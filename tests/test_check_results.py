@@ -256,8 +256,12 @@ def test_no_evidence_cell_rests_silently_on_a_range_edge():
     assert "| AdamC | worse (+0.400) ‡ |" in text and "(test loss) |" in text  # the reference's edge checked: no †
     # a check on another task cannot be paired seed by seed: refused, not silently mixed
     elsewhere = {**hyperball_check, "protocol": {**hyperball_check["protocol"], "base": {**base, "steps": 3000}}}
-    with pytest.raises(ValueError, match="range check for 'hyperball' is not on the comparison's task"):
+    with pytest.raises(ValueError, match="range check for 'hyperball' is not comparable with its comparison: its base"):
         evidence_table(columns[:1], [column], {"hyperball": "HB"}, [{"hyperball": elsewhere}])
+    # nor one selected over other search seeds: a mean over three seeds is not one seed's best
+    three_seeds = {**hyperball_check, "protocol": {**hyperball_check["protocol"], "search_seeds": [0, 1, 2]}}
+    with pytest.raises(ValueError, match="its search_seeds differ"):
+        evidence_table(columns[:1], [column], {"hyperball": "HB"}, [{"hyperball": three_seeds}])
     # a classifier's check pairs the held-out loss beside the accuracy in the same way
     classifier, classifier_check = tuned(False), tuned(True, hyperball=(False, 1.9, {}, level))
     for summary in (classifier, classifier_check):

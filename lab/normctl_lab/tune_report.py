@@ -217,12 +217,15 @@ def _selection_score(summary: dict[str, Any], method: str) -> float:
 
 def _same_task(method: str, check: dict[str, Any], summary: dict[str, Any]) -> None:
     """A range check pairs with the comparison seed by seed only on the same task: the same base
-    configuration (seed s is the same initialisation and data order in both) and metric."""
+    configuration (seed s is the same initialisation and data order in both) and metric; and its
+    selection scores compare with the comparison's only over the same search seeds (a mean over
+    three seeds is not one seed's best)."""
     ours, theirs = check["protocol"], summary["protocol"]
-    if ours["base"] != theirs["base"] or ours["reported_on"] != theirs["reported_on"]:
+    keys = ("base", "reported_on", "selected_on", "search_seeds")
+    differs = [key for key in keys if ours.get(key) != theirs.get(key)]
+    if differs:
         raise ValueError(
-            f"range check for {method!r} is not on the comparison's task: its base configuration or "
-            f"reported metric ({ours['reported_on']!r} vs {theirs['reported_on']!r}) differs"
+            f"range check for {method!r} is not comparable with its comparison: its {', '.join(differs)} differ"
         )
 
 
