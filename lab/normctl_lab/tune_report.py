@@ -163,18 +163,18 @@ def _evidence_cell(
     standing = _standing(method, summary, checks.get(method))
     checked = method in checks or reference in checks
     mark = "†" if _rests_on_edge(method, standing, checks.get(method)) else "‡" if checked else ""
-    beside = protocol.get("reported_beside")
+    metrics = [(protocol["reported_on"], "", protocol["higher_is_better"])]
+    if beside := protocol.get("reported_beside"):  # a classifier's held-out loss, lower being better
+        metrics.append((beside, f"{beside.rsplit('_', 1)[-1]} ", False))
     words = []
-    for metric, suffix, higher in [
-        (protocol["reported_on"], "", protocol["higher_is_better"]),
-        (beside, f"_{beside}", False),
-    ]:
+    for metric, name, higher in metrics:
         if standing is summary and standing_reference is summary:
+            suffix = f"_{metric}" if name else ""
             diff = summary["methods"][method].get(f"minus_{reference}{suffix}")
         else:
-            diff = _paired_across(method, reference, metric, standing, standing_reference) if metric else None
+            diff = _paired_across(method, reference, metric, standing, standing_reference)
         if diff is not None:
-            words.append(("" if not suffix else f"{metric.rsplit('_', 1)[-1]} ") + _verdict_word(diff, higher))
+            words.append(name + _verdict_word(diff, higher))
     return ", ".join(words) + (f" {mark}" if mark else ""), mark
 
 
