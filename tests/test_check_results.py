@@ -278,6 +278,11 @@ def test_no_evidence_cell_rests_silently_on_a_range_edge():
     }
     cell = evidence_table(columns[:1], [classifier], {"hyperball": "HB"}, [{"hyperball": classifier_check}])
     assert "| HB | level (+0.030), loss worse (+0.100) ‡ |" in cell  # accuracy +0.02 and +0.04, loss +0.1 twice
+    # a diverged final run (stored as null) pairs as the tuning pairs it, NaN: not decided, no crash
+    diverged = {**hyperball_check, "methods": {**hyperball_check["methods"]}}
+    diverged["methods"]["hyperball"] = {**diverged["methods"]["hyperball"], "test_loss_by_seed": {"1": None, "2": 1.2}}
+    text = evidence_table(columns[:1], [column], {"hyperball": "HB"}, [{"hyperball": diverged}])
+    assert "| HB | diverged (not decided) ‡ |" in text
     # without marks, no footnote
     plain = evidence_table(columns[:1], [tuned(False, adamc=(False, 1.0, {}, worse))], {"adamc": "AdamC"})
     assert "‡" not in plain and "†" not in plain

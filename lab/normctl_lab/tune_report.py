@@ -234,9 +234,14 @@ def _paired_across(
 ) -> dict[str, Any]:
     """``method`` as ``ours`` selected it minus ``reference`` as ``theirs`` did, on ``metric``,
     per seed (the tunings share their task: :func:`_same_task`)."""
-    scores = ours["methods"][method][f"{metric}_by_seed"]
-    against = theirs["methods"][reference][f"{metric}_by_seed"]
-    return paired_difference({int(s): v for s, v in scores.items()}, {int(s): v for s, v in against.items()})
+    return paired_difference(_by_seed(ours, method, metric), _by_seed(theirs, reference, metric))
+
+
+def _by_seed(summary: dict[str, Any], method: str, metric: str) -> dict[int, float]:
+    """A method's per-seed scores as summary.json stores them (seeds as strings, a diverged run's
+    NaN as null), back to what the tuning paired: int seeds, NaN."""
+    stored = summary["methods"][method][f"{metric}_by_seed"]
+    return {int(seed): math.nan if score is None else score for seed, score in stored.items()}
 
 
 def cost_line(summary: dict[str, Any]) -> str:
