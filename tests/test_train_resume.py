@@ -262,6 +262,55 @@ def test_runs_in_parallel_processes_finish_and_a_failure_names_its_run(tmp_path,
         train_runs([("bad_s0", tiny)], tmp_path, workers=2, verbose=False)
 
 
+def test_a_sweep_run_killed_before_its_first_checkpoint_starts_over_and_only_such_a_run(tmp_path, capsys):
+    from normctl_lab.sweep import train_runs
+
+    tiny = with_overrides(RunConfig(), ["task=voronoi", "steps=6", "hidden=16", "batch_size=32", "checkpoint_every=3"])
+    tiny = with_overrides(tiny, ["schedule=constant"])
+    expected = train_runs([("whole", tiny)], tmp_path, verbose=False)[0]
+    run = tmp_path / "killed"
+    train(tiny, run, verbose=False)
+    for name in ("final.json", "checkpoint.pt", "checkpoint.pt.prev"):  # as if killed before step 3
+        (run / name).unlink(missing_ok=True)
+    with pytest.raises(ValueError, match="no checkpoint to resume from"):  # by hand: still refused
+        train(tiny, run, verbose=False)
+    other = with_overrides(tiny, ["lr=1e-3"])  # another config's records are never deleted
+    with pytest.raises(ValueError, match="no checkpoint to resume from"):
+        train(other, run, verbose=False, restart_unsaved=True)
+    assert (run / "metrics.jsonl").is_file()
+    for workers in (1, 2):  # in this process and in a child
+        for name in ("final.json", "checkpoint.pt", "checkpoint.pt.prev"):
+            (run / name).unlink(missing_ok=True)
+        final = train_runs([("killed", tiny)], tmp_path, workers=workers)[0]
+        assert {k: v for k, v in final.items() if k not in ("run", "train_seconds")} == {
+            k: v for k, v in expected.items() if k not in ("run", "train_seconds")
+        }
+    assert "stopped before its first checkpoint; training it from step 0" in capsys.readouterr().out
+
+
+def test_a_killed_sweep_stops_its_children_at_their_checkpoints(tmp_path):
+    # SIGTERM to the sweep (as `kill` sends) stops its worker processes too; before, they trained on
+    out = tmp_path / "sweep"
+    args = ["sweep", "--set", "task=voronoi", "--set", "hidden=16", "--set", "batch_size=32", "--set", "steps=200000"]
+    args += ["--set", "checkpoint_every=50", "--set", "schedule=constant", "--seeds", "0,1", "--workers", "2"]
+    script = f"import sys; from normctl_lab.cli import main; sys.exit(main({args + ['--out', str(out)]!r}))"
+    sweep = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    pids = []
+    while time.monotonic() < deadline and len(pids) < 2:  # both children training, past a checkpoint
+        time.sleep(0.5)
+        runs = [d for d in out.glob("*") if (d / "checkpoint.pt").is_file() and (d / ".lock").is_file()]
+        pids = [int(held.split()[1]) for d in runs if (held := (d / ".lock").read_text()).startswith("pid")]
+    assert len(pids) == 2, sweep.communicate(timeout=60)
+    sweep.send_signal(signal.SIGTERM)
+    _, err = sweep.communicate(timeout=120)
+    assert sweep.returncode == 130 and "stopped at their last checkpoints" in err and "resume" in err
+    for pid in pids:  # the children are gone, not training on
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+    assert all((d / "checkpoint.pt").is_file() and not (d / "final.json").exists() for d in runs)  # resumable
+
+
 def test_time_left_reads_the_pace_so_far():
     from normctl_lab.sweep import headline, time_left
 

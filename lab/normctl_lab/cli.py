@@ -31,7 +31,7 @@ def train(args: argparse.Namespace) -> int:
     from .train import train as train_run
 
     cfg = with_overrides(RunConfig.from_file(args.config) if args.config else RunConfig(), args.set)
-    final = train_run(cfg, args.out, restart=args.restart)
+    final = train_run(cfg, args.out, restart=args.restart, restart_unsaved=args.restart_unsaved)
     if os.environ.get("RANK", "0") == "0":  # under torchrun, one line for the run
         print(strict_json(final))
     return EXIT_DIVERGED if final["status"] == "diverged" else 0
@@ -143,6 +143,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="the run directory")
     p.add_argument(
         "--restart", action="store_true", help="train from step 0, deleting the directory's metrics and checkpoints"
+    )
+    p.add_argument(
+        "--restart-unsaved",
+        action="store_true",
+        help="train from step 0 a run of this same config that stopped before its first checkpoint "
+        "(what sweep and tune do with their own runs); any other earlier run is still refused",
     )
     p.set_defaults(handler=train)
 
@@ -279,18 +285,20 @@ def main(argv: list[str] | None = None) -> int:
     from .checkpoint import CheckpointError
     from .lock import RunDirectoryBusy
     from .train import RunInterrupted
+    from .workers import terminate_as_interrupt
 
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return args.handler(args) or 0
+        with terminate_as_interrupt():  # kill (SIGTERM) stops a run or a sweep as Ctrl-C does
+            return args.handler(args) or 0
     except (ValueError, FileNotFoundError) as error:  # bad input: usage and the message
         parser.error(str(error))
     except (CheckpointError, RunDirectoryBusy) as error:  # the directory's state: the message alone
         print(f"normctl-lab {args.command}: {error}", file=sys.stderr)
         return 1
     except (RunInterrupted, KeyboardInterrupt) as error:
-        print(f"normctl-lab {args.command}: {error or 'interrupted'}", file=sys.stderr)
+        print(f"normctl-lab {args.command}: {str(error) or 'interrupted'}", file=sys.stderr)
         return EXIT_INTERRUPTED
 
 

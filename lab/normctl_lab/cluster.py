@@ -66,4 +66,4 @@ def train_job(config_json: str, run_dir: str) -> dict[str, Any]:
     """One run, in a job: the config travels as JSON, so the job needs only the installed lab."""
     from .train import train
 
-    return train(RunConfig(**json.loads(config_json)), Path(run_dir), verbose=False)
+    return train(RunConfig(**json.loads(config_json)), Path(run_dir), verbose=False, restart_unsaved=True)

@@ -11,7 +11,6 @@ import itertools
 import json
 import math
 import os
-import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -27,7 +26,8 @@ from .methods import norm_gains
 from .paired import mean_std
 from .progress import progress
 from .rundir import strict_json, write_report
-from .train import build_task, config_differences, train
+from .train import RunInterrupted, build_task, config_differences, train
+from .workers import ChildProcesses
 
 CONTROLLED_GROUPS = [label for label, (control, _, _) in GROUP_FLAGS.items() if control]
 
@@ -111,7 +111,8 @@ def train_runs(
     verbose: bool = True,
 ) -> list[dict[str, Any]]:
     """Train each ``(name, config)`` into ``out/name`` unless it has finished (``final.json``);
-    unfinished runs resume from their checkpoints. ``workers > 1`` trains that many at once,
+    unfinished runs resume from their checkpoints (one stopped before its first checkpoint starts
+    over: the sweep wrote it, and only its first steps' records are lost). ``workers > 1`` trains that many at once,
     each in a single-threaded process (on a CPU that suits small models; wide ones train as fast
     one at a time on every core, see ``benchmarks/cpu_parallelism.py``); ``executor="submitit"``
     submits one cluster job per run instead (:mod:`.cluster`). Returns every run's final
@@ -131,20 +132,30 @@ def train_runs(
         for i, (name, cfg) in enumerate(todo, 1):
             if verbose:
                 print(f"[{i}/{len(todo)}] {name}", flush=True)
-            train(cfg, out / name, verbose=verbose)
+            train(cfg, out / name, verbose=verbose, restart_unsaved=True)
     else:
         started = time.monotonic()
+        children = ChildProcesses()
         with ThreadPoolExecutor(workers) as pool, progress(len(todo), unit="run", enabled=verbose) as bar:
-            running = [pool.submit(_train_in_process, out, *run) for run in todo]
-            for done, future in enumerate(as_completed(running), 1):
-                name, error = future.result()
-                if error:
-                    for waiting in running:
-                        waiting.cancel()  # runs not started yet; those training finish first
-                    raise RuntimeError(f"{name} failed:\n{error}")
-                left = time_left(time.monotonic() - started, done, len(todo))
-                bar.note(f"  {name} finished ({done} of {len(todo)}{left}): {headline(final_metrics(out, name))}")
-                bar.update(1)
+            running = [pool.submit(_train_in_process, out, *run, children) for run in todo]
+            try:
+                for done, future in enumerate(as_completed(running), 1):
+                    name, error = future.result()
+                    if error:
+                        for waiting in running:
+                            waiting.cancel()  # runs not started yet; those training finish first
+                        raise RuntimeError(f"{name} failed:\n{error}")
+                    left = time_left(time.monotonic() - started, done, len(todo))
+                    bar.note(f"  {name} finished ({done} of {len(todo)}{left}): {headline(final_metrics(out, name))}")
+                    bar.update(1)
+            except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the children stop at their last checkpoints
+                for waiting in running:
+                    waiting.cancel()
+                children.interrupt()
+                raise RunInterrupted(
+                    "interrupted; the runs in training stopped at their last checkpoints and finished runs are kept: "
+                    "run the same command to resume"
+                ) from None
     return [{"run": name, **final_metrics(out, name)} for name, _ in runs]
 
 
@@ -191,17 +202,21 @@ def final_metrics(out: Path, name: str) -> dict[str, Any]:
     return json.loads((out / name / "final.json").read_text())
 
 
-def _train_in_process(out: Path, name: str, cfg: RunConfig) -> tuple[str, str | None]:
+def _train_in_process(out: Path, name: str, cfg: RunConfig, children: ChildProcesses) -> tuple[str, str | None]:
     run_dir = out / name
     run_dir.mkdir(parents=True, exist_ok=True)
     request = run_dir / "request.json"  # the config handed to the child; train writes config.json
     request.write_text(cfg.to_json())
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "normctl_lab.cli", "train", str(request), "--out", str(run_dir)]
-    done = subprocess.run(command, env=env, capture_output=True, text=True)
+    command.append("--restart-unsaved")  # its own run, killed before its first checkpoint: start it over
+    done = children.run(command, env)
     request.unlink(missing_ok=True)
+    if done is None:  # interrupted before it started
+        return name, None
+    returncode, stderr = done
     finished = (run_dir / "final.json").is_file()  # a diverged run exits non-zero but has finished
-    return name, (done.stderr[-2000:] if done.returncode and not finished else None)
+    return name, (stderr[-2000:] if returncode and not finished else None)
 
 
 def controlled_norm_ratio(run_dir: Path, labels: list[str] | None = None) -> float:

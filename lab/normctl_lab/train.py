@@ -148,12 +148,21 @@ class RunInterrupted(Exception):
     """Ctrl-C during a run; the message says where it stopped and how to resume."""
 
 
-def train(cfg: RunConfig, run_dir: str | Path, *, verbose: bool = True, restart: bool = False) -> dict[str, Any]:
+def train(
+    cfg: RunConfig,
+    run_dir: str | Path,
+    *,
+    verbose: bool = True,
+    restart: bool = False,
+    restart_unsaved: bool = False,
+) -> dict[str, Any]:
     """Train ``cfg`` into ``run_dir`` (resuming from its checkpoint) and return the final metrics.
 
     One process writes a run directory at a time (:class:`~normctl_lab.lock.RunLock`). A
     directory holding metrics but no checkpoint is refused unless ``restart`` (which deletes
-    what the earlier run wrote). A non-finite loss stops the run (``on_nonfinite="stop"``: the
+    what the earlier run wrote) or, where the earlier run had this very config and stopped
+    before its first checkpoint, ``restart_unsaved`` (a sweep's own run: only its first steps'
+    records are lost, no saved state). A non-finite loss stops the run (``on_nonfinite="stop"``: the
     returned and written final record says ``"status": "diverged"``) or skips that step
     (``"skip"``). Ctrl-C raises :class:`RunInterrupted` naming the last checkpoint.
 
@@ -167,6 +176,10 @@ def train(cfg: RunConfig, run_dir: str | Path, *, verbose: bool = True, restart:
         run_dir = Path(run_dir)
         lock = RunLock(run_dir) if world.is_main else contextlib.nullcontext()
         with lock:
+            if restart_unsaved and world.is_main and _stopped_before_first_checkpoint(run_dir, cfg):
+                if verbose:
+                    print(f"{run_dir} stopped before its first checkpoint; training it from step 0", flush=True)
+                restart = True
             return _train(cfg, run_dir, world, verbose=verbose and world.is_main, restart=restart)
     finally:
         parallel.close_world(world)
@@ -395,6 +408,18 @@ def _refuse_orphaned_metrics(run_dir: Path) -> None:
             f"pass --restart to train it again from step 0, which deletes {', '.join(left)}, or train into "
             "another directory"
         )
+
+
+def _stopped_before_first_checkpoint(run_dir: Path, cfg: RunConfig) -> bool:
+    """An unfinished run of ``cfg`` (its saved config says so) without a checkpoint: killed
+    within its first ``checkpoint_every`` steps."""
+    saved = run_dir / "config.json"
+    if not saved.is_file() or (run_dir / "final.json").exists():
+        return False
+    if config_differences(json.loads(saved.read_text()), cfg):
+        return False
+    checkpoints = (CHECKPOINT, CHECKPOINT + ".prev", SHARDED_CHECKPOINT, SHARDED_CHECKPOINT + ".old")
+    return not any((run_dir / name).exists() for name in checkpoints)
 
 
 def _clear_run(run_dir: Path) -> None:
