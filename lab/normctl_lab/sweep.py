@@ -13,7 +13,7 @@ import math
 import os
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
@@ -137,8 +137,9 @@ def train_runs(
         started = time.monotonic()
         children = ChildProcesses()
         with ThreadPoolExecutor(workers) as pool, progress(len(todo), unit="run", enabled=verbose) as bar:
-            running = [pool.submit(_train_in_process, out, *run, children) for run in todo]
+            running: list[Future] = []
             try:
+                running += [pool.submit(_train_in_process, out, *run, children) for run in todo]
                 for done, future in enumerate(as_completed(running), 1):
                     name, error = future.result()
                     if error:
