@@ -112,11 +112,12 @@ def train_runs(
 ) -> list[dict[str, Any]]:
     """Train each ``(name, config)`` into ``out/name`` unless it has finished (``final.json``);
     unfinished runs resume from their checkpoints (one stopped before its first checkpoint starts
-    over: the sweep wrote it, and only its first steps' records are lost). ``workers > 1`` trains that many at once,
-    each in a single-threaded process (on a CPU that suits small models; wide ones train as fast
-    one at a time on every core, see ``benchmarks/cpu_parallelism.py``); ``executor="submitit"``
-    submits one cluster job per run instead (:mod:`.cluster`). Returns every run's final
-    metrics, in order."""
+    over: the sweep wrote it, and only its first steps' records are lost). ``workers > 1`` trains
+    that many at once, each in a single-threaded process (on a CPU that suits small models; wide
+    ones train as fast one at a time on every core, see ``benchmarks/cpu_parallelism.py``), and
+    Ctrl-C or SIGTERM stops them at their last checkpoints (:mod:`.workers`);
+    ``executor="submitit"`` submits one cluster job per run instead (:mod:`.cluster`). Returns
+    every run's final metrics, in order."""
     if not (isinstance(workers, int) and workers >= 1):
         raise ValueError(f"workers must be an integer >= 1, got {workers!r}")
     if executor not in EXECUTORS:
