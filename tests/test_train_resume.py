@@ -270,7 +270,8 @@ def test_a_sweep_run_killed_before_its_first_checkpoint_starts_over_and_only_suc
     expected = train_runs([("whole", tiny)], tmp_path, verbose=False)[0]
     run = tmp_path / "killed"
     train(tiny, run, verbose=False)
-    for name in ("final.json", "checkpoint.pt", "checkpoint.pt.prev"):  # as if killed before step 3
+    written_from_step_3 = ("final.json", "checkpoint.pt", "checkpoint.pt.prev")
+    for name in written_from_step_3:  # as if killed before step 3
         (run / name).unlink(missing_ok=True)
     with pytest.raises(ValueError, match="no checkpoint to resume from"):  # by hand: still refused
         train(tiny, run, verbose=False)
@@ -279,7 +280,7 @@ def test_a_sweep_run_killed_before_its_first_checkpoint_starts_over_and_only_suc
         train(other, run, verbose=False, restart_unsaved=True)
     assert (run / "metrics.jsonl").is_file()
     for workers in (1, 2):  # in this process and in a child
-        for name in ("final.json", "checkpoint.pt", "checkpoint.pt.prev"):
+        for name in written_from_step_3:
             (run / name).unlink(missing_ok=True)
         final = train_runs([("killed", tiny)], tmp_path, workers=workers)[0]
         assert {k: v for k, v in final.items() if k not in ("run", "train_seconds")} == {

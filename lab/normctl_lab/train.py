@@ -44,6 +44,7 @@ from .voronoi import VoronoiModel, VoronoiTask, held_out
 CHECKPOINT = "checkpoint.pt"
 EVALS = "evals.jsonl"  # held-out metrics every eval_every steps
 SHARDED_CHECKPOINT = "checkpoint.dcp"  # a torch.distributed.checkpoint directory (several processes)
+SHARDED_CHECKPOINTS = (SHARDED_CHECKPOINT, SHARDED_CHECKPOINT + ".old")  # the newest and, mid-rename, the previous
 
 
 @dataclass
@@ -401,7 +402,7 @@ def _refuse_orphaned_metrics(run_dir: Path) -> None:
     """A directory with an earlier run's records but no checkpoint to continue them: starting
     over would delete them, so only ``restart`` may."""
     left = [name for name in RUN_FILES if (run_dir / name).is_file()]
-    left += [name for name in (SHARDED_CHECKPOINT, SHARDED_CHECKPOINT + ".old") if (run_dir / name).exists()]
+    left += [name for name in SHARDED_CHECKPOINTS if (run_dir / name).exists()]
     if left:
         raise ValueError(
             f"{run_dir} holds {', '.join(left)} of an earlier run but no checkpoint to resume from; "
@@ -416,16 +417,15 @@ def _stopped_before_first_checkpoint(run_dir: Path, cfg: RunConfig) -> bool:
     saved = run_dir / "config.json"
     if not saved.is_file() or (run_dir / "final.json").exists():
         return False
-    if config_differences(json.loads(saved.read_text()), cfg):
+    if not _same_config(json.loads(saved.read_text()), cfg):
         return False
-    checkpoints = (CHECKPOINT, CHECKPOINT + ".prev", SHARDED_CHECKPOINT, SHARDED_CHECKPOINT + ".old")
-    return not any((run_dir / name).exists() for name in checkpoints)
+    return not any((run_dir / name).exists() for name in (CHECKPOINT, CHECKPOINT + ".prev", *SHARDED_CHECKPOINTS))
 
 
 def _clear_run(run_dir: Path) -> None:
     for name in RUN_FILES:
         (run_dir / name).unlink(missing_ok=True)
-    for name in (SHARDED_CHECKPOINT, SHARDED_CHECKPOINT + ".old"):
+    for name in SHARDED_CHECKPOINTS:
         shutil.rmtree(run_dir / name, ignore_errors=True)
 
 
@@ -452,7 +452,7 @@ def _find_checkpoint(run_dir: Path, world: parallel.World) -> Path | None:
     renames, the previous one), which DCP loads at any world size. Several processes cannot
     continue a one-process checkpoint that is newer: they refuse, naming it."""
     single = run_dir / CHECKPOINT
-    candidates = (run_dir / SHARDED_CHECKPOINT, run_dir / (SHARDED_CHECKPOINT + ".old"))
+    candidates = [run_dir / name for name in SHARDED_CHECKPOINTS]
     sharded = next((p for p in candidates if (p / "meta.pt").is_file()), None)
     found = [p for p in (single if single.is_file() else None, sharded) if p is not None]
     if not found:
