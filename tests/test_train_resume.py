@@ -658,7 +658,7 @@ def test_auto_target_comparison_runs_end_to_end(tmp_path):
     )
     rows = summary["inits"]["torch"]["methods"]
     ours = {"method=adamw", "method=adamwn", "auto_target=equilibrium", "auto_target=inflection"}
-    ours |= {"auto_run_length=true"}  # the equilibrium rule told the run's length
+    ours |= {"auto_run_length=true", "auto_alignment=true"}  # the equilibrium rule told the run's length (+ a)
     assert set(rows) == ours | {"method=adamcpr"}
     assert all("package" not in rows[label] for label in ours)
     from importlib import metadata
@@ -672,6 +672,8 @@ def test_auto_target_comparison_runs_end_to_end(tmp_path):
     assert auto["minus_adamw"]["differences"] == [by_seed[s] - adamw[s] for s in (0, 1)]
     length = json.loads((tmp_path / "torch" / "auto_run_length-true_s0" / "config.json").read_text())
     assert (length["auto_target"], length["auto_run_length"]) == ("equilibrium", True)  # told the run's length
+    aligned = json.loads((tmp_path / "torch" / "auto_alignment-true_s0" / "config.json").read_text())
+    assert (aligned["auto_target"], aligned["auto_run_length"], aligned["auto_alignment"]) == ("equilibrium", True, True)
     assert (tmp_path / "summary.json").is_file() and (tmp_path / "torch" / "report.html").is_file()
     with pytest.raises(ValueError, match="inits must be some of"):
         repro_auto.run_repro(tmp_path, [0], inits=("xavier",))

@@ -8,7 +8,8 @@ initialisation (N(0, 0.02): AdamW's norms grow) and once with PyTorch's defaults
 embeddings: AdamW shrinks them). Per initialisation: AdamW over the seeds; AdamWN with its target
 AdamW's mean final norm ratio over the tensors it controls; AdamWN with ``target="auto"`` by each
 rule (λ_ref = AdamW's λ), the equilibrium rule both without the run's length (AdamW's asymptotic
-norm) and with it (``auto_run_length``: AdamW's norm at the run's end, ``AutoTarget(total_steps)``);
+norm) and with it (``auto_run_length``: AdamW's norm at the run's end, ``AutoTarget(total_steps)``;
+``auto_alignment``: the same with the updates' measured alignment carried forward);
 and the peers: AdamCPR (its inflection-point bound, which needs no prior
 run either) and HeavyBall's HyperBallAdamW (every matrix held at its initial norm). Each row: the
 held-out loss at the last step, mean ± std, and paired per-seed differences against AdamW and
@@ -64,6 +65,13 @@ def run_repro(
         # so the asymptotic rule's committed runs stay what they are)
         auto += sweep_configs(
             dataclasses.replace(base, method="adamwn", auto_target="equilibrium"), {"auto_run_length": ["true"]}, seeds
+        )
+        # and told it with the updates' alignment carried forward (AutoTarget(total_steps, alignment=True)):
+        # whether growth by updates that keep a direction is what the run-length rule misses here
+        auto += sweep_configs(
+            dataclasses.replace(base, method="adamwn", auto_target="equilibrium", auto_run_length=True),
+            {"auto_alignment": ["true"]},
+            seeds,
         )
         peers = sweep_configs(base, {"method": list(peer_methods)}, seeds) if peer_methods else []
         train_runs(adamw + auto + peers, directory, workers=workers, verbose=verbose)
