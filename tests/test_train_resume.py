@@ -673,7 +673,7 @@ def test_auto_target_comparison_runs_end_to_end(tmp_path):
     length = json.loads((tmp_path / "torch" / "auto_run_length-true_s0" / "config.json").read_text())
     assert (length["auto_target"], length["auto_run_length"]) == ("equilibrium", True)  # told the run's length
     aligned = json.loads((tmp_path / "torch" / "auto_alignment-true_s0" / "config.json").read_text())
-    assert (aligned["auto_target"], aligned["auto_run_length"], aligned["auto_alignment"]) == ("equilibrium", True, True)
+    assert [aligned[k] for k in ("auto_target", "auto_run_length", "auto_alignment")] == ["equilibrium", True, True]
     assert (tmp_path / "summary.json").is_file() and (tmp_path / "torch" / "report.html").is_file()
     with pytest.raises(ValueError, match="inits must be some of"):
         repro_auto.run_repro(tmp_path, [0], inits=("xavier",))
