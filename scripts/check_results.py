@@ -2,9 +2,11 @@
 
 A document marks a generated block with
 
-    <!-- generated: RENDERER results/<dir>/summary.json -->
+    <!-- generated: RENDERER results/<dir>/summary.json [name=value ...] -->
     ...
     <!-- end generated -->
+
+(the ``name=value`` options are the renderer's keyword arguments, as numbers: ``margin=0.01``).
 
 ``python scripts/check_results.py`` renders every block again from its source and fails, naming the
 file and the block, where the text differs (a number edited by hand, or a summary.json that moved
@@ -45,7 +47,7 @@ DOCUMENTS = [
     "docs/*.md",
     "docs/guide/*.md",
 ]
-BLOCK = re.compile(r"(<!-- generated: (\S+) (\S+) -->\n)(.*?)(<!-- end generated -->)", re.S)
+BLOCK = re.compile(r"(<!-- generated: (\S+) (\S+)((?: \w+=\S+)*) -->\n)(.*?)(<!-- end generated -->)", re.S)
 NUMBER = r"[+\-−]?\d+(?:\.\d+)?"
 QUOTE = re.compile(rf"<!--q (\S+) ([^>]+?)-->({NUMBER}(?: ± {NUMBER}| \[{NUMBER}, {NUMBER}\])?)")
 CITED = re.compile(rf"<!--cited-->{NUMBER}(?: ± {NUMBER})?")
@@ -102,6 +104,15 @@ def tune_table(summary: dict[str, Any]) -> str:
     return summary_table(summary)
 
 
+def tune_verdicts(summary: dict[str, Any], margin: float | None = None) -> str:
+    """A tuned comparison's verdict sentences, one per method and metric, each worded from its
+    interval alone (``tune_report.verdict``); ``margin``: also whether the difference lies within
+    ±margin, said only where the interval decides it (a claim such as "within ≈ 0.01")."""
+    from normctl_lab.tune_report import verdicts
+
+    return "\n".join(f"- {line}" for line in verdicts(summary, margin=margin))
+
+
 def step_speed_table(bench: dict[str, Any]) -> str:
     """A ``benchmarks/step_speed.py`` result: each optimizer's median step over its baseline's, and
     the spread of that ratio over the rounds where the run kept them."""
@@ -146,20 +157,22 @@ def evidence_table(manifest: dict[str, Any]) -> str:
     return render_evidence(columns, [summary(c["summary"]) for c in columns], manifest["rows"], checks)
 
 
-RENDERERS: dict[str, Callable[[dict[str, Any]], str]] = {
+RENDERERS: dict[str, Callable[..., str]] = {
     "evidence_table": evidence_table,
     "forecast_accuracy_table": forecast_accuracy_table,
     "plain_call_table": plain_call_table,
     "auto_target_table": auto_target_table,
     "step_speed_table": step_speed_table,
     "tune_table": tune_table,
+    "tune_verdicts": tune_verdicts,
 }
 
 
-def render(renderer: str, source: str) -> str:
+def render(renderer: str, source: str, options: str = "") -> str:
     if renderer not in RENDERERS:
         raise SystemExit(f"unknown renderer {renderer!r}; known: {sorted(RENDERERS)}")
-    return RENDERERS[renderer](json.loads((ROOT / source).read_text())).rstrip("\n") + "\n"
+    kwargs = {name: float(value) for name, value in (option.split("=", 1) for option in options.split())}
+    return RENDERERS[renderer](json.loads((ROOT / source).read_text()), **kwargs).rstrip("\n") + "\n"
 
 
 def _decimals(number: str) -> int:
@@ -229,10 +242,10 @@ def main(argv: list[str] | None = None) -> int:
             new = text
             for match in BLOCK.finditer(text):
                 checked += 1
-                expected = render(match.group(2), match.group(3))
-                if match.group(4) != expected:
+                expected = render(match.group(2), match.group(3), match.group(4))
+                if match.group(5) != expected:
                     drift.append(f"{path.relative_to(ROOT)}: the {match.group(2)} block from {match.group(3)}")
-                    new = new.replace(match.group(0), match.group(1) + expected + match.group(5))
+                    new = new.replace(match.group(0), match.group(1) + expected + match.group(6))
             quotes += quote_drift(path, new)  # --write cannot fix these: a quote's text is the author's
             checked += len(QUOTE.findall(new))
             if args.write and new != text:

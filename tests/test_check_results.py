@@ -64,6 +64,37 @@ def test_an_edited_number_fails_the_check_naming_the_file(tree, capsys):
     assert "results/auto/README.md: the auto_target_table block" in capsys.readouterr().err
 
 
+def test_verdict_blocks_take_their_words_and_margin_from_the_interval(tmp_path, monkeypatch):
+    """A claim "within ≈ 0.01" can be written only as the interval decides it: the block's margin
+    option reaches the verdict template, and an interval crossing it says "not decided"."""
+    summary = {
+        "protocol": {"reference": "adamw", "higher_is_better": True, "reported_beside": "test_loss"},
+        "methods": {
+            "adamw": {},
+            "min": {
+                "minus_adamw": {"mean": -0.0182, "ci95": [-0.0277, -0.0087], "seeds": [1, 2, 3]},
+                "minus_adamw_test_loss": {"mean": 0.04, "ci95": [0.02, 0.06], "seeds": [1, 2, 3]},
+            },
+        },
+    }
+    (tmp_path / "results" / "ablation").mkdir(parents=True)
+    (tmp_path / "results" / "ablation" / "summary.json").write_text(json.dumps(summary))
+    readme = tmp_path / "results" / "ablation" / "README.md"
+    marker = "<!-- generated: tune_verdicts results/ablation/summary.json margin=0.01 -->"
+    readme.write_text(f"{marker}\nmin is within 0.01 of adamw\n<!-- end generated -->\n")
+    monkeypatch.setattr(check_results, "ROOT", tmp_path)
+    assert check_results.main([]) == 1  # the hand-written claim does not regenerate
+    assert check_results.main(["--write"]) == 0
+    lines = readme.read_text().splitlines()[1:-1]
+    assert lines == [
+        "- min is worse than adamw; whether within ±0.01 is not decided (the interval crosses ±0.01): "
+        "-0.0182 [-0.0277, -0.0087], 3 seeds",
+        "- min (test_loss) is worse than adamw: +0.0400 [+0.0200, +0.0600], 3 seeds",
+    ]
+    readme.write_text(readme.read_text().replace(marker, marker.replace("0.01", "0.005")))
+    assert check_results.main([]) == 1  # another margin, other words
+
+
 QUOTED = {
     "methods": {"adamw": {"val_loss": {"mean": 1.23684, "std": 0.01331}}},
     "ratio": 3.4765,
