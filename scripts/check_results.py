@@ -31,6 +31,7 @@ or marked ``<!--cited-->`` (a paper's own number, not a measurement of ours).
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import re
 import sys
@@ -171,8 +172,24 @@ RENDERERS: dict[str, Callable[..., str]] = {
 def render(renderer: str, source: str, options: str = "") -> str:
     if renderer not in RENDERERS:
         raise SystemExit(f"unknown renderer {renderer!r}; known: {sorted(RENDERERS)}")
-    kwargs = {name: float(value) for name, value in (option.split("=", 1) for option in options.split())}
-    return RENDERERS[renderer](json.loads((ROOT / source).read_text()), **kwargs).rstrip("\n") + "\n"
+    text = RENDERERS[renderer](json.loads((ROOT / source).read_text()), **_options(renderer, options))
+    return text.rstrip("\n") + "\n"
+
+
+def _options(renderer: str, options: str) -> dict[str, float]:
+    """A block's ``name=value`` options as the renderer's keyword arguments; a name it does not
+    take or a value that is not a number stops the check, naming both."""
+    accepted = list(inspect.signature(RENDERERS[renderer]).parameters)[1:]  # the first is the source's JSON
+    kwargs = {}
+    for option in options.split():
+        name, value = option.split("=", 1)
+        if name not in accepted:
+            raise SystemExit(f"{renderer} takes no option {name!r}; it takes {accepted or 'none'}")
+        try:
+            kwargs[name] = float(value)
+        except ValueError:
+            raise SystemExit(f"{renderer}'s option {name} must be a number, got {value!r}") from None
+    return kwargs
 
 
 def _decimals(number: str) -> int:

@@ -93,6 +93,10 @@ def test_verdict_blocks_take_their_words_and_margin_from_the_interval(tmp_path, 
     ]
     readme.write_text(readme.read_text().replace(marker, marker.replace("0.01", "0.005")))
     assert check_results.main([]) == 1  # another margin, other words
+    for option, says in [("marg=0.01", "tune_verdicts takes no option 'marg'"), ("margin=one", "must be a number")]:
+        readme.write_text(f"{marker.replace('margin=0.01', option)}\n<!-- end generated -->\n")
+        with pytest.raises(SystemExit, match=says):  # a mistyped option is named, not ignored
+            check_results.main([])
 
 
 QUOTED = {
