@@ -76,8 +76,10 @@ class AutoTarget:
             the a = 0 form. Right where the updates' correlation stays what it was in the
             window (Muon on noise gradients: 0.94× the settled norm, against 0.20× with a = 0);
             too high where early updates are more alike than later ones (a GPT's hidden
-            matrices: 1.5–2.5× AdamW's end norms, and 0.12 nats worse than AdamW). ``False``
-            (the default): a = 0 (docs/math.md).
+            matrices: 1.5–2.5× AdamW's end norms, and 0.12 nats worse than AdamW); on a GPT from a
+            small initialisation, whose norms AdamW grows several-fold, it reaches AdamW's norm
+            where a = 0 falls far short, and is no better than AdamW for it. ``False`` (the
+            default): a = 0 (docs/math.md).
     """
 
     rule: str = "equilibrium"
