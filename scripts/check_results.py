@@ -74,6 +74,7 @@ def auto_target_table(summary: dict[str, Any]) -> str:
         "auto_target=inflection": 'AdamWN, `AutoTarget(rule="inflection")`',
         "auto_run_length=true": "AdamWN, `AutoTarget(total_steps=…)` (equilibrium, the run's length)",
         "auto_alignment=true": "AdamWN, `AutoTarget(total_steps=…, alignment=True)` (the same, alignment carried)",
+        "auto_shared_ratio=true": "AdamWN, `AutoTarget(…, alignment=True, shared_ratio=True)` (one ratio per group)",
         "method=adamcpr": "AdamCPR ({package}, inflection-point bound)",
         "method=hyperball": "HyperBallAdamW ({package}, norm held at init)",
     }

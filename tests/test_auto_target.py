@@ -115,6 +115,35 @@ def test_equilibrium_rule_over_a_scope_uses_the_scopes_update():
     assert not any("auto_target" in s and not math.isnan(float(s["auto_target"])) for s in optimizer.state.values())
 
 
+def test_shared_ratio_holds_every_tensor_at_the_groups_one_ratio():
+    """AutoTarget(shared_ratio=True): the group's target is the scope rule's (the same closed form
+    as scope="global" over the same tensors), and each tensor's is that one ratio of its own
+    initial norm; a tensor with no gradient when the ratio was set takes it at its first one."""
+    torch.manual_seed(0)
+    weights = [torch.randn(4, 4, dtype=torch.float64), 3 * torch.randn(9, dtype=torch.float64)]
+    late = nn.Parameter(torch.randn(5, dtype=torch.float64))
+    params = [nn.Parameter(w.clone()) for w in weights]
+    auto = AutoTarget(steps=5, without_length="asymptotic", shared_ratio=True)
+    optimizer = AdamWN(one_group([*params, late]), lr=1e-2, target=auto)
+    scoped = [nn.Parameter(w.clone()) for w in weights]
+    scope = AdamWN(one_group(scoped), lr=1e-2, target=AutoTarget(steps=5, without_length="asymptotic"), scope="global")
+    for _ in range(5):
+        for p in params + scoped:
+            p.grad = -torch.ones_like(p)
+        optimizer.step()
+        scope.step()
+    tau = scope.param_groups[0]["auto_target"]
+    assert tau == pytest.approx(math.sqrt(1e-2 * 25 / (0.1 * (2 - 1e-3))), rel=1e-7)
+    initial = [w.norm().item() for w in weights]
+    targets = [float(optimizer.state[p]["auto_target"]) for p in params]
+    assert targets == pytest.approx([tau * n / math.hypot(*initial) for n in initial], rel=1e-7)
+    assert late not in optimizer.state  # no gradient yet: no state, nothing measured
+    start = late.detach().norm().item()
+    late.grad = torch.ones_like(late)
+    optimizer.step()
+    assert float(optimizer.state[late]["auto_target"]) == pytest.approx(targets[0] / initial[0] * start, rel=1e-12)
+
+
 class Scripted(torch.optim.Optimizer):
     """Sets the weight's norm to ``norms[t]`` at step t: a known trajectory for the inflection rule."""
 

@@ -658,7 +658,11 @@ def test_auto_target_comparison_runs_end_to_end(tmp_path):
     )
     rows = summary["inits"]["torch"]["methods"]
     ours = {"method=adamw", "method=adamwn", "auto_target=equilibrium", "auto_target=inflection"}
-    ours |= {"auto_run_length=true", "auto_alignment=true"}  # the equilibrium rule told the run's length (+ a)
+    ours |= {
+        "auto_run_length=true",
+        "auto_alignment=true",
+        "auto_shared_ratio=true",
+    }  # told the length (+ a, + 1 ratio)
     assert set(rows) == ours | {"method=adamcpr"}
     assert all("package" not in rows[label] for label in ours)
     from importlib import metadata
@@ -674,6 +678,8 @@ def test_auto_target_comparison_runs_end_to_end(tmp_path):
     assert (length["auto_target"], length["auto_run_length"]) == ("equilibrium", True)  # told the run's length
     aligned = json.loads((tmp_path / "torch" / "auto_alignment-true_s0" / "config.json").read_text())
     assert [aligned[k] for k in ("auto_target", "auto_run_length", "auto_alignment")] == ["equilibrium", True, True]
+    shared = json.loads((tmp_path / "torch" / "auto_shared_ratio-true_s0" / "config.json").read_text())
+    assert [shared[k] for k in ("auto_run_length", "auto_alignment", "auto_shared_ratio")] == [True, True, True]
     assert (tmp_path / "summary.json").is_file() and (tmp_path / "torch" / "report.html").is_file()
     with pytest.raises(ValueError, match="inits must be some of"):
         repro_auto.run_repro(tmp_path, [0], inits=("xavier",))

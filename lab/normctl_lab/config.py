@@ -63,6 +63,7 @@ class RunConfig:
     auto_run_length: bool = False  # auto_target=equilibrium: AdamW's norm at the run's end, not its asymptotic one
     auto_without_length: str = "asymptotic"  # auto_target=equilibrium without auto_run_length: or "hold"
     auto_alignment: bool = False  # auto_target=equilibrium: carry the update's alignment forward (docs/math.md)
+    auto_shared_ratio: bool = False  # auto_target: one ratio for every tensor of a group (AutoTarget(shared_ratio))
     plain: bool = False  # the optimizer over model.parameters() with its own defaults (the call users write)
     cpr_kappa_init: str = "inflection_point"  # method=adamcpr: its bound's rule (or warm_start, uniform, dependent)
     cpr_kappa_param: float = 1000.0  # method=adamcpr: that rule's parameter (warm-start steps, the bound, a factor)
@@ -179,6 +180,7 @@ class RunConfig:
             steps=self.auto_steps,
             interval=self.auto_interval,
             alignment=self.auto_alignment,
+            shared_ratio=self.auto_shared_ratio,
             **length,
         )
 

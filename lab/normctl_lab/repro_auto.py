@@ -9,7 +9,8 @@ embeddings: AdamW shrinks them). Per initialisation: AdamW over the seeds; AdamW
 AdamW's mean final norm ratio over the tensors it controls; AdamWN with ``target="auto"`` by each
 rule (λ_ref = AdamW's λ), the equilibrium rule both without the run's length (AdamW's asymptotic
 norm) and with it (``auto_run_length``: AdamW's norm at the run's end, ``AutoTarget(total_steps)``;
-``auto_alignment``: the same with the updates' measured alignment carried forward);
+``auto_alignment``: the same with the updates' measured alignment carried forward;
+``auto_shared_ratio``: that, with one ratio for every tensor of a group);
 and the peers: AdamCPR (its inflection-point bound, which needs no prior
 run either) and HeavyBall's HyperBallAdamW (every matrix held at its initial norm). Each row: the
 held-out loss at the last step, mean ± std, and paired per-seed differences against AdamW and
@@ -71,6 +72,15 @@ def run_repro(
         auto += sweep_configs(
             dataclasses.replace(base, method="adamwn", auto_target="equilibrium", auto_run_length=True),
             {"auto_alignment": ["true"]},
+            seeds,
+        )
+        # and with one ratio for every tensor of a group (AutoTarget(shared_ratio=True)), as AdamW's measured
+        # ratio gives the recipe: whether that, not the norm's level, is what the per-tensor targets miss
+        auto += sweep_configs(
+            dataclasses.replace(
+                base, method="adamwn", auto_target="equilibrium", auto_run_length=True, auto_alignment=True
+            ),
+            {"auto_shared_ratio": ["true"]},
             seeds,
         )
         peers = sweep_configs(base, {"method": list(peer_methods)}, seeds) if peer_methods else []

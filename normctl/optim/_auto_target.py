@@ -80,6 +80,12 @@ class AutoTarget:
             small initialisation, whose norms AdamW grows several-fold, it reaches AdamW's norm
             where a = 0 falls far short, and is no better than AdamW for it. ``False`` (the
             default): a = 0 (docs/math.md).
+        shared_ratio: ``True``: under ``scope="tensor"``, one ratio for every tensor of a group —
+            the group's target norm (the rule measured over the group's tensors together) over
+            its initial norm, each tensor held at that ratio of its own initial norm, the shape
+            of Loshchilov's (2023) recipe, where one measured ratio sets every tensor's target.
+            ``False`` (the default): each tensor's own target. A group or global scope has one
+            target already.
     """
 
     rule: str = "equilibrium"
@@ -92,6 +98,7 @@ class AutoTarget:
     lr_schedule: Schedule | None = None
     without_length: str = "hold"
     alignment: bool = False
+    shared_ratio: bool = False
 
     def __post_init__(self) -> None:
         if self.rule not in RULES:
@@ -179,6 +186,8 @@ def observe(batches: list[Batch], before: list[list[Tensor] | None], groups: lis
                     state["auto_alignment"] -= inner.float().to(device) / lr
         if auto.rule == "inflection":
             _follow_norms(batch, auto)
+    for batch in batches:
+        _share_decided_ratio(batch)
     halved, unknown_length = 0, None  # what the warning without the run's length says
     for params, states, auto, group, store in _undecided_units(batches, groups):
         step = group["schedule_step"] + 1  # the step just taken
@@ -297,7 +306,10 @@ def _undecided_units(batches: list[Batch], groups: list[dict]) -> list[tuple]:
         group, auto = batch.group, _auto(batch.group)
         if auto is None or not batch.params:
             continue
-        if group["scope"] == "tensor":
+        if group["scope"] == "tensor" and auto.shared_ratio:
+            if any(bool(s["auto_target"].isnan()) for s in batch.states):
+                units.append((batch.params, batch.states, auto, group, _ratio_storer(batch.states)))
+        elif group["scope"] == "tensor":
             for p, s in zip(batch.params, batch.states):
                 if bool(s["auto_target"].isnan()):
                     units.append(([p], [s], auto, group, lambda tau, s=s: s["auto_target"].fill_(tau)))
@@ -317,6 +329,33 @@ def _storer(scope: list[dict]):
     def store(tau: float) -> None:
         for group in scope:
             group["auto_target"] = float(tau)
+
+    return store
+
+
+def _share_decided_ratio(batch: Batch) -> None:
+    """``shared_ratio``: a tensor that had no gradient when its group's ratio was set takes that
+    ratio when it first has one, rather than a ratio measured over itself alone."""
+    auto = _auto(batch.group)
+    if auto is None or not auto.shared_ratio or batch.group["scope"] != "tensor":
+        return
+    decided = [s for s in batch.states if not bool(s["auto_target"].isnan()) and float(s["init_norm"]) > 0]
+    if decided:
+        ratio = float(decided[0]["auto_target"]) / float(decided[0]["init_norm"])
+        for s in batch.states:
+            if bool(s["auto_target"].isnan()):
+                s["auto_target"].fill_(ratio * float(s["init_norm"]))
+
+
+def _ratio_storer(states: list[dict]):
+    """Store a group's target τ as one ratio τ/‖θ_0‖ of the group's initial norm, each tensor's
+    target that ratio of its own initial norm (a group that starts at zero norm: τ shared evenly)."""
+
+    def store(tau: float) -> None:
+        initial = math.sqrt(sum(float(s["init_norm"]) ** 2 for s in states))
+        for s in states:
+            share = float(s["init_norm"]) / initial if initial > 0 else 1 / math.sqrt(len(states))
+            s["auto_target"].fill_(tau * share)
 
     return store
 
