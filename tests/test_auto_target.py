@@ -201,9 +201,11 @@ def test_inflection_rule_trains_freely_until_it_decides():
 
 
 @pytest.mark.parametrize("rule", ["equilibrium", "inflection"])
-@pytest.mark.parametrize("scope", ["tensor", "global"])
+@pytest.mark.parametrize("scope", ["tensor", "global", "shared"])
 def test_a_resume_in_the_middle_of_the_measurement_continues_exactly(rule, scope):
-    auto = AutoTarget(rule=rule, steps=20, interval=5, ema=0.5)
+    # "shared": tensor scope with one ratio for every tensor of a group
+    auto = AutoTarget(rule=rule, steps=20, interval=5, ema=0.5, shared_ratio=scope == "shared")
+    scope = "tensor" if scope == "shared" else scope
 
     def make(model):
         return AdamWN(

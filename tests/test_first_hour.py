@@ -265,7 +265,10 @@ def test_describe_says_what_each_group_of_the_built_optimizer_gets():
     auto = rows(
         normctl.AdamWN(normctl.param_groups(model), lr=1e-3, target=normctl.AutoTarget(total_steps=500)).describe()
     )
-    assert "AdamW's norm by step 500" in auto["decay"]
+    assert "AdamW's norm by step 500" in auto["decay"] and "one ratio" not in auto["decay"]
+    shared = normctl.AutoTarget(total_steps=500, shared_ratio=True)
+    one_ratio = rows(normctl.AdamWN(normctl.param_groups(model), lr=1e-3, target=shared).describe())
+    assert "AdamW's norm by step 500, one ratio for every tensor" in one_ratio["decay"]
     held = rows(normctl.AdamWN(normctl.param_groups(model), lr=1e-3, target="auto").describe())
     assert "the norm AdamW had after 200 steps" in held["decay"]  # without the run's length it holds
     adamc = rows(normctl.AdamC(normctl.param_groups(model), lr=1e-3, weight_decay=0.1).describe())

@@ -41,6 +41,8 @@ def controlled(group: dict[str, Any]) -> tuple[str, str]:
             aim = f"the norm AdamW had after {auto.steps} steps"
         else:
             aim = "AdamW's asymptotic norm"
+        if auto.shared_ratio and group["scope"] == "tensor":
+            aim += ", one ratio for every tensor"
         what = f"auto ({auto.rule}, λ_ref {auto.weight_decay:g}: {aim})"
     elif callable(target):
         what = f"r_t = {target!r}"
