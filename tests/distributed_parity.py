@@ -54,6 +54,10 @@ CASES = {
     "adamw+c": lambda groups: CorrectedDecay(torch.optim.AdamW(groups, lr=1e-2, weight_decay=0.5)),
     # target="auto": measured over steps 1-12 (the checkpoint at step 10 falls inside), then held
     "adamwn_auto": lambda groups: AdamWN(groups, lr=1e-2, target=AutoTarget(steps=12), rate=0.2),
+    # one ratio for every tensor of a group, with the updates' alignment: sums over sharded tensors
+    "adamwn_auto_shared": lambda groups: AdamWN(
+        groups, lr=1e-2, target=AutoTarget(steps=12, alignment=True, shared_ratio=True), rate=0.2
+    ),
     "adamwn_auto_global": lambda groups: AdamWN(
         groups, lr=1e-2, target=AutoTarget(rule="inflection", interval=3, ema=0.5), rate=0.2, scope="global"
     ),
