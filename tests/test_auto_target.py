@@ -284,6 +284,10 @@ def test_auto_target_settings_are_checked():
         AutoTarget(weight_decay=0.0)
     with pytest.raises(ValueError, match="AutoTarget steps must be an integer >= 1"):
         AutoTarget(steps=0)
+    with pytest.raises(TypeError, match="AutoTarget shared_ratio must be True or False, got 'yes'"):
+        AutoTarget(shared_ratio="yes")
+    with pytest.raises(TypeError, match="AutoTarget alignment must be True or False"):
+        AutoTarget(alignment=1)
     assert normctl.create_optimizer(nn.Linear(3, 3), "adamwn", target="auto").param_groups[0]["target"] == "auto"
 
 

@@ -117,6 +117,9 @@ class AutoTarget:
             raise ValueError(f"AutoTarget total_steps must be None or an integer >= 1, got {self.total_steps!r}")
         if self.without_length not in ("hold", "asymptotic"):
             raise ValueError(f"AutoTarget without_length must be 'hold' or 'asymptotic', got {self.without_length!r}")
+        for name in ("alignment", "shared_ratio"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"AutoTarget {name} must be True or False, got {getattr(self, name)!r}")
         if self.lr_schedule is not None and not callable(self.lr_schedule):
             raise TypeError(f"AutoTarget lr_schedule must be None or a schedule, got {type(self.lr_schedule).__name__}")
 
@@ -354,8 +357,9 @@ def _ratio_storer(states: list[dict]):
     def store(tau: float) -> None:
         initial = math.sqrt(sum(float(s["init_norm"]) ** 2 for s in states))
         for s in states:
-            share = float(s["init_norm"]) / initial if initial > 0 else 1 / math.sqrt(len(states))
-            s["auto_target"].fill_(tau * share)
+            if bool(s["auto_target"].isnan()):  # a target once set is never moved
+                share = float(s["init_norm"]) / initial if initial > 0 else 1 / math.sqrt(len(states))
+                s["auto_target"].fill_(tau * share)
 
     return store
 
