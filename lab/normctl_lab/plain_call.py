@@ -55,8 +55,13 @@ ADAM_CALLS: dict[str, list[str]] = {
     # ... and with the update's alignment measured too (AutoTarget(alignment=True))
     "adamwn-auto-aligned": ["method=adamwn", "auto_target=equilibrium", "auto_run_length=true", "auto_alignment=true"],
     # ... and with one ratio for every tensor of a group (AutoTarget(alignment=True, shared_ratio=True))
-    "adamwn-auto-shared": ["method=adamwn", "auto_target=equilibrium", "auto_run_length=true", "auto_alignment=true",
-                           "auto_shared_ratio=true"],
+    "adamwn-auto-shared": [
+        "method=adamwn",
+        "auto_target=equilibrium",
+        "auto_run_length=true",
+        "auto_alignment=true",
+        "auto_shared_ratio=true",
+    ],
     "adamc": ["method=adamc"],
     "muon": ["method=muon"],  # MuonAdamW(model.parameters()): Muon on every 2-d tensor, AdamW on the rest
 }
