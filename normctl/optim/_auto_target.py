@@ -192,8 +192,6 @@ def observe(batches: list[Batch], before: list[list[Tensor] | None], groups: lis
                     state["auto_alignment"] -= inner.float().to(device) / lr
         if auto.rule == "inflection":
             _follow_norms(batch, auto)
-    for batch in batches:
-        _share_decided_ratio(batch)
     halved, unknown_length = 0, None  # what the warning without the run's length says
     for params, states, auto, group, store in _undecided_units(batches, groups):
         step = group["schedule_step"] + 1  # the step just taken
@@ -303,8 +301,10 @@ def _compare_growth(params: list[Tensor], states: list[dict], auto: AutoTarget, 
 
 
 def _undecided_units(batches: list[Batch], groups: list[dict]) -> list[tuple]:
-    """What each target is measured over and still waits for: a tensor (tensor scope), a group,
-    or every global-scope group together — as (params, states, rule, group, store)."""
+    """What each target is measured over and still waits for: a tensor (tensor scope), a
+    shared-ratio group, a group, or every global-scope group together — as (params, states, rule,
+    group, store). A shared-ratio group's tensors that missed its decision take its ratio here,
+    with nothing to measure."""
     units: list[tuple] = []
     global_params: list[Tensor] = []
     global_states: list[dict] = []
@@ -313,7 +313,8 @@ def _undecided_units(batches: list[Batch], groups: list[dict]) -> list[tuple]:
         if auto is None or not batch.params:
             continue
         if group["scope"] == "tensor" and auto.shared_ratio:
-            if any(bool(s["auto_target"].isnan()) for s in batch.states):
+            unset = [s for s in batch.states if bool(s["auto_target"].isnan())]
+            if unset and (len(unset) == len(batch.states) or not _take_the_groups_ratio(batch.states, unset)):
                 units.append((batch.params, batch.states, auto, group, _ratio_storer(batch.states)))
         elif group["scope"] == "tensor":
             for p, s in zip(batch.params, batch.states):
@@ -339,18 +340,17 @@ def _storer(scope: list[dict]):
     return store
 
 
-def _share_decided_ratio(batch: Batch) -> None:
-    """``shared_ratio``: a tensor that had no gradient when its group's ratio was set takes that
-    ratio when it first has one, rather than a ratio measured over itself alone."""
-    auto = _auto(batch.group)
-    if auto is None or not auto.shared_ratio or batch.group["scope"] != "tensor":
-        return
-    decided = [s for s in batch.states if not bool(s["auto_target"].isnan()) and float(s["init_norm"]) > 0]
-    if decided:
-        ratio = float(decided[0]["auto_target"]) / float(decided[0]["init_norm"])
-        for s in batch.states:
-            if bool(s["auto_target"].isnan()):
-                s["auto_target"].fill_(ratio * float(s["init_norm"]))
+def _take_the_groups_ratio(states: list[dict], unset: list[dict]) -> bool:
+    """``shared_ratio``: tensors that had no gradient when their group's ratio was set take that
+    ratio when they first have one, rather than a ratio measured over themselves alone. False
+    where no set target gives a ratio (every one of zero initial norm): they are measured then."""
+    decided = [s for s in states if not bool(s["auto_target"].isnan()) and float(s["init_norm"]) > 0]
+    if not decided:
+        return False
+    ratio = float(decided[0]["auto_target"]) / float(decided[0]["init_norm"])
+    for s in unset:
+        s["auto_target"].fill_(ratio * float(s["init_norm"]))
+    return True
 
 
 def _ratio_storer(states: list[dict]):
