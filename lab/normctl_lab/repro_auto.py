@@ -62,27 +62,17 @@ def run_repro(
         # AdamW, the automatic targets and the peers need no other run: they train together
         adamw = sweep_configs(base, {"method": ["adamw"]}, seeds)
         auto = sweep_configs(dataclasses.replace(base, method="adamwn"), {"auto_target": list(RULES)}, seeds)
-        # the equilibrium rule told the run's length: AdamW's norm at the run's end (a row of its own,
-        # so the asymptotic rule's committed runs stay what they are)
-        auto += sweep_configs(
-            dataclasses.replace(base, method="adamwn", auto_target="equilibrium"), {"auto_run_length": ["true"]}, seeds
-        )
-        # and told it with the updates' alignment carried forward (AutoTarget(total_steps, alignment=True)):
-        # whether growth by updates that keep a direction is what the run-length rule misses here
-        auto += sweep_configs(
-            dataclasses.replace(base, method="adamwn", auto_target="equilibrium", auto_run_length=True),
-            {"auto_alignment": ["true"]},
-            seeds,
-        )
-        # and with one ratio for every tensor of a group (AutoTarget(shared_ratio=True)), as AdamW's measured
-        # ratio gives the recipe: whether that, not the norm's level, is what the per-tensor targets miss
-        auto += sweep_configs(
-            dataclasses.replace(
-                base, method="adamwn", auto_target="equilibrium", auto_run_length=True, auto_alignment=True
-            ),
-            {"auto_shared_ratio": ["true"]},
-            seeds,
-        )
+        # the equilibrium rule told the run's length (AdamW's norm at the run's end), then also carrying
+        # the updates' alignment forward, then also holding one ratio for every tensor of a group: each a
+        # row of its own, so the committed runs of the rows before it stay what they are
+        told_the_length: list[tuple[dict[str, Any], dict[str, list[str]]]] = [
+            ({}, {"auto_run_length": ["true"]}),
+            ({"auto_run_length": True}, {"auto_alignment": ["true"]}),
+            ({"auto_run_length": True, "auto_alignment": True}, {"auto_shared_ratio": ["true"]}),
+        ]
+        for fixed, row in told_the_length:
+            rule = dataclasses.replace(base, method="adamwn", auto_target="equilibrium", **fixed)
+            auto += sweep_configs(rule, row, seeds)
         peers = sweep_configs(base, {"method": list(peer_methods)}, seeds) if peer_methods else []
         train_runs(adamw + auto + peers, directory, workers=workers, verbose=verbose)
         ratio = round(statistics.mean(controlled_norm_ratio(directory / name) for name, _ in adamw), 4)
